@@ -1,0 +1,3 @@
+from glubench.train import main
+
+main()

@@ -1,0 +1,111 @@
+"""The LightningModule: loss, corpus-level validation metrics, AdamW and the LR schedule."""
+
+from __future__ import annotations
+
+import math
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+
+from glubench.data import IGNORE_INDEX
+from glubench.metrics import LN2, CorpusNLL, perplexity
+from glubench.model import ModelConfig, Transformer
+
+
+def lr_lambda(step: int, warmup_steps: int, max_steps: int, min_lr_ratio: float) -> float:
+    """LR multiplier: linear warmup from 1/warmup to 1, then cosine decay to ``min_lr_ratio``."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, max_steps - warmup_steps))
+    return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+class LanguageModel(pl.LightningModule):
+    """Trains a :class:`~glubench.model.Transformer` with mean next-token cross-entropy.
+
+    Validation accumulates the summed NLL and the count of predicted tokens over the whole
+    split (:class:`~glubench.metrics.CorpusNLL`), so ``val/loss`` = total NLL / tokens,
+    ``val/ppl`` = exp(val/loss) and ``val/bpb`` = total NLL / ln 2 / predicted UTF-8 bytes
+    do not depend on the validation batch size.  ``history`` keeps each validation's
+    ``(step, tokens_seen, val_loss)`` for curves.
+
+    Args:
+        model_cfg: the model's sizes.
+        lr, weight_decay, beta1, beta2, eps, warmup_steps, min_lr_ratio: AdamW and schedule
+            (see :class:`glubench.config.OptimConfig`).
+        max_steps: optimizer steps, for the cosine schedule.
+        val_predicted_bytes: UTF-8 bytes of the predicted validation tokens (for bpb);
+            0 leaves bpb out.
+    """
+
+    def __init__(self, model_cfg: ModelConfig, lr: float = 1e-3, weight_decay: float = 0.1,
+                 beta1: float = 0.9, beta2: float = 0.95, eps: float = 1e-8, warmup_steps: int = 30,
+                 min_lr_ratio: float = 0.1, max_steps: int = 300, val_predicted_bytes: int = 0) -> None:
+        super().__init__()
+        self.model_cfg = model_cfg
+        self.model = Transformer(model_cfg)
+        self.opt = dict(lr=lr, weight_decay=weight_decay, betas=(beta1, beta2), eps=eps)
+        self.warmup_steps, self.min_lr_ratio, self.max_steps = warmup_steps, min_lr_ratio, max_steps
+        self.val_predicted_bytes = val_predicted_bytes
+        self.val_nll = CorpusNLL()
+        self.tokens_seen = 0  # training tokens on this process, counted per micro-batch
+        self.history: list[dict] = []
+        self.last_val: dict[str, float] = {}
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.model(idx)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch  # (B, T), (B, T)
+        logits = self.model(x)  # (B, T, V)
+        loss = F.cross_entropy(logits.flatten(0, 1), y.flatten())
+        self.tokens_seen += y.numel()
+        self.log("train/loss", loss, prog_bar=True)
+        return loss
+
+    def on_validation_epoch_start(self) -> None:
+        self.val_nll.reset()
+
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        logits = self.model(x)
+        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # bf16 sums drift
+        nll = F.cross_entropy(logits.flatten(0, 1), y.flatten(), ignore_index=IGNORE_INDEX, reduction="sum")
+        self.val_nll.update(nll, (y != IGNORE_INDEX).sum())
+
+    def on_validation_epoch_end(self) -> None:
+        totals = self.val_nll.compute()
+        total_nll, tokens = float(totals["nll"]), float(totals["tokens"])
+        if tokens == 0:
+            return
+        loss = total_nll / tokens
+        metrics = {"val/loss": loss, "val/ppl": perplexity(loss)}
+        if self.val_predicted_bytes:
+            metrics["val/bpb"] = total_nll / LN2 / self.val_predicted_bytes
+        self.log_dict(metrics, sync_dist=False)  # already reduced across ranks by CorpusNLL
+        self.last_val = {**metrics, "val/tokens": tokens}
+        if not self.trainer.sanity_checking:
+            world = self.trainer.world_size
+            self.history.append(
+                {"step": int(self.global_step), "tokens_seen": int(self.tokens_seen * world), "val_loss": loss}
+            )
+
+    def configure_optimizers(self):
+        decay = [p for p in self.parameters() if p.requires_grad and p.dim() >= 2]
+        no_decay = [p for p in self.parameters() if p.requires_grad and p.dim() < 2]
+        groups = [{"params": decay, "weight_decay": self.opt["weight_decay"]},
+                  {"params": no_decay, "weight_decay": 0.0}]
+        opt = torch.optim.AdamW(groups, lr=self.opt["lr"], betas=self.opt["betas"], eps=self.opt["eps"])
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda s: lr_lambda(s, self.warmup_steps, self.max_steps, self.min_lr_ratio)
+        )
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["glubench"] = {"tokens_seen": self.tokens_seen, "history": self.history}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        extra = checkpoint.get("glubench", {})
+        self.tokens_seen = extra.get("tokens_seen", 0)
+        self.history = list(extra.get("history", []))

@@ -1,0 +1,232 @@
+"""The Hydra entry point: validate -> data -> model -> fit -> results.json.
+
+Heavy imports (Lightning, W&B) happen inside :func:`train` so that ``--help`` and config
+errors return in about a second.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from glubench.config import register_configs
+from glubench.results import RunResult
+from glubench.validate import ConfigError, validate_config
+
+register_configs()
+
+
+def conf_dir() -> str:
+    """Absolute path of the ``conf/`` folder (beside the package in a checkout)."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "conf", here.parent / "conf"):
+        if candidate.is_dir():
+            return str(candidate)
+    raise FileNotFoundError(f"glubench: no conf/ folder next to {here}")
+
+
+def output_dir() -> Path:
+    """This job's Hydra output dir (the current dir outside Hydra)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if HydraConfig.initialized():
+        return Path(HydraConfig.get().runtime.output_dir)
+    return Path.cwd()
+
+
+def _credentials_present() -> bool:
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    try:
+        import netrc
+
+        return netrc.netrc().authenticators("api.wandb.ai") is not None
+    except (OSError, netrc.NetrcParseError):
+        return False
+
+
+def wandb_mode(cfg: DictConfig) -> str:
+    """``logger.mode``, else ``$WANDB_MODE``, else online iff W&B credentials exist (else offline)."""
+    if cfg.logger.mode:
+        return cfg.logger.mode
+    if os.environ.get("WANDB_MODE"):
+        return os.environ["WANDB_MODE"]
+    if _credentials_present():
+        return "online"
+    print("glubench: no W&B credentials found; logging to W&B in offline mode (wandb sync later)")
+    return "offline"
+
+
+def build_loggers(cfg: DictConfig, out: Path, config_dict: dict) -> list:
+    from lightning.pytorch.loggers import CSVLogger, WandbLogger
+
+    loggers = []
+    if cfg.logger.csv:
+        loggers.append(CSVLogger(save_dir=str(out), name="csv", version=""))
+    if cfg.logger.wandb:
+        loggers.append(WandbLogger(
+            project=cfg.logger.project, entity=cfg.logger.entity,
+            group=cfg.logger.group or cfg.experiment_name,
+            name=f"{cfg.model.ffn}-s{cfg.seed}", save_dir=str(out), mode=wandb_mode(cfg),
+            config=config_dict, tags=list(cfg.logger.tags) or None,
+        ))
+    return loggers
+
+
+def device_name(module) -> str:
+    import torch
+
+    if module.device.type == "cuda":
+        return torch.cuda.get_device_name(module.device)
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def versions() -> dict[str, str]:
+    import lightning
+    import torch
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "lightning": lightning.__version__}
+
+
+def train(cfg: DictConfig, result: RunResult) -> RunResult:
+    """Run one training job described by ``cfg``, filling ``result`` as it goes."""
+    model_cfg = validate_config(cfg)
+    out = output_dir()
+    t_start = time.perf_counter()
+
+    import lightning.pytorch as pl
+    import torch
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from glubench.callbacks import ThroughputCallback
+    from glubench.data import LMDataModule
+    from glubench.metrics import flops_per_token, lookup_peak_flops
+    from glubench.model import count_params
+    from glubench.module import LanguageModel
+    from glubench.validate import model_config
+
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    t = cfg.trainer
+    data = OmegaConf.to_container(cfg.data, resolve=True)
+    dm = LMDataModule(**data, seq_len=model_cfg.seq_len, seed=cfg.seed,
+                      num_batches=t.max_steps * t.accumulate_grad_batches)
+    dm.prepare_data()
+    dm.setup()
+    result.corpus_fingerprint = dm.corpus_fingerprint
+    model_cfg = model_config(cfg, vocab_size=dm.splits.vocab_size)
+
+    module = LanguageModel(model_cfg, **cfg.optim, max_steps=t.max_steps,
+                           val_predicted_bytes=dm.splits.val_predicted_bytes)
+    counts = count_params(module.model)
+    fpt = flops_per_token(counts.matmul, model_cfg.n_layers, model_cfg.d_model, model_cfg.seq_len)
+    result.params_total, result.params_nonembedding = counts.total, counts.nonembedding
+    result.params_ffn, result.ffn_hidden = counts.ffn_per_layer, model_cfg.ffn_hidden
+    result.ffn_matching_error, result.flops_per_token = model_cfg.ffn_matching_error, fpt
+    print(
+        f"glubench: ffn={model_cfg.ffn} d_model={model_cfg.d_model} n_layers={model_cfg.n_layers} "
+        f"d_ff={model_cfg.d_ff} ffn_hidden={model_cfg.ffn_hidden} "
+        f"(FFN params {model_cfg.ffn_matching_error:+.3%} vs non-gated baseline)\n"
+        f"glubench: params total={counts.total:,} non-embedding={counts.nonembedding:,} "
+        f"ffn/layer={counts.ffn_per_layer:,}; train tokens={dm.splits.train.size:,} "
+        f"val tokens={dm.splits.val.size:,} vocab={model_cfg.vocab_size}"
+    )
+
+    config_dict = OmegaConf.to_container(cfg, resolve=True)
+    loggers = build_loggers(cfg, out, config_dict)
+    for lg in loggers:
+        lg.log_hyperparams({"params/total": counts.total, "params/nonembedding": counts.nonembedding,
+                            "params/ffn_per_layer": counts.ffn_per_layer, "params/ffn_hidden": model_cfg.ffn_hidden})
+    throughput = ThroughputCallback(fpt, None, cfg.throughput.warmup_steps, t.log_every_n_steps)
+    trainer = pl.Trainer(
+        accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=t.strategy,
+        precision=t.precision, max_steps=t.max_steps, val_check_interval=t.val_check_interval,
+        check_val_every_n_epoch=None, num_sanity_val_steps=0, log_every_n_steps=t.log_every_n_steps,
+        gradient_clip_val=t.gradient_clip_val, accumulate_grad_batches=t.accumulate_grad_batches,
+        deterministic=t.deterministic, enable_progress_bar=t.enable_progress_bar,
+        default_root_dir=str(out), logger=loggers or False, use_distributed_sampler=False,
+        callbacks=[throughput, ModelCheckpoint(dirpath=str(out / "checkpoints"), save_last=True, save_top_k=0)],
+        enable_model_summary=False,
+    )
+    throughput.peak_flops = cfg.throughput.peak_flops or lookup_peak_flops(
+        torch.cuda.get_device_name() if trainer.strategy.root_device.type == "cuda" else None, t.precision
+    )
+    trainer.fit(module, datamodule=dm)
+    if not module.history or module.history[-1]["step"] != trainer.global_step:
+        trainer.validate(module, datamodule=dm, verbose=False)
+        if module.last_val and (not module.history or module.history[-1]["step"] != trainer.global_step):
+            module.history.append({"step": trainer.global_step, "tokens_seen": module.tokens_seen * trainer.world_size,
+                                   "val_loss": module.last_val["val/loss"]})
+
+    speed = throughput.summary() or {}
+    result.status = "completed"
+    result.val_loss = module.last_val.get("val/loss")
+    result.val_ppl = module.last_val.get("val/ppl")
+    result.val_bpb = module.last_val.get("val/bpb")
+    result.val_tokens = int(module.last_val.get("val/tokens", 0))
+    train_loss = trainer.callback_metrics.get("train/loss")
+    result.train_loss = float(train_loss) if train_loss is not None else None
+    result.tokens_seen = module.tokens_seen * trainer.world_size
+    result.steps = trainer.global_step
+    result.train_tokens_per_sec = speed.get("tokens_per_sec")
+    result.step_time_ms = speed.get("step_time_ms")
+    result.mfu = speed.get("mfu")
+    result.precision = str(trainer.precision)
+    result.device = device_name(module)
+    result.versions = versions()
+    result.history = module.history
+    result.wall_time_s = time.perf_counter() - t_start
+    if result.val_loss is None or not math.isfinite(result.val_loss):
+        result.status = "diverged"
+    return result
+
+
+def run(cfg: DictConfig) -> RunResult:
+    """Train, then always write ``results.json`` and close the W&B run (exit code 1 if it raised)."""
+    result = RunResult(status="failed", ffn=cfg.model.ffn, seed=cfg.seed,
+                       config=OmegaConf.to_container(cfg, resolve=True))
+    out = output_dir()
+    try:
+        result = train(cfg, result)
+    except BaseException as e:
+        result.status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
+        result.error = f"{type(e).__name__}: {e}"
+        raise
+    finally:
+        result.write(out)
+        if "wandb" in sys.modules:
+            import wandb
+
+            if wandb.run is not None:
+                wandb.run.summary.update({"status": result.status})
+                wandb.finish(exit_code=0 if result.status == "completed" else 1)
+    return result
+
+
+@hydra.main(version_base="1.3", config_path=conf_dir(), config_name="config")
+def main(cfg: DictConfig) -> float | None:
+    """``glubench`` console script; returns the final ``val_loss`` (the sweep objective)."""
+    try:
+        validate_config(cfg)
+    except ConfigError as e:
+        print(f"glubench: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    result = run(cfg)
+    nan = float("nan")
+    print(
+        f"glubench: {result.status}: ffn={result.ffn} val_loss={result.val_loss or nan:.4f} "
+        f"val_ppl={result.val_ppl or nan:.3f} val_bpb={result.val_bpb or nan:.4f} "
+        f"tokens/s={result.train_tokens_per_sec or nan:,.0f} wall={result.wall_time_s:.1f}s "
+        f"-> {output_dir() / 'results.json'}"
+    )
+    return result.val_loss
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,64 @@
+"""One place for the rules that involve several config keys, checked before any heavy work."""
+
+from __future__ import annotations
+
+from omegaconf import DictConfig, OmegaConf
+
+from glubench.data import TOKENIZERS
+from glubench.model import ModelConfig
+
+PRECISIONS = ("32-true", "32", "bf16-mixed", "bf16-true", "16-mixed", "16-true", "64-true")
+CORPORA = ("pydocs", "text")
+
+
+class ConfigError(ValueError):
+    """A bad config value; the message names the key, the value and what is allowed."""
+
+
+def model_config(cfg: DictConfig, vocab_size: int | None = None) -> ModelConfig:
+    """Build the :class:`ModelConfig` from ``cfg.model`` (``vocab_size`` from the tokenizer if given).
+
+    Raises:
+        ConfigError: on any invalid model key.
+    """
+    values = OmegaConf.to_container(cfg.model, resolve=True)
+    if vocab_size is not None:
+        values["vocab_size"] = vocab_size
+    try:
+        return ModelConfig(**values)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
+def validate_config(cfg: DictConfig) -> ModelConfig:
+    """Check cross-field rules and return the model config.
+
+    Raises:
+        ConfigError: the first rule broken, as one line naming the key and the allowed values.
+    """
+    t, d, o = cfg.trainer, cfg.data, cfg.optim
+    for key, value in (("trainer.max_steps", t.max_steps), ("trainer.val_check_interval", t.val_check_interval),
+                       ("trainer.log_every_n_steps", t.log_every_n_steps),
+                       ("trainer.accumulate_grad_batches", t.accumulate_grad_batches),
+                       ("data.batch_size", d.batch_size), ("data.val_batch_size", d.val_batch_size)):
+        if value <= 0:
+            raise ConfigError(f"{key}={value} must be a positive integer")
+    if not o.lr > 0:
+        raise ConfigError(f"optim.lr={o.lr} must be positive")
+    if o.warmup_steps < 0 or o.warmup_steps >= t.max_steps:
+        raise ConfigError(
+            f"optim.warmup_steps={o.warmup_steps} must be in [0, trainer.max_steps={t.max_steps})"
+        )
+    if t.precision not in PRECISIONS:
+        raise ConfigError(f"trainer.precision={t.precision!r} is not known; valid: {', '.join(PRECISIONS)}")
+    if d.tokenizer not in TOKENIZERS:
+        raise ConfigError(f"data.tokenizer={d.tokenizer!r} is not known; valid: {', '.join(TOKENIZERS)}")
+    if d.name not in CORPORA:
+        raise ConfigError(f"data.name={d.name!r} is not a known corpus; valid: {', '.join(CORPORA)}")
+    if d.tokenizer == "bpe" and not 257 <= d.vocab_size <= 65535:
+        raise ConfigError(f"data.vocab_size={d.vocab_size} must be in [257, 65535] for data.tokenizer=bpe")
+    if not 0 < d.val_percent < 100:
+        raise ConfigError(f"data.val_percent={d.val_percent} must be in (0, 100)")
+    if cfg.throughput.peak_flops is not None and not cfg.throughput.peak_flops > 0:
+        raise ConfigError(f"throughput.peak_flops={cfg.throughput.peak_flops} must be positive or null")
+    return model_config(cfg, vocab_size=256 if d.tokenizer == "bytes" else d.vocab_size)

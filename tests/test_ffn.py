@@ -1,0 +1,126 @@
+import itertools
+import math
+
+import pytest
+import torch
+
+from glubench.ffn import (
+    FFN_REGISTRY,
+    PAPER_VARIANTS,
+    GatedMLP,
+    build_ffn,
+    ffn_hidden_dim,
+    ffn_params,
+    get_spec,
+    matching_error,
+)
+
+
+def phi(x):  # standard normal CDF, written out
+    return 0.5 * (1.0 + torch.erf(x / math.sqrt(2.0)))
+
+
+# Hand-written activations, independent of the ones in glubench.ffn.
+REFERENCE_ACT = {
+    "relu": lambda z: torch.where(z > 0, z, torch.zeros_like(z)),
+    "gelu": lambda z: z * phi(z),
+    "swish": lambda z: z / (1 + torch.exp(-z)),
+    "glu": lambda z: 1 / (1 + torch.exp(-z)),
+    "bilinear": lambda z: z,
+    "reglu": lambda z: torch.where(z > 0, z, torch.zeros_like(z)),
+    "geglu": lambda z: z * phi(z),
+    "swiglu": lambda z: z / (1 + torch.exp(-z)),
+}
+
+
+def test_registry_holds_the_paper_variants():
+    assert set(PAPER_VARIANTS) <= set(FFN_REGISTRY)
+    assert [n for n in PAPER_VARIANTS if get_spec(n).gated] == ["glu", "bilinear", "reglu", "geglu", "swiglu"]
+
+
+def test_unknown_variant_lists_the_valid_ones():
+    with pytest.raises(ValueError, match="model.ffn='swigly'.*relu.*swiglu"):
+        get_spec("swigly")
+
+
+@pytest.mark.parametrize("name", PAPER_VARIANTS)
+@pytest.mark.parametrize("bias", [False, True])
+def test_variant_matches_reference_formula(name, bias):
+    torch.manual_seed(0)
+    d, d_ff = 6, 12
+    ffn = build_ffn(name, d, d_ff, bias=bias).double()
+    h = ffn.hidden
+    W1 = torch.randn(h, d, dtype=torch.float64)
+    V = torch.randn(h, d, dtype=torch.float64)
+    W2 = torch.randn(d, h, dtype=torch.float64)
+    b1, bv, b2 = (torch.randn(h, dtype=torch.float64), torch.randn(h, dtype=torch.float64),
+                  torch.randn(d, dtype=torch.float64))
+    with torch.no_grad():
+        if ffn.gated:
+            ffn.w_in.weight.copy_(torch.cat([W1, V]))
+            if bias:
+                ffn.w_in.bias.copy_(torch.cat([b1, bv]))
+        else:
+            ffn.w_in.weight.copy_(W1)
+            if bias:
+                ffn.w_in.bias.copy_(b1)
+        ffn.w_out.weight.copy_(W2)
+        if bias:
+            ffn.w_out.bias.copy_(b2)
+    x = torch.randn(3, 5, d, dtype=torch.float64)
+    act = REFERENCE_ACT[name]
+    z = x @ W1.T + (b1 if bias else 0)
+    hidden = act(z) * (x @ V.T + (bv if bias else 0)) if ffn.gated else act(z)
+    expected = hidden @ W2.T + (b2 if bias else 0)
+    torch.testing.assert_close(ffn(x), expected, rtol=1e-12, atol=1e-12)
+
+
+def test_gate_and_value_order():
+    """Rows [0, h) of the fused weight are the gate W (activated), rows [h, 2h) the value V."""
+    ffn = build_ffn("reglu", 2, 3)
+    assert isinstance(ffn, GatedMLP) and ffn.hidden == 2
+    with torch.no_grad():
+        ffn.w_in.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0],      # W, the gate
+                                            [-2.0, 0.0], [0.0, -3.0]]))  # V, the value
+        ffn.w_out.weight.copy_(torch.eye(2))
+    x = torch.tensor([[1.0, -1.0]])
+    # relu(xW) = [1, 0], xV = [-2, 3]  ->  [-2, 0].
+    # With W and V swapped it would be relu(xV) * xW = [0, 3] * [1, -1] = [0, -3].
+    torch.testing.assert_close(ffn(x), torch.tensor([[-2.0, 0.0]]))
+    torch.testing.assert_close(ffn.gate_weight, torch.tensor([[1.0, 0.0], [0.0, 1.0]]))
+    torch.testing.assert_close(ffn.value_weight, torch.tensor([[-2.0, 0.0], [0.0, -3.0]]))
+
+
+@pytest.mark.parametrize(
+    "d_model,mult,bias",
+    list(itertools.product([64, 100, 128, 200, 256, 301, 512, 768, 1000], [2, 3, 4, 8], [False, True])),
+)
+def test_parameter_matching_within_half_percent(d_model, mult, bias):
+    d_ff = mult * d_model
+    base = sum(p.numel() for p in build_ffn("relu", d_model, d_ff, bias=bias).parameters())
+    assert base == 2 * d_model * d_ff + (d_ff + d_model if bias else 0)
+    for name in PAPER_VARIANTS:
+        n = sum(p.numel() for p in build_ffn(name, d_model, d_ff, bias=bias).parameters())
+        assert abs(n / base - 1) <= 0.005, (name, d_model, d_ff, bias, n, base)
+
+
+def test_paper_width():
+    assert ffn_hidden_dim(768, 3072, gated=True) == 2048  # Shazeer 2020, section 2
+    assert ffn_hidden_dim(768, 3072, gated=False) == 3072
+
+
+def test_multiple_of_rounds_and_reports_the_error():
+    h = ffn_hidden_dim(768, 3072, gated=True, multiple_of=256)
+    assert h == 2048
+    h = ffn_hidden_dim(100, 400, gated=True, multiple_of=64)  # 2/3*400 = 266.7 -> 267 -> 256
+    assert h == 256
+    err = matching_error(100, 400, h, gated=True, bias=False)
+    assert err == pytest.approx(3 * 100 * 256 / (2 * 100 * 400) - 1)
+    assert ffn_params(100, 256, True, False) == 3 * 100 * 256
+
+
+def test_bad_sizes_raise():
+    with pytest.raises(ValueError, match="ffn_multiple_of"):
+        ffn_hidden_dim(64, 256, True, multiple_of=0)
+    with pytest.raises(ValueError, match="d_ff"):
+        ffn_hidden_dim(64, 0, True)

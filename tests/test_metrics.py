@@ -1,0 +1,124 @@
+import math
+
+import lightning.pytorch as pl
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from glubench.data import IGNORE_INDEX, ValWindows
+from glubench.metrics import ThroughputMeter, bits_per_byte, lookup_peak_flops, mfu, perplexity
+from glubench.model import ModelConfig
+from glubench.module import LanguageModel, lr_lambda
+
+
+def _module():
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=50, d_model=16, n_layers=1, n_heads=2, seq_len=8, ffn="swiglu")
+    return LanguageModel(cfg, val_predicted_bytes=1000).double()
+
+
+def _validate(module, tokens, batch_size):
+    dl = torch.utils.data.DataLoader(ValWindows(tokens, 8), batch_size=batch_size)
+    trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False,
+                         enable_checkpointing=False, enable_model_summary=False)
+    trainer.validate(module, dataloaders=dl, verbose=False)
+    return dict(module.last_val)
+
+
+def test_val_metrics_are_corpus_level_and_batch_size_free():
+    tokens = np.random.default_rng(0).integers(0, 50, size=203).astype(np.uint16)  # 202 predicted, ragged tail
+    module = _module()
+    # Independent reference: every predicted token scored once, summed NLL / count.
+    with torch.no_grad():
+        t = torch.from_numpy(tokens.astype(np.int64))
+        total, count = 0.0, 0
+        for start in range(0, len(t) - 1, 8):
+            x, y = t[start : start + 8], t[start + 1 : start + 9]
+            x = x[: len(y)]
+            logits = module.model(x[None])[0]
+            total += F.cross_entropy(logits, y, reduction="sum").item()
+            count += len(y)
+    assert count == 202
+    results = [_validate(module, tokens, bs) for bs in (1, 3, 7, 64)]
+    for r in results:
+        assert r["val/tokens"] == 202
+        assert r["val/loss"] == pytest.approx(total / count, abs=1e-6)
+        assert r["val/ppl"] == pytest.approx(math.exp(total / count), rel=1e-6)
+        assert r["val/bpb"] == pytest.approx(total / math.log(2) / 1000, rel=1e-9)
+    # A mean of batch means would differ here (the last batch is short): make sure it does.
+    assert len({round(r["val/loss"], 12) for r in results}) == 1
+
+
+def test_val_windows_pad_with_ignore_index():
+    x, y = ValWindows(np.arange(11, dtype=np.uint16), 4)[2]
+    assert x.tolist() == [8, 9, 0, 0] and y.tolist() == [9, 10, IGNORE_INDEX, IGNORE_INDEX]
+
+
+def test_bits_per_byte_and_perplexity():
+    assert bits_per_byte(math.log(2) * 100, 50) == pytest.approx(2.0)
+    assert perplexity(math.log(7.5)) == pytest.approx(7.5)
+    assert perplexity(1e6) == math.inf
+    with pytest.raises(ValueError):
+        bits_per_byte(1.0, 0)
+
+
+class FakeClock:
+    def __init__(self):
+        self.t = 100.0
+
+    def __call__(self):
+        return self.t
+
+
+def test_throughput_with_fake_clock_excludes_warmup_and_pauses():
+    clock = FakeClock()
+    meter = ThroughputMeter(warmup_steps=2, clock=clock)
+    for tokens in (1000, 1000):  # warmup: 10 s each, never counted
+        clock.t += 10
+        meter.step(tokens)
+    assert meter.read() is None or meter.started
+    # Variable batch sizes, e.g. 4 micro-batches × 2 devices × 128 tokens = 1024 per step.
+    for tokens, dt in ((1024, 0.5), (2048, 0.5), (1024, 1.0)):
+        clock.t += dt
+        meter.step(tokens)
+    r = meter.read()
+    assert r["tokens_per_sec"] == pytest.approx(4096 / 2.0)
+    assert r["step_time_ms"] == pytest.approx(2000 / 3)
+    meter.pause()
+    clock.t += 50  # validation: not counted
+    meter.resume()
+    clock.t += 2.0
+    meter.step(3000)
+    r = meter.read()
+    assert r["tokens_per_sec"] == pytest.approx(1500.0)
+    s = meter.summary()
+    assert s["tokens_per_sec"] == pytest.approx((4096 + 3000) / 4.0)
+    assert s["measured_steps"] == 4
+
+
+def test_throughput_no_warmup():
+    clock = FakeClock()
+    meter = ThroughputMeter(warmup_steps=0, clock=clock)
+    clock.t += 4
+    meter.step(400)
+    assert meter.read()["tokens_per_sec"] == pytest.approx(100.0)
+
+
+def test_peak_flops_and_mfu():
+    assert lookup_peak_flops("NVIDIA H200", "bf16-mixed") == 989e12
+    assert lookup_peak_flops("NVIDIA H100 80GB HBM3", "bf16-mixed") == 989e12
+    assert lookup_peak_flops("NVIDIA H100 PCIe", "bf16-mixed") == 756e12
+    assert lookup_peak_flops("NVIDIA A100-SXM4-80GB", "32-true") == 19.5e12
+    assert lookup_peak_flops(None, "32-true") is None
+    assert lookup_peak_flops("cpu", "32-true") is None
+    assert mfu(1000.0, 6e9, 1e13) == pytest.approx(0.6)
+    assert mfu(1000.0, 6e9, None) is None
+
+
+def test_lr_schedule():
+    assert lr_lambda(0, 10, 100, 0.1) == pytest.approx(0.1)
+    assert lr_lambda(9, 10, 100, 0.1) == pytest.approx(1.0)
+    assert lr_lambda(10, 10, 100, 0.1) == pytest.approx(1.0)
+    assert lr_lambda(55, 10, 100, 0.1) == pytest.approx(0.1 + 0.9 * 0.5)
+    assert lr_lambda(100, 10, 100, 0.1) == pytest.approx(0.1)

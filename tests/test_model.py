@@ -1,0 +1,87 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
+
+from glubench.ffn import PAPER_VARIANTS
+from glubench.metrics import flops_per_token
+from glubench.model import ModelConfig, Transformer, count_params
+
+
+def small(ffn="relu", **kw):
+    base = dict(vocab_size=64, d_model=32, n_layers=2, n_heads=4, seq_len=16, ffn=ffn)
+    return ModelConfig(**{**base, **kw})
+
+
+def test_config_derives_and_checks():
+    cfg = small("swiglu")
+    assert cfg.d_ff == 128 and cfg.ffn_hidden == round(2 * 128 / 3)
+    with pytest.raises(ValueError, match="model.d_model=30 must be divisible by model.n_heads=4"):
+        small(d_model=30)
+    with pytest.raises(ValueError, match="model.ffn='nope'"):
+        small("nope")
+    with pytest.raises(ValueError, match="model.init"):
+        small(init="xavier")
+
+
+def test_forward_shape_and_causality():
+    torch.manual_seed(0)
+    model = Transformer(small("geglu")).eval()
+    idx = torch.randint(0, 64, (2, 16))
+    logits = model(idx)
+    assert logits.shape == (2, 16, 64)
+    idx2 = idx.clone()
+    idx2[:, 10:] = (idx2[:, 10:] + 1) % 64  # change the future only
+    torch.testing.assert_close(model(idx2)[:, :10], logits[:, :10])
+    assert not torch.allclose(model(idx2)[:, 10:], logits[:, 10:])
+
+
+def test_tied_embeddings_and_counts():
+    cfg = small("swiglu", bias=False)
+    model = Transformer(cfg)
+    assert model.lm_head.weight is model.tok_emb.weight
+    c = count_params(model)
+    d, L, V, T, h = 32, 2, 64, 16, cfg.ffn_hidden
+    per_layer = 3 * d * d + d * d + 3 * d * h + 2 * d  # qkv, proj, ffn, two LayerNorm weights
+    assert c.ffn_per_layer == 3 * d * h
+    assert c.nonembedding == L * per_layer + d  # + final LayerNorm
+    assert c.total == c.nonembedding + V * d + T * d
+    assert c.matmul == L * (4 * d * d + 3 * d * h) + d * V
+
+
+@pytest.mark.parametrize("init", ["scaled_normal", "normal", "kaiming"])
+def test_init_identical_across_variants(init):
+    """Every variant's matrices follow the scheme's std rule (never a per-variant rule)."""
+    for name in PAPER_VARIANTS:
+        torch.manual_seed(0)
+        m = Transformer(small(name, init=init, d_model=64, n_heads=4))
+        assert m.tok_emb.weight.std().item() == pytest.approx(0.02, rel=0.06)
+        qkv = m.blocks[1].attn.qkv.weight
+        assert qkv.std().item() == pytest.approx(math.sqrt(2 / 64) if init == "kaiming" else 0.02, rel=0.06)
+        w_in, w_out = m.blocks[0].ffn.w_in.weight, m.blocks[0].ffn.w_out.weight
+        if init == "kaiming":
+            exp_in, exp_out = math.sqrt(2 / 64), math.sqrt(2 / m.cfg.ffn_hidden)
+        else:
+            exp_in = 0.02
+            exp_out = 0.02 / math.sqrt(2 * 2) if init == "scaled_normal" else 0.02
+        assert w_in.std().item() == pytest.approx(exp_in, rel=0.06)
+        assert w_out.std().item() == pytest.approx(exp_out, rel=0.06)
+
+
+@pytest.mark.parametrize("ffn", ["relu", "swiglu"])
+def test_flops_formula_matches_flop_counter(ffn):
+    cfg = small(ffn, d_model=64, n_layers=3, n_heads=4, seq_len=64, vocab_size=128)
+    model = Transformer(cfg)
+    B, T = 2, cfg.seq_len
+    idx = torch.randint(0, cfg.vocab_size, (B, T))
+    counter = FlopCounterMode(display=False)
+    # The math backend spells attention as matmuls, which the counter sees on every device.
+    with counter, sdpa_kernel(SDPBackend.MATH):
+        loss = F.cross_entropy(model(idx).flatten(0, 1), idx.flatten())
+        loss.backward()
+    measured = counter.get_total_flops() / (B * T)
+    analytic = flops_per_token(count_params(model).matmul, cfg.n_layers, cfg.d_model, T)
+    assert analytic == pytest.approx(measured, rel=0.05)
