@@ -29,6 +29,16 @@ def gelu_exact(x: torch.Tensor) -> torch.Tensor:
     return F.gelu(x, approximate="none")
 
 
+def relu_squared(x: torch.Tensor) -> torch.Tensor:
+    """Squared ReLU, ``max(x, 0)²`` (So et al. 2021, "Primer", arXiv 2109.08668, §3)."""
+    return F.relu(x).square()
+
+
+def elu(x: torch.Tensor) -> torch.Tensor:
+    """ELU with ``alpha = 1``: ``x`` for ``x > 0``, ``exp(x) - 1`` otherwise (Clevert et al. 2016)."""
+    return F.elu(x, alpha=1.0)
+
+
 def identity(x: torch.Tensor) -> torch.Tensor:
     """The identity; the gate of the Bilinear variant (Shazeer 2020, eq. 5)."""
     return x
@@ -124,6 +134,13 @@ FFN_REGISTRY: dict[str, FFNSpec] = {
     "reglu": FFNSpec(GatedMLP, F.relu),
     "geglu": FFNSpec(GatedMLP, gelu_exact),
     "swiglu": FFNSpec(GatedMLP, F.silu),
+    # Beyond the paper (matched by the same rule): Mish, x·tanh(softplus(x)) (Misra 2019,
+    # arXiv 1908.08681); ELU (Clevert et al. 2016); squared ReLU (So et al. 2021, Primer);
+    # and Mish as a GLU gate.
+    "mish": FFNSpec(MLP, F.mish),
+    "elu": FFNSpec(MLP, elu),
+    "relu2": FFNSpec(MLP, relu_squared),
+    "mishglu": FFNSpec(GatedMLP, F.mish),
 }
 """Config name (``model.ffn``) -> :class:`FFNSpec`."""
 
@@ -207,9 +224,11 @@ __all__ = [
     "MLP",
     "build_ffn",
     "ffn_hidden_dim",
+    "elu",
     "ffn_params",
     "gelu_exact",
     "get_spec",
     "identity",
     "matching_error",
+    "relu_squared",
 ]

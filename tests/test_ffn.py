@@ -30,11 +30,18 @@ REFERENCE_ACT = {
     "reglu": lambda z: torch.where(z > 0, z, torch.zeros_like(z)),
     "geglu": lambda z: z * phi(z),
     "swiglu": lambda z: z / (1 + torch.exp(-z)),
+    "mish": lambda z: z * torch.tanh(torch.log1p(torch.exp(z))),
+    "elu": lambda z: torch.where(z > 0, z, torch.exp(z) - 1),
+    "relu2": lambda z: torch.where(z > 0, z * z, torch.zeros_like(z)),
+    "mishglu": lambda z: z * torch.tanh(torch.log1p(torch.exp(z))),
 }
+EXTRA_VARIANTS = ("mish", "elu", "relu2", "mishglu")
 
 
 def test_registry_holds_the_paper_variants():
-    assert set(PAPER_VARIANTS) <= set(FFN_REGISTRY)
+    assert len(PAPER_VARIANTS) == 8 and set(PAPER_VARIANTS) <= set(FFN_REGISTRY)
+    assert set(FFN_REGISTRY) == set(REFERENCE_ACT)  # every variant has a hand-written reference
+    assert [n for n in EXTRA_VARIANTS if get_spec(n).gated] == ["mishglu"]
     assert [n for n in PAPER_VARIANTS if get_spec(n).gated] == ["glu", "bilinear", "reglu", "geglu", "swiglu"]
 
 
@@ -43,7 +50,7 @@ def test_unknown_variant_lists_the_valid_ones():
         get_spec("swigly")
 
 
-@pytest.mark.parametrize("name", PAPER_VARIANTS)
+@pytest.mark.parametrize("name", PAPER_VARIANTS + EXTRA_VARIANTS)
 @pytest.mark.parametrize("bias", [False, True])
 def test_variant_matches_reference_formula(name, bias):
     torch.manual_seed(0)
@@ -102,6 +109,16 @@ def test_parameter_matching_within_half_percent(d_model, mult, bias):
     for name in PAPER_VARIANTS:
         n = sum(p.numel() for p in build_ffn(name, d_model, d_ff, bias=bias).parameters())
         assert abs(n / base - 1) <= 0.005, (name, d_model, d_ff, bias, n, base)
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_extra_variants_are_matched_like_the_rest(bias):
+    base = ffn_params(100, 400, gated=False, bias=bias)
+    for name in EXTRA_VARIANTS:
+        ffn = build_ffn(name, 100, 400, bias=bias)
+        n = sum(p.numel() for p in ffn.parameters())
+        assert ffn.hidden == ffn_hidden_dim(100, 400, get_spec(name).gated, bias)
+        assert abs(n / base - 1) <= 0.005, (name, n, base)
 
 
 def test_paper_width():
