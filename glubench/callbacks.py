@@ -1,9 +1,10 @@
-"""Lightning callbacks: training throughput (tokens/s, step time, MFU)."""
+"""Lightning callbacks: training throughput (tokens/s, step time, MFU) and a sync-free progress bar."""
 
 from __future__ import annotations
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.callbacks import TQDMProgressBar
 
 from glubench.metrics import ThroughputMeter, mfu
 
@@ -76,3 +77,20 @@ class ThroughputCallback(pl.Callback):
         if s is not None:
             s["mfu"] = mfu(s["tokens_per_sec"], self.flops_per_token, self.peak_flops)
         return s
+
+
+class ProgressBar(TQDMProgressBar):
+    """Lightning's progress bar, showing ``loss`` (the last training loss) at each refresh.
+
+    The module keeps its loss as a device tensor (``last_loss``); it is read back to the
+    host only when the bar refreshes (every ``refresh_rate`` steps; ``glubench`` uses
+    ``trainer.log_every_n_steps``), not after every step as ``self.log(..., prog_bar=True)``
+    would do.
+    """
+
+    def get_metrics(self, trainer, pl_module) -> dict:
+        metrics = super().get_metrics(trainer, pl_module)
+        loss = getattr(pl_module, "last_loss", None)
+        if loss is not None and trainer.training:
+            metrics["loss"] = f"{loss.item():.4g}"
+        return metrics

@@ -44,6 +44,8 @@ class ModelConfig:
             (He et al. 2015: std = sqrt(2/fan_in)).  The same for every FFN variant.
         init_std: the std of ``normal`` and ``scaled_normal``.
         dropout: dropout probability on attention and residual outputs (0 in the paper).
+        compile: wrap the Transformer with ``torch.compile`` (static shapes) when
+            :class:`glubench.module.LanguageModel` builds it; the Transformer itself ignores it.
 
     Derived in ``__post_init__`` (not config keys): ``d_ff`` when ``None``, and
     :attr:`ffn_hidden`, the FFN hidden width after parameter matching.
@@ -64,6 +66,7 @@ class ModelConfig:
     init: str = "scaled_normal"
     init_std: float = 0.02
     dropout: float = 0.0
+    compile: bool = False
 
     def __post_init__(self) -> None:
         for key in ("vocab_size", "d_model", "n_layers", "n_heads", "seq_len"):

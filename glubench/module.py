@@ -12,6 +12,10 @@ from glubench.data import IGNORE_INDEX
 from glubench.metrics import LN2, CorpusNLL, perplexity
 from glubench.model import ModelConfig, Transformer
 
+# Shapes are static (fixed training windows), so dynamic=False keeps one specialised graph per
+# shape instead of recompiling to a dynamic-shape graph when validation brings a second shape.
+COMPILE_OPTIONS: dict = {"dynamic": False}
+
 
 def lr_lambda(step: int, warmup_steps: int, max_steps: int, min_lr_ratio: float) -> float:
     """LR multiplier: linear warmup from 1/warmup to 1, then cosine decay to ``min_lr_ratio``."""
@@ -19,6 +23,22 @@ def lr_lambda(step: int, warmup_steps: int, max_steps: int, min_lr_ratio: float)
         return (step + 1) / warmup_steps
     progress = min(1.0, (step - warmup_steps) / max(1, max_steps - warmup_steps))
     return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def build_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, betas: tuple[float, float], eps: float,
+                    warmup_steps: int, max_steps: int, min_lr_ratio: float):
+    """AdamW (Loshchilov & Hutter 2019) with weight decay on matrices only, and the :func:`lr_lambda` schedule.
+
+    Parameters with ``dim() >= 2`` (Linear and embedding weights) decay; biases and norm
+    gains do not.  Returns ``(optimizer, scheduler)``; call ``scheduler.step()`` once per
+    optimizer step.
+    """
+    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    opt = torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_lambda(s, warmup_steps, max_steps, min_lr_ratio))
+    return opt, sched
 
 
 class LanguageModel(pl.LightningModule):
@@ -45,6 +65,9 @@ class LanguageModel(pl.LightningModule):
         super().__init__()
         self.model_cfg = model_cfg
         self.model = Transformer(model_cfg)
+        if model_cfg.compile:
+            # In place (nn.Module.compile): parameter names and checkpoints stay unchanged.
+            self.model.compile(**COMPILE_OPTIONS)
         self.opt = dict(lr=lr, weight_decay=weight_decay, betas=(beta1, beta2), eps=eps)
         self.warmup_steps, self.min_lr_ratio, self.max_steps = warmup_steps, min_lr_ratio, max_steps
         self.val_predicted_bytes = val_predicted_bytes
@@ -52,6 +75,7 @@ class LanguageModel(pl.LightningModule):
         self.tokens_seen = 0  # training tokens on this process, counted per micro-batch
         self.history: list[dict] = []
         self.last_val: dict[str, float] = {}
+        self.last_loss: torch.Tensor | None = None  # last training loss, left on the device
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         return self.model(idx)
@@ -61,7 +85,10 @@ class LanguageModel(pl.LightningModule):
         logits = self.model(x)  # (B, T, V)
         loss = F.cross_entropy(logits.flatten(0, 1), y.flatten())
         self.tokens_seen += y.numel()
-        self.log("train/loss", loss, prog_bar=True)
+        # Not prog_bar=True: Lightning turns progress-bar values into Python numbers after every
+        # step (a host sync on GPU); glubench.callbacks.ProgressBar reads last_loss when it refreshes.
+        self.log("train/loss", loss)
+        self.last_loss = loss.detach()
         return loss
 
     def on_validation_epoch_start(self) -> None:
@@ -92,14 +119,8 @@ class LanguageModel(pl.LightningModule):
             )
 
     def configure_optimizers(self):
-        decay = [p for p in self.parameters() if p.requires_grad and p.dim() >= 2]
-        no_decay = [p for p in self.parameters() if p.requires_grad and p.dim() < 2]
-        groups = [{"params": decay, "weight_decay": self.opt["weight_decay"]},
-                  {"params": no_decay, "weight_decay": 0.0}]
-        opt = torch.optim.AdamW(groups, lr=self.opt["lr"], betas=self.opt["betas"], eps=self.opt["eps"])
-        sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda s: lr_lambda(s, self.warmup_steps, self.max_steps, self.min_lr_ratio)
-        )
+        opt, sched = build_optimizer(self, **self.opt, warmup_steps=self.warmup_steps, max_steps=self.max_steps,
+                                     min_lr_ratio=self.min_lr_ratio)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:

@@ -105,7 +105,7 @@ def train(cfg: DictConfig, result: RunResult) -> RunResult:
     import torch
     from lightning.pytorch.callbacks import ModelCheckpoint
 
-    from glubench.callbacks import ThroughputCallback
+    from glubench.callbacks import ProgressBar, ThroughputCallback
     from glubench.data import LMDataModule
     from glubench.metrics import flops_per_token, lookup_peak_flops
     from glubench.model import count_params
@@ -151,7 +151,9 @@ def train(cfg: DictConfig, result: RunResult) -> RunResult:
         gradient_clip_val=t.gradient_clip_val, accumulate_grad_batches=t.accumulate_grad_batches,
         deterministic=t.deterministic, enable_progress_bar=t.enable_progress_bar,
         default_root_dir=str(out), logger=loggers or False, use_distributed_sampler=False,
-        callbacks=[throughput, ModelCheckpoint(dirpath=str(out / "checkpoints"), save_last=True, save_top_k=0)],
+        callbacks=[throughput, ModelCheckpoint(dirpath=str(out / "checkpoints"), save_last=True, save_top_k=0)]
+        # The bar reads the loss back to the host (a sync on GPU) at each refresh: refresh when logging.
+        + ([ProgressBar(refresh_rate=t.log_every_n_steps)] if t.enable_progress_bar else []),
         enable_model_summary=False,
     )
     throughput.peak_flops = cfg.throughput.peak_flops or lookup_peak_flops(

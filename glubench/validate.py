@@ -61,4 +61,7 @@ def validate_config(cfg: DictConfig) -> ModelConfig:
         raise ConfigError(f"data.val_percent={d.val_percent} must be in (0, 100)")
     if cfg.throughput.peak_flops is not None and not cfg.throughput.peak_flops > 0:
         raise ConfigError(f"throughput.peak_flops={cfg.throughput.peak_flops} must be positive or null")
+    if cfg.model.get("compile") and cfg.throughput.warmup_steps < 1:
+        raise ConfigError(f"throughput.warmup_steps={cfg.throughput.warmup_steps} must be >= 1 with model.compile=true "
+                          "(the first step compiles; its time must not count as throughput)")
     return model_config(cfg, vocab_size=256 if d.tokenizer == "bytes" else d.vocab_size)

@@ -122,3 +122,58 @@ def test_lr_schedule():
     assert lr_lambda(10, 10, 100, 0.1) == pytest.approx(1.0)
     assert lr_lambda(55, 10, 100, 0.1) == pytest.approx(0.1 + 0.9 * 0.5)
     assert lr_lambda(100, 10, 100, 0.1) == pytest.approx(0.1)
+
+
+def _batch(n_windows, seq_len=8):
+    y = torch.zeros(n_windows, seq_len, dtype=torch.long)
+    return y, y
+
+
+def test_throughput_callback_counts_accumulation_and_devices_with_fake_clock():
+    """Tokens per optimizer step = every micro-batch of gradient accumulation × every device."""
+    from types import SimpleNamespace
+
+    from glubench.callbacks import ThroughputCallback
+
+    cb = ThroughputCallback(flops_per_token=6.0, peak_flops=1200.0, warmup_steps=1, log_every_n_steps=100)
+    trainer = SimpleNamespace(global_step=0, world_size=4)
+    module = SimpleNamespace(device=torch.device("cpu"), log_dict=lambda *a, **k: None)
+    cb.on_train_start(trainer, module)
+    clock = FakeClock()
+    cb.meter.clock = clock
+    # accumulate_grad_batches=2; Lightning raises global_step at the end of the 2nd micro-batch.
+    # Micro-batches of 3, 5 | 2, 2 | 4, 4 windows of 8 tokens; optimizer steps take 9, 1, 3 s.
+    for windows, dt in (((3, 5), 9.0), ((2, 2), 1.0), ((4, 4), 3.0)):
+        for i, n in enumerate(windows):
+            clock.t += dt / 2
+            if i == 1:
+                trainer.global_step += 1
+            cb.on_train_batch_end(trainer, module, None, _batch(n), 0)
+    cb.on_train_end(trainer, module)
+    s = cb.summary()
+    # Step 1 (warmup) excluded: (2+2 + 4+4) windows × 8 tokens × 4 devices over 1 + 3 s.
+    assert cb.meter.tokens == (3 + 5 + 2 + 2 + 4 + 4) * 8 * 4
+    assert s["tokens_per_sec"] == pytest.approx(12 * 8 * 4 / 4.0)
+    assert s["step_time_ms"] == pytest.approx(2000.0)
+    assert s["measured_steps"] == 2
+    assert s["mfu"] == pytest.approx(12 * 8 * 4 / 4.0 * 6.0 / 1200.0)
+
+
+def test_throughput_callback_under_lightning_gradient_accumulation():
+    """Real Trainer: the callback's step and token counts follow optimizer steps, not micro-batches."""
+    from glubench.callbacks import ThroughputCallback
+
+    torch.manual_seed(0)
+    module = LanguageModel(ModelConfig(vocab_size=16, d_model=8, n_layers=1, n_heads=2, seq_len=4),
+                           warmup_steps=1, max_steps=3)
+    data = [(torch.randint(0, 16, (b, 4)),) * 2 for b in (1, 2, 3, 4, 5, 6)]  # variable micro-batch sizes
+    cb = ThroughputCallback(1.0, None, warmup_steps=1, log_every_n_steps=1)
+    trainer = pl.Trainer(accelerator="cpu", max_steps=3, accumulate_grad_batches=2, logger=False,
+                         enable_progress_bar=False, enable_checkpointing=False, enable_model_summary=False,
+                         callbacks=[cb])
+    trainer.fit(module, train_dataloaders=torch.utils.data.DataLoader(data, batch_size=None))
+    assert trainer.global_step == 3 and cb.meter.steps == 3
+    assert cb.meter.tokens == (1 + 2 + 3 + 4 + 5 + 6) * 4
+    s = cb.summary()
+    assert s["measured_steps"] == 2  # warmup step excluded
+    assert s["tokens_per_sec"] == pytest.approx((3 + 4 + 5 + 6) * 4 / s["measured_seconds"])
