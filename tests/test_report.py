@@ -1,0 +1,188 @@
+"""glubench-report on synthetic results.json files whose statistics are worked out by hand below."""
+
+import csv
+import json
+import math
+
+import pytest
+
+from glubench.report import main, report_sweep, welch
+from glubench.results import RunResult
+
+# Final val losses per variant and seed.  relu and bilinear have equal sample variances, so
+# Welch's degrees of freedom are exactly n1 + n2 - 2 = 4 and the t quantile is from a table.
+LOSSES = {
+    "relu": [2.0, 2.2, 2.4],      # mean 2.2, sample std 0.2
+    "swiglu": [1.9, 2.0, 2.1],    # mean 2.0, sample std 0.1
+    "bilinear": [1.8, 2.0, 2.2],  # mean 2.0, sample std 0.2
+    "gelu": [2.9, 3.0, 3.1],      # mean 3.0, sample std 0.1
+}
+T_975_DF4 = 2.7764451051977987  # t_{0.975, 4}, from a t table
+FFN_PARAMS = {"relu": 1000, "swiglu": 996, "bilinear": 996, "gelu": 1000}
+
+
+def _write_run(folder, ffn, seed, loss, status="completed", lr=1e-3, error=None):
+    cfg = {"model": {"ffn": ffn, "d_model": 32}, "seed": seed, "optim": {"lr": lr},
+           "experiment_name": "synthetic", "logger": {"wandb": False}}
+    done = status == "completed"
+    RunResult(
+        status=status, ffn=ffn, seed=seed, params_ffn=FFN_PARAMS.get(ffn), ffn_hidden=16,
+        val_loss=loss if done else None, val_ppl=math.exp(loss) if done else None,
+        val_bpb=loss / math.log(2) if done else None, train_tokens_per_sec=1000.0 + 10 * seed if done else None,
+        history=[{"step": 10, "tokens_seen": 100, "val_loss": loss + 1}, {"step": 20, "tokens_seen": 200,
+                                                                         "val_loss": loss}] if done else [],
+        error=error, config=cfg,
+    ).write(folder)
+
+
+@pytest.fixture
+def sweep(tmp_path):
+    i = 0
+    for ffn, losses in LOSSES.items():
+        for seed, loss in enumerate(losses):
+            d = tmp_path / f"{i}_{ffn}_s{seed}"
+            d.mkdir()
+            _write_run(d, ffn, seed, loss)
+            i += 1
+    return tmp_path
+
+
+def _table(md, title_prefix="|  | variant"):
+    lines = md.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(title_prefix))
+    rows = []
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        rows.append([c.strip() for c in line.strip("|").split("|")])
+    return rows
+
+
+def test_welch_by_hand():
+    # Equal variances: se = sqrt(0.04/3 + 0.04/3), df = 4.
+    w = welch(LOSSES["bilinear"], LOSSES["relu"])
+    se = math.sqrt(0.04 / 3 * 2)
+    assert w.diff == pytest.approx(-0.2)
+    assert w.df == pytest.approx(4.0)
+    assert (w.low, w.high) == pytest.approx((-0.2 - T_975_DF4 * se, -0.2 + T_975_DF4 * se))
+    assert w.significant is False  # [-0.653, 0.253] contains 0
+    # Unequal variances: df = (0.05/3)^2 / ((0.04/3)^2/2 + (0.01/3)^2/2) = 0.005/0.0017.
+    w = welch(LOSSES["gelu"], LOSSES["relu"])
+    assert w.diff == pytest.approx(0.8)
+    assert w.df == pytest.approx(0.005 / 0.0017)
+    from scipy import stats
+
+    ref = stats.ttest_ind(LOSSES["gelu"], LOSSES["relu"], equal_var=False)
+    assert w.p == pytest.approx(ref.pvalue)
+    half = stats.t.ppf(0.975, 0.005 / 0.0017) * math.sqrt(0.05 / 3)
+    assert (w.low, w.high) == pytest.approx((0.8 - half, 0.8 + half))
+    assert w.significant is True
+    # n < 2: no interval, and the note says why.
+    w = welch([1.0], [2.0, 2.1])
+    assert w.diff == pytest.approx(-1.05) and w.low is None and w.significant is None and "n=1" in w.note
+
+
+def test_report_table_statistics_and_order(sweep):
+    report = report_sweep([sweep], wandb_choice="off")
+    assert report.exit_code == 0 and report.keys == ["model.ffn"]
+    md = (sweep / "summary.md").read_text()
+    rows = _table(md)
+    # Sorted by mean loss: swiglu (2.0) and bilinear (2.0) tie and are ordered by name, then relu, gelu.
+    assert [r[1] for r in rows] == ["bilinear", "swiglu", "relu", "gelu"]
+    assert rows[0][0] == "★" and all(r[0] == "" for r in rows[1:])
+    by = {r[1]: r for r in rows}
+    header = ["", "variant", "FFN hidden", "FFN params", "params vs baseline", "val loss (mean ± std)", "val ppl",
+              "val bpb", "n seeds", "tokens/s", "MFU"]
+    col = {h: i for i, h in enumerate(header)}
+    assert by["relu"][col["val loss (mean ± std)"]] == "2.2000 ± 0.2000"
+    assert by["swiglu"][col["val loss (mean ± std)"]] == "2.0000 ± 0.1000"
+    assert by["gelu"][col["val loss (mean ± std)"]] == "3.0000 ± 0.1000"
+    assert by["relu"][col["val ppl"]] == f"{math.exp(2.2):.3f}"
+    assert by["gelu"][col["val bpb"]] == f"{3.0 / math.log(2):.4f}"
+    assert by["swiglu"][col["params vs baseline"]] == "-0.40%"  # (996 - 1000) / 1000
+    assert by["relu"][col["params vs baseline"]] == "+0.00%"
+    assert all(r[col["n seeds"]] == "3" for r in rows)
+    assert by["relu"][col["tokens/s"]] == "1,010"  # mean of 1000, 1010, 1020
+    assert by["relu"][col["MFU"]] == "—"
+    # Comparison table: bilinear's interval by hand (df = 4).
+    cmp = {r[0]: r for r in _table(md, "| variant")}
+    assert set(cmp) == {"swiglu", "bilinear", "gelu"}
+    half = T_975_DF4 * math.sqrt(0.04 / 3 * 2)
+    assert cmp["bilinear"][1] == "-0.2000"
+    assert cmp["bilinear"][2] == f"[{-0.2 - half:+.4f}, {-0.2 + half:+.4f}]"
+    assert cmp["bilinear"][4] == "no" and cmp["gelu"][4] == "yes: worse"
+    # One CSV row per run, with the flattened config.
+    with open(sweep / "results.csv") as f:
+        csv_rows = list(csv.DictReader(f))
+    assert len(csv_rows) == 12
+    assert sorted(float(r["val_loss"]) for r in csv_rows if r["ffn"] == "relu") == LOSSES["relu"]
+    assert {r["config.model.ffn"] for r in csv_rows} == set(LOSSES)
+    for name in ("val_loss_curves.png", "val_loss_bar.png", "tokens_per_sec.png"):
+        assert (sweep / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_failed_and_missing_runs_are_listed_and_flip_the_exit_status(sweep, capsys):
+    d = sweep / "99_swiglu_s3"
+    d.mkdir()
+    _write_run(d, "swiglu", 3, 0.0, status="failed", error="RuntimeError: boom")
+    killed = sweep / "100_gelu_s3" / ".hydra"
+    killed.mkdir(parents=True)
+    (killed / "config.yaml").write_text("model:\n  ffn: gelu\nseed: 3\n")
+    assert main([str(sweep), "--wandb", "off", "--no-plots"]) == 1
+    out = capsys.readouterr().out
+    assert "2 run(s) did not complete" in out and "RuntimeError: boom" in out
+    md = (sweep / "summary.md").read_text()
+    problems = _table(md, "| run")
+    assert sorted((r[1], r[2], r[3]) for r in problems) == [("gelu", "3", "missing"), ("swiglu", "3", "failed")]
+    # The failed run does not change the statistics of the completed ones.
+    rows = {r[1]: r for r in _table(md)}
+    assert rows["swiglu"][5] == "2.0000 ± 0.1000" and rows["swiglu"][8] == "3"
+    with open(sweep / "results.csv") as f:
+        assert sum(1 for r in csv.DictReader(f) if r["status"] == "failed") == 1
+
+
+def test_groups_by_every_swept_key_but_seed(tmp_path):
+    for i, (ffn, lr, seed, loss) in enumerate([("relu", 1e-3, 0, 2.0), ("relu", 1e-3, 1, 2.2),
+                                               ("relu", 3e-3, 0, 1.9), ("swiglu", 3e-3, 0, 1.7),
+                                               ("swiglu", 3e-3, 1, 1.8)]):
+        d = tmp_path / str(i)
+        d.mkdir()
+        _write_run(d, ffn, seed, loss, lr=lr)
+    report = report_sweep([tmp_path], wandb_choice="off", plots=False)
+    assert report.keys == ["model.ffn", "optim.lr"]
+    assert [(g.ffn, g.values["optim.lr"], g.n) for g in report.groups] == [
+        ("swiglu", 3e-3, 2), ("relu", 3e-3, 1), ("relu", 1e-3, 2)]
+    swiglu = report.groups[0]
+    assert swiglu.vs_baseline.diff == pytest.approx(1.75 - 1.9)  # vs relu at the same lr
+    assert swiglu.vs_baseline.significant is None  # relu at lr=3e-3 has one seed
+    assert "n/a: needs >= 2 seeds" in (tmp_path / "summary.md").read_text()
+
+
+def test_bad_paths_exit_2(tmp_path, capsys):
+    assert main([str(tmp_path / "nope")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main([str(tmp_path)]) == 2
+    assert "no results.json" in capsys.readouterr().err
+
+
+def test_wandb_summary_run_offline(sweep):
+    from glubench.report import build_report, log_wandb, write_plots
+
+    report = build_report([sweep])
+    plots = write_plots(report, sweep)
+    folder = log_wandb(report, sweep, plots)
+    assert folder.name.startswith("offline-run-") and any(folder.glob("*.wandb"))
+    media = list(folder.rglob("*.png"))
+    assert len(media) == 3
+    tables = [json.loads(p.read_text()) for p in folder.rglob("*.table.json")]
+    summary = next(t for t in tables if "val ppl" in t["columns"])
+    assert [row[1] for row in summary["data"]] == ["bilinear", "swiglu", "relu", "gelu"]
+
+
+def test_console_script_is_declared():
+    from pathlib import Path
+
+    from glubench import report
+
+    text = (Path(__file__).parents[1] / "pyproject.toml").read_text()
+    assert 'glubench-report = "glubench.report:cli"' in text and callable(report.cli)
