@@ -106,7 +106,7 @@ def train(cfg: DictConfig, result: RunResult) -> RunResult:
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     from glubench.callbacks import ProgressBar, ThroughputCallback
-    from glubench.data import LMDataModule
+    from glubench.data import LMDataModule, local_rank
     from glubench.metrics import flops_per_token, lookup_peak_flops
     from glubench.model import count_params
     from glubench.module import LanguageModel
@@ -117,7 +117,8 @@ def train(cfg: DictConfig, result: RunResult) -> RunResult:
     data = OmegaConf.to_container(cfg.data, resolve=True)
     dm = LMDataModule(**data, seq_len=model_cfg.seq_len, seed=cfg.seed,
                       num_batches=t.max_steps * t.accumulate_grad_batches)
-    dm.prepare_data()
+    if local_rank() == 0:  # the other ranks wait in setup() for rank 0's token cache
+        dm.prepare_data()
     dm.setup()
     result.corpus_fingerprint = dm.corpus_fingerprint
     model_cfg = model_config(cfg, vocab_size=dm.splits.vocab_size)

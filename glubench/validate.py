@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from omegaconf import DictConfig, OmegaConf
 
+from glubench.corpora import CORPORA, FORMATS
 from glubench.data import TOKENIZERS
 from glubench.model import ModelConfig
 
 PRECISIONS = ("32-true", "32", "bf16-mixed", "bf16-true", "16-mixed", "16-true", "64-true")
-CORPORA = ("pydocs", "text")
+GPT2_VOCAB = 50257
 
 
 class ConfigError(ValueError):
@@ -53,8 +54,17 @@ def validate_config(cfg: DictConfig) -> ModelConfig:
         raise ConfigError(f"trainer.precision={t.precision!r} is not known; valid: {', '.join(PRECISIONS)}")
     if d.tokenizer not in TOKENIZERS:
         raise ConfigError(f"data.tokenizer={d.tokenizer!r} is not known; valid: {', '.join(TOKENIZERS)}")
-    if d.name not in CORPORA:
-        raise ConfigError(f"data.name={d.name!r} is not a known corpus; valid: {', '.join(CORPORA)}")
+    if d.name not in CORPORA and not (d.files or d.local_dir or d.hub_id):
+        raise ConfigError(f"data.name={d.name!r} is not a known corpus; valid: {', '.join(CORPORA)} "
+                          "(or give data.files, data.local_dir or data.hub_id)")
+    if d.format is not None and d.format not in FORMATS:
+        raise ConfigError(f"data.format={d.format!r} is not known; valid: {', '.join(FORMATS)} or null")
+    if d.streaming and not (d.max_tokens and d.max_tokens > 0):
+        raise ConfigError(f"data.max_tokens={d.max_tokens} must be a positive token budget with data.streaming=true")
+    if d.num_proc is not None and d.num_proc < 1:
+        raise ConfigError(f"data.num_proc={d.num_proc} must be >= 1 or null")
+    if d.val_files and not d.files:
+        raise ConfigError("data.val_files needs data.files (the training files)")
     if d.tokenizer == "bpe" and not 257 <= d.vocab_size <= 65535:
         raise ConfigError(f"data.vocab_size={d.vocab_size} must be in [257, 65535] for data.tokenizer=bpe")
     if not 0 < d.val_percent < 100:
@@ -64,4 +74,5 @@ def validate_config(cfg: DictConfig) -> ModelConfig:
     if cfg.model.get("compile") and cfg.throughput.warmup_steps < 1:
         raise ConfigError(f"throughput.warmup_steps={cfg.throughput.warmup_steps} must be >= 1 with model.compile=true "
                           "(the first step compiles; its time must not count as throughput)")
-    return model_config(cfg, vocab_size=256 if d.tokenizer == "bytes" else d.vocab_size)
+    vocab = {"bytes": 256, "gpt2": GPT2_VOCAB}.get(d.tokenizer, d.vocab_size)
+    return model_config(cfg, vocab_size=vocab)

@@ -70,19 +70,29 @@ def test_token_cache_hit_miss_and_atomicity(tmp_path, monkeypatch):
     bpe2 = BPETokenizer.train_or_load(corpus, 320, tmp_path)
     assert bpe2.file_hash != bpe.file_hash
     assert prepare_tokens(corpus, bpe2, tmp_path, 5.0) not in (folder, prepare_tokens(corpus, bpe, tmp_path, 5.0))
+    assert prepare_tokens(corpus, ByteTokenizer(), tmp_path, 10.0) != folder  # split rule change: miss
 
     other = Corpus("toy", corpus.train, corpus.val, fingerprint="e" * 64, source="test")
+    calls = []
+    real = ByteTokenizer.encode_flat
 
-    def boom(self, docs):
-        raise RuntimeError("killed midway")
+    def dies_on_val(self, texts):  # train.bin is written, then the process "dies"
+        calls.append(len(texts))
+        if len(calls) > 1:
+            raise KeyboardInterrupt("killed midway")
+        return real(self, texts)
 
-    monkeypatch.setattr(ByteTokenizer, "encode_documents", boom)
-    with pytest.raises(RuntimeError):
+    monkeypatch.setattr(ByteTokenizer, "encode_flat", dies_on_val)
+    with pytest.raises(KeyboardInterrupt):
         prepare_tokens(other, ByteTokenizer(), tmp_path, 5.0)
+    assert len(calls) == 2
     monkeypatch.undo()
     key = gd.cache_key(other, ByteTokenizer(), 5.0)
     assert not (tmp_path / "tokens" / key).exists()
     assert not [p for p in (tmp_path / "tokens").iterdir() if p.name.startswith(".")]  # no debris
+    again = load_tokens(prepare_tokens(other, ByteTokenizer(), tmp_path, 5.0))  # rebuilt, complete
+    text = "".join(d + gd.DOC_SEPARATOR for d in corpus.train)
+    assert bytes(np.asarray(again.train, dtype=np.uint8)) == text.encode()
 
 
 def test_bpe_token_bytes_are_exact(tmp_path):
@@ -115,3 +125,233 @@ def test_shared_tinyshakespeare_loads(shared_data, tmp_path):
     folder = prepare_tokens(corpus, ByteTokenizer(), tmp_path, 5.0)
     splits = load_tokens(folder, ByteTokenizer().token_bytes())
     assert splits.train.size + splits.val.size > 1_000_000
+
+
+# ---------------------------------------------------------------------------- real corpora, Hub configs
+
+
+import math  # noqa: E402
+
+import pyarrow as pa  # noqa: E402
+import pyarrow.parquet as pq  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from hydra import compose, initialize_config_dir  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
+
+from glubench.corpora import CorpusUnavailable, paragraph_ids  # noqa: E402
+from glubench.data import LMDataModule, prepare_dataset, wait_for_prepared  # noqa: E402
+from glubench.train import conf_dir  # noqa: E402
+
+
+def _dm(overrides, cache, **kw) -> LMDataModule:
+    with initialize_config_dir(config_dir=conf_dir(), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[f"data.cache_dir={cache}", *overrides])
+    return LMDataModule(**OmegaConf.to_container(cfg.data, resolve=True), seq_len=kw.pop("seq_len", 32), **kw)
+
+
+def _prepared(overrides, cache, **kw) -> LMDataModule:
+    dm = _dm(overrides, cache, **kw)
+    dm.prepare_data()
+    dm.setup()
+    return dm
+
+
+def test_paragraph_ids_attach_blank_lines_to_the_paragraph_before():
+    lines = ["a\n", "b\n", "\n", " \n", "c\n", "\n", "d"]
+    assert paragraph_ids(lines).tolist() == [0, 0, 0, 0, 1, 1, 2]
+
+
+def test_text_and_hub_config_on_local_files_give_identical_tokens(shared_data, tmp_path):
+    path = shared_data / "tinyshakespeare" / "input.txt"
+    raw = path.read_bytes()
+    text = _prepared(["data=text", f"data.files={path}"], tmp_path)
+    hub = _prepared(["data=tinyshakespeare", f"data.files={path}"], tmp_path)
+    assert hub._folder == text._folder  # one cache for one content
+    assert np.array_equal(hub.splits.train, text.splits.train) and np.array_equal(hub.splits.val, text.splits.val)
+    # Byte tokens are the file's bytes: nothing lost or added by rows, paragraphs or the split.
+    assert text.splits.train.size + text.splits.val.size == len(raw)
+    assert 0.02 < text.splits.val.size / len(raw) < 0.09
+    assert text.splits.meta["train"]["bytes"] + text.splits.meta["val"]["bytes"] == len(raw)
+
+
+def _wikitext_like(shared_data, tmp_path):
+    """A local Hub-style snapshot (parquet rows = lines) and the same text as .txt files."""
+    lines = (shared_data / "wikitext-2-tokenized" / "valid.txt").read_text("utf-8").splitlines(keepends=True)
+    lines = lines[:1500]
+    cut = 1200
+    # Laid out like the Hub repo Salesforce/wikitext: one folder per config, declared in the card.
+    snap = tmp_path / "snapshot" / "wikitext-2-raw-v1"
+    snap.mkdir(parents=True)
+    pq.write_table(pa.table({"text": lines[:cut]}), snap / "train-00000-of-00001.parquet")
+    pq.write_table(pa.table({"text": lines[cut:]}), snap / "validation-00000-of-00001.parquet")
+    (tmp_path / "snapshot" / "README.md").write_text(
+        "---\nconfigs:\n- config_name: wikitext-2-raw-v1\n  data_files:\n"
+        "  - split: train\n    path: wikitext-2-raw-v1/train-*\n"
+        "  - split: validation\n    path: wikitext-2-raw-v1/validation-*\n---\n")
+    (tmp_path / "train.txt").write_text("".join(lines[:cut]), "utf-8")
+    (tmp_path / "valid.txt").write_text("".join(lines[cut:]), "utf-8")
+    return tmp_path / "snapshot", lines, cut
+
+
+def test_hub_config_local_dir_matches_text_builder(shared_data, tmp_path):
+    snap, lines, cut = _wikitext_like(shared_data, tmp_path)
+    cache = tmp_path / "cache"
+    bpe = ["data.tokenizer=bpe", "data.vocab_size=300"]
+    hub = _prepared(["data=wikitext2", f"data.local_dir={snap}", *bpe], cache)
+    txt = _prepared(["data=text", f"data.files={tmp_path / 'train.txt'}",
+                     f"data.val_files={tmp_path / 'valid.txt'}", *bpe], cache)
+    assert hub.splits.meta["source"].startswith("local snapshot") and txt.splits.meta["source"].startswith("text")
+    assert np.array_equal(hub.splits.train, txt.splits.train) and np.array_equal(hub.splits.val, txt.splits.val)
+    assert hub.splits.meta["val"]["bytes"] == len("".join(lines[cut:]).encode())
+    assert hub.splits.train.size < hub.splits.meta["train"]["bytes"]  # BPE merged
+
+
+def test_streamed_corpus_stops_at_the_token_budget(tmp_path):
+    rows = [{"id": f"doc-{i}", "text": f"Story {i}: the cat sat on mat number {i}."} for i in range(5000)]
+    snap = tmp_path / "snap" / "data"
+    snap.mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist(rows), snap / "train-00000-of-00001.parquet")
+    dm = _prepared(["data=fineweb_edu", f"data.local_dir={tmp_path / 'snap'}", "data.hub_config=null",
+                    "data.max_tokens=30000", "data.val_percent=5"], tmp_path / "cache")
+    m = dm.splits.meta
+    total = m["train"]["tokens"] + m["val"]["tokens"]
+    assert 30000 <= total < 30000 + 1000 * 45  # stops within one batch of 1000 documents
+    assert m["train"]["tokens"] == m["train"]["bytes"]  # bytes tokenizer
+    seen = m["train"]["documents"] + m["val"]["documents"]
+    want_val = sum(gd.in_val_split(r["id"], 5) for r in rows[:seen])
+    assert m["val"]["documents"] == want_val > 0
+
+
+def test_uncached_hub_dataset_offline_fails_fast_naming_it(tmp_path, monkeypatch):
+    import datasets
+    import huggingface_hub
+
+    for var in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE"):
+        monkeypatch.setenv(var, "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf" / "datasets"))
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf" / "datasets")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    dm = _dm(["data=wikitext2"], tmp_path / "cache")
+    with pytest.raises(CorpusUnavailable, match=r"'Salesforce/wikitext' \(config 'wikitext-2-raw-v1'\).*"
+                                                r"data\.local_dir=DIR.*data\.files=PATH"):
+        dm.prepare_data()
+    assert not (tmp_path / "cache" / "tokens").exists()  # no silent fallback to another corpus
+
+
+def test_warm_cache_does_not_read_the_text_and_other_ranks_wait(shared_data, tmp_path, monkeypatch):
+    path = shared_data / "wikitext-2-tokenized" / "valid.txt"
+    ov = ["data=text", f"data.files={path}", "data.tokenizer=bpe", "data.vocab_size=400"]
+    first = _prepared(ov, tmp_path)
+
+    def no_tokenizing(*a, **k):
+        raise AssertionError("a warm cache must not tokenize or train a tokenizer")
+
+    monkeypatch.setattr(gd, "_tokenize_rows", no_tokenizing)
+    monkeypatch.setattr(gd.Corpus, "load", no_tokenizing)
+    second = _prepared(ov, tmp_path)
+    assert second._folder == first._folder
+    other_rank = _dm(ov, tmp_path)
+    other_rank.setup()  # no prepare_data: reads rank 0's manifest
+    assert other_rank._folder == first._folder and np.array_equal(other_rank.splits.val, first.splits.val)
+    # A vocab change is a miss (and would need preparing): a waiting rank times out instead.
+    spec = _dm([*ov, "data.vocab_size=401"], tmp_path).spec
+    with pytest.raises(TimeoutError, match="no prepared token cache"):
+        wait_for_prepared(spec, "bpe", 401, tmp_path, timeout_s=0.1, poll_s=0.05)
+    monkeypatch.undo()
+    assert prepare_dataset(spec, "bpe", 401, tmp_path) != first._folder
+
+
+def test_bpb_is_loss_over_ln2_times_tokens_per_byte(shared_data, tmp_path):
+    import lightning.pytorch as pl
+
+    from glubench.model import ModelConfig
+    from glubench.module import LanguageModel
+
+    path = tmp_path / "shakespeare-100k.txt"  # a slice keeps validation quick on 2 shared cores
+    raw = (shared_data / "tinyshakespeare" / "input.txt").read_bytes()[:100_000]
+    path.write_bytes(raw[: raw.rindex(b"\n\n") + 2])
+    dm = _prepared(["data=text", f"data.files={path}", "data.tokenizer=bpe", "data.vocab_size=300",
+                    "data.val_batch_size=64"], tmp_path, seq_len=64)
+    s = dm.splits
+    tok = gd.BPETokenizer.train_or_load(dm_corpus := gd.load_corpus_spec(dm.spec, tmp_path), 300, tmp_path)
+    first = tok.tok.decode([int(s.val[0])]).encode()
+    assert s.val_predicted_bytes == s.meta["val"]["bytes"] - len(first)  # every byte but the first token's
+    torch.manual_seed(0)
+    module = LanguageModel(ModelConfig(vocab_size=s.vocab_size, d_model=32, n_layers=1, n_heads=2, seq_len=64),
+                           val_predicted_bytes=s.val_predicted_bytes)
+    trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.validate(module, dataloaders=dm.val_dataloader(), verbose=False)
+    loss, bpb = module.last_val["val/loss"], module.last_val["val/bpb"]
+    # Independent reference: F.cross_entropy over every predicted validation token.
+    module.eval()
+    val = torch.from_numpy(np.asarray(s.val, dtype=np.int64))
+    n = val.numel() - 1
+    full = n // 64
+    with torch.no_grad():
+        x = val[: full * 64].view(full, 64)
+        y = val[1 : full * 64 + 1].view(full, 64)
+        nll = F.cross_entropy(module(x).flatten(0, 1), y.flatten(), reduction="sum").item()
+        if n > full * 64:  # the last, shorter window
+            nll += F.cross_entropy(module(val[full * 64 : -1][None])[0], val[full * 64 + 1 :], reduction="sum").item()
+    assert loss == pytest.approx(nll / n, rel=1e-4)
+    assert bpb == pytest.approx(loss / math.log(2) * n / s.val_predicted_bytes, rel=1e-6)
+    assert dm_corpus.fingerprint == s.meta["fingerprint"]
+
+
+def test_corpus_smaller_than_one_window_errors_clearly(tmp_path):
+    small = tmp_path / "small.txt"
+    small.write_text("".join(f"Paragraph {i} is short.\n\n" for i in range(60)))
+    dm = _dm(["data=text", f"data.files={small}", "data.val_percent=50"], tmp_path, seq_len=2048)
+    dm.prepare_data()
+    with pytest.raises(ValueError, match=r"train split has \d+ tokens, fewer than one window "
+                                         r"\(model.seq_len=2048 \+ 1\)"):
+        dm.setup()
+
+
+def test_gpt2_without_its_files_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path / "empty"))
+    with pytest.raises(gd.TokenizerUnavailable, match="data.tokenizer.*gpt2"):
+        gd.GPT2Tokenizer.load()
+    with pytest.raises(gd.TokenizerUnavailable, match=r"data.tokenizer_file=.*missing.*vocab.bpe"):
+        gd.GPT2Tokenizer.load(str(tmp_path))
+
+
+def test_glubench_data_prepare_prints_counts(shared_data, tmp_path, capsys):
+    from glubench import data_cli
+
+    path = shared_data / "tinyshakespeare" / "input.txt"
+    args = ["prepare", "data=tinyshakespeare", f"data.files={path}", f"data.cache_dir={tmp_path}"]
+    assert data_cli.main(args) == 0
+    out = capsys.readouterr().out
+    assert "train tokens=1,0" in out and "bytes/token=1.000" in out and str(tmp_path) in out
+    assert data_cli.main(["prepare", "data=text", "data.files=/nonexistent/x.txt",
+                          f"data.cache_dir={tmp_path}"]) == 1
+    assert "data.files='/nonexistent/x.txt': no such file" in capsys.readouterr().err
+    assert data_cli.main(["prepare", "data.tokenizer=words"]) == 2
+
+
+@pytest.mark.parametrize("overrides,match", [
+    (["data=fineweb_edu", "data.max_tokens=null"], r"data.max_tokens=None must be a positive token budget"),
+    (["data.name=nope"], r"data.name='nope' is not a known corpus; valid: pydocs, text"),
+    (["data=text", "data.files=a.txt", "data.format=csv"], r"data.format='csv' is not known"),
+    (["data.tokenizer=words"], r"data.tokenizer='words' is not known; valid: bytes, bpe, gpt2"),
+])
+def test_bad_data_keys_are_one_clear_line(overrides, match):
+    from glubench.validate import ConfigError, validate_config
+
+    with initialize_config_dir(config_dir=conf_dir(), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=overrides)
+    with pytest.raises(ConfigError, match=match):
+        validate_config(cfg)
+
+
+def test_gpt2_vocab_reaches_the_model_config():
+    from glubench.validate import validate_config
+
+    with initialize_config_dir(config_dir=conf_dir(), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=["data.tokenizer=gpt2"])
+    assert validate_config(cfg).vocab_size == 50257

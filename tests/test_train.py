@@ -100,3 +100,15 @@ def test_multirun_gives_one_wandb_run_per_job(tmp_path):
     assert len(runs) == 2
     assert sorted(_wandb_model_config(r)["ffn"] for r in runs) == ["relu", "swiglu"]
     assert not list(tmp_path.glob("outputs")) and not list(tmp_path.glob("wandb"))  # nothing in cwd
+
+
+def test_bpe_on_a_local_file_trains_and_sizes_the_model(shared_data, tmp_path, monkeypatch):
+    from glubench.model import ModelConfig, Transformer, count_params
+
+    path = shared_data / "wikitext-2-tokenized" / "valid.txt"
+    result = _ci_run(tmp_path, monkeypatch, "data=text", f"data.files={path}", "data.tokenizer=bpe",
+                     "data.vocab_size=512", "trainer.max_steps=10", "trainer.val_check_interval=10")
+    assert result.status == "completed" and math.isfinite(result.val_bpb)
+    m = _compose(["experiment=ci"]).model
+    want = count_params(Transformer(ModelConfig(**{**OmegaConf.to_container(m), "vocab_size": 512}))).total
+    assert result.params_total == want  # the tokenizer's vocab reached the model
