@@ -220,7 +220,20 @@ def main(cfg: DictConfig) -> float | None:
     except ConfigError as e:
         print(f"glubench: error: {e}", file=sys.stderr)
         sys.exit(2)
-    result = run(cfg)
+    try:
+        result = run(cfg)
+    except Exception:
+        from glubench.sweep import collects_job_failures
+
+        if not collects_job_failures():
+            raise
+        # results.json already says "failed"; the sweep's report lists it and sets the exit status.
+        import traceback
+
+        traceback.print_exc()
+        print(f"glubench: job failed (recorded in {output_dir() / 'results.json'}); the sweep goes on",
+              file=sys.stderr)
+        return None
     nan = float("nan")
     print(
         f"glubench: {result.status}: ffn={result.ffn} val_loss={result.val_loss or nan:.4f} "

@@ -1,0 +1,152 @@
+"""Experiment sweeps end to end: one-word multiruns, the automatic report, failures as results."""
+
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from glubench.results import RunResult
+from glubench.sweep import SweepReport
+from glubench.train import conf_dir
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def _glubench(args, cwd):
+    env = {**os.environ, "WANDB_MODE": "offline"}
+    return subprocess.run([sys.executable, "-m", "glubench", *args], cwd=cwd, env=env, capture_output=True,
+                           text=True, timeout=1800)  # generous: CI machines may be shared
+
+
+def _summary_rows(md):
+    lines = md.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("|  | variant"))
+    rows = []
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        rows.append([c.strip() for c in line.strip("|").split("|")])
+    return rows
+
+
+@pytest.mark.parametrize("name,variants,seeds", [
+    ("glu_variants_cpu", ["relu", "gelu", "swish", "glu", "bilinear", "reglu", "geglu", "swiglu"], [0, 1, 2]),
+    ("glu_variants_gpu", ["relu", "gelu", "swish", "glu", "bilinear", "reglu", "geglu", "swiglu"], [0, 1, 2]),
+    ("ci_variants", ["relu", "gelu", "swiglu"], [0, 1]),
+])
+def test_experiments_are_one_word_sweeps(name, variants, seeds):
+    with initialize_config_dir(config_dir=conf_dir(), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[f"experiment={name}"], return_hydra_config=True)
+    assert str(cfg.hydra.mode) == "RunMode.MULTIRUN"
+    params = cfg.hydra.sweeper.params
+    assert params["model.ffn"].split(",") == variants
+    assert [int(s) for s in str(params.seed).split(",")] == seeds
+    assert cfg.experiment_name == name
+
+
+def test_ci_sweep_end_to_end(tmp_path):
+    """``glubench experiment=ci_variants``: 3 variants x 2 seeds, then the report, automatically."""
+    proc = _glubench(["experiment=ci_variants", "trainer.max_steps=6", "trainer.val_check_interval=6",
+                      "optim.warmup_steps=2", f"hydra.sweep.dir={tmp_path}/sweep"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "glubench: sweep of 6 jobs" in proc.stdout and "estimated total time" in proc.stdout
+    sweep = tmp_path / "sweep"
+    rows = _summary_rows((sweep / "summary.md").read_text())
+    assert sorted(r[1] for r in rows) == ["gelu", "relu", "swiglu"]
+    assert [r[8] for r in rows] == ["2", "2", "2"]  # n seeds
+    losses = [float(r[5].split(" ± ")[0]) for r in rows]
+    assert losses == sorted(losses) and rows[0][0] == "★"
+    # The table printed at the end is the one in summary.md.
+    assert rows[0][5] in proc.stdout
+    # Means in the table are the means of the runs' own results.json.
+    by_ffn = {}
+    for p in sweep.glob("*/results.json"):
+        r = RunResult.read(p)
+        by_ffn.setdefault(r.ffn, []).append(r.val_loss)
+    for r in rows:
+        assert float(r[5].split(" ± ")[0]) == pytest.approx(sum(by_ffn[r[1]]) / 2, abs=1e-4)
+    import matplotlib.image
+
+    for name in ("val_loss_curves.png", "val_loss_bar.png", "tokens_per_sec.png"):
+        data = (sweep / name).read_bytes()
+        assert data[:8] == PNG
+        img = matplotlib.image.imread(sweep / name)
+        assert img.ndim == 3 and img.shape[0] > 100 and img.shape[1] > 100
+    assert len((sweep / "results.csv").read_text().splitlines()) == 7
+
+
+def test_failed_job_is_a_result_and_flips_the_exit_status(tmp_path):
+    """One job raises (a missing data file): the other job still runs, the report lists the failure,
+    and the multirun exits 1."""
+    proc = _glubench(["--multirun", "experiment=ci", "logger=none", "data=pydocs,text",
+                      f"data.files={tmp_path}/no_such_file.txt", "trainer.max_steps=4",
+                      "trainer.val_check_interval=4", "optim.warmup_steps=1", f"hydra.sweep.dir={tmp_path}/sweep"],
+                     tmp_path)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    sweep = tmp_path / "sweep"
+    statuses = sorted(RunResult.read(p).status for p in sweep.glob("*/results.json"))
+    assert statuses == ["completed", "failed"]
+    md = (sweep / "summary.md").read_text()
+    assert "## Runs that did not complete" in md and "no_such_file.txt" in md
+    assert len(_summary_rows(md)) == 1
+    assert "1 run(s) did not complete" in proc.stdout and "1 job(s) failed" in proc.stderr
+
+
+def test_bad_job_config_stops_the_sweep_before_any_job(tmp_path):
+    proc = _glubench(["--multirun", "experiment=ci", "logger=none", "optim.lr=1e-3,-1",
+                      f"hydra.sweep.dir={tmp_path}/sweep"], tmp_path)
+    assert proc.returncode == 2
+    assert "job #1" in proc.stderr and "optim.lr=-1" in proc.stderr
+    assert not list(tmp_path.rglob("results.json"))
+
+
+def test_callback_reports_and_exits_1_on_failure(tmp_path, capsys):
+    for i, (status, loss) in enumerate([("completed", 2.0), ("completed", 2.5), ("failed", None)]):
+        d = tmp_path / str(i)
+        d.mkdir()
+        RunResult(status=status, ffn=["relu", "swiglu", "gelu"][i], seed=0, val_loss=loss,
+                  error="ValueError: boom" if loss is None else None,
+                  config={"model": {"ffn": ["relu", "swiglu", "gelu"][i]}, "seed": 0}).write(d)
+    config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}})
+    with pytest.raises(SystemExit) as e:
+        SweepReport(plots=False, wandb="off").on_multirun_end(config)
+    assert e.value.code == 1
+    out = capsys.readouterr().out
+    assert "| ★ | relu |" in out and "ValueError: boom" in out
+    assert (tmp_path / "summary.md").exists()
+
+
+def test_cpu_estimate_counts_tokens_and_validations(monkeypatch):
+    """The estimate is Σ tokens·fpt/rate + n_val·val_tokens·fpt/3/rate + overhead; with the rates
+    fixed, check it against the formula by hand."""
+    import glubench.sweep as sweep
+    from glubench.metrics import flops_per_token
+
+    monkeypatch.setattr(sweep, "_measure_cpu_flops", lambda cfg: (1e9, 2e9))
+    monkeypatch.setattr(sweep, "_val_tokens", lambda cfg: 1000)
+    with initialize_config_dir(config_dir=conf_dir(), version_base="1.3"):
+        cfgs = [compose(config_name="config", overrides=["experiment=ci", f"model.ffn={f}", "trainer.accelerator=cpu"])
+                for f in ("relu", "swiglu")]
+    seconds, how = SweepReport(job_overhead_s=2.0).estimate_seconds(cfgs)
+    # nano: d=32, L=2, T=32, vocab 256, d_ff 128 (swiglu: hidden 85, 3 matrices).
+    attn, head = 4 * 32 * 32, 256 * 32
+    expected = 0.0
+    for ffn in (2 * 32 * 128, 3 * 32 * 85):
+        fpt = flops_per_token(2 * (attn + ffn) + head, 2, 32, 32)
+        assert fpt == 6 * (2 * (attn + ffn) + head) + 12 * 2 * 32 * 32
+        expected += 20 * 8 * 32 * fpt / 1e9 + 2 * 1000 * fpt / 3 / 2e9 + 2.0
+    assert seconds == pytest.approx(expected)
+    assert "measured" in how and not math.isnan(seconds)
+
+
+def test_collects_job_failures_only_in_a_multirun_with_the_callback():
+    from glubench.sweep import collects_job_failures
+
+    assert collects_job_failures() is False  # no Hydra job here
+    cfg = OmegaConf.load(Path(conf_dir()) / "config.yaml")
+    assert cfg.hydra.callbacks.glubench_report._target_ == "glubench.sweep.SweepReport"
