@@ -126,7 +126,7 @@ class SweepReport(Callback):
     def estimate_seconds(self, cfgs: list[DictConfig]) -> tuple[float, str]:
         """Estimated seconds for all jobs and a short description of the method."""
         from glubench.metrics import flops_per_token
-        from glubench.validate import model_config
+        from glubench.validate import validate_config
 
         first = cfgs[0]
         gpu = _uses_gpu(first)
@@ -149,7 +149,7 @@ class SweepReport(Callback):
         total = 0.0
         counts: dict[str, Any] = {}
         for cfg in cfgs:
-            mc = model_config(cfg, vocab_size=256 if cfg.data.tokenizer == "bytes" else cfg.data.vocab_size)
+            mc = validate_config(cfg)  # the model config with the tokenizer's vocabulary
             key = repr(mc)
             if key not in counts:
                 counts[key] = _model_counts(mc)
@@ -236,9 +236,9 @@ def _measure_cpu_flops(cfg: DictConfig, steps: int = 3) -> tuple[float, float]:
 
     from glubench.metrics import flops_per_token
     from glubench.model import Transformer, count_params
-    from glubench.validate import model_config
+    from glubench.validate import validate_config
 
-    mc = model_config(cfg, vocab_size=256 if cfg.data.tokenizer == "bytes" else cfg.data.vocab_size)
+    mc = validate_config(cfg)
     torch.manual_seed(0)
     model = Transformer(mc)
     fpt = flops_per_token(count_params(model).matmul, mc.n_layers, mc.d_model, mc.seq_len)
