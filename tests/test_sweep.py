@@ -84,10 +84,9 @@ def test_ci_sweep_end_to_end(tmp_path):
 
 
 def test_failed_job_is_a_result_and_flips_the_exit_status(tmp_path):
-    """One job raises (a missing data file): the other job still runs, the report lists the failure,
-    and the multirun exits 1."""
-    proc = _glubench(["--multirun", "experiment=ci", "logger=none", "data=pydocs,text",
-                      f"data.files={tmp_path}/no_such_file.txt", "trainer.max_steps=4",
+    """One job raises at run time (a validation split with no document in it): the other job still
+    runs, the report lists the failure, and the multirun exits 1."""
+    proc = _glubench(["--multirun", "experiment=ci", "logger=none", "data.val_percent=5,0.001", "trainer.max_steps=4",
                       "trainer.val_check_interval=4", "optim.warmup_steps=1", f"hydra.sweep.dir={tmp_path}/sweep"],
                      tmp_path)
     assert proc.returncode == 1, proc.stderr[-3000:]
@@ -95,7 +94,7 @@ def test_failed_job_is_a_result_and_flips_the_exit_status(tmp_path):
     statuses = sorted(RunResult.read(p).status for p in sweep.glob("*/results.json"))
     assert statuses == ["completed", "failed"]
     md = (sweep / "summary.md").read_text()
-    assert "## Runs that did not complete" in md and "no_such_file.txt" in md
+    assert "## Runs that did not complete" in md and "validation split has 0 tokens" in md
     assert len(_summary_rows(md)) == 1
     assert "1 run(s) did not complete" in proc.stdout and "1 job(s) failed" in proc.stderr
 
