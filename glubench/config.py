@@ -97,6 +97,20 @@ class ThroughputConfig:
 
 
 @dataclass
+class BudgetConfig:
+    """How long each run trains (``budget.*``; see :mod:`glubench.budget`).
+
+    ``mode``: ``tokens`` (default), ``flops`` (analytic training FLOPs) or ``time`` (training
+    seconds, validation excluded).  ``value`` in that unit; ``null`` means what
+    ``trainer.max_steps`` gives (for ``flops``: what those steps cost the non-gated baseline);
+    ``time`` needs a value.
+    """
+
+    mode: str = "tokens"
+    value: Optional[float] = None
+
+
+@dataclass
 class Config:
     """The whole run: one group per section plus run-level keys."""
 
@@ -106,6 +120,7 @@ class Config:
     logger: LoggerConfig = MISSING
     optim: OptimConfig = field(default_factory=OptimConfig)
     throughput: ThroughputConfig = field(default_factory=ThroughputConfig)
+    budget: BudgetConfig = field(default_factory=BudgetConfig)
     seed: int = 0
     experiment_name: str = "default"
 

@@ -47,6 +47,8 @@ class RunResult:
     versions: dict[str, str] = field(default_factory=dict)
     error: Optional[str] = None
     history: list[dict[str, Any]] = field(default_factory=list)
+    # mode, value, target, planned max_steps, and what was spent: steps, tokens, flops, seconds
+    budget: dict[str, Any] = field(default_factory=dict)
     config: dict[str, Any] = field(default_factory=dict)
 
     def write(self, output_dir: Path) -> Path:

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import hydra
+from hydra.experimental.callback import Callback as HydraCallback
 from omegaconf import DictConfig, OmegaConf
 
 from glubench.config import register_configs
@@ -105,6 +106,7 @@ def train(cfg: DictConfig, result: RunResult) -> RunResult:
     import torch
     from lightning.pytorch.callbacks import ModelCheckpoint
 
+    from glubench.budget import BudgetCallback, plan_from_config, realised
     from glubench.callbacks import ProgressBar, ThroughputCallback
     from glubench.data import LMDataModule, local_rank
     from glubench.metrics import flops_per_token, lookup_peak_flops
@@ -130,6 +132,10 @@ def train(cfg: DictConfig, result: RunResult) -> RunResult:
     result.params_total, result.params_nonembedding = counts.total, counts.nonembedding
     result.params_ffn, result.ffn_hidden = counts.ffn_per_layer, model_cfg.ffn_hidden
     result.ffn_matching_error, result.flops_per_token = model_cfg.ffn_matching_error, fpt
+    # The budget fixes the steps here, once: the schedule, the data and the Trainer all use them.
+    plan = plan_from_config(cfg, module.model)
+    module.max_steps, dm.num_batches = plan.max_steps, plan.max_steps * t.accumulate_grad_batches
+    budget_cb = BudgetCallback(plan.target if plan.mode == "time" else None)
     print(
         f"glubench: ffn={model_cfg.ffn} d_model={model_cfg.d_model} n_layers={model_cfg.n_layers} "
         f"d_ff={model_cfg.d_ff} ffn_hidden={model_cfg.ffn_hidden} "
@@ -147,16 +153,20 @@ def train(cfg: DictConfig, result: RunResult) -> RunResult:
     throughput = ThroughputCallback(fpt, None, cfg.throughput.warmup_steps, t.log_every_n_steps)
     trainer = pl.Trainer(
         accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=t.strategy,
-        precision=t.precision, max_steps=t.max_steps, val_check_interval=t.val_check_interval,
+        precision=t.precision, max_steps=plan.max_steps, val_check_interval=t.val_check_interval,
         check_val_every_n_epoch=None, num_sanity_val_steps=0, log_every_n_steps=t.log_every_n_steps,
         gradient_clip_val=t.gradient_clip_val, accumulate_grad_batches=t.accumulate_grad_batches,
         deterministic=t.deterministic, enable_progress_bar=t.enable_progress_bar,
         default_root_dir=str(out), logger=loggers or False, use_distributed_sampler=False,
-        callbacks=[throughput, ModelCheckpoint(dirpath=str(out / "checkpoints"), save_last=True, save_top_k=0)]
+        callbacks=[throughput, budget_cb,
+                   ModelCheckpoint(dirpath=str(out / "checkpoints"), save_last=True, save_top_k=0)]
         # The bar reads the loss back to the host (a sync on GPU) at each refresh: refresh when logging.
         + ([ProgressBar(refresh_rate=t.log_every_n_steps)] if t.enable_progress_bar else []),
         enable_model_summary=False,
     )
+    if plan.tokens_per_step != cfg.data.batch_size * model_cfg.seq_len * t.accumulate_grad_batches * trainer.world_size:
+        raise ConfigError(f"trainer.devices={t.devices} started {trainer.world_size} processes, not the number "
+                          "the budget assumed; set trainer.devices to a number")
     throughput.peak_flops = cfg.throughput.peak_flops or lookup_peak_flops(
         torch.cuda.get_device_name() if trainer.strategy.root_device.type == "cuda" else None, t.precision
     )
@@ -184,6 +194,7 @@ def train(cfg: DictConfig, result: RunResult) -> RunResult:
     result.device = device_name(module)
     result.versions = versions()
     result.history = module.history
+    result.budget = realised(plan, result.tokens_seen, result.steps, budget_cb)
     result.wall_time_s = time.perf_counter() - t_start
     if result.val_loss is None or not math.isfinite(result.val_loss):
         result.status = "diverged"
@@ -210,6 +221,17 @@ def run(cfg: DictConfig) -> RunResult:
                 wandb.run.summary.update({"status": result.status})
                 wandb.finish(exit_code=0 if result.status == "completed" else 1)
     return result
+
+
+class SweepDirCallback(HydraCallback):
+    """Hydra callback: create ``hydra.sweep.dir`` when a multirun starts.
+
+    The Optuna sweeper opens its sqlite storage (``<sweep dir>/optuna.db``) before the launcher
+    creates the sweep dir; without this, sqlite fails with "unable to open database file".
+    """
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        Path(str(config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
 
 
 @hydra.main(version_base="1.3", config_path=conf_dir(), config_name="config")
@@ -241,6 +263,8 @@ def main(cfg: DictConfig) -> float | None:
         f"tokens/s={result.train_tokens_per_sec or nan:,.0f} wall={result.wall_time_s:.1f}s "
         f"-> {output_dir() / 'results.json'}"
     )
+    if result.val_loss is None or not math.isfinite(result.val_loss):
+        return math.inf  # a diverged run is the worst objective; Optuna rejects NaN and aborts the study
     return result.val_loss
 
 

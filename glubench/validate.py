@@ -10,6 +10,7 @@ from glubench.model import ModelConfig
 
 PRECISIONS = ("32-true", "32", "bf16-mixed", "bf16-true", "16-mixed", "16-true", "64-true")
 GPT2_VOCAB = 50257
+BUDGET_MODES = ("tokens", "flops", "time")  # glubench.budget
 
 
 class ConfigError(ValueError):
@@ -46,7 +47,16 @@ def validate_config(cfg: DictConfig) -> ModelConfig:
             raise ConfigError(f"{key}={value} must be a positive integer")
     if not o.lr > 0:
         raise ConfigError(f"optim.lr={o.lr} must be positive")
-    if o.warmup_steps < 0 or o.warmup_steps >= t.max_steps:
+    b = cfg.get("budget") or {"mode": "tokens", "value": None}
+    if b["mode"] not in BUDGET_MODES:
+        raise ConfigError(f"budget.mode={b['mode']!r} is not known; valid: {', '.join(BUDGET_MODES)}")
+    if b["value"] is not None and not b["value"] > 0:
+        raise ConfigError(f"budget.value={b['value']} must be positive or null")
+    if b["mode"] == "time" and b["value"] is None:
+        raise ConfigError("budget.value=null: budget=time needs the training seconds, e.g. budget.value=60")
+    # Other budgets set the steps later (glubench.budget.plan_budget checks warmup against them).
+    steps_from_max_steps = b["mode"] == "tokens" and b["value"] is None
+    if o.warmup_steps < 0 or (steps_from_max_steps and o.warmup_steps >= t.max_steps):
         raise ConfigError(
             f"optim.warmup_steps={o.warmup_steps} must be in [0, trainer.max_steps={t.max_steps})"
         )

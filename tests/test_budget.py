@@ -1,0 +1,102 @@
+import math
+from types import SimpleNamespace
+
+import pytest
+
+from glubench.budget import TIME_MODE_MAX_STEPS, BudgetCallback, plan_budget, world_size
+from glubench.validate import ConfigError
+from tests.test_train import _ci_run, _compose
+
+
+def test_plan_tokens_and_flops_by_hand():
+    # 8 windows x 32 tokens = 256 tokens per step; 2560 tokens -> 10 steps.
+    p = plan_budget("tokens", 2560, max_steps=99, tokens_per_step=256, flops_per_token=1000.0)
+    assert (p.max_steps, p.target) == (10, 2560.0)
+    assert plan_budget("tokens", None, max_steps=7, tokens_per_step=256, flops_per_token=1.0).max_steps == 7
+    # 1e7 FLOPs at 256 tokens/step: 1000 FLOPs/token -> 39.06 -> 39 steps; 1300 -> 30.04 -> 30 steps.
+    a = plan_budget("flops", 1e7, max_steps=1, tokens_per_step=256, flops_per_token=1000.0)
+    b = plan_budget("flops", 1e7, max_steps=1, tokens_per_step=256, flops_per_token=1300.0)
+    assert (a.max_steps, b.max_steps) == (39, 30)
+    # null value: what max_steps steps cost the reference (20 x 256 x 1000 = 5.12e6 FLOPs).
+    c = plan_budget("flops", None, max_steps=20, tokens_per_step=256, flops_per_token=1300.0,
+                    reference_flops_per_token=1000.0)
+    assert (c.target, c.max_steps) == (5.12e6, 15)  # 5.12e6 / (256 x 1300) = 15.38
+    t = plan_budget("time", 2.5, max_steps=20, tokens_per_step=256, flops_per_token=1.0)
+    assert (t.max_steps, t.target) == (TIME_MODE_MAX_STEPS, 2.5)
+
+
+@pytest.mark.parametrize("mode,value,match", [
+    ("walltime", None, "budget.mode='walltime'"),
+    ("tokens", -5, "budget.value=-5"),
+    ("time", None, "budget.value=null"),
+    ("tokens", 300, "optim.warmup_steps=2"),  # 300 tokens = 1 step, not more than the warmup
+])
+def test_plan_rejects_bad_budgets(mode, value, match):
+    with pytest.raises(ConfigError, match=match):
+        plan_budget(mode, value, max_steps=20, tokens_per_step=256, flops_per_token=1.0, warmup_steps=2)
+
+
+def test_bad_budget_is_rejected_before_training():
+    from glubench.validate import validate_config
+
+    with pytest.raises(ConfigError, match="budget.value=null"):
+        validate_config(_compose(["experiment=ci", "budget=time"]))
+
+
+def test_world_size():
+    assert world_size(2, 3) == 6 and world_size("4") == 4 and world_size([0, 3]) == 2
+
+
+def test_time_callback_stops_at_the_first_step_past_the_limit():
+    """Fake clock: 0.3 s per step, 1.0 s limit -> steps end at 0.3, 0.6, 0.9, 1.2: stop after step 4."""
+    now = [0.0]
+    cb = BudgetCallback(seconds_limit=1.0, clock=lambda: now[0])
+    trainer = SimpleNamespace(global_step=0, world_size=1, should_stop=False)
+    module = SimpleNamespace(max_steps=TIME_MODE_MAX_STEPS, device=SimpleNamespace(type="cpu"))
+    cb.on_train_start(trainer, module)
+    horizons = []
+    while not trainer.should_stop:
+        now[0] += 0.3
+        trainer.global_step += 1
+        cb.on_train_batch_end(trainer, module, None, None, trainer.global_step - 1)
+        horizons.append(module.max_steps)
+        if trainer.global_step == 2:  # validation takes 5 s of wall clock, which is not counted
+            cb.on_validation_start(trainer, module)
+            now[0] += 5.0
+            cb.on_validation_end(trainer, module)
+    cb.on_train_end(trainer, module)
+    assert trainer.global_step == 4
+    assert cb.stopped_at == pytest.approx(1.2) and cb.seconds == pytest.approx(1.2)
+    assert 0 <= cb.stopped_at - 1.0 < cb.last_step_seconds == pytest.approx(0.3)
+    # Horizon = steps x limit / elapsed: ceil(1/0.3)=4, ceil(2/0.6)=4, ceil(3/0.9)=4 (not updated at the stop).
+    assert horizons[:3] == [4, 4, 4]
+
+
+def test_flops_budget_gives_cheaper_variant_more_steps(tmp_path, monkeypatch):
+    """relu vs swiglu with ffn_multiple_of=64 (hidden 85 -> 64: FFN 3·32·64 vs 2·32·128 weights)."""
+    common = ["budget=flops", "trainer.max_steps=10", "trainer.val_check_interval=10", "optim.warmup_steps=2"]
+    a = _ci_run(tmp_path / "a", monkeypatch, "model.ffn=relu", *common)
+    b = _ci_run(tmp_path / "b", monkeypatch, "model.ffn=swiglu", "model.ffn_multiple_of=64", *common)
+    assert b.ffn_hidden == 64
+    # FLOPs per token = 6 x matmul weights + 12 L d T; the two differ only in the FFN, in 2 layers.
+    assert a.flops_per_token - b.flops_per_token == 6 * 2 * (2 * 32 * 128 - 3 * 32 * 64)
+    tokens_per_step = 8 * 32
+    # null value: the relu baseline's 10 steps are the budget, so relu trains exactly 10 steps.
+    assert a.steps == 10 and a.budget["target"] == pytest.approx(10 * tokens_per_step * a.flops_per_token)
+    assert b.steps == math.floor(a.budget["target"] / (tokens_per_step * b.flops_per_token)) > 10
+    for r in (a, b):
+        assert r.budget["mode"] == "flops" and r.budget["tokens"] == r.steps * tokens_per_step == r.tokens_seen
+        assert r.budget["flops"] == pytest.approx(r.tokens_seen * r.flops_per_token)
+        assert r.budget["seconds"] > 0
+    one_step = tokens_per_step * max(a.flops_per_token, b.flops_per_token)
+    assert abs(a.budget["flops"] - b.budget["flops"]) <= one_step
+
+
+def test_time_budget_stops_within_one_step_of_the_limit(tmp_path, monkeypatch):
+    r = _ci_run(tmp_path, monkeypatch, "budget=time", "budget.value=1.5", "trainer.val_check_interval=1000")
+    b = r.budget
+    assert r.status == "completed" and b["mode"] == "time" and b["max_steps"] is None
+    assert r.steps == b["steps"] >= 1 and b["tokens"] == r.steps * 8 * 32
+    assert 0 <= b["stopped_at"] - 1.5 < b["last_step_seconds"]
+    assert b["seconds"] >= b["stopped_at"]
+    assert r.history[-1]["step"] == r.steps  # the final validation still ran
