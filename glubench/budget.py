@@ -110,9 +110,10 @@ class BudgetCallback(pl.Callback):
     ``seconds_limit`` set (``budget=time``), the clock is read after every optimizer step
     (after ``torch.cuda.synchronize`` on CUDA, so queued kernels count) and training stops at
     the first step that ends at or past the limit: the overshoot is less than one step.  The
-    LR schedule's horizon (``pl_module.max_steps``, read by the schedule at every step) is then
-    re-estimated as ``steps · limit / elapsed``, so the cosine reaches its floor as the clock
-    runs out rather than at an arbitrary step count.  Under DDP the stop decision is shared.
+    module's :func:`~glubench.module.lr_lambda` schedule is rebound to a horizon re-estimated
+    after every step as ``steps · limit / elapsed`` (:attr:`horizon`), so the cosine reaches its
+    floor as the clock runs out rather than at an arbitrary step count.  Under DDP the stop
+    decision is shared.
 
     Args:
         seconds_limit: training seconds, or ``None`` to measure only.
@@ -129,6 +130,7 @@ class BudgetCallback(pl.Callback):
         self._last_step = 0
         self._last_read = 0.0
         self._sync: Callable[[], None] | None = None
+        self.horizon = TIME_MODE_MAX_STEPS  # time mode: the schedule's current estimate of the total steps
 
     def _now(self) -> float:
         if self._sync is not None:
@@ -143,6 +145,19 @@ class BudgetCallback(pl.Callback):
         self._sync = torch.cuda.synchronize if pl_module.device.type == "cuda" else None
         self._running, self._last_step = True, trainer.global_step
         self._t_run = self._now()
+        if self.seconds_limit is not None:
+            self._rebind_schedule(trainer, pl_module)
+
+    def _rebind_schedule(self, trainer, pl_module) -> None:
+        """Point every LambdaLR's multiplier at :attr:`horizon` instead of a fixed step count."""
+        from glubench.module import lr_lambda
+
+        def multiplier(step: int) -> float:
+            return lr_lambda(step, pl_module.warmup_steps, self.horizon, pl_module.min_lr_ratio)
+
+        for config in getattr(trainer, "lr_scheduler_configs", []):
+            if isinstance(config.scheduler, torch.optim.lr_scheduler.LambdaLR):
+                config.scheduler.lr_lambdas = [multiplier] * len(config.scheduler.lr_lambdas)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if self.seconds_limit is None or trainer.global_step == self._last_step:
@@ -157,7 +172,7 @@ class BudgetCallback(pl.Callback):
         if stop:
             trainer.should_stop, self.stopped_at = True, now
         elif now > 0:
-            pl_module.max_steps = max(steps + 1, math.ceil(steps * self.seconds_limit / now))
+            self.horizon = max(steps + 1, math.ceil(steps * self.seconds_limit / now))
 
     def on_validation_start(self, trainer, pl_module) -> None:
         if self._running and self._t_run is not None:

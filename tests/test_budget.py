@@ -2,6 +2,7 @@ import math
 from types import SimpleNamespace
 
 import pytest
+import torch
 
 from glubench.budget import TIME_MODE_MAX_STEPS, BudgetCallback, plan_budget, world_size
 from glubench.validate import ConfigError
@@ -51,15 +52,20 @@ def test_time_callback_stops_at_the_first_step_past_the_limit():
     """Fake clock: 0.3 s per step, 1.0 s limit -> steps end at 0.3, 0.6, 0.9, 1.2: stop after step 4."""
     now = [0.0]
     cb = BudgetCallback(seconds_limit=1.0, clock=lambda: now[0])
-    trainer = SimpleNamespace(global_step=0, world_size=1, should_stop=False)
-    module = SimpleNamespace(max_steps=TIME_MODE_MAX_STEPS, device=SimpleNamespace(type="cpu"))
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)  # replaced by the callback
+    trainer = SimpleNamespace(global_step=0, world_size=1, should_stop=False,
+                              lr_scheduler_configs=[SimpleNamespace(scheduler=sched)])
+    module = SimpleNamespace(warmup_steps=1, min_lr_ratio=0.1, device=SimpleNamespace(type="cpu"))
     cb.on_train_start(trainer, module)
-    horizons = []
+    horizons, lrs = [], []
     while not trainer.should_stop:
+        lrs.append(opt.param_groups[0]["lr"])  # the LR this step trains with
         now[0] += 0.3
         trainer.global_step += 1
         cb.on_train_batch_end(trainer, module, None, None, trainer.global_step - 1)
-        horizons.append(module.max_steps)
+        sched.step()
+        horizons.append(cb.horizon)
         if trainer.global_step == 2:  # validation takes 5 s of wall clock, which is not counted
             cb.on_validation_start(trainer, module)
             now[0] += 5.0
@@ -70,6 +76,9 @@ def test_time_callback_stops_at_the_first_step_past_the_limit():
     assert 0 <= cb.stopped_at - 1.0 < cb.last_step_seconds == pytest.approx(0.3)
     # Horizon = steps x limit / elapsed: ceil(1/0.3)=4, ceil(2/0.6)=4, ceil(3/0.9)=4 (not updated at the stop).
     assert horizons[:3] == [4, 4, 4]
+    # lr_lambda with warmup 1 and horizon 4: step 0 warmup (1.0), then cosine over 3 steps to 0.1.
+    cos = [0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * k / 3)) for k in (0, 1, 2)]
+    assert lrs == pytest.approx([1.0, *cos])
 
 
 def test_flops_budget_gives_cheaper_variant_more_steps(tmp_path, monkeypatch):
