@@ -111,6 +111,22 @@ class BudgetConfig:
 
 
 @dataclass
+class TuneConfig:
+    """Per-variant LR tuning (``tune.*``; see :mod:`glubench.tune`).  Empty ``variants``: one training job.
+
+    ``n_trials`` Optuna trials per variant, then the best LR re-run with each of ``seeds``;
+    ``shared_lr`` also runs every variant at the shared ``optim.lr`` for comparison; ``dir``
+    (default ``multirun/<experiment_name>/<date>/<time>``) resumes an earlier run when given.
+    """
+
+    variants: list[str] = field(default_factory=list)
+    n_trials: int = 8
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    shared_lr: bool = True
+    dir: Optional[str] = None
+
+
+@dataclass
 class Config:
     """The whole run: one group per section plus run-level keys."""
 
@@ -121,6 +137,7 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     throughput: ThroughputConfig = field(default_factory=ThroughputConfig)
     budget: BudgetConfig = field(default_factory=BudgetConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)
     seed: int = 0
     experiment_name: str = "default"
 

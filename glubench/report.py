@@ -176,6 +176,16 @@ class Group:
     def seeds(self) -> list[int]:
         return sorted(r.result.seed for r in self.runs)
 
+    def budget_mean(self, name: str) -> Optional[float]:
+        """Mean over runs of a realised budget quantity (``tokens``, ``flops``, ``seconds``), or ``None``."""
+        xs = _finite((r.result.budget or {}).get(name) for r in self.runs)
+        return _mean(xs) if xs else None
+
+    def values_of(self, key: str) -> str:
+        """The distinct values of a config key over this group's runs (a tuned key: one per variant)."""
+        vals = sorted({r.flat.get(key) for r in self.runs}, key=str)
+        return ", ".join(f"{v:.3g}" if isinstance(v, float) else str(v) for v in vals)
+
     def first(self, name: str) -> Any:
         """The value of a per-variant constant (``ffn_hidden``, ``params_ffn``) from the first run."""
         return next((getattr(r.result, name) for r in self.runs if getattr(r.result, name) is not None), None)
@@ -194,6 +204,7 @@ class Report:
     problems: list[Run]
     runs: list[Run] = field(default_factory=list)
     paths: list[Path] = field(default_factory=list)
+    tuned: list[str] = field(default_factory=list)  # keys tuned per variant: shown, not grouped by
 
     @property
     def exit_code(self) -> int:
@@ -300,8 +311,12 @@ def group_runs(runs: list[Run], keys: list[str]) -> list[Group]:
     return groups
 
 
-def build_report(paths: list[Path]) -> Report:
+def build_report(paths: list[Path], tuned: tuple[str, ...] = ()) -> Report:
     """Load, group and compare every run under ``paths``.
+
+    ``tuned`` names config keys tuned separately for each variant (``optim.lr`` after a
+    per-variant search): they are not grouping keys, so each variant keeps one row and is
+    compared with ``relu`` at its own tuned value, and the table shows them next to the variant.
 
     Raises:
         FileNotFoundError: a path does not exist.
@@ -311,10 +326,10 @@ def build_report(paths: list[Path]) -> Report:
     if not runs:
         raise ValueError(f"no {RESULTS_FILE} found under {', '.join(map(str, paths))}")
     # Keys come from the completed runs only: a missing run's partial config must not split groups.
-    keys = swept_keys([r for r in runs if _completed(r)] or runs)
+    keys = swept_keys([r for r in runs if _completed(r)] or runs, ignore=(*REPLICATE_KEYS, *tuned))
     groups = group_runs(runs, keys)
     problems = [r for r in runs if not _in_groups(r, groups)]
-    return Report(keys, groups, problems, runs, [Path(p) for p in paths])
+    return Report(keys, groups, problems, runs, [Path(p) for p in paths], list(tuned))
 
 
 def _in_groups(run: Run, groups: list[Group]) -> bool:
@@ -335,21 +350,25 @@ def _int(x: Optional[int]) -> str:
 def summary_rows(report: Report) -> tuple[list[str], list[list[str]]]:
     """The Table-1-style table as (header, rows of strings), best row first and starred."""
     extra = report.keys[1:]
-    header = ["", "variant", *extra, "FFN hidden", "FFN params", "params vs baseline", "val loss (mean ± std)",
-              "val ppl", "val bpb", "n seeds", "tokens/s", "MFU"]
+    header = ["", "variant", *extra, *(f"{k} (tuned)" for k in report.tuned), "FFN hidden", "FFN params",
+              "params vs baseline", "val loss (mean ± std)", "val ppl", "val bpb", "n seeds", "tokens/s", "MFU",
+              "budget", "train tokens", "train FLOPs", "train s"]
     rows = []
     for g in report.groups:
         std = g.loss_std
         loss = f"{g.loss_mean:.4f} ± {std:.4f}" if std is not None else f"{g.loss_mean:.4f} (n=1)"
         mfu = g.mean_of("mfu")
         rows.append([
-            "★" if g.best else "", g.ffn, *(str(g.values[k]) for k in extra),
+            "★" if g.best else "", g.ffn, *(str(g.values[k]) for k in extra), *(g.values_of(k) for k in report.tuned),
             _int(g.first("ffn_hidden")), _int(g.first("params_ffn")),
             _fmt(None if g.params_vs_baseline is None else 100 * g.params_vs_baseline, "+.2f") + (
                 "%" if g.params_vs_baseline is not None else ""),
             loss, _fmt(g.ppl, ".3f"), _fmt(g.mean_of("val_bpb"), ".4f"), str(g.n),
             _fmt(g.mean_of("train_tokens_per_sec"), ",.0f"), _fmt(None if mfu is None else 100 * mfu, ".1f") + (
                 "%" if mfu is not None else ""),
+            str(g.first("budget").get("mode", "—")) if g.first("budget") else "—",
+            _fmt(g.budget_mean("tokens"), ",.0f"), _fmt(g.budget_mean("flops"), ".3g"),
+            _fmt(g.budget_mean("seconds"), ".1f"),
         ])
     return header, rows
 
@@ -401,7 +420,11 @@ def summary_markdown(report: Report, plots: list[str] = ()) -> str:
         out.write("Sorted by mean final validation loss (nats per token; ★ = lowest).  val ppl = exp(mean val "
                   "loss); val bpb = bits per UTF-8 byte; ± is the sample std over seeds; FFN params = one layer's "
                   f"FFN; params vs baseline compares with the `{BASELINE}` row; tokens/s = training throughput "
-                  "(mean over seeds); MFU is blank when the device peak is unknown (CPU).\n\n")
+                  "(mean over seeds); MFU is blank when the device peak is unknown (CPU); budget = what was held "
+                  "equal (`tokens`, `flops` or `time`), then the tokens, training FLOPs (analytic) and training "
+                  "seconds (validation excluded) actually spent, mean over seeds"
+                  + (f"; {', '.join(report.tuned)} (tuned) = the value each variant's own search chose"
+                     if report.tuned else "") + ".\n\n")
     cmp_header, cmp = comparison_rows(report)
     if cmp:
         k = len(cmp)
@@ -437,20 +460,23 @@ def terminal_text(report: Report) -> str:
 
 def write_csv(report: Report, path: Path) -> None:
     """One row per run (completed or not): every results.json field, ``config.*`` flattened, ``history`` as JSON."""
-    names = [f.name for f in fields(RunResult) if f.name not in ("config", "versions", "history")]
-    rows, config_keys, version_keys = [], set(), set()
+    names = [f.name for f in fields(RunResult) if f.name not in ("config", "versions", "history", "budget")]
+    rows, config_keys, version_keys, budget_keys = [], set(), set(), {}
     for r in report.runs:
         d = asdict(r.result)
         config_keys.update(r.flat)
         version_keys.update(d["versions"])
+        budget_keys.update(dict.fromkeys(d.get("budget") or {}))
         rows.append((r, d))
-    header = ["run_dir", *names, *sorted(f"versions.{k}" for k in version_keys), "history",
+    header = ["run_dir", *names, *(f"budget.{k}" for k in budget_keys),
+              *sorted(f"versions.{k}" for k in version_keys), "history",
               *sorted(f"config.{k}" for k in config_keys)]
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(header)
     for r, d in rows:
         cells = {"run_dir": str(r.path), **{n: d[n] for n in names}, "history": json.dumps(d["history"]),
+                 **{f"budget.{k}": v for k, v in (d.get("budget") or {}).items()},
                  **{f"versions.{k}": v for k, v in d["versions"].items()},
                  **{f"config.{k}": (json.dumps(v) if isinstance(v, (list, dict)) else v) for k, v in r.flat.items()}}
         w.writerow(["" if cells.get(h) is None else cells[h] for h in header])
@@ -584,7 +610,7 @@ def use_wandb(report: Report, choice: str) -> bool:
 
 
 def report_sweep(paths: list[Path], out_dir: Optional[Path] = None, plots: bool = True,
-                 wandb_choice: str = "auto") -> Report:
+                 wandb_choice: str = "auto", tuned: tuple[str, ...] = ()) -> Report:
     """Build the report for ``paths`` and write results.csv, summary.md, the plots and (optionally)
     a W&B summary run into ``out_dir`` (default: the single PATH).
 
@@ -600,7 +626,7 @@ def report_sweep(paths: list[Path], out_dir: Optional[Path] = None, plots: bool 
         if len(paths) != 1 or not paths[0].is_dir():
             raise ValueError("--out DIR is required unless exactly one sweep folder is given")
         out_dir = paths[0]
-    report = build_report(paths)
+    report = build_report(paths, tuned)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_csv(report, out_dir / "results.csv")
@@ -616,7 +642,7 @@ def report_sweep(paths: list[Path], out_dir: Optional[Path] = None, plots: bool 
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    """``glubench-report PATH... [--out DIR] [--no-plots] [--wandb auto|on|off]``.
+    """``glubench-report PATH... [--out DIR] [--tuned KEY]... [--no-plots] [--wandb auto|on|off]``.
 
     Exit status: 0, or 1 when any run failed, was interrupted or left no results.json (they are
     listed in the report), or 2 on bad arguments.
@@ -627,12 +653,15 @@ def main(argv: Optional[list[str]] = None) -> int:
                     "and a W&B summary run.  Exit 1 if any run failed.")
     parser.add_argument("paths", nargs="+", type=Path, help="sweep folders (searched recursively) or results.json")
     parser.add_argument("--out", type=Path, default=None, help="where to write (default: the single PATH)")
+    parser.add_argument("--tuned", action="append", default=[], metavar="KEY",
+                        help="a config key tuned per variant (e.g. optim.lr): shown per variant, not grouped by")
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     parser.add_argument("--wandb", choices=("auto", "on", "off"), default="auto",
                         help="W&B summary run: auto = only if the runs logged to W&B (default)")
     args = parser.parse_args(argv)
     try:
-        report = report_sweep(args.paths, args.out, plots=not args.no_plots, wandb_choice=args.wandb)
+        report = report_sweep(args.paths, args.out, plots=not args.no_plots, wandb_choice=args.wandb,
+                              tuned=tuple(args.tuned))
     except (FileNotFoundError, ValueError) as e:
         print(f"glubench-report: error: {e}", file=sys.stderr)
         return 2

@@ -242,6 +242,13 @@ def main(cfg: DictConfig) -> float | None:
     except ConfigError as e:
         print(f"glubench: error: {e}", file=sys.stderr)
         sys.exit(2)
+    if cfg.tune.variants:  # a driver experiment (e.g. tuned_variants_cpu): studies + seed runs, no job here
+        from hydra.core.hydra_config import HydraConfig
+
+        from glubench.tune import run_tuned_variants
+
+        run_tuned_variants(cfg, list(HydraConfig.get().overrides.task))
+        return None
     try:
         result = run(cfg)
     except Exception:

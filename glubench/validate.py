@@ -6,6 +6,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from glubench.corpora import CORPORA, FORMATS
 from glubench.data import TOKENIZERS
+from glubench.ffn import FFN_REGISTRY
 from glubench.model import ModelConfig
 
 PRECISIONS = ("32-true", "32", "bf16-mixed", "bf16-true", "16-mixed", "16-true", "64-true")
@@ -47,6 +48,13 @@ def validate_config(cfg: DictConfig) -> ModelConfig:
             raise ConfigError(f"{key}={value} must be a positive integer")
     if not o.lr > 0:
         raise ConfigError(f"optim.lr={o.lr} must be positive")
+    tune = cfg.get("tune") or {}
+    for v in tune.get("variants") or []:
+        if v not in FFN_REGISTRY:
+            raise ConfigError(f"tune.variants: {v!r} is not a known FFN; valid: {', '.join(FFN_REGISTRY)}")
+    if tune.get("variants") and (tune.get("n_trials", 1) < 1 or not tune.get("seeds")):
+        raise ConfigError(f"tune.n_trials={tune.get('n_trials')} must be >= 1 and tune.seeds={tune.get('seeds')} "
+                          "must list at least one seed")
     b = cfg.get("budget") or {"mode": "tokens", "value": None}
     if b["mode"] not in BUDGET_MODES:
         raise ConfigError(f"budget.mode={b['mode']!r} is not known; valid: {', '.join(BUDGET_MODES)}")

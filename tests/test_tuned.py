@@ -1,0 +1,106 @@
+import math
+
+import pytest
+
+from glubench.report import report_sweep
+from glubench.results import RunResult
+from tests.test_report import LOSSES, T_975_DF4, _table
+
+TUNED_LR = {"relu": 3e-3, "swiglu": 1e-3, "bilinear": 2e-3, "gelu": 3e-3}
+
+
+@pytest.fixture
+def tuned_sweep(tmp_path):
+    """LOSSES again, but every variant trained at its own LR, with a flops budget record."""
+    for ffn, losses in LOSSES.items():
+        for seed, loss in enumerate(losses):
+            d = tmp_path / ffn / f"s{seed}"
+            d.mkdir(parents=True)
+            cfg = {"model": {"ffn": ffn}, "seed": seed, "optim": {"lr": TUNED_LR[ffn]}, "experiment_name": "t"}
+            tokens, fpt = 1000 * (10 + seed), 200.0
+            RunResult(status="completed", ffn=ffn, seed=seed, params_ffn=1000, val_loss=loss,
+                      val_ppl=math.exp(loss), config=cfg,
+                      budget={"mode": "flops", "tokens": tokens, "flops": tokens * fpt, "seconds": 2.0 + seed}).write(d)
+    return tmp_path
+
+
+def test_tuned_lr_is_a_column_not_a_grouping_key(tuned_sweep):
+    report = report_sweep([tuned_sweep], plots=False, wandb_choice="off", tuned=("optim.lr",))
+    assert report.keys == ["model.ffn"] and len(report.groups) == 4
+    md = (tuned_sweep / "summary.md").read_text()
+    rows = {r[1]: r for r in _table(md)}
+    cols = [c.strip() for c in md.splitlines()[next(i for i, x in enumerate(md.splitlines())
+                                                     if x.startswith("|  | variant"))].strip("|").split("|")]
+    assert cols[2] == "optim.lr (tuned)"
+    col = {h: i for i, h in enumerate(cols)}
+    assert rows["swiglu"][col["optim.lr (tuned)"]] == "0.001" and rows["relu"][col["optim.lr (tuned)"]] == "0.003"
+    assert rows["relu"][col["budget"]] == "flops"
+    assert rows["relu"][col["train tokens"]] == "11,000"  # mean of 10000, 11000, 12000
+    assert rows["relu"][col["train FLOPs"]] == "2.2e+06"
+    assert rows["relu"][col["train s"]] == "3.0"
+    # Each variant is compared with relu at relu's own tuned LR: bilinear's Welch interval by hand.
+    cmp = {r[0]: r for r in _table(md, "| variant")}
+    half = T_975_DF4 * math.sqrt(0.04 / 3 * 2)
+    assert cmp["bilinear"][1] == "-0.2000"
+    assert cmp["bilinear"][2] == f"[{-0.2 - half:+.4f}, {-0.2 + half:+.4f}]"
+
+
+def test_without_tuned_the_lr_splits_the_groups(tuned_sweep):
+    report = report_sweep([tuned_sweep], plots=False, wandb_choice="off")
+    assert report.keys == ["model.ffn", "optim.lr"]
+    by = {g.ffn: g for g in report.groups}
+    assert by["swiglu"].vs_baseline is None and by["bilinear"].vs_baseline is None  # no relu at their LR
+    assert by["gelu"].vs_baseline is not None  # gelu's tuned LR happens to equal relu's
+
+
+def test_tune_variants_are_validated_before_any_work():
+    from glubench.validate import ConfigError, validate_config
+    from tests.test_train import _compose
+
+    with pytest.raises(ConfigError, match="tune.variants: 'swigloo'"):
+        validate_config(_compose(["experiment=tuned_variants_cpu", "tune.variants=[relu,swigloo]"]))
+    with pytest.raises(ConfigError, match="tune.n_trials=0"):
+        validate_config(_compose(["experiment=tuned_variants_cpu", "tune.n_trials=0"]))
+
+
+def test_ranking_and_summary_text():
+    from glubench.tune import ranking, summary_text
+
+    runs = {v: [RunResult(status="completed", ffn=v, seed=s, val_loss=x) for s, x in enumerate(xs)]
+            for v, xs in LOSSES.items()}
+    assert ranking(runs)[2:] == ["relu", "gelu"] and set(ranking(runs)[:2]) == {"swiglu", "bilinear"}  # tie at 2.0
+    record = {"dir": "d", "shared_lr": 1e-3, "ranking_tuned": ["swiglu", "relu"], "ranking_shared": ["relu", "swiglu"],
+              "ranking_changed": True,
+              "variants": {"relu": {"tuned_lr": 3e-3, "val_loss": [2.0, 2.2], "shared_lr_val_loss": [2.1]},
+                           "swiglu": {"tuned_lr": 1e-3, "val_loss": [1.9, 2.1], "shared_lr_val_loss": [2.3]}}}
+    text = summary_text(record)
+    assert "| swiglu | 0.001 | 2.0000 | 2.3000 |" in text and "| relu | 0.003 | 2.1000 | 2.1000 |" in text
+    assert "ranking changed: yes" in text
+
+
+@pytest.mark.slow
+def test_tuned_variants_driver_end_to_end(tmp_path):
+    """2 variants x (2 Optuna trials + 1 seed at the tuned LR + 1 at the shared LR), ci size."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    pytest.importorskip("optuna")
+    cmd = [sys.executable, "-m", "glubench", "experiment=tuned_variants_cpu", "tune.variants=[relu,swiglu]",
+           "tune.n_trials=2", "tune.seeds=[0]", "trainer.max_steps=6", "trainer.val_check_interval=6",
+           "optim.warmup_steps=2", f"tune.dir={tmp_path / 'run'}"]
+    proc = subprocess.run(cmd, cwd=tmp_path, env={**os.environ, "WANDB_MODE": "offline"}, capture_output=True,
+                          text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    record = json.loads((tmp_path / "run" / "tuned.json").read_text())
+    assert set(record["variants"]) == {"relu", "swiglu"} and record["ranking_changed"] in (True, False)
+    for v, d in record["variants"].items():
+        trials = [json.loads(p.read_text()) for p in (tmp_path / "run" / "search" / v).glob("trial_*/results.json")]
+        assert len(trials) == 2 and d["search_best_val_loss"] == min(t["val_loss"] for t in trials)
+        best = min(trials, key=lambda t: t["val_loss"])["config"]["optim"]["lr"]
+        assert d["tuned_lr"] == pytest.approx(best)
+        tuned = json.loads(next((tmp_path / "run" / "tuned" / v).glob("*/results.json")).read_text())
+        assert tuned["config"]["optim"]["lr"] == pytest.approx(best)
+    md = (tmp_path / "run" / "tuned" / "summary.md").read_text()
+    assert "optim.lr (tuned)" in md
