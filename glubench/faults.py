@@ -324,3 +324,24 @@ def redact(obj: Any, secrets: list[str] | None = None) -> Any:
         return x
 
     return clean(obj)
+
+
+def redact_files(paths: list[Path], secrets: list[str] | None = None) -> None:
+    """Rewrite each existing text file in ``paths`` (atomically) with secret values replaced by ``***``.
+
+    For the config copies Hydra saves (``.hydra/*.yaml``, ``multirun.yaml``), which hold the
+    command-line overrides verbatim.
+    """
+    from glubench.data import atomic_write_bytes
+
+    secrets = secret_values() if secrets is None else secrets
+    if not secrets:
+        return
+    for path in paths:
+        try:
+            text = Path(path).read_text("utf-8")
+        except (OSError, UnicodeDecodeError):
+            continue
+        clean = redact(text, secrets)
+        if clean != text:
+            atomic_write_bytes(Path(path), clean.encode("utf-8"))

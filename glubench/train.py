@@ -206,11 +206,12 @@ def run(cfg: DictConfig) -> RunResult:
     the rest of a sweep goes on; Ctrl-C and SIGTERM (Lightning turns both into ``SystemExit``
     inside ``fit``) give ``status: "interrupted"`` and re-raise; anything else ``failed``.
     """
-    from glubench.faults import Diverged, redact, sigterm_as_interrupt
+    from glubench.faults import Diverged, redact, redact_files, sigterm_as_interrupt
 
     result = RunResult(status="failed", ffn=cfg.model.ffn, seed=cfg.seed,
                        config=redact(OmegaConf.to_container(cfg, resolve=True)))
     out = output_dir()
+    redact_files([*(out / ".hydra").glob("*.yaml"), out.parent / "multirun.yaml"])
     try:
         with sigterm_as_interrupt():
             result = train(cfg, result)
@@ -235,9 +236,9 @@ def run(cfg: DictConfig) -> RunResult:
 def main(cfg: DictConfig) -> float | None:
     """``glubench`` console script; returns the final ``val_loss`` (the sweep objective).
 
-    Exit codes: 2 for a bad config (one line on stderr, before any heavy work), 1 for a
-    diverged single run (a diverged job in a sweep lets the sweep go on), 130 (Ctrl-C) or 143
-    (SIGTERM) for an interrupted run.
+    Exit codes: 2 for a bad config (one line on stderr, before any heavy work; in a sweep the
+    job fails and the others go on), 1 for a diverged single run (a diverged job in a sweep lets
+    the sweep go on), 130 (Ctrl-C) or 143 (SIGTERM) for an interrupted run.
     """
     try:
         validate_config(cfg)

@@ -76,18 +76,27 @@ def _one_of(key: str, value: Any, allowed: Sequence[str]) -> None:
 # ---------------------------------------------------------------------------- devices
 
 
+def _cuda_count() -> int:
+    # NVML first, as Lightning does: cudaGetDeviceCount would initialise the driver in this
+    # process and break launchers that fork afterwards.
+    import torch
+
+    count = getattr(torch.cuda, "_device_count_nvml", lambda: -1)() if torch.version.cuda else -1
+    return count if count >= 0 else torch.cuda.device_count()
+
+
 def available_devices(accelerator: str) -> tuple[str, int | None]:
     """``(kind, count)`` of the devices ``trainer.accelerator`` would use; count ``None``: unknown (TPU)."""
     import torch
 
     if accelerator in ("gpu", "cuda"):
-        return "CUDA GPU", torch.cuda.device_count()
+        return "CUDA GPU", _cuda_count()
     if accelerator == "mps":
         return "MPS", int(torch.backends.mps.is_available())
     if accelerator == "tpu":
         return "TPU", None
-    if accelerator == "auto" and torch.cuda.is_available():
-        return "CUDA GPU", torch.cuda.device_count()
+    if accelerator == "auto" and _cuda_count() > 0:
+        return "CUDA GPU", _cuda_count()
     return "CPU", os.cpu_count() or 1
 
 

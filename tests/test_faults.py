@@ -284,6 +284,8 @@ def test_sweep_with_a_diverging_job_keeps_the_others(tmp_path):
     assert "glubench: diverged: non-finite" in proc.stderr
     for r in results.values():  # secrets never reach results
         assert secret not in json.dumps(r) and r["config"]["logger"]["tags"] == ["***"]
+    saved = [p for p in (tmp_path / "sweep").rglob("*") if p.is_file()]  # Hydra's config copies too
+    assert len(saved) >= 9 and not [p for p in saved if secret.encode() in p.read_bytes()]
 
 
 # ---------------------------------------------------------------------------- interruption
