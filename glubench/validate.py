@@ -149,7 +149,12 @@ def expand_files(files: Any, key: str = "data.files") -> list[Path]:
     paths: list[Path] = []
     for pattern in patterns:
         text = os.path.expanduser(str(pattern))
-        matches = sorted(glob.glob(text, recursive=True)) if glob.has_magic(text) else [text]
+        if not glob.has_magic(text):
+            if not os.path.lexists(text):
+                raise ConfigError(f"{key}={str(pattern)!r}: no such file")
+            paths.append(Path(text))
+            continue
+        matches = sorted(glob.glob(text, recursive=True))
         if not matches:
             raise ConfigError(f"{key}={str(pattern)!r}: the pattern matches no file")
         paths.extend(Path(m) for m in matches)
