@@ -127,6 +127,14 @@ class TuneConfig:
 
 
 @dataclass
+class FaultsConfig:
+    """What a run does on a non-finite loss or gradient (``faults.*``); see :mod:`glubench.faults`."""
+
+    on_nonfinite: str = "stop"  # stop | skip (drop the batch's update, at most max_skips times)
+    max_skips: int = 10  # skip mode: the run is marked diverged when more batches than this are dropped
+
+
+@dataclass
 class Config:
     """The whole run: one group per section plus run-level keys."""
 
@@ -138,8 +146,10 @@ class Config:
     throughput: ThroughputConfig = field(default_factory=ThroughputConfig)
     budget: BudgetConfig = field(default_factory=BudgetConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
+    faults: FaultsConfig = field(default_factory=FaultsConfig)
     seed: int = 0
     experiment_name: str = "default"
+    overwrite: bool = False  # replace a completed results.json in the same output dir (else refuse)
 
 
 def register_configs() -> None:

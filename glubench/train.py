@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from glubench.config import register_configs
 from glubench.results import RunResult
-from glubench.validate import ConfigError, validate_config
+from glubench.validate import ConfigError, check_output_dir, validate_config
 
 register_configs()
 
@@ -109,21 +109,24 @@ def train(cfg: DictConfig, result: RunResult) -> RunResult:
     from glubench.budget import BudgetCallback, plan_from_config, realised
     from glubench.callbacks import ProgressBar, ThroughputCallback
     from glubench.data import LMDataModule, local_rank
+    from glubench.faults import AtomicCheckpointIO, FitSignals, InterruptCheckpoint, NonFiniteGuard, redact
     from glubench.metrics import flops_per_token, lookup_peak_flops
     from glubench.model import count_params
     from glubench.module import LanguageModel
-    from glubench.validate import model_config
 
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     t = cfg.trainer
     data = OmegaConf.to_container(cfg.data, resolve=True)
     dm = LMDataModule(**data, seq_len=model_cfg.seq_len, seed=cfg.seed,
                       num_batches=t.max_steps * t.accumulate_grad_batches)
-    if local_rank() == 0:  # the other ranks wait in setup() for rank 0's token cache
-        dm.prepare_data()
-    dm.setup()
+    try:
+        if local_rank() == 0:  # the other ranks wait in setup() for rank 0's token cache
+            dm.prepare_data()
+        dm.setup()
+    except (ValueError, FileNotFoundError) as e:  # data errors name their key (data.files, data.val_percent)
+        raise ConfigError(str(e)) from e
     result.corpus_fingerprint = dm.corpus_fingerprint
-    model_cfg = model_config(cfg, vocab_size=dm.splits.vocab_size)
+    model_cfg = validate_config(cfg, splits=dm.splits)  # the rules that need token counts
 
     module = LanguageModel(model_cfg, **cfg.optim, max_steps=t.max_steps,
                            val_predicted_bytes=dm.splits.val_predicted_bytes)
@@ -145,7 +148,7 @@ def train(cfg: DictConfig, result: RunResult) -> RunResult:
         f"val tokens={dm.splits.val.size:,} vocab={model_cfg.vocab_size}"
     )
 
-    config_dict = OmegaConf.to_container(cfg, resolve=True)
+    config_dict = redact(OmegaConf.to_container(cfg, resolve=True))
     loggers = build_loggers(cfg, out, config_dict)
     for lg in loggers:
         lg.log_hyperparams({"params/total": counts.total, "params/nonembedding": counts.nonembedding,
@@ -159,10 +162,13 @@ def train(cfg: DictConfig, result: RunResult) -> RunResult:
         deterministic=t.deterministic, enable_progress_bar=t.enable_progress_bar,
         default_root_dir=str(out), logger=loggers or False, use_distributed_sampler=False,
         callbacks=[throughput, budget_cb,
-                   ModelCheckpoint(dirpath=str(out / "checkpoints"), save_last=True, save_top_k=0)]
+                   ModelCheckpoint(dirpath=str(out / "checkpoints"), save_last=True, save_top_k=0),
+                   NonFiniteGuard(cfg.faults.on_nonfinite, cfg.faults.max_skips, t.precision == "16-mixed",
+                                  check_every_n_steps=t.log_every_n_steps),
+                   InterruptCheckpoint(out / "checkpoints" / "last.ckpt"), FitSignals()]
         # The bar reads the loss back to the host (a sync on GPU) at each refresh: refresh when logging.
         + ([ProgressBar(refresh_rate=t.log_every_n_steps)] if t.enable_progress_bar else []),
-        enable_model_summary=False,
+        plugins=[AtomicCheckpointIO()], enable_model_summary=False,
     )
     if plan.tokens_per_step != cfg.data.batch_size * model_cfg.seq_len * t.accumulate_grad_batches * trainer.world_size:
         raise ConfigError(f"trainer.devices={t.devices} started {trainer.world_size} processes, not the number "
@@ -170,7 +176,18 @@ def train(cfg: DictConfig, result: RunResult) -> RunResult:
     throughput.peak_flops = cfg.throughput.peak_flops or lookup_peak_flops(
         torch.cuda.get_device_name() if trainer.strategy.root_device.type == "cuda" else None, t.precision
     )
-    trainer.fit(module, datamodule=dm)
+    def collect() -> None:  # also on an exception: an interrupted run reports what it has
+        result.steps, result.history = trainer.global_step, module.history
+        result.tokens_seen = module.tokens_seen * trainer.world_size
+        train_loss = trainer.callback_metrics.get("train/loss")
+        result.train_loss = float(train_loss) if train_loss is not None else None
+        result.precision, result.device, result.versions = str(trainer.precision), device_name(module), versions()
+        result.wall_time_s = time.perf_counter() - t_start
+
+    try:
+        trainer.fit(module, datamodule=dm)
+    finally:
+        collect()
     if not module.history or module.history[-1]["step"] != trainer.global_step:
         trainer.validate(module, datamodule=dm, verbose=False)
         if module.last_val and (not module.history or module.history[-1]["step"] != trainer.global_step):
@@ -178,38 +195,41 @@ def train(cfg: DictConfig, result: RunResult) -> RunResult:
                                    "val_loss": module.last_val["val/loss"]})
 
     speed = throughput.summary() or {}
+    collect()
     result.status = "completed"
     result.val_loss = module.last_val.get("val/loss")
     result.val_ppl = module.last_val.get("val/ppl")
     result.val_bpb = module.last_val.get("val/bpb")
     result.val_tokens = int(module.last_val.get("val/tokens", 0))
-    train_loss = trainer.callback_metrics.get("train/loss")
-    result.train_loss = float(train_loss) if train_loss is not None else None
-    result.tokens_seen = module.tokens_seen * trainer.world_size
-    result.steps = trainer.global_step
     result.train_tokens_per_sec = speed.get("tokens_per_sec")
     result.step_time_ms = speed.get("step_time_ms")
     result.mfu = speed.get("mfu")
-    result.precision = str(trainer.precision)
-    result.device = device_name(module)
-    result.versions = versions()
-    result.history = module.history
     result.budget = realised(plan, result.tokens_seen, result.steps, budget_cb)
-    result.wall_time_s = time.perf_counter() - t_start
     if result.val_loss is None or not math.isfinite(result.val_loss):
         result.status = "diverged"
     return result
 
 
 def run(cfg: DictConfig) -> RunResult:
-    """Train, then always write ``results.json`` and close the W&B run (exit code 1 if it raised)."""
+    """Train, then always write ``results.json`` and close the W&B run (exit code 1 unless completed).
+
+    A diverged run (:class:`glubench.faults.Diverged`) returns with ``status: "diverged"``, so
+    the rest of a sweep goes on; Ctrl-C and SIGTERM (Lightning turns both into ``SystemExit``
+    inside ``fit``) give ``status: "interrupted"`` and re-raise; anything else ``failed``.
+    """
+    from glubench.faults import Diverged, redact, redact_files, sigterm_as_interrupt
+
     result = RunResult(status="failed", ffn=cfg.model.ffn, seed=cfg.seed,
-                       config=OmegaConf.to_container(cfg, resolve=True))
+                       config=redact(OmegaConf.to_container(cfg, resolve=True)))
     out = output_dir()
+    redact_files([*(out / ".hydra").glob("*.yaml"), out.parent / "multirun.yaml"])
     try:
-        result = train(cfg, result)
+        with sigterm_as_interrupt():
+            result = train(cfg, result)
+    except Diverged as e:
+        result.status, result.error = "diverged", str(e)
     except BaseException as e:
-        result.status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
+        result.status = "interrupted" if isinstance(e, (KeyboardInterrupt, SystemExit)) else "failed"
         result.error = f"{type(e).__name__}: {e}"
         raise
     finally:
@@ -236,12 +256,18 @@ class SweepDirCallback(HydraCallback):
 
 @hydra.main(version_base="1.3", config_path=conf_dir(), config_name="config")
 def main(cfg: DictConfig) -> float | None:
-    """``glubench`` console script; returns the final ``val_loss`` (the sweep objective)."""
+    """``glubench`` console script; returns the final ``val_loss`` (the sweep objective).
+
+    Exit codes: 2 for a bad config (one line on stderr, before any heavy work; in a sweep the
+    job fails and the others go on), 1 for a diverged single run (a diverged job in a sweep lets
+    the sweep go on), 130 (Ctrl-C) or 143 (SIGTERM) for an interrupted run.
+    """
     try:
         validate_config(cfg)
+        if not cfg.tune.variants:
+            check_output_dir(output_dir(), cfg.overwrite)
     except ConfigError as e:
-        print(f"glubench: error: {e}", file=sys.stderr)
-        sys.exit(2)
+        return _config_error(e)
     if cfg.tune.variants:  # a driver experiment (e.g. tuned_variants_cpu): studies + seed runs, no job here
         from hydra.core.hydra_config import HydraConfig
 
@@ -251,6 +277,11 @@ def main(cfg: DictConfig) -> float | None:
         return None
     try:
         result = run(cfg)
+    except ConfigError as e:  # rules that need the tokenized data (e.g. seq_len vs a split)
+        return _config_error(e)
+    except (KeyboardInterrupt, SystemExit) as e:  # run() has written status "interrupted"
+        print(f"glubench: interrupted -> {output_dir() / 'results.json'}", file=sys.stderr)
+        sys.exit(143 if "SIGTERM" in f"{type(e).__name__} {e}" else 130)
     except Exception:
         from glubench.sweep import collects_job_failures
 
@@ -267,12 +298,31 @@ def main(cfg: DictConfig) -> float | None:
     print(
         f"glubench: {result.status}: ffn={result.ffn} val_loss={result.val_loss or nan:.4f} "
         f"val_ppl={result.val_ppl or nan:.3f} val_bpb={result.val_bpb or nan:.4f} "
-        f"tokens/s={result.train_tokens_per_sec or nan:,.0f} wall={result.wall_time_s:.1f}s "
+        f"tokens/s={result.train_tokens_per_sec or nan:,.0f} wall={result.wall_time_s or nan:.1f}s "
         f"-> {output_dir() / 'results.json'}"
     )
+    if result.status == "diverged":
+        print(f"glubench: diverged: {result.error}", file=sys.stderr)
+        if not _in_multirun():
+            sys.exit(1)
     if result.val_loss is None or not math.isfinite(result.val_loss):
         return math.inf  # a diverged run is the worst objective; Optuna rejects NaN and aborts the study
     return result.val_loss
+
+
+def _config_error(e: ConfigError) -> None:
+    """Print the one-line error; exit 2 in a single run, fail just this job in a sweep."""
+    print(f"glubench: error: {e}", file=sys.stderr)
+    if _in_multirun():
+        return None  # a failed job, not SystemExit: the sweep goes on to its other jobs
+    sys.exit(2)
+
+
+def _in_multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
 if __name__ == "__main__":

@@ -329,7 +329,7 @@ def test_glubench_data_prepare_prints_counts(shared_data, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "train tokens=1,0" in out and "bytes/token=1.000" in out and str(tmp_path) in out
     assert data_cli.main(["prepare", "data=text", "data.files=/nonexistent/x.txt",
-                          f"data.cache_dir={tmp_path}"]) == 1
+                          f"data.cache_dir={tmp_path}"]) == 2  # a bad data.files is a config error (issue 7)
     assert "data.files='/nonexistent/x.txt': no such file" in capsys.readouterr().err
     assert data_cli.main(["prepare", "data.tokenizer=words"]) == 2
 

@@ -72,7 +72,9 @@ def test_same_seed_same_losses(tmp_path, monkeypatch):
     b = _ci_run(tmp_path / "b", monkeypatch, "trainer.max_steps=10", "trainer.deterministic=true")
     c = _ci_run(tmp_path / "c", monkeypatch, "trainer.max_steps=10", "seed=1")
     assert a.train_loss == b.train_loss and a.val_loss == b.val_loss
+    assert a.history == b.history  # every validation loss, bit for bit
     assert c.val_loss != a.val_loss
+    assert set(a.versions) == {"python", "torch", "lightning"} and a.device.startswith(("cpu", "NVIDIA"))
 
 
 def _wandb_model_config(run_dir: Path) -> dict:
