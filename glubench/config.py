@@ -127,6 +127,14 @@ class TuneConfig:
 
 
 @dataclass
+class CheckpointConfig:
+    """Checkpoints under ``<run dir>/checkpoints/`` (``checkpoint.*``); see :mod:`glubench.resume`."""
+
+    every_n_steps: Optional[int] = None  # optimizer steps between saves; null: trainer.val_check_interval
+    keep_all: bool = False  # also keep every periodic checkpoint as step=<N>.ckpt
+
+
+@dataclass
 class Config:
     """The whole run: one group per section plus run-level keys."""
 
@@ -138,6 +146,9 @@ class Config:
     throughput: ThroughputConfig = field(default_factory=ThroughputConfig)
     budget: BudgetConfig = field(default_factory=BudgetConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    # null/auto/last: resume from <run dir>/checkpoints/last.ckpt if it exists; never; or a path
+    ckpt_path: Optional[str] = None
     seed: int = 0
     experiment_name: str = "default"
 

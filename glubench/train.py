@@ -65,18 +65,24 @@ def wandb_mode(cfg: DictConfig) -> str:
     return "offline"
 
 
-def build_loggers(cfg: DictConfig, out: Path, config_dict: dict) -> list:
+def build_loggers(cfg: DictConfig, out: Path, config_dict: dict, resume_step: int | None = None) -> list:
+    """CSV and W&B loggers; when resuming from step ``resume_step`` both continue their history."""
     from lightning.pytorch.loggers import CSVLogger, WandbLogger
+
+    from glubench.resume import keep_csv_history, wandb_run_id
 
     loggers = []
     if cfg.logger.csv:
         loggers.append(CSVLogger(save_dir=str(out), name="csv", version=""))
+        if resume_step is not None:
+            keep_csv_history(loggers[-1], resume_step)
     if cfg.logger.wandb:
         loggers.append(WandbLogger(
             project=cfg.logger.project, entity=cfg.logger.entity,
             group=cfg.logger.group or cfg.experiment_name,
             name=f"{cfg.model.ffn}-s{cfg.seed}", save_dir=str(out), mode=wandb_mode(cfg),
             config=config_dict, tags=list(cfg.logger.tags) or None,
+            id=wandb_run_id(out, resuming=resume_step is not None), resume="allow",
         ))
     return loggers
 
@@ -104,7 +110,6 @@ def train(cfg: DictConfig, result: RunResult) -> RunResult:
 
     import lightning.pytorch as pl
     import torch
-    from lightning.pytorch.callbacks import ModelCheckpoint
 
     from glubench.budget import BudgetCallback, plan_from_config, realised
     from glubench.callbacks import ProgressBar, ThroughputCallback
@@ -112,6 +117,7 @@ def train(cfg: DictConfig, result: RunResult) -> RunResult:
     from glubench.metrics import flops_per_token, lookup_peak_flops
     from glubench.model import count_params
     from glubench.module import LanguageModel
+    from glubench.resume import ResumeState, checkpoint_callback, checkpoint_step, find_checkpoint
     from glubench.validate import model_config
 
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -146,7 +152,11 @@ def train(cfg: DictConfig, result: RunResult) -> RunResult:
     )
 
     config_dict = OmegaConf.to_container(cfg, resolve=True)
-    loggers = build_loggers(cfg, out, config_dict)
+    ckpt = find_checkpoint(cfg.ckpt_path, out)
+    resume_step = checkpoint_step(ckpt) if ckpt is not None else None
+    if ckpt is not None:
+        print(f"glubench: resuming from {ckpt} (step {resume_step})")
+    loggers = build_loggers(cfg, out, config_dict, resume_step)
     for lg in loggers:
         lg.log_hyperparams({"params/total": counts.total, "params/nonembedding": counts.nonembedding,
                             "params/ffn_per_layer": counts.ffn_per_layer, "params/ffn_hidden": model_cfg.ffn_hidden})
@@ -158,8 +168,9 @@ def train(cfg: DictConfig, result: RunResult) -> RunResult:
         gradient_clip_val=t.gradient_clip_val, accumulate_grad_batches=t.accumulate_grad_batches,
         deterministic=t.deterministic, enable_progress_bar=t.enable_progress_bar,
         default_root_dir=str(out), logger=loggers or False, use_distributed_sampler=False,
-        callbacks=[throughput, budget_cb,
-                   ModelCheckpoint(dirpath=str(out / "checkpoints"), save_last=True, save_top_k=0)]
+        callbacks=[throughput, budget_cb, ResumeState(),
+                   checkpoint_callback(out, cfg.checkpoint.every_n_steps or t.val_check_interval,
+                                       cfg.checkpoint.keep_all)]
         # The bar reads the loss back to the host (a sync on GPU) at each refresh: refresh when logging.
         + ([ProgressBar(refresh_rate=t.log_every_n_steps)] if t.enable_progress_bar else []),
         enable_model_summary=False,
@@ -170,7 +181,7 @@ def train(cfg: DictConfig, result: RunResult) -> RunResult:
     throughput.peak_flops = cfg.throughput.peak_flops or lookup_peak_flops(
         torch.cuda.get_device_name() if trainer.strategy.root_device.type == "cuda" else None, t.precision
     )
-    trainer.fit(module, datamodule=dm)
+    trainer.fit(module, datamodule=dm, ckpt_path=ckpt, weights_only=True)
     if not module.history or module.history[-1]["step"] != trainer.global_step:
         trainer.validate(module, datamodule=dm, verbose=False)
         if module.last_val and (not module.history or module.history[-1]["step"] != trainer.global_step):
