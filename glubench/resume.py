@@ -169,11 +169,13 @@ def _global_rank() -> int:
 
 
 def keep_csv_history(csv_logger, resume_step: int) -> int:
-    """Keep the rows of an existing ``metrics.csv`` up to ``resume_step``; return how many.
+    """Keep the rows of an existing ``metrics.csv`` logged before ``resume_step``; return how many.
 
     Call before training starts.  Lightning's CSV writer deletes the file when it is created,
-    so the rows are read first and handed back to the writer, which rewrites them on its next
-    save; Lightning logs global step k as row step k-1, so rows with step >= resume_step are dropped because the resumed run logs them again.
+    so the rows are read first, handed back to the writer and saved again at once.  Lightning
+    writes what it logs during optimizer step k as row ``step = k - 1``, so rows with
+    ``step >= resume_step`` came after the checkpoint; they are dropped because the resumed
+    run logs them again.
     """
     path = Path(csv_logger.log_dir) / "metrics.csv"
     if _global_rank() != 0 or not path.is_file():
