@@ -17,6 +17,7 @@ import hydra
 from hydra.experimental.callback import Callback as HydraCallback
 from omegaconf import DictConfig, OmegaConf
 
+from glubench.cluster import check_job_launch, is_global_zero
 from glubench.config import register_configs
 from glubench.results import RunResult
 from glubench.validate import ConfigError, validate_config
@@ -224,7 +225,8 @@ def run(cfg: DictConfig) -> RunResult:
         result.error = f"{type(e).__name__}: {e}"
         raise
     finally:
-        result.write(out)
+        if is_global_zero():  # one results.json per run, whatever the number of processes
+            result.write(out)
         if "wandb" in sys.modules:
             import wandb
 
@@ -250,6 +252,7 @@ def main(cfg: DictConfig) -> float | None:
     """``glubench`` console script; returns the final ``val_loss`` (the sweep objective)."""
     try:
         validate_config(cfg)
+        check_job_launch(cfg)
     except ConfigError as e:
         print(f"glubench: error: {e}", file=sys.stderr)
         sys.exit(2)
