@@ -31,6 +31,8 @@ def _compose(overrides, hydra=False):
 
 def _cli(argv, monkeypatch, capsys):
     """Run the ``glubench`` entry point in this process; return (exit code, stdout, stderr)."""
+    from hydra.core.hydra_config import HydraConfig
+
     monkeypatch.setattr(sys, "argv", ["glubench", *argv])
     code = 0
     try:
@@ -39,6 +41,8 @@ def _cli(argv, monkeypatch, capsys):
         code = e.code if isinstance(e.code, int) else 1
         if not isinstance(e.code, int) and e.code:
             print(e.code, file=sys.stderr)
+    finally:
+        HydraConfig.instance().cfg = None  # leave no Hydra job state to later in-process runs
     out = capsys.readouterr()
     return code, out.out, out.err
 
