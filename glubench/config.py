@@ -135,6 +135,14 @@ class FaultsConfig:
 
 
 @dataclass
+class CheckpointConfig:
+    """Checkpoints under ``<run dir>/checkpoints/`` (``checkpoint.*``); see :mod:`glubench.resume`."""
+
+    every_n_steps: Optional[int] = None  # optimizer steps between saves; null: trainer.val_check_interval
+    keep_all: bool = False  # also keep every periodic checkpoint as step=<N>.ckpt
+
+
+@dataclass
 class Config:
     """The whole run: one group per section plus run-level keys."""
 
@@ -147,6 +155,9 @@ class Config:
     budget: BudgetConfig = field(default_factory=BudgetConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
     faults: FaultsConfig = field(default_factory=FaultsConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    # null/auto/last: resume from <run dir>/checkpoints/last.ckpt if it exists; never; or a path
+    ckpt_path: Optional[str] = None
     seed: int = 0
     experiment_name: str = "default"
     overwrite: bool = False  # replace a completed results.json in the same output dir (else refuse)

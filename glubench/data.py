@@ -617,28 +617,34 @@ def local_rank() -> int:
 class TrainBatches(torch.utils.data.Dataset):
     """Item ``i`` is training batch ``i``: ``batch_size`` random windows of ``seq_len + 1`` tokens.
 
-    Offsets come from ``numpy.random.default_rng([seed, rank, i])``, so batch ``i`` is the
-    same whatever order or process asks for it (resume-safe and worker-safe).
+    Batch ``i`` of the whole job is ``batch_size × world_size`` windows whose offsets come
+    from ``numpy.random.default_rng([seed, 0, i])``; process ``rank`` takes its contiguous
+    ``batch_size`` slice.  So batch ``i`` is the same whatever order or process asks for it
+    (resume-safe and worker-safe), and N processes with ``batch_size = B/N`` train on exactly
+    the windows one process with ``batch_size = B`` does.
     Returns ``(x, y)``: int64 ``(batch_size, seq_len)`` inputs and next-token targets.
     """
 
     def __init__(self, tokens: np.ndarray, seq_len: int, batch_size: int, num_batches: int,
-                 seed: int, rank: int = 0) -> None:
+                 seed: int, rank: int = 0, world_size: int = 1) -> None:
         if tokens.size < seq_len + 1:
             raise ValueError(
                 f"model.seq_len={seq_len} needs at least {seq_len + 1} training tokens, "
                 f"but the train split has {tokens.size}"
             )
         self.tokens, self.seq_len, self.batch_size = tokens, seq_len, batch_size
-        self.num_batches, self.seed, self.rank = num_batches, seed, rank
+        self.num_batches, self.seed, self.rank, self.world_size = num_batches, seed, rank, world_size
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank={rank} must be in [0, world_size={world_size})")
         self._arange = np.arange(seq_len + 1)
 
     def __len__(self) -> int:
         return self.num_batches
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        rng = np.random.default_rng([self.seed, self.rank, i])
-        starts = rng.integers(0, self.tokens.size - self.seq_len, size=self.batch_size)
+        rng = np.random.default_rng([self.seed, 0, i])
+        starts = rng.integers(0, self.tokens.size - self.seq_len, size=self.batch_size * self.world_size)
+        starts = starts[self.rank * self.batch_size : (self.rank + 1) * self.batch_size]
         windows = torch.from_numpy(self.tokens[starts[:, None] + self._arange].astype(np.int64))
         return windows[:, :-1], windows[:, 1:]  # (B, T), (B, T)
 
@@ -667,6 +673,23 @@ class ValWindows(torch.utils.data.Dataset):
         y = torch.full((T,), IGNORE_INDEX, dtype=torch.long)
         x[:n], y[:n] = chunk[:-1], chunk[1:]
         return x, y
+
+
+class StartAt(torch.utils.data.Sampler):
+    """Indices ``start, ..., length - 1``, with ``len() == length``.
+
+    The length stays the full epoch because a resumed Lightning loop counts the batches it
+    already consumed (``start`` of them) towards the epoch.
+    """
+
+    def __init__(self, start: int, length: int) -> None:
+        self.start, self.length = start, length
+
+    def __iter__(self):
+        return iter(range(self.start, self.length))
+
+    def __len__(self) -> int:
+        return self.length
 
 
 def _lightning_datamodule_base():
@@ -726,10 +749,13 @@ class LMDataModule(_lightning_datamodule_base()):
                              "smaller model.seq_len")
 
     def train_dataloader(self):
-        rank = self.trainer.global_rank if self.trainer is not None else 0
+        t = self.trainer
+        rank, world = (t.global_rank, t.world_size) if t is not None else (0, 1)
         ds = TrainBatches(self.splits.train, self.seq_len, self.batch_size, self.num_batches,
-                          self.seed, rank)
-        return torch.utils.data.DataLoader(ds, batch_size=None, shuffle=False,
+                          self.seed, rank, world)
+        # On resume Lightning has restored global_step by now: continue at the next batch.
+        start = t.global_step * t.accumulate_grad_batches if t is not None else 0
+        return torch.utils.data.DataLoader(ds, batch_size=None, sampler=StartAt(start, len(ds)),
                                            num_workers=self.num_workers)
 
     def val_dataloader(self):

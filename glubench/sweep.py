@@ -171,8 +171,8 @@ class SweepReport(Callback):
         wall = time.perf_counter() - self.t_start if self.t_start is not None else math.nan
         try:
             report = report_sweep([sweep_dir], sweep_dir, plots=self.plots, wandb_choice=self.wandb)
-        except (FileNotFoundError, ValueError) as e:
-            print(f"glubench: no report: {e}", file=sys.stderr)
+        except Exception as e:  # noqa: BLE001 - Hydra would only warn and exit 0: a lost report must fail
+            print(f"glubench: no report: {type(e).__name__}: {e}", file=sys.stderr)
             sys.exit(1)
         print("\n" + terminal_text(report))
         print(f"\nglubench: sweep wall time {_duration(wall)}; report: {sweep_dir / 'summary.md'} "

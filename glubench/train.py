@@ -17,6 +17,7 @@ import hydra
 from hydra.experimental.callback import Callback as HydraCallback
 from omegaconf import DictConfig, OmegaConf
 
+from glubench.cluster import check_job_launch, is_global_zero
 from glubench.config import register_configs
 from glubench.results import RunResult
 from glubench.validate import ConfigError, check_output_dir, validate_config
@@ -65,18 +66,24 @@ def wandb_mode(cfg: DictConfig) -> str:
     return "offline"
 
 
-def build_loggers(cfg: DictConfig, out: Path, config_dict: dict) -> list:
+def build_loggers(cfg: DictConfig, out: Path, config_dict: dict, resume_step: int | None = None) -> list:
+    """CSV and W&B loggers; when resuming from step ``resume_step`` both continue their history."""
     from lightning.pytorch.loggers import CSVLogger, WandbLogger
+
+    from glubench.resume import keep_csv_history, wandb_run_id
 
     loggers = []
     if cfg.logger.csv:
         loggers.append(CSVLogger(save_dir=str(out), name="csv", version=""))
+        if resume_step is not None:
+            keep_csv_history(loggers[-1], resume_step)
     if cfg.logger.wandb:
         loggers.append(WandbLogger(
             project=cfg.logger.project, entity=cfg.logger.entity,
             group=cfg.logger.group or cfg.experiment_name,
             name=f"{cfg.model.ffn}-s{cfg.seed}", save_dir=str(out), mode=wandb_mode(cfg),
             config=config_dict, tags=list(cfg.logger.tags) or None,
+            id=wandb_run_id(out, resuming=resume_step is not None), resume="allow",
         ))
     return loggers
 
@@ -104,7 +111,6 @@ def train(cfg: DictConfig, result: RunResult) -> RunResult:
 
     import lightning.pytorch as pl
     import torch
-    from lightning.pytorch.callbacks import ModelCheckpoint
 
     from glubench.budget import BudgetCallback, plan_from_config, realised
     from glubench.callbacks import ProgressBar, ThroughputCallback
@@ -113,6 +119,7 @@ def train(cfg: DictConfig, result: RunResult) -> RunResult:
     from glubench.metrics import flops_per_token, lookup_peak_flops
     from glubench.model import count_params
     from glubench.module import LanguageModel
+    from glubench.resume import ResumeState, checkpoint_callback, checkpoint_step, find_checkpoint
 
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     t = cfg.trainer
@@ -149,7 +156,11 @@ def train(cfg: DictConfig, result: RunResult) -> RunResult:
     )
 
     config_dict = redact(OmegaConf.to_container(cfg, resolve=True))
-    loggers = build_loggers(cfg, out, config_dict)
+    ckpt = find_checkpoint(cfg.ckpt_path, out)
+    resume_step = checkpoint_step(ckpt) if ckpt is not None else None
+    if ckpt is not None:
+        print(f"glubench: resuming from {ckpt} (step {resume_step})")
+    loggers = build_loggers(cfg, out, config_dict, resume_step)
     for lg in loggers:
         lg.log_hyperparams({"params/total": counts.total, "params/nonembedding": counts.nonembedding,
                             "params/ffn_per_layer": counts.ffn_per_layer, "params/ffn_hidden": model_cfg.ffn_hidden})
@@ -161,8 +172,9 @@ def train(cfg: DictConfig, result: RunResult) -> RunResult:
         gradient_clip_val=t.gradient_clip_val, accumulate_grad_batches=t.accumulate_grad_batches,
         deterministic=t.deterministic, enable_progress_bar=t.enable_progress_bar,
         default_root_dir=str(out), logger=loggers or False, use_distributed_sampler=False,
-        callbacks=[throughput, budget_cb,
-                   ModelCheckpoint(dirpath=str(out / "checkpoints"), save_last=True, save_top_k=0),
+        callbacks=[throughput, budget_cb, ResumeState(),
+                   checkpoint_callback(out, cfg.checkpoint.every_n_steps or t.val_check_interval,
+                                       cfg.checkpoint.keep_all),
                    NonFiniteGuard(cfg.faults.on_nonfinite, cfg.faults.max_skips, t.precision == "16-mixed",
                                   check_every_n_steps=t.log_every_n_steps),
                    InterruptCheckpoint(out / "checkpoints" / "last.ckpt"), FitSignals()]
@@ -185,7 +197,7 @@ def train(cfg: DictConfig, result: RunResult) -> RunResult:
         result.wall_time_s = time.perf_counter() - t_start
 
     try:
-        trainer.fit(module, datamodule=dm)
+        trainer.fit(module, datamodule=dm, ckpt_path=ckpt, weights_only=True)
     finally:
         collect()
     if not module.history or module.history[-1]["step"] != trainer.global_step:
@@ -233,7 +245,8 @@ def run(cfg: DictConfig) -> RunResult:
         result.error = f"{type(e).__name__}: {e}"
         raise
     finally:
-        result.write(out)
+        if is_global_zero():  # one results.json per run, whatever the number of processes
+            result.write(out)
         if "wandb" in sys.modules:
             import wandb
 
@@ -264,6 +277,7 @@ def main(cfg: DictConfig) -> float | None:
     """
     try:
         validate_config(cfg)
+        check_job_launch(cfg)
         if not cfg.tune.variants:
             check_output_dir(output_dir(), cfg.overwrite)
     except ConfigError as e:
