@@ -127,6 +127,17 @@ class TuneConfig:
 
 
 @dataclass
+class DiagnosticsConfig:
+    """Optional activation diagnostics (``diagnostics.*``; see :mod:`glubench.analysis.dead_units`)."""
+
+    dead_units: bool = False  # probe dead units / sparsity / gate saturation during training
+    every_n_steps: int = 50  # optimizer steps between probes (also at the start and the end)
+    probe_batch_size: int = 8  # validation windows of model.seq_len in the fixed probe batch
+    eps: float = 1e-3  # smooth activations: |act(z)| < eps counts as off
+    saturation_tol: float = 1e-2  # gated: |act'(xW)| < tol counts as a saturated gate
+
+
+@dataclass
 class Config:
     """The whole run: one group per section plus run-level keys."""
 
@@ -138,6 +149,7 @@ class Config:
     throughput: ThroughputConfig = field(default_factory=ThroughputConfig)
     budget: BudgetConfig = field(default_factory=BudgetConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
+    diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
     seed: int = 0
     experiment_name: str = "default"
 

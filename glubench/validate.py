@@ -87,6 +87,14 @@ def validate_config(cfg: DictConfig) -> ModelConfig:
         raise ConfigError(f"data.vocab_size={d.vocab_size} must be in [257, 65535] for data.tokenizer=bpe")
     if not 0 < d.val_percent < 100:
         raise ConfigError(f"data.val_percent={d.val_percent} must be in (0, 100)")
+    g = cfg.diagnostics
+    for key, value in (("diagnostics.every_n_steps", g.every_n_steps),
+                       ("diagnostics.probe_batch_size", g.probe_batch_size)):
+        if value <= 0:
+            raise ConfigError(f"{key}={value} must be a positive integer")
+    for key, value in (("diagnostics.eps", g.eps), ("diagnostics.saturation_tol", g.saturation_tol)):
+        if not value >= 0:
+            raise ConfigError(f"{key}={value} must be >= 0")
     if cfg.throughput.peak_flops is not None and not cfg.throughput.peak_flops > 0:
         raise ConfigError(f"throughput.peak_flops={cfg.throughput.peak_flops} must be positive or null")
     if cfg.model.get("compile") and cfg.throughput.warmup_steps < 1:
