@@ -168,7 +168,7 @@ def train(cfg: DictConfig, result: RunResult) -> RunResult:
         callbacks=[throughput, budget_cb,
                    ModelCheckpoint(dirpath=str(out / "checkpoints"), save_last=True, save_top_k=0)]
         # The bar reads the loss back to the host (a sync on GPU) at each refresh: refresh when logging.
-        + ([ProgressBar(refresh_rate=t.log_every_n_steps)] if t.enable_progress_bar else []),
+        + ([ProgressBar(refresh_rate=t.log_every_n_steps)] if t.enable_progress_bar else [])
         + ([dead_units] if dead_units else []),
         enable_model_summary=False,
     )
