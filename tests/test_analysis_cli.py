@@ -90,7 +90,8 @@ def test_cli_regions_end_to_end(tmp_path):
     data = json.loads((tmp_path / "regions.json").read_text())
     assert (tmp_path / "partition.png").stat().st_size > 10_000
     assert data["transformer"]["ffn"] == "relu" and data["transformer"]["after"]["stack"] is not None
-    assert all(r["plane_cumulative"][-1] <= data["small_mlp"]["serra_upper_bound_2d"] for r in data["small_mlp"]["rows"])
+    bound = data["small_mlp"]["serra_upper_bound_2d"]
+    assert all(r["plane_cumulative"][-1] <= bound for r in data["small_mlp"]["rows"])
     # reload the same run dir
     assert main(["regions", "--run-dir", str(tmp_path / "run"), "--out", str(tmp_path / "again"),
                  "--paths", "2", "--mlp-steps", "20"]) == 0

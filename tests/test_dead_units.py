@@ -4,9 +4,16 @@ import math
 import pytest
 import torch
 
-from glubench.analysis.dead_units import DeadUnitsCallback, activation_stats, ffn_stats, outputs_exact_zeros, probe_stats
+from glubench.analysis.dead_units import (
+    DeadUnitsCallback,
+    activation_stats,
+    ffn_stats,
+    outputs_exact_zeros,
+    probe_stats,
+)
 from glubench.ffn import FFN_REGISTRY, build_ffn
 from glubench.model import ModelConfig, Transformer
+from glubench.results import RunResult
 
 
 def test_exact_zero_family():
@@ -82,3 +89,19 @@ def test_callback_in_a_training_run(tmp_path, monkeypatch):
 def test_callback_rejects_bad_interval():
     with pytest.raises(ValueError, match="diagnostics.every_n_steps=0"):
         DeadUnitsCallback(torch.zeros(1, 1, dtype=torch.long), every_n_steps=0)
+
+
+def test_report_shows_dead_fraction_columns(tmp_path):
+    from glubench.report import build_report, summary_rows
+
+    for i, (ffn, seed, end, peak) in enumerate([("relu", 0, 0.10, 0.20), ("relu", 1, 0.30, 0.40),
+                                                 ("swiglu", 0, 0.0, 0.05)]):
+        d = tmp_path / f"{i}_{ffn}_s{seed}"
+        d.mkdir()
+        RunResult(status="completed", ffn=ffn, seed=seed, val_loss=2.0 + i, ffn_hidden=16,
+                  diagnostics={"dead_units": {"dead_frac": end, "dead_frac_max": peak}},
+                  config={"model": {"ffn": ffn}, "seed": seed}).write(d)
+    header, rows = summary_rows(build_report([tmp_path]))
+    assert header[-2:] == ["dead units (end)", "dead units (max)"]
+    by_ffn = {r[1]: r[-2:] for r in rows}
+    assert by_ffn == {"relu": ["20.0%", "30.0%"], "swiglu": ["0.0%", "5.0%"]}  # means over seeds

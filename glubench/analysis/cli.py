@@ -164,7 +164,8 @@ def plot_partitions(parts: list, titles: list[str], path: Path) -> None:
 
 
 def load_run(run_dir: Path):
-    """``(model_cfg, trained Transformer, seed, run config)`` from a run dir's ``results.json`` and ``checkpoints/last.ckpt``."""
+    """``(model_cfg, trained Transformer, seed, run config)`` from a run dir's ``results.json`` and
+    ``checkpoints/last.ckpt``."""
     import torch
     from omegaconf import OmegaConf
 
@@ -192,8 +193,14 @@ def cmd_regions(args) -> int:
     import torch
 
     from glubench.analysis.ffn_regions import PATTERN_VARIANTS, region_counts
-    from glubench.analysis.regions import count_in_plane, count_on_segment, max_regions_one_layer, mlp_layers
-    from glubench.analysis.regions import montufar_lower_bound, serra_upper_bound
+    from glubench.analysis.regions import (
+        count_in_plane,
+        count_on_segment,
+        max_regions_one_layer,
+        mlp_layers,
+        montufar_lower_bound,
+        serra_upper_bound,
+    )
     from glubench.data import atomic_write_json
     from glubench.model import Transformer
 
@@ -270,7 +277,8 @@ def cmd_regions(args) -> int:
     if counts["after"]["stack"]:
         sb, sa = counts["before"]["stack"], counts["after"]["stack"]
         print(f"  FFN stack (surrogate: LayerNorm scale frozen, attention left out), pieces on a segment: "
-              f"before {sb['segment_mean']:.1f} (cumulative by layer {[round(c, 1) for c in sb['per_layer_cumulative']]}), "
+              f"before {sb['segment_mean']:.1f} "
+              f"(cumulative by layer {[round(c, 1) for c in sb['per_layer_cumulative']]}), "
               f"after {sa['segment_mean']:.1f} ({[round(c, 1) for c in sa['per_layer_cumulative']]})")
     atomic_write_json(out / "regions.json", summary)
     print(f"\nwrote {out / 'regions.json'}")

@@ -84,7 +84,8 @@ def probe_stats(model: torch.nn.Module, probe: torch.Tensor, eps: float = 1e-3,
     return one :func:`activation_stats` dict per layer.
 
     Forward hooks on each FFN's input projection ``w_in`` capture the pre-activations; they are
-    registered only for this forward pass, so training steps pay nothing.
+    registered only for this forward pass, so training steps pay nothing.  The probe runs
+    eagerly even when the model is compiled.
     """
     captured: dict[int, torch.Tensor] = {}
     handles = []
@@ -99,7 +100,9 @@ def probe_stats(model: torch.nn.Module, probe: torch.Tensor, eps: float = 1e-3,
     try:
         model.eval()
         with torch.no_grad():
-            model(probe)
+            # The Python forward, not __call__: a model compiled in place (model.compile=true) would
+            # otherwise recompile for the hooks and for the probe's shape; the blocks run eagerly.
+            getattr(model, "_orig_mod", model).forward(probe)
     finally:
         model.train(was_training)
         for h in handles:

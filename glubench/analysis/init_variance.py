@@ -61,7 +61,8 @@ def transformer_profile(model: torch.nn.Module, idx: torch.Tensor) -> list[dict[
         h = block.ffn.hidden
         handles.append(block.ffn.w_in.register_forward_hook(
             lambda m, a, o, i=i, h=h: rec.__setitem__((i, "ffn_z_var"), var(o[..., :h]))))
-        handles.append(block.ffn.register_forward_hook(lambda m, a, o, i=i: rec.__setitem__((i, "ffn_out_var"), var(o))))
+        handles.append(block.ffn.register_forward_hook(
+            lambda m, a, o, i=i: rec.__setitem__((i, "ffn_out_var"), var(o))))
     handles.append(model.ln_f.register_forward_pre_hook(
         lambda m, a: rec.__setitem__((len(model.blocks), "resid_var"), var(a[0]))))
     try:
