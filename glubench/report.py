@@ -476,9 +476,8 @@ def terminal_text(report: Report) -> str:
 
 def write_csv(report: Report, path: Path) -> None:
     """One row per run (completed or not): every results.json field, ``config.*`` flattened, ``history`` as JSON."""
-    names = [f.name for f in fields(RunResult) if f.name not in ("config", "versions", "history", "budget")]
+    names = [f.name for f in fields(RunResult) if f.name not in ("config", "versions", "history", "budget", "diagnostics")]
     rows, config_keys, version_keys, budget_keys = [], set(), set(), {}
-    names = [f.name for f in fields(RunResult) if f.name not in ("config", "versions", "history", "diagnostics")]
     rows, config_keys, version_keys = [], set(), set()
     for r in report.runs:
         d = asdict(r.result)
