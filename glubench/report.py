@@ -476,9 +476,9 @@ def terminal_text(report: Report) -> str:
 
 def write_csv(report: Report, path: Path) -> None:
     """One row per run (completed or not): every results.json field, ``config.*`` flattened, ``history`` as JSON."""
-    names = [f.name for f in fields(RunResult) if f.name not in ("config", "versions", "history", "budget", "diagnostics")]
+    skip = ("config", "versions", "history", "budget", "diagnostics")
+    names = [f.name for f in fields(RunResult) if f.name not in skip]
     rows, config_keys, version_keys, budget_keys = [], set(), set(), {}
-    rows, config_keys, version_keys = [], set(), set()
     for r in report.runs:
         d = asdict(r.result)
         config_keys.update(r.flat)
