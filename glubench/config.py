@@ -140,6 +140,15 @@ class CheckpointConfig:
 
     every_n_steps: Optional[int] = None  # optimizer steps between saves; null: trainer.val_check_interval
     keep_all: bool = False  # also keep every periodic checkpoint as step=<N>.ckpt
+@dataclass
+class DiagnosticsConfig:
+    """Optional activation diagnostics (``diagnostics.*``; see :mod:`glubench.analysis.dead_units`)."""
+
+    dead_units: bool = False  # probe dead units / sparsity / gate saturation during training
+    every_n_steps: int = 50  # optimizer steps between probes (also at the start and the end)
+    probe_batch_size: int = 8  # validation windows of model.seq_len in the fixed probe batch
+    eps: float = 1e-3  # smooth activations: |act(z)| < eps counts as off
+    saturation_tol: float = 1e-2  # gated: |act'(xW)| < tol counts as a saturated gate
 
 
 @dataclass
@@ -158,6 +167,7 @@ class Config:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     # null/auto/last: resume from <run dir>/checkpoints/last.ckpt if it exists; never; or a path
     ckpt_path: Optional[str] = None
+    diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
     seed: int = 0
     experiment_name: str = "default"
     overwrite: bool = False  # replace a completed results.json in the same output dir (else refuse)

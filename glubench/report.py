@@ -347,12 +347,25 @@ def _int(x: Optional[int]) -> str:
     return "—" if x is None else f"{x:,}"
 
 
+def _dead(g: Group, key: str) -> Optional[float]:
+    """Mean over the group's runs of ``diagnostics.dead_units[key]`` (``None`` when no run measured it)."""
+    xs = _finite((r.result.diagnostics or {}).get("dead_units", {}).get(key) for r in g.runs)
+    return _mean(xs) if xs else None
+
+
 def summary_rows(report: Report) -> tuple[list[str], list[list[str]]]:
-    """The Table-1-style table as (header, rows of strings), best row first and starred."""
+    """The Table-1-style table as (header, rows of strings), best row first and starred.
+
+    With ``diagnostics.dead_units=true`` runs, two more columns: the dead-unit fraction (mean over
+    layers) at the end of training and its maximum over training, in percent.
+    """
     extra = report.keys[1:]
     header = ["", "variant", *extra, *(f"{k} (tuned)" for k in report.tuned), "FFN hidden", "FFN params",
               "params vs baseline", "val loss (mean ± std)", "val ppl", "val bpb", "n seeds", "tokens/s", "MFU",
               "budget", "train tokens", "train FLOPs", "train s"]
+    dead = any(_dead(g, "dead_frac") is not None for g in report.groups)
+    if dead:
+        header += ["dead units (end)", "dead units (max)"]
     rows = []
     for g in report.groups:
         std = g.loss_std
@@ -370,6 +383,9 @@ def summary_rows(report: Report) -> tuple[list[str], list[list[str]]]:
             _fmt(g.budget_mean("tokens"), ",.0f"), _fmt(g.budget_mean("flops"), ".3g"),
             _fmt(g.budget_mean("seconds"), ".1f"),
         ])
+        if dead:
+            rows[-1] += [_fmt(None if (d := _dead(g, k)) is None else 100 * d, ".1f") + ("%" if d is not None else "")
+                         for k in ("dead_frac", "dead_frac_max")]
     return header, rows
 
 
@@ -460,7 +476,8 @@ def terminal_text(report: Report) -> str:
 
 def write_csv(report: Report, path: Path) -> None:
     """One row per run (completed or not): every results.json field, ``config.*`` flattened, ``history`` as JSON."""
-    names = [f.name for f in fields(RunResult) if f.name not in ("config", "versions", "history", "budget")]
+    skip = ("config", "versions", "history", "budget", "diagnostics")
+    names = [f.name for f in fields(RunResult) if f.name not in skip]
     rows, config_keys, version_keys, budget_keys = [], set(), set(), {}
     for r in report.runs:
         d = asdict(r.result)

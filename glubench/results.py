@@ -18,7 +18,8 @@ class RunResult:
 
     ``status`` is ``completed``, ``failed``, ``diverged`` or ``interrupted``; ``error`` holds the
     message when the run did not complete.  ``history`` lists each validation as
-    ``{"step", "tokens_seen", "val_loss"}``.
+    ``{"step", "tokens_seen", "val_loss"}``.  ``diagnostics`` holds optional analyses keyed by
+    name, e.g. ``dead_units`` (:meth:`glubench.analysis.dead_units.DeadUnitsCallback.summary`).
     """
 
     status: str
@@ -46,6 +47,7 @@ class RunResult:
     corpus_fingerprint: Optional[str] = None
     versions: dict[str, str] = field(default_factory=dict)
     error: Optional[str] = None
+    diagnostics: dict[str, Any] = field(default_factory=dict)  # e.g. "dead_units" (glubench.analysis)
     history: list[dict[str, Any]] = field(default_factory=list)
     # mode, value, target, planned max_steps, and what was spent: steps, tokens, flops, seconds
     budget: dict[str, Any] = field(default_factory=dict)

@@ -165,6 +165,13 @@ def train(cfg: DictConfig, result: RunResult) -> RunResult:
         lg.log_hyperparams({"params/total": counts.total, "params/nonembedding": counts.nonembedding,
                             "params/ffn_per_layer": counts.ffn_per_layer, "params/ffn_hidden": model_cfg.ffn_hidden})
     throughput = ThroughputCallback(fpt, None, cfg.throughput.warmup_steps, t.log_every_n_steps)
+    dead_units = None
+    if cfg.diagnostics.dead_units:
+        from glubench.analysis.dead_units import DeadUnitsCallback, probe_batch
+
+        g = cfg.diagnostics
+        dead_units = DeadUnitsCallback(probe_batch(dm.splits.val, model_cfg.seq_len, g.probe_batch_size),
+                                       g.every_n_steps, g.eps, g.saturation_tol)
     trainer = pl.Trainer(
         accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=t.strategy,
         precision=t.precision, max_steps=plan.max_steps, val_check_interval=t.val_check_interval,
@@ -179,7 +186,8 @@ def train(cfg: DictConfig, result: RunResult) -> RunResult:
                                   check_every_n_steps=t.log_every_n_steps),
                    InterruptCheckpoint(out / "checkpoints" / "last.ckpt"), FitSignals()]
         # The bar reads the loss back to the host (a sync on GPU) at each refresh: refresh when logging.
-        + ([ProgressBar(refresh_rate=t.log_every_n_steps)] if t.enable_progress_bar else []),
+        + ([ProgressBar(refresh_rate=t.log_every_n_steps)] if t.enable_progress_bar else [])
+        + ([dead_units] if dead_units else []),
         plugins=[AtomicCheckpointIO()], enable_model_summary=False,
     )
     if plan.tokens_per_step != cfg.data.batch_size * model_cfg.seq_len * t.accumulate_grad_batches * trainer.world_size:
@@ -217,6 +225,8 @@ def train(cfg: DictConfig, result: RunResult) -> RunResult:
     result.step_time_ms = speed.get("step_time_ms")
     result.mfu = speed.get("mfu")
     result.budget = realised(plan, result.tokens_seen, result.steps, budget_cb)
+    if dead_units is not None and dead_units.history:
+        result.diagnostics["dead_units"] = dead_units.summary(result.step_time_ms)
     if result.val_loss is None or not math.isfinite(result.val_loss):
         result.status = "diverged"
     return result

@@ -310,6 +310,14 @@ def validate_config(cfg: DictConfig, splits: Any = None) -> ModelConfig:
     steps_from_max_steps = b["mode"] == "tokens" and b["value"] is None
     if o.warmup_steps < 0 or (steps_from_max_steps and o.warmup_steps >= t.max_steps):
         raise ConfigError(f"optim.warmup_steps={o.warmup_steps} must be in [0, trainer.max_steps={t.max_steps})")
+    g = cfg.diagnostics
+    for key, value in (("diagnostics.every_n_steps", g.every_n_steps),
+                       ("diagnostics.probe_batch_size", g.probe_batch_size)):
+        if value <= 0:
+            raise ConfigError(f"{key}={value} must be a positive integer")
+    for key, value in (("diagnostics.eps", g.eps), ("diagnostics.saturation_tol", g.saturation_tol)):
+        if not value >= 0:
+            raise ConfigError(f"{key}={value} must be >= 0")
     if not (math.isfinite(o.weight_decay) and o.weight_decay >= 0):
         raise ConfigError(f"optim.weight_decay={o.weight_decay} must be >= 0")
     _in_range("optim.beta1", o.beta1, 0.0, 1.0)

@@ -1,0 +1,116 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from glubench.analysis.ffn_regions import region_counts
+from glubench.analysis.init_variance import he_relu_stack, transformer_profile
+from glubench.analysis.regions import count_on_segment, mlp_layers
+from glubench.model import ModelConfig, Transformer
+
+
+def test_he_init_keeps_var_z_at_two():
+    # layer 0: unit-variance Gaussian input; layer 1: its ReLU output (second moment 1, mean > 0)
+    for r in he_relu_stack(width=2048, depth=2, n=1024, seed=0):
+        assert r["var_z"] == pytest.approx(2.0, rel=0.05)
+        assert r["second_moment_out"] == pytest.approx(1.0, rel=0.05)
+    # a fan-in that is not He-scaled breaks it: the same check must be able to fail
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1024, 1024, generator=g, dtype=torch.float64)
+    W = torch.randn(1024, 1024, generator=g, dtype=torch.float64) * (1.0 / 1024) ** 0.5  # LeCun: Var(z) = 1
+    assert float((x @ W.T).var()) == pytest.approx(1.0, rel=0.05)
+
+
+def test_transformer_profile_matches_direct_computation():
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(vocab_size=16, d_model=8, n_layers=2, n_heads=2, seq_len=8, ffn="swiglu"))
+    idx = torch.randint(0, 16, (3, 8))
+    prof = transformer_profile(model, idx)
+    assert [p["layer"] for p in prof] == [0, 1, 2]
+    with torch.no_grad():
+        x = model.tok_emb(idx) + model.pos_emb(torch.arange(8))
+        assert prof[0]["resid_var"] == pytest.approx(float(x.var(unbiased=False)), rel=1e-5)
+        x = x + model.blocks[0].attn(model.blocks[0].ln_attn(x))
+        u = model.blocks[0].ln_ffn(x)
+        gate = u @ model.blocks[0].ffn.gate_weight.T
+        assert prof[0]["ffn_z_var"] == pytest.approx(float(gate.var(unbiased=False)), rel=1e-5)
+        assert prof[0]["ffn_in_var"] == pytest.approx(float(u.var(unbiased=False)), rel=1e-5)
+
+
+@pytest.mark.parametrize("ffn", ["relu", "reglu"])
+def test_region_counts_on_a_transformer(ffn):
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(vocab_size=16, d_model=8, n_layers=2, n_heads=2, seq_len=8, ffn=ffn, d_ff=24))
+    out = region_counts(model, torch.randint(0, 16, (2, 8)), n_paths=3)
+    h = model.cfg.ffn_hidden
+    for layer in out["per_layer"]:
+        assert 1 <= layer["segment_mean"] <= layer["segment_max"] <= h + 1
+        assert 1 <= layer["plane_mean"] <= 1 + h + h * (h - 1) // 2
+    assert (out["stack"] is not None) == (ffn == "relu")
+    if out["stack"]:
+        c = out["stack"]["per_layer_cumulative"]
+        assert c[0] == out["per_layer"][0]["segment_mean"]  # block 0 of the stack is layer 0's FFN on the same pairs
+        assert c[1] >= c[0]
+
+
+def test_region_counts_refuse_smooth_ffns():
+    model = Transformer(ModelConfig(vocab_size=16, d_model=8, n_layers=1, n_heads=2, seq_len=8, ffn="swiglu"))
+    with pytest.raises(ValueError, match="model.ffn='swiglu'"):
+        region_counts(model, torch.zeros(1, 8, dtype=torch.long))
+
+
+def test_cli_init_writes_profiles(tmp_path, capsys):
+    from glubench.analysis.cli import main
+
+    path = tmp_path / "init.json"
+    assert main(["init", "--ffn", "relu,swiglu", "--init", "kaiming,scaled_normal", "--he-width", "256",
+                 "--batch", "2", "--json", str(path), "model=nano"]) == 0
+    data = json.loads(path.read_text())
+    assert [(r["ffn"], r["init"]) for r in data["profiles"]] == [
+        ("relu", "kaiming"), ("relu", "scaled_normal"), ("swiglu", "kaiming"), ("swiglu", "scaled_normal")]
+    assert len(data["profiles"][0]["layers"]) == 3  # nano: 2 blocks + the final residual stream
+    # kaiming FFN weights are far larger than N(0, 0.02²): the pre-activations show it
+    assert data["profiles"][0]["layers"][0]["ffn_z_var"] > 100 * data["profiles"][1]["layers"][0]["ffn_z_var"]
+    assert "holds within 5%" in capsys.readouterr().out
+
+
+def test_cli_rejects_unknown_variant():
+    from glubench.analysis.cli import main
+
+    with pytest.raises(SystemExit, match="--ffn=swigly is not known"):
+        main(["init", "--ffn", "swigly"])
+
+
+@pytest.mark.slow
+def test_cli_regions_end_to_end(tmp_path):
+    from glubench.analysis.cli import main
+
+    assert main(["regions", "--out", str(tmp_path), "--steps", "10", "--paths", "2", "--mlp-steps", "20"]) == 0
+    data = json.loads((tmp_path / "regions.json").read_text())
+    assert (tmp_path / "partition.png").stat().st_size > 10_000
+    assert data["transformer"]["ffn"] == "relu" and data["transformer"]["after"]["stack"] is not None
+    bound = data["small_mlp"]["serra_upper_bound_2d"]
+    assert all(r["plane_cumulative"][-1] <= bound for r in data["small_mlp"]["rows"])
+    # reload the same run dir
+    assert main(["regions", "--run-dir", str(tmp_path / "run"), "--out", str(tmp_path / "again"),
+                 "--paths", "2", "--mlp-steps", "20"]) == 0
+    again = json.loads((tmp_path / "again" / "regions.json").read_text())
+    assert again["transformer"]["after"] == data["transformer"]["after"]
+
+
+def test_small_mlp_segment_counts_match_numpy_reference():
+    from glubench.analysis.cli import tiny_2d_mlp
+
+    before, after, _ = tiny_2d_mlp(seed=0, steps=5)
+    layers = mlp_layers([w for w, _ in after], [b for _, b in after])
+    t = np.linspace(0, 1, 100_001)[:, None]
+    pts = np.array([-1.0, -1.0]) + t * 2.0
+    h, pats = pts, []
+    for W, b in after:
+        z = h @ W.T + b
+        pats.append(z > 0)
+        h = np.maximum(z, 0)
+    pats = np.concatenate(pats, axis=1)
+    assert count_on_segment(layers, np.array([-1.0, -1.0]), np.array([1.0, 1.0]))[-1] == \
+        1 + np.any(pats[1:] != pats[:-1], axis=1).sum()
