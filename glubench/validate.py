@@ -285,9 +285,6 @@ def validate_config(cfg: DictConfig, splits: Any = None) -> ModelConfig:
                     ("trainer.log_every_n_steps", t.log_every_n_steps),
                     ("trainer.accumulate_grad_batches", t.accumulate_grad_batches),
                     ("trainer.num_nodes", t.num_nodes)])
-    if t.val_check_interval > t.max_steps:
-        raise ConfigError(f"trainer.val_check_interval={t.val_check_interval} must be <= "
-                          f"trainer.max_steps={t.max_steps}")
     _one_of("trainer.precision", t.precision, PRECISIONS)
     if not (math.isfinite(t.gradient_clip_val) and t.gradient_clip_val >= 0):
         raise ConfigError(f"trainer.gradient_clip_val={t.gradient_clip_val} must be >= 0 (0: no clipping)")
@@ -308,6 +305,9 @@ def validate_config(cfg: DictConfig, splits: Any = None) -> ModelConfig:
         raise ConfigError("budget.value=null: budget=time needs the training seconds, e.g. budget.value=60")
     # Other budgets set the steps later (glubench.budget.plan_budget checks warmup against them).
     steps_from_max_steps = b["mode"] == "tokens" and b["value"] is None
+    if steps_from_max_steps and t.val_check_interval > t.max_steps:
+        raise ConfigError(f"trainer.val_check_interval={t.val_check_interval} must be <= "
+                          f"trainer.max_steps={t.max_steps}")
     if o.warmup_steps < 0 or (steps_from_max_steps and o.warmup_steps >= t.max_steps):
         raise ConfigError(f"optim.warmup_steps={o.warmup_steps} must be in [0, trainer.max_steps={t.max_steps})")
     g = cfg.diagnostics
