@@ -1,3 +1,3 @@
-from glubench.train import main
+from glubench.train import cli
 
-main()
+cli()

@@ -6,14 +6,13 @@
   reads them with ``torch.load(weights_only=True)``.
 - :func:`sigterm_as_interrupt` turns SIGTERM outside ``trainer.fit`` into an exception so the
   run can still write ``status: "interrupted"`` (inside ``fit`` Lightning handles it itself).
-- :func:`redact` removes secret values from anything that gets logged or written.
+- secrets are removed from everything logged, written or printed by :mod:`glubench.redaction`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import re
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,9 +24,15 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
 from glubench.data import atomic_write
 
-SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET", re.IGNORECASE)
-MIN_SECRET_LEN = 8  # shorter values (TOKENIZERS_PARALLELISM=false, ...) are not secrets and would over-redact
-REDACTED = "***"
+# Re-exported: the secret handling lives in glubench.redaction (no Lightning import, for the CLI).
+from glubench.redaction import (  # noqa: F401
+    REDACTED,
+    redact,
+    redact_files,
+    redacted_argv,
+    redacted_stdout,
+    secret_values,
+)
 
 
 class Diverged(RuntimeError):
@@ -218,7 +223,7 @@ class InterruptCheckpoint(pl.Callback):
         if not isinstance(exception, (KeyboardInterrupt, SystemExit)) or trainer.global_step == 0:
             return
         try:
-            trainer.save_checkpoint(self.path)
+            trainer.save_checkpoint(self.path, weights_only=False)  # optimizer too: resumable
         except Exception as e:  # never mask the interruption itself
             print(f"glubench: could not save {self.path} on interrupt: {e}")
 
@@ -270,68 +275,3 @@ def sigterm_as_interrupt() -> Iterator[None]:
     finally:
         signal.signal(signal.SIGTERM, previous)
         _LIGHTNING_OWNS_SIGTERM = False
-
-
-# ---------------------------------------------------------------------------- secrets
-
-
-def secret_values(environ: dict[str, str] | None = None) -> list[str]:
-    """Values to hide: env vars whose name contains KEY, TOKEN or SECRET, plus the W&B netrc password.
-
-    Values shorter than :data:`MIN_SECRET_LEN` characters are ignored.  Longest first, so
-    that a secret containing another is replaced whole.
-    """
-    env = os.environ if environ is None else environ
-    values = {v for k, v in env.items() if SECRET_NAME.search(k) and len(v) >= MIN_SECRET_LEN}
-    with contextlib.suppress(Exception):
-        import netrc
-
-        auth = netrc.netrc().authenticators("api.wandb.ai")
-        if auth and auth[2] and len(auth[2]) >= MIN_SECRET_LEN:
-            values.add(auth[2])
-    return sorted(values, key=len, reverse=True)
-
-
-def redact(obj: Any, secrets: list[str] | None = None) -> Any:
-    """A copy of ``obj`` (nested dicts/lists/strings) with every secret value replaced by ``***``.
-
-    Dict keys are redacted too; non-string leaves are returned unchanged.
-    """
-    secrets = secret_values() if secrets is None else secrets
-    if not secrets:
-        return obj
-
-    def clean(x: Any) -> Any:
-        if isinstance(x, str):
-            for s in secrets:
-                if s in x:
-                    x = x.replace(s, REDACTED)
-            return x
-        if isinstance(x, dict):
-            return {clean(k): clean(v) for k, v in x.items()}
-        if isinstance(x, (list, tuple)):
-            return type(x)(clean(v) for v in x)
-        return x
-
-    return clean(obj)
-
-
-def redact_files(paths: list[Path], secrets: list[str] | None = None) -> None:
-    """Rewrite each existing text file in ``paths`` (atomically) with secret values replaced by ``***``.
-
-    For the config copies Hydra saves (``.hydra/*.yaml``, ``multirun.yaml``), which hold the
-    command-line overrides verbatim.
-    """
-    from glubench.data import atomic_write_bytes
-
-    secrets = secret_values() if secrets is None else secrets
-    if not secrets:
-        return
-    for path in paths:
-        try:
-            text = Path(path).read_text("utf-8")
-        except (OSError, UnicodeDecodeError):
-            continue
-        clean = redact(text, secrets)
-        if clean != text:
-            atomic_write_bytes(Path(path), clean.encode("utf-8"))

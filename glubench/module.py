@@ -87,9 +87,24 @@ class LanguageModel(pl.LightningModule):
         self.tokens_seen += y.numel()
         # Not prog_bar=True: Lightning turns progress-bar values into Python numbers after every
         # step (a host sync on GPU); glubench.callbacks.ProgressBar reads last_loss when it refreshes.
-        self.log("train/loss", loss)
+        if self._writes_logs_this_step():
+            self.log("train/loss", loss)
         self.last_loss = loss.detach()
         return loss
+
+    def _writes_logs_this_step(self) -> bool:
+        """Whether Lightning writes step metrics after this step (or it is the last step).
+
+        Each ``self.log`` call costs Lightning about a millisecond of Python (it re-validates
+        and moves its result objects), so per-step values are logged only when they are written.
+        """
+        if self._trainer is None:
+            return True
+        trainer = self.trainer
+        connector = getattr(trainer, "_logger_connector", None)
+        if connector is None or not hasattr(connector, "should_update_logs"):  # other Lightning versions
+            return True
+        return connector.should_update_logs or 0 < trainer.max_steps <= trainer.global_step + 1
 
     def on_validation_epoch_start(self) -> None:
         self.val_nll.reset()

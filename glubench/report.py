@@ -597,10 +597,14 @@ def log_wandb(report: Report, out_dir: Path, plots: list[Path]) -> Optional[Path
     ``logger.mode`` / ``$WANDB_MODE`` say otherwise).  Returns the run's local folder."""
     import wandb
 
+    from glubench.redaction import redact, redacted_argv
+
     s = _wandb_settings(report)
-    run = wandb.init(project=s["project"], entity=s["entity"], group=s["group"], name=f"summary-{s['group']}",
-                     job_type="report", dir=str(out_dir), mode=s["mode"], reinit="finish_previous",
-                     config={"grouped_by": report.keys, "paths": [str(p) for p in report.paths]})
+    with redacted_argv():  # W&B records the command line, which may hold a secret override
+        run = wandb.init(project=s["project"], entity=s["entity"], group=s["group"],
+                         name=f"summary-{s['group']}", job_type="report", dir=str(out_dir), mode=s["mode"],
+                         reinit="finish_previous",
+                         config=redact({"grouped_by": report.keys, "paths": [str(p) for p in report.paths]}))
     header, rows = summary_rows(report)
     data: dict[str, Any] = {"summary/table": wandb.Table(columns=["best", *header[1:]], data=rows)}
     cmp_header, cmp = comparison_rows(report)

@@ -70,6 +70,7 @@ def build_loggers(cfg: DictConfig, out: Path, config_dict: dict, resume_step: in
     """CSV and W&B loggers; when resuming from step ``resume_step`` both continue their history."""
     from lightning.pytorch.loggers import CSVLogger, WandbLogger
 
+    from glubench.redaction import redact
     from glubench.resume import keep_csv_history, wandb_run_id
 
     loggers = []
@@ -82,7 +83,7 @@ def build_loggers(cfg: DictConfig, out: Path, config_dict: dict, resume_step: in
             project=cfg.logger.project, entity=cfg.logger.entity,
             group=cfg.logger.group or cfg.experiment_name,
             name=f"{cfg.model.ffn}-s{cfg.seed}", save_dir=str(out), mode=wandb_mode(cfg),
-            config=config_dict, tags=list(cfg.logger.tags) or None,
+            config=config_dict, tags=redact(list(cfg.logger.tags)) or None,
             id=wandb_run_id(out, resuming=resume_step is not None), resume="allow",
         ))
     return loggers
@@ -115,7 +116,8 @@ def train(cfg: DictConfig, result: RunResult) -> RunResult:
     from glubench.budget import BudgetCallback, plan_from_config, realised
     from glubench.callbacks import ProgressBar, ThroughputCallback
     from glubench.data import LMDataModule, local_rank
-    from glubench.faults import AtomicCheckpointIO, FitSignals, InterruptCheckpoint, NonFiniteGuard, redact
+    from glubench.faults import AtomicCheckpointIO, FitSignals, InterruptCheckpoint, NonFiniteGuard
+    from glubench.redaction import redact
     from glubench.metrics import flops_per_token, lookup_peak_flops
     from glubench.model import count_params
     from glubench.module import LanguageModel
@@ -239,14 +241,15 @@ def run(cfg: DictConfig) -> RunResult:
     the rest of a sweep goes on; Ctrl-C and SIGTERM (Lightning turns both into ``SystemExit``
     inside ``fit``) give ``status: "interrupted"`` and re-raise; anything else ``failed``.
     """
-    from glubench.faults import Diverged, redact, redact_files, sigterm_as_interrupt
+    from glubench.faults import Diverged, sigterm_as_interrupt
+    from glubench.redaction import redact, redact_files, redacted_argv
 
     result = RunResult(status="failed", ffn=cfg.model.ffn, seed=cfg.seed,
                        config=redact(OmegaConf.to_container(cfg, resolve=True)))
     out = output_dir()
     redact_files([*(out / ".hydra").glob("*.yaml"), out.parent / "multirun.yaml"])
     try:
-        with sigterm_as_interrupt():
+        with sigterm_as_interrupt(), redacted_argv():
             result = train(cfg, result)
     except Diverged as e:
         result.status, result.error = "diverged", str(e)
@@ -349,5 +352,22 @@ def _in_multirun() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
+def cli() -> None:
+    """The ``glubench`` console script: :func:`main`, with secrets hidden from Hydra's own printouts.
+
+    ``--cfg``/``-c`` (and ``--info``) make Hydra print the composed config and exit without a job;
+    values from secret environment variables (``${oc.env:...}``) are printed as ``***``.
+    """
+    prints_config = any(a in ("--cfg", "-c", "--info", "-i") or a.startswith(("--cfg=", "--info="))
+                        for a in sys.argv[1:])
+    if not prints_config:
+        main()
+        return
+    from glubench.redaction import redacted_stdout
+
+    with redacted_stdout():
+        main()
+
+
 if __name__ == "__main__":
-    main()
+    cli()

@@ -265,10 +265,14 @@ def test_nonfinite_skip_drops_exactly_that_update():
 
 
 def test_sweep_with_a_diverging_job_keeps_the_others(tmp_path):
-    """lr=1e6 diverges within the configured steps; the other two jobs still complete."""
+    """lr=1e6 diverges within the configured steps; the other two jobs still complete.
+
+    A secret typed on the command line reaches no file of the sweep: not results.json, not Hydra's
+    config copies, not W&B's offline runs (whose metadata records the command line).
+    """
     secret = "sk-glubench-test-0123456789"
-    env = {**os.environ, "PYTHONPATH": str(REPO), "GLUBENCH_TEST_API_KEY": secret}
-    cmd = [sys.executable, "-m", "glubench", "--multirun", "experiment=ci", "logger=none",
+    env = {**os.environ, "PYTHONPATH": str(REPO), "GLUBENCH_TEST_API_KEY": secret, "WANDB_MODE": "offline"}
+    cmd = [sys.executable, "-m", "glubench", "--multirun", "experiment=ci", "logger=wandb",
            "optim.lr=1e-3,1e6,3e-3", "trainer.max_steps=8", "trainer.val_check_interval=8",
            "optim.warmup_steps=2", f"logger.tags=[{secret}]", f"hydra.sweep.dir={tmp_path}/sweep"]
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
@@ -283,12 +287,24 @@ def test_sweep_with_a_diverging_job_keeps_the_others(tmp_path):
         assert secret not in json.dumps(r) and r["config"]["logger"]["tags"] == ["***"]
     saved = [p for p in (tmp_path / "sweep").rglob("*") if p.is_file()]  # Hydra's config copies too
     assert len(saved) >= 9 and not [p for p in saved if secret.encode() in p.read_bytes()]
+    runs = [p for p in saved if p.suffix == ".wandb"]
+    assert len(runs) == 4 and all(b"logger.tags=[***]" in p.read_bytes() for p in runs)  # 3 jobs + the report
+
+
+def test_printed_config_hides_secrets(tmp_path):
+    """``--cfg job --resolve`` prints ``***`` for a value taken from a secret environment variable."""
+    secret = "sk-glubench-test-0123456789"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "GLUBENCH_TEST_API_KEY": secret}
+    cmd = [sys.executable, "-m", "glubench", "experiment=ci", "logger.project=${oc.env:GLUBENCH_TEST_API_KEY}",
+           "--cfg", "job", "--resolve"]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "project: ***" in proc.stdout and secret not in proc.stdout + proc.stderr
 
 
 # ---------------------------------------------------------------------------- interruption
 
 
-@pytest.mark.slow  # passed at e8377c9; hung after the rebase onto the new data loading (not yet diagnosed)
 def test_sigterm_leaves_results_and_checkpoint(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
     cmd = [sys.executable, "-m", "glubench", "experiment=ci", "logger=none", "trainer.max_steps=100000",

@@ -178,7 +178,7 @@ def load_run(run_dir: Path):
         if not p.is_file():
             raise SystemExit(f"glubench-analyze: error: --run-dir={run_dir}: {p.name} not found")
     result = RunResult.read(res)
-    state = torch.load(ckpt_path, map_location="cpu", weights_only=False)["state_dict"]
+    state = torch.load(ckpt_path, map_location="cpu", weights_only=True)["state_dict"]
     state = {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
     run_cfg = OmegaConf.create(result.config)
     mc = model_config(run_cfg, vocab_size=state["tok_emb.weight"].shape[0])
