@@ -1,4 +1,4 @@
-"""Training faults: non-finite losses, interruptions, atomic checkpoints and secrets.
+"""Training faults: non-finite losses, interruptions and atomic checkpoints.
 
 - :class:`NonFiniteGuard` stops a run (or drops a bounded number of batches) when the loss or
   its gradient stops being finite, raising :class:`Diverged` with the step and the last finite loss.
@@ -6,7 +6,8 @@
   reads them with ``torch.load(weights_only=True)``.
 - :func:`sigterm_as_interrupt` turns SIGTERM outside ``trainer.fit`` into an exception so the
   run can still write ``status: "interrupted"`` (inside ``fit`` Lightning handles it itself).
-- secrets are removed from everything logged, written or printed by :mod:`glubench.redaction`.
+
+Secrets are kept out of logs and files by :mod:`glubench.redaction`.
 """
 
 from __future__ import annotations
@@ -23,16 +24,6 @@ import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
 from glubench.data import atomic_write
-
-# Re-exported: the secret handling lives in glubench.redaction (no Lightning import, for the CLI).
-from glubench.redaction import (  # noqa: F401
-    REDACTED,
-    redact,
-    redact_files,
-    redacted_argv,
-    redacted_stdout,
-    secret_values,
-)
 
 
 class Diverged(RuntimeError):

@@ -22,6 +22,7 @@ SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET", re.IGNORECASE)
 MIN_SECRET_LEN = 8  # shorter values (TOKENIZERS_PARALLELISM=false, ...) are not secrets and would over-redact
 REDACTED = "***"
 
+
 def secret_values(environ: dict[str, str] | None = None) -> list[str]:
     """Values to hide: env vars whose name contains KEY, TOKEN or SECRET, plus the W&B netrc password.
 

@@ -117,10 +117,10 @@ def train(cfg: DictConfig, result: RunResult) -> RunResult:
     from glubench.callbacks import ProgressBar, ThroughputCallback
     from glubench.data import LMDataModule, local_rank
     from glubench.faults import AtomicCheckpointIO, FitSignals, InterruptCheckpoint, NonFiniteGuard
-    from glubench.redaction import redact
     from glubench.metrics import flops_per_token, lookup_peak_flops
     from glubench.model import count_params
     from glubench.module import LanguageModel
+    from glubench.redaction import redact
     from glubench.resume import ResumeState, checkpoint_callback, checkpoint_step, find_checkpoint
 
     pl.seed_everything(cfg.seed, workers=True, verbose=False)

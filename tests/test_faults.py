@@ -22,8 +22,9 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import HydraException
 from omegaconf.errors import OmegaConfBaseException
 
-from glubench.faults import AtomicCheckpointIO, Diverged, NonFiniteGuard, redact, secret_values
+from glubench.faults import AtomicCheckpointIO, Diverged, NonFiniteGuard
 from glubench.ffn import FFN_REGISTRY
+from glubench.redaction import redact, secret_values
 from glubench.train import conf_dir, main
 
 CONF = conf_dir()
