@@ -117,10 +117,12 @@ class TuneConfig:
     ``n_trials`` Optuna trials per variant, then the best LR re-run with each of ``seeds``;
     ``shared_lr`` also runs every variant at the shared ``optim.lr`` for comparison; ``dir``
     (default ``multirun/<experiment_name>/<date>/<time>``) resumes an earlier run when given.
+    ``lr_range`` is the log-uniform interval the studies search ``optim.lr`` in.
     """
 
     variants: list[str] = field(default_factory=list)
     n_trials: int = 8
+    lr_range: list[float] = field(default_factory=lambda: [1e-4, 3e-2])
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     shared_lr: bool = True
     dir: Optional[str] = None

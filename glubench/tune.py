@@ -54,6 +54,22 @@ def best_lr(study_dir: Path) -> tuple[float, float]:
     return float(res.best_params["optim.lr"]), float(res.best_value)
 
 
+EDGE_FACTOR = 1.25
+
+
+def at_bound(lr: float, lr_range) -> str | None:
+    """``"upper"``/``"lower"`` when ``lr`` is within :data:`EDGE_FACTOR` of that end of ``lr_range``, else ``None``.
+
+    A best value at the edge of a search interval says only that the optimum is at or beyond it.
+    """
+    lo, hi = lr_range
+    if lr * EDGE_FACTOR >= hi:
+        return "upper"
+    if lr <= lo * EDGE_FACTOR:
+        return "lower"
+    return None
+
+
 def ranking(results: dict[str, list[RunResult]]) -> list[str]:
     """Variants sorted by mean final val loss over their completed seeds (best first)."""
     means = {v: sum(r.val_loss for r in rs) / len(rs) for v, rs in results.items() if rs}
@@ -79,22 +95,30 @@ def run_tuned_variants(cfg, overrides: list[str]) -> dict:
     base.append("tune.variants=[]")  # the children are single training jobs
     seeds = ",".join(str(s) for s in t.seeds)
     record: dict = {"dir": str(root), "n_trials": t.n_trials, "seeds": list(t.seeds), "shared_lr": None,
-                    "variants": {}}
+                    "lr_range": list(t.lr_range), "variants": {}}
     tuned, shared = {}, {}
     for v in t.variants:
         study = root / "search" / v
         if not (study / "optimization_results.yaml").exists():
             if study.exists():  # an interrupted study: keep its trials aside, start a fresh one
                 study.rename(study.with_name(f"{v}.interrupted-{time.strftime('%Y%m%d-%H%M%S')}"))
-            _glubench([*base, "hparams_search=lr_optuna", f"model.ffn={v}", f"hydra.sweeper.n_trials={t.n_trials}",
-                       f"hydra.sweep.dir={study}"], root / "logs" / f"search_{v}.log")
+            lo, hi = t.lr_range
+            search = [o for o in base if not o.startswith("optim.lr=")]  # the study owns optim.lr
+            _glubench([*search, "hparams_search=lr_optuna", f"model.ffn={v}", f"hydra.sweeper.n_trials={t.n_trials}",
+                       f"optim.lr=tag(log, interval({lo!r}, {hi!r}))", f"hydra.sweep.dir={study}"],
+                      root / "logs" / f"search_{v}.log")
         lr, search_loss = best_lr(study)
+        edge = at_bound(lr, t.lr_range)
+        if edge:
+            print(f"glubench tune: warning: the tuned optim.lr={lr:.3g} for {v} is within a factor "
+                  f"{EDGE_FACTOR} of the {edge} bound of tune.lr_range={list(t.lr_range)}; the best LR may lie "
+                  "outside the range: widen it", flush=True)
         final = root / "tuned" / v
         if len(_completed_results(final)) < len(t.seeds):
             _glubench([*base, f"model.ffn={v}", f"optim.lr={lr!r}", f"seed={seeds}", f"hydra.sweep.dir={final}"],
                       root / "logs" / f"tuned_{v}.log")
         tuned[v] = _completed_results(final)
-        record["variants"][v] = {"tuned_lr": lr, "search_best_val_loss": search_loss,
+        record["variants"][v] = {"tuned_lr": lr, "search_best_val_loss": search_loss, "lr_at_bound": edge,
                                  "val_loss": [r.val_loss for r in tuned[v]]}
         if t.shared_lr:
             same = root / "shared" / v
@@ -129,7 +153,9 @@ def summary_text(record: dict) -> str:
 
     for v in record.get("ranking_tuned") or record["variants"]:
         d = record["variants"][v]
-        lines.append(f"| {v} | {d['tuned_lr']:.3g} | {mean(d['val_loss'])} | {mean(d.get('shared_lr_val_loss', []))} |")
+        edge = f" (at the {d['lr_at_bound']} bound)" if d.get("lr_at_bound") else ""
+        lines.append(f"| {v} | {d['tuned_lr']:.3g}{edge} | {mean(d['val_loss'])} | "
+                     f"{mean(d.get('shared_lr_val_loss', []))} |")
     lines.append("ranking with tuned LRs:  " + " < ".join(record.get("ranking_tuned", [])))
     if record.get("ranking_shared") is not None:
         lines.append(f"ranking at shared lr={record['shared_lr']}: " + " < ".join(record["ranking_shared"]))

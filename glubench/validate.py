@@ -297,6 +297,9 @@ def validate_config(cfg: DictConfig, splits: Any = None) -> ModelConfig:
     if tune.get("variants") and (tune.get("n_trials", 1) < 1 or not tune.get("seeds")):
         raise ConfigError(f"tune.n_trials={tune.get('n_trials')} must be >= 1 and tune.seeds={tune.get('seeds')} "
                           "must list at least one seed")
+    lr_range = list(tune.get("lr_range") or [1e-4, 3e-2])
+    if len(lr_range) != 2 or not 0 < lr_range[0] < lr_range[1] or not math.isfinite(lr_range[1]):
+        raise ConfigError(f"tune.lr_range={lr_range} must be [low, high] with 0 < low < high")
     b = cfg.get("budget") or {"mode": "tokens", "value": None}
     _one_of("budget.mode", b["mode"], BUDGET_MODES)
     if b["value"] is not None and not b["value"] > 0:

@@ -61,6 +61,17 @@ def test_tune_variants_are_validated_before_any_work():
         validate_config(_compose(["experiment=tuned_variants_cpu", "tune.variants=[relu,swigloo]"]))
     with pytest.raises(ConfigError, match="tune.n_trials=0"):
         validate_config(_compose(["experiment=tuned_variants_cpu", "tune.n_trials=0"]))
+    for bad in ("[0.1,0.001]", "[0,0.1]", "[0.001]"):
+        with pytest.raises(ConfigError, match=r"tune.lr_range=.* must be \[low, high\] with 0 < low < high"):
+            validate_config(_compose(["experiment=tuned_variants_cpu", f"tune.lr_range={bad}"]))
+
+
+def test_a_tuned_lr_at_the_edge_of_the_search_range_is_flagged():
+    from glubench.tune import at_bound
+
+    # factor 1.25: 0.08 * 1.25 = 0.1 reaches the top; 1.25e-4 is the lowest flagged at the bottom
+    assert at_bound(0.08, [1e-4, 0.1]) == "upper" and at_bound(0.079, [1e-4, 0.1]) is None
+    assert at_bound(1.25e-4, [1e-4, 0.1]) == "lower" and at_bound(1.3e-4, [1e-4, 0.1]) is None
 
 
 def test_ranking_and_summary_text():
@@ -73,8 +84,10 @@ def test_ranking_and_summary_text():
               "ranking_changed": True,
               "variants": {"relu": {"tuned_lr": 3e-3, "val_loss": [2.0, 2.2], "shared_lr_val_loss": [2.1]},
                            "swiglu": {"tuned_lr": 1e-3, "val_loss": [1.9, 2.1], "shared_lr_val_loss": [2.3]}}}
+    record["variants"]["relu"]["lr_at_bound"] = "upper"
     text = summary_text(record)
-    assert "| swiglu | 0.001 | 2.0000 | 2.3000 |" in text and "| relu | 0.003 | 2.1000 | 2.1000 |" in text
+    assert "| swiglu | 0.001 | 2.0000 | 2.3000 |" in text
+    assert "| relu | 0.003 (at the upper bound) | 2.1000 | 2.1000 |" in text
     assert "ranking changed: yes" in text
 
 
