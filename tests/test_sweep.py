@@ -13,6 +13,7 @@ from omegaconf import OmegaConf
 from glubench.results import RunResult
 from glubench.sweep import SweepReport
 from glubench.train import conf_dir
+from tests.test_report import _table
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -21,17 +22,6 @@ def _glubench(args, cwd):
     env = {**os.environ, "WANDB_MODE": "offline"}
     return subprocess.run([sys.executable, "-m", "glubench", *args], cwd=cwd, env=env, capture_output=True,
                            text=True, timeout=1800)  # generous: CI machines may be shared
-
-
-def _summary_rows(md):
-    lines = md.splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith("|  | variant"))
-    rows = []
-    for line in lines[start + 2:]:
-        if not line.startswith("|"):
-            break
-        rows.append([c.strip() for c in line.strip("|").split("|")])
-    return rows
 
 
 @pytest.mark.parametrize("name,variants,seeds", [
@@ -56,7 +46,7 @@ def test_ci_sweep_end_to_end(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "glubench: sweep of 6 jobs" in proc.stdout and "estimated total time" in proc.stdout
     sweep = tmp_path / "sweep"
-    rows = _summary_rows((sweep / "summary.md").read_text())
+    rows = _table((sweep / "summary.md").read_text())
     assert sorted(r[1] for r in rows) == ["gelu", "relu", "swiglu"]
     assert [r[8] for r in rows] == ["2", "2", "2"]  # n seeds
     losses = [float(r[5].split(" ± ")[0]) for r in rows]
@@ -95,7 +85,7 @@ def test_failed_job_is_a_result_and_flips_the_exit_status(tmp_path):
     assert statuses == ["completed", "failed"]
     md = (sweep / "summary.md").read_text()
     assert "## Runs that did not complete" in md and "validation split has 0 tokens" in md
-    assert len(_summary_rows(md)) == 1
+    assert len(_table(md)) == 1
     assert "1 run(s) did not complete" in proc.stdout and "1 job(s) failed" in proc.stderr
 
 
