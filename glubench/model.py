@@ -23,7 +23,7 @@ from glubench.ffn import (
     matching_error,
 )
 
-INIT_SCHEMES = ("scaled_normal", "normal", "kaiming")
+INIT_SCHEMES = ("scaled_normal", "normal", "kaiming", "fan_in")
 
 
 @dataclass
@@ -40,9 +40,11 @@ class ModelConfig:
         bias: biases in every Linear (off in Shazeer 2020).
         ffn_multiple_of: round the FFN width to a multiple of this (``None``: no rounding).
         init: ``scaled_normal`` (N(0, init_std²), residual-output projections scaled by
-            1/sqrt(2·n_layers), GPT-2 style), ``normal`` (no scaling) or ``kaiming``
-            (He et al. 2015: std = sqrt(2/fan_in)).  The same for every FFN variant.
-        init_std: the std of ``normal`` and ``scaled_normal``.
+            1/sqrt(2·n_layers), GPT-2 style), ``normal`` (no scaling), ``kaiming``
+            (He et al. 2015: std = sqrt(2/fan_in)) or ``fan_in`` (std = 1/sqrt(fan_in), the
+            Mesh-TensorFlow default of Shazeer 2020).  The same rule for every FFN variant;
+            see :meth:`Transformer.reset_parameters`.
+        init_std: the std of ``normal`` and ``scaled_normal`` (ignored by the fan-in rules).
         dropout: dropout probability on attention and residual outputs (0 in the paper).
         compile: wrap the Transformer with ``torch.compile`` (static shapes) when
             :class:`glubench.module.LanguageModel` builds it; the Transformer itself ignores it.
@@ -166,21 +168,40 @@ class Transformer(nn.Module):
     def reset_parameters(self) -> None:
         """Initialise every weight by ``cfg.init``; identical rules for every FFN variant.
 
-        Residual-output projections (attention ``proj`` and FFN ``w_out``) get std /
-        sqrt(2·n_layers) under ``scaled_normal`` (Radford et al. 2019, GPT-2 §2.3).
+        * ``scaled_normal`` / ``normal``: every matrix and embedding ~ N(0, init_std²);
+          ``scaled_normal`` divides the std of the residual-output projections (attention
+          ``proj`` and FFN ``w_out``) by sqrt(2·n_layers) (Radford et al. 2019, GPT-2 §2.3).
+          A constant std is tuned for one width: GPT-2's 0.02 suits d_model 768, and at small
+          width it starts a gated FFN, whose output is a product of two projections, far
+          smaller than a non-gated one.
+        * ``fan_in``: every ``nn.Linear`` weight ~ N(0, 1/fan_in), fan_in = ``in_features``:
+          the default of Mesh TensorFlow's dense layers (variance scaling, scale 1, mode
+          fan_in, normal), in which Shazeer 2020 trained.  So the FFN's ``W`` and ``V`` (and
+          ``W1``) get std 1/sqrt(d_model), ``W2`` 1/sqrt(hidden width), attention's ``qkv`` and
+          ``proj`` 1/sqrt(d_model).  The token embedding is tied to the output head, a
+          ``d_model -> vocab`` projection whose fan-in is d_model, so it gets the same
+          1/sqrt(d_model): logits start with unit variance (initial loss ≈ ln V + 1/2) for
+          any width.  The position embedding uses the same std so that neither embedding
+          dominates the sum; each block's pre-norm LayerNorm makes the small input scale harmless.
+        * ``kaiming``: every ``nn.Linear`` weight ~ N(0, 2/fan_in) (He et al. 2015, "Delving
+          Deep into Rectifiers", arXiv 1502.01852, eq. 10); embeddings N(0, init_std²).
+
+        LayerNorm gains are 1 and biases 0 under every scheme.
         """
         cfg = self.cfg
         residual_out = {id(b.attn.proj.weight) for b in self.blocks} | {
             id(b.ffn.w_out.weight) for b in self.blocks
         }
+        emb_std = 1.0 / math.sqrt(cfg.d_model) if cfg.init == "fan_in" else cfg.init_std
         for module in self.modules():
             if isinstance(module, nn.LayerNorm):
                 module.reset_parameters()
             elif isinstance(module, nn.Embedding):
-                nn.init.normal_(module.weight, std=cfg.init_std)
+                nn.init.normal_(module.weight, std=emb_std)
             elif isinstance(module, nn.Linear) and module is not self.lm_head:
-                if cfg.init == "kaiming":
-                    nn.init.normal_(module.weight, std=math.sqrt(2.0 / module.in_features))
+                if cfg.init in ("kaiming", "fan_in"):
+                    gain = 2.0 if cfg.init == "kaiming" else 1.0
+                    nn.init.normal_(module.weight, std=math.sqrt(gain / module.in_features))
                 else:
                     std = cfg.init_std
                     if cfg.init == "scaled_normal" and id(module.weight) in residual_out:

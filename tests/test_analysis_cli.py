@@ -75,6 +75,31 @@ def test_cli_init_writes_profiles(tmp_path, capsys):
     assert "holds within 5%" in capsys.readouterr().out
 
 
+def test_cli_init_ffn_output_rms_follows_the_init_rule(tmp_path, capsys):
+    """FFN output RMS at init against hand-derived values (model=nano: d_model 32, 2 layers, d_ff 128).
+
+    The FFN input is a LayerNorm output, so E[x²] = 1.  relu: z = x·W1 has Var(z) = d·σ_in², the
+    hidden units E[relu(z)²] = Var(z)/2, and the output Var = d_ff·σ_out²·Var(z)/2.
+    fan_in: σ_in² = 1/d, σ_out² = 1/d_ff -> Var = 1/2.  scaled_normal: σ_in = 0.02,
+    σ_out = 0.02/sqrt(2·2) -> Var = 128·1e-4·(32·4e-4)/2.
+    """
+    from glubench.analysis.cli import main
+
+    path = tmp_path / "init.json"
+    assert main(["init", "--ffn", "relu,swiglu", "--init", "fan_in,scaled_normal", "--he-width", "64",
+                 "--batch", "8", "--json", str(path), "model=nano"]) == 0
+    prof = {(r["ffn"], r["init"]): r["layers"] for r in json.loads(path.read_text())["profiles"]}
+    rms = {k: np.mean([p["ffn_out_rms"] for p in v if "ffn_out_rms" in p]) for k, v in prof.items()}
+    assert rms[("relu", "fan_in")] == pytest.approx(np.sqrt(0.5), rel=0.15)
+    assert rms[("relu", "scaled_normal")] == pytest.approx(np.sqrt(128 * 1e-4 * 32 * 4e-4 / 2), rel=0.15)
+    # the handicap: under a constant small std the gated FFN's output is a product of two small
+    # projections, several times smaller than relu's; under fan_in the two are comparable
+    assert rms[("swiglu", "scaled_normal")] < rms[("relu", "scaled_normal")] / 3
+    assert rms[("swiglu", "fan_in")] > rms[("relu", "fan_in")] / 2
+    out = capsys.readouterr().out
+    assert "RMS at initialization" in out and "fan_in" in out
+
+
 def test_cli_rejects_unknown_variant():
     from glubench.analysis.cli import main
 

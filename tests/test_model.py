@@ -71,6 +71,27 @@ def test_init_identical_across_variants(init):
         assert w_out.std().item() == pytest.approx(exp_out, rel=0.06)
 
 
+@pytest.mark.parametrize("name", PAPER_VARIANTS)
+def test_fan_in_init_matches_one_over_sqrt_fan_in(name):
+    """init=fan_in (the Mesh-TF default of Shazeer 2020): every matrix has std 1/sqrt(its fan-in)."""
+    torch.manual_seed(0)
+    m = Transformer(small(name, init="fan_in", d_model=96, n_heads=4, vocab_size=256, seq_len=64))
+    d, h = 96, m.cfg.ffn_hidden
+    expected = {"tok_emb.weight": 1 / math.sqrt(d), "pos_emb.weight": 1 / math.sqrt(d)}
+    for i in range(2):
+        expected |= {f"blocks.{i}.attn.qkv.weight": 1 / math.sqrt(d), f"blocks.{i}.attn.proj.weight": 1 / math.sqrt(d),
+                     f"blocks.{i}.ffn.w_in.weight": 1 / math.sqrt(d), f"blocks.{i}.ffn.w_out.weight": 1 / math.sqrt(h)}
+    matrices = {k: p for k, p in m.named_parameters() if p.dim() == 2}
+    assert set(matrices) == set(expected)  # lm_head is tied to tok_emb: not a parameter of its own
+    for key, std in expected.items():
+        assert matrices[key].std().item() == pytest.approx(std, rel=0.05), key
+    ffn = m.blocks[0].ffn
+    if ffn.gated:  # the gate W and the value V each follow the rule, not only their concatenation
+        assert ffn.gate_weight.std().item() == pytest.approx(1 / math.sqrt(d), rel=0.05)
+        assert ffn.value_weight.std().item() == pytest.approx(1 / math.sqrt(d), rel=0.05)
+    assert m.lm_head.weight.std().item() == pytest.approx(1 / math.sqrt(d), rel=0.05)
+
+
 @pytest.mark.parametrize("ffn", ["relu", "swiglu"])
 def test_flops_formula_matches_flop_counter(ffn):
     cfg = small(ffn, d_model=64, n_layers=3, n_heads=4, seq_len=64, vocab_size=128)

@@ -1,6 +1,6 @@
 """``glubench-analyze``: activation diagnostics that need no training run of their own.
 
-    glubench-analyze init [--ffn relu,swiglu] [--init scaled_normal,kaiming] [OVERRIDES...]
+    glubench-analyze init [--ffn relu,swiglu] [--init scaled_normal,fan_in] [OVERRIDES...]
     glubench-analyze regions [--run-dir DIR] [--out DIR] [OVERRIDES...]
 
 OVERRIDES are Hydra overrides of the training config (``model=small``, ``model.ffn=relu``, ...).
@@ -93,6 +93,15 @@ def cmd_init(args) -> int:
             resid = " ".join(f"{p['resid_var']:.3g}" for p in prof)
             z = " ".join(f"{p['ffn_z_var']:.3g}" for p in prof if "ffn_z_var" in p)
             print(f"  {ffn:9s} {init:13s} resid: {resid:40s} z: {z}")
+    print("\nRMS at initialization: ffn_out = sqrt(mean(FFN(x)²)), what each FFN adds to the residual stream; "
+          "resid = RMS of the residual stream entering each block (last: after the final block).  "
+          f"scaled_normal/normal use model.init_std={cfg.model.init_std}.")
+    print(f"  {'ffn':9s} {'init':13s} {'ffn_out (mean)':>14s}  {'ffn_out per layer':30s} resid per layer")
+    for r in rows:
+        out = [p["ffn_out_rms"] for p in r["layers"] if "ffn_out_rms" in p]
+        per = " ".join(f"{x:.3g}" for x in out)
+        resid = " ".join(f"{p['resid_rms']:.3g}" for p in r["layers"])
+        print(f"  {r['ffn']:9s} {r['init']:13s} {sum(out) / len(out):14.4g}  {per:30s} {resid}")
     if args.json:
         from glubench.data import atomic_write_json
 
@@ -292,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
     pi = sub.add_parser("init", help="variance of the residual stream and FFN pre-activations at initialization")
     pi.add_argument("--ffn", default=",".join(["relu", "gelu", "swish", "glu", "bilinear", "reglu", "geglu",
                                                 "swiglu", "mish", "elu", "relu2", "mishglu"]))
-    pi.add_argument("--init", default="scaled_normal,normal,kaiming")
+    pi.add_argument("--init", default="scaled_normal,fan_in,normal,kaiming")
     pi.add_argument("--batch", type=int, default=8, help="probe windows of model.seq_len")
     pi.add_argument("--he-width", type=int, default=2048)
     pi.add_argument("--seed", type=int, default=0)

@@ -45,6 +45,9 @@ def transformer_profile(model: torch.nn.Module, idx: torch.Tensor) -> list[dict[
     pre-activations ``x W1`` or the gate ``x W`` (``ffn_z_var``) and of the FFN output
     (``ffn_out_var``); a last entry holds the final residual stream (``layer = n_layers``).
     Variances are over all tokens and channels (population variance, fp64 accumulation).
+    Also the root mean square ``sqrt(mean(x²))`` of the residual stream entering the block
+    (``resid_rms``) and of the FFN output (``ffn_out_rms``): how much each FFN adds to the
+    stream, the quantity a constant init std shrinks for gated FFNs at small width.
     """
     rec: dict[tuple[int, str], float] = {}
     handles = []
@@ -52,8 +55,17 @@ def transformer_profile(model: torch.nn.Module, idx: torch.Tensor) -> list[dict[
     def var(t: torch.Tensor) -> float:
         return float(t.detach().double().var(unbiased=False))
 
+    def rms(t: torch.Tensor) -> float:
+        return float(t.detach().double().square().mean().sqrt())
+
+    def resid_hook(m, a, i) -> None:
+        rec[(i, "resid_var")], rec[(i, "resid_rms")] = var(a[0]), rms(a[0])
+
+    def ffn_out_hook(m, a, o, i) -> None:
+        rec[(i, "ffn_out_var")], rec[(i, "ffn_out_rms")] = var(o), rms(o)
+
     for i, block in enumerate(model.blocks):
-        handles.append(block.register_forward_pre_hook(lambda m, a, i=i: rec.__setitem__((i, "resid_var"), var(a[0]))))
+        handles.append(block.register_forward_pre_hook(lambda m, a, i=i: resid_hook(m, a, i)))
         def ln_hook(m, a, o, i=i) -> None:  # a hook must return None, or it replaces the output
             rec[(i, "resid_ffn_var")], rec[(i, "ffn_in_var")] = var(a[0]), var(o)
 
@@ -61,10 +73,8 @@ def transformer_profile(model: torch.nn.Module, idx: torch.Tensor) -> list[dict[
         h = block.ffn.hidden
         handles.append(block.ffn.w_in.register_forward_hook(
             lambda m, a, o, i=i, h=h: rec.__setitem__((i, "ffn_z_var"), var(o[..., :h]))))
-        handles.append(block.ffn.register_forward_hook(
-            lambda m, a, o, i=i: rec.__setitem__((i, "ffn_out_var"), var(o))))
-    handles.append(model.ln_f.register_forward_pre_hook(
-        lambda m, a: rec.__setitem__((len(model.blocks), "resid_var"), var(a[0]))))
+        handles.append(block.ffn.register_forward_hook(lambda m, a, o, i=i: ffn_out_hook(m, a, o, i)))
+    handles.append(model.ln_f.register_forward_pre_hook(lambda m, a: resid_hook(m, a, len(model.blocks))))
     try:
         with torch.no_grad():
             model.eval()
