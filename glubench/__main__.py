@@ -1,3 +1,3 @@
-from glubench.train import cli
+from glubench.cli.main import cli
 
 cli()

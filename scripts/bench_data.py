@@ -32,9 +32,10 @@ def main(argv: list[str] | None = None) -> dict:
 
     from omegaconf import OmegaConf
 
-    from glubench.data import LMDataModule, atomic_write_json
-    from glubench.data_cli import compose
-    from glubench.validate import validate_config
+    from glubench.cli.data import compose
+    from glubench.core.io import atomic_write_json
+    from glubench.data.datamodule import LMDataModule
+    from glubench.train.validate import validate_config
 
     cache = tempfile.mkdtemp(prefix="glubench-bench-data-")
     cfg = compose([*overrides, f"data.cache_dir={cache}"])

@@ -37,7 +37,7 @@ nvidia-smi --query-gpu=name,driver_version,memory.used,memory.total,utilization.
 # plan small: 3 variants x (lightning, plain) + 2 peers = 8 compiled runs per repeat.
 # B=16 x T=1024 = 16384 tokens per step; vocab 50304 (GPT-2's 50257 padded to a multiple of 64).
 start=$(date +%s)
-timeout "${TIMEOUT_S:-450}" "$PY" -m glubench.bench \
+timeout "${TIMEOUT_S:-450}" "$PY" -m glubench.cli.bench \
   --device cuda --bf16 --compile \
   --ffn relu gelu swiglu --contenders lightning plain hf \
   --d-model 768 --n-layers 12 --n-heads 12 --seq-len 1024 --vocab-size 50304 \

@@ -7,7 +7,7 @@ import torch
 from glubench.analysis.ffn_regions import region_counts
 from glubench.analysis.init_variance import he_relu_stack, transformer_profile
 from glubench.analysis.regions import count_on_segment, mlp_layers
-from glubench.model import ModelConfig, Transformer
+from glubench.nn.transformer import ModelConfig, Transformer
 
 
 def test_he_init_keeps_var_z_at_two():
@@ -61,7 +61,7 @@ def test_region_counts_refuse_smooth_ffns():
 
 
 def test_cli_init_writes_profiles(tmp_path, capsys):
-    from glubench.analysis.cli import main
+    from glubench.cli.analyze import main
 
     path = tmp_path / "init.json"
     assert main(["init", "--ffn", "relu,swiglu", "--init", "kaiming,scaled_normal", "--he-width", "256",
@@ -83,7 +83,7 @@ def test_cli_init_ffn_output_rms_follows_the_init_rule(tmp_path, capsys):
     fan_in: σ_in² = 1/d, σ_out² = 1/d_ff -> Var = 1/2.  scaled_normal: σ_in = 0.02,
     σ_out = 0.02/sqrt(2·2) -> Var = 128·1e-4·(32·4e-4)/2.
     """
-    from glubench.analysis.cli import main
+    from glubench.cli.analyze import main
 
     path = tmp_path / "init.json"
     assert main(["init", "--ffn", "relu,swiglu", "--init", "fan_in,scaled_normal", "--he-width", "64",
@@ -101,7 +101,7 @@ def test_cli_init_ffn_output_rms_follows_the_init_rule(tmp_path, capsys):
 
 
 def test_cli_rejects_unknown_variant():
-    from glubench.analysis.cli import main
+    from glubench.cli.analyze import main
 
     with pytest.raises(SystemExit, match="--ffn=swigly is not known"):
         main(["init", "--ffn", "swigly"])
@@ -109,7 +109,7 @@ def test_cli_rejects_unknown_variant():
 
 @pytest.mark.slow
 def test_cli_regions_end_to_end(tmp_path):
-    from glubench.analysis.cli import main
+    from glubench.cli.analyze import main
 
     assert main(["regions", "--out", str(tmp_path), "--steps", "10", "--paths", "2", "--mlp-steps", "20"]) == 0
     data = json.loads((tmp_path / "regions.json").read_text())
@@ -125,7 +125,7 @@ def test_cli_regions_end_to_end(tmp_path):
 
 
 def test_small_mlp_segment_counts_match_numpy_reference():
-    from glubench.analysis.cli import tiny_2d_mlp
+    from glubench.cli.analyze import tiny_2d_mlp
 
     before, after, _ = tiny_2d_mlp(seed=0, steps=5)
     layers = mlp_layers([w for w, _ in after], [b for _, b in after])

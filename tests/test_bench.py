@@ -6,9 +6,9 @@ import lightning.pytorch as pl
 import pytest
 import torch
 
-import glubench.module as gmodule
-from glubench import bench
-from glubench.model import ModelConfig, Transformer
+import glubench.cli.bench as bench
+import glubench.train.module as gmodule
+from glubench.nn.transformer import ModelConfig, Transformer
 
 
 def test_summarize_exact_rates():
@@ -141,8 +141,9 @@ def test_no_host_sync_between_logging_steps(tmp_path, monkeypatch):
     """
     from hydra import compose, initialize_config_dir
 
-    from glubench.callbacks import ThroughputCallback
-    from glubench.train import conf_dir, run
+    from glubench.core.paths import CONF_DIR
+    from glubench.train.callbacks import ThroughputCallback
+    from glubench.train.task import run
 
     counts, per_step = {"n": 0}, {}
     original_item = torch.Tensor.item
@@ -163,7 +164,7 @@ def test_no_host_sync_between_logging_steps(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.Tensor, "item", counting_item)
     monkeypatch.setattr(ThroughputCallback, "on_train_batch_end", recording_end)
     monkeypatch.chdir(tmp_path)
-    with initialize_config_dir(config_dir=conf_dir(), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose(config_name="config", overrides=[
             "experiment=ci", "logger=csv", "trainer.enable_progress_bar=true", "trainer.max_steps=9",
             "trainer.val_check_interval=9", "trainer.log_every_n_steps=4"])

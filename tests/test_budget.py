@@ -4,8 +4,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from glubench.budget import TIME_MODE_MAX_STEPS, BudgetCallback, plan_budget, world_size
-from glubench.validate import ConfigError
+from glubench.train.budget import TIME_MODE_MAX_STEPS, BudgetCallback, plan_budget, world_size
+from glubench.train.validate import ConfigError
 from tests.test_train import _ci_run, _compose
 
 
@@ -38,7 +38,7 @@ def test_plan_rejects_bad_budgets(mode, value, match):
 
 
 def test_bad_budget_is_rejected_before_training():
-    from glubench.validate import validate_config
+    from glubench.train.validate import validate_config
 
     with pytest.raises(ConfigError, match="budget.value=null"):
         validate_config(_compose(["experiment=ci", "budget=time"]))

@@ -11,9 +11,11 @@ import yaml
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from glubench.cluster import check_launcher, check_multirun_strategy
-from glubench.train import conf_dir, main, run
-from glubench.validate import ConfigError
+from glubench.cli.main import main
+from glubench.core.paths import CONF_DIR
+from glubench.sweep.cluster import check_launcher, check_multirun_strategy
+from glubench.train.task import run
+from glubench.train.validate import ConfigError
 
 pytest.importorskip("hydra_plugins.hydra_submitit_launcher",
                     reason='needs the [cluster] extra: pip install -e ".[cluster]"')
@@ -25,7 +27,7 @@ SHORT = ["experiment=ci", "trainer.max_steps=4", "trainer.val_check_interval=4",
 
 
 def _compose(overrides, hydra=False):
-    with initialize_config_dir(config_dir=conf_dir(), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return compose(config_name="config", overrides=overrides, return_hydra_config=hydra)
 
 

@@ -3,18 +3,13 @@ import json
 import numpy as np
 import pytest
 
-from glubench import data as gd
-from glubench.data import (
-    BPETokenizer,
-    ByteTokenizer,
-    Corpus,
-    TrainBatches,
-    ValWindows,
-    in_val_split,
-    load_text_files,
-    load_tokens,
-    prepare_tokens,
-)
+import glubench.data.cache as gd
+import glubench.data.sources as gs
+import glubench.data.tokenizers as gt
+from glubench.data.cache import load_tokens, prepare_tokens
+from glubench.data.sources import Corpus, in_val_split, load_text_files
+from glubench.data.tokenizers import BPETokenizer, ByteTokenizer
+from glubench.data.windows import IGNORE_INDEX, TrainBatches, ValWindows
 
 
 def _corpus(n=200):
@@ -25,11 +20,11 @@ def _corpus(n=200):
 def test_val_windows_score_every_token_but_the_first_once():
     tokens = np.arange(1, 1 + 103, dtype=np.uint16)
     ds = ValWindows(tokens, 10)
-    ys = [y[y != gd.IGNORE_INDEX] for _, y in (ds[i] for i in range(len(ds)))]
+    ys = [y[y != IGNORE_INDEX] for _, y in (ds[i] for i in range(len(ds)))]
     assert np.concatenate(ys).tolist() == tokens[1:].tolist()
     for i in range(len(ds)):
         x, y = ds[i]
-        n = int((y != gd.IGNORE_INDEX).sum())
+        n = int((y != IGNORE_INDEX).sum())
         assert x[1:n].tolist() == y[: n - 1].tolist()
 
 
@@ -91,7 +86,7 @@ def test_token_cache_hit_miss_and_atomicity(tmp_path, monkeypatch):
     assert not (tmp_path / "tokens" / key).exists()
     assert not [p for p in (tmp_path / "tokens").iterdir() if p.name.startswith(".")]  # no debris
     again = load_tokens(prepare_tokens(other, ByteTokenizer(), tmp_path, 5.0))  # rebuilt, complete
-    text = "".join(d + gd.DOC_SEPARATOR for d in corpus.train)
+    text = "".join(d + gs.DOC_SEPARATOR for d in corpus.train)
     assert bytes(np.asarray(again.train, dtype=np.uint8)) == text.encode()
 
 
@@ -100,7 +95,7 @@ def test_bpe_token_bytes_are_exact(tmp_path):
     bpe = BPETokenizer.train_or_load(corpus, 300, tmp_path)
     folder = prepare_tokens(corpus, bpe, tmp_path, 5.0)
     splits = load_tokens(folder, bpe.token_bytes())
-    text = "".join(d + gd.DOC_SEPARATOR for d in corpus.val)
+    text = "".join(d + gs.DOC_SEPARATOR for d in corpus.val)
     first = bpe.tok.decode([int(splits.val[0])])
     assert splits.val_predicted_bytes == len(text.encode()) - len(first.encode())
     assert splits.val.size < len(text.encode())  # BPE actually merged something
@@ -139,13 +134,14 @@ import torch.nn.functional as F  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
-from glubench.corpora import CorpusUnavailable, paragraph_ids  # noqa: E402
-from glubench.data import LMDataModule, prepare_dataset, wait_for_prepared  # noqa: E402
-from glubench.train import conf_dir  # noqa: E402
+from glubench.core.paths import CONF_DIR  # noqa: E402
+from glubench.data.cache import prepare_dataset, wait_for_prepared  # noqa: E402
+from glubench.data.datamodule import LMDataModule  # noqa: E402
+from glubench.data.sources import CorpusUnavailable, paragraph_ids  # noqa: E402
 
 
 def _dm(overrides, cache, **kw) -> LMDataModule:
-    with initialize_config_dir(config_dir=conf_dir(), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose(config_name="config", overrides=[f"data.cache_dir={cache}", *overrides])
     return LMDataModule(**OmegaConf.to_container(cfg.data, resolve=True), seq_len=kw.pop("seq_len", 32), **kw)
 
@@ -219,7 +215,7 @@ def test_streamed_corpus_stops_at_the_token_budget(tmp_path):
     assert 30000 <= total < 30000 + 1000 * 45  # stops within one batch of 1000 documents
     assert m["train"]["tokens"] == m["train"]["bytes"]  # bytes tokenizer
     seen = m["train"]["documents"] + m["val"]["documents"]
-    want_val = sum(gd.in_val_split(r["id"], 5) for r in rows[:seen])
+    want_val = sum(gs.in_val_split(r["id"], 5) for r in rows[:seen])
     assert m["val"]["documents"] == want_val > 0
 
 
@@ -250,7 +246,7 @@ def test_warm_cache_does_not_read_the_text_and_other_ranks_wait(shared_data, tmp
         raise AssertionError("a warm cache must not tokenize or train a tokenizer")
 
     monkeypatch.setattr(gd, "_tokenize_rows", no_tokenizing)
-    monkeypatch.setattr(gd.Corpus, "load", no_tokenizing)
+    monkeypatch.setattr(gs.Corpus, "load", no_tokenizing)
     second = _prepared(ov, tmp_path)
     assert second._folder == first._folder
     other_rank = _dm(ov, tmp_path)
@@ -267,8 +263,8 @@ def test_warm_cache_does_not_read_the_text_and_other_ranks_wait(shared_data, tmp
 def test_bpb_is_loss_over_ln2_times_tokens_per_byte(shared_data, tmp_path):
     import lightning.pytorch as pl
 
-    from glubench.model import ModelConfig
-    from glubench.module import LanguageModel
+    from glubench.nn.transformer import ModelConfig
+    from glubench.train.module import LanguageModel
 
     path = tmp_path / "shakespeare-100k.txt"  # a slice keeps validation quick on 2 shared cores
     raw = (shared_data / "tinyshakespeare" / "input.txt").read_bytes()[:100_000]
@@ -276,7 +272,7 @@ def test_bpb_is_loss_over_ln2_times_tokens_per_byte(shared_data, tmp_path):
     dm = _prepared(["data=text", f"data.files={path}", "data.tokenizer=bpe", "data.vocab_size=300",
                     "data.val_batch_size=64"], tmp_path, seq_len=64)
     s = dm.splits
-    tok = gd.BPETokenizer.train_or_load(dm_corpus := gd.load_corpus_spec(dm.spec, tmp_path), 300, tmp_path)
+    tok = gt.BPETokenizer.train_or_load(dm_corpus := gs.load_corpus_spec(dm.spec, tmp_path), 300, tmp_path)
     first = tok.tok.decode([int(s.val[0])]).encode()
     assert s.val_predicted_bytes == s.meta["val"]["bytes"] - len(first)  # every byte but the first token's
     torch.manual_seed(0)
@@ -314,14 +310,14 @@ def test_corpus_smaller_than_one_window_errors_clearly(tmp_path):
 def test_gpt2_without_its_files_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path / "empty"))
-    with pytest.raises(gd.TokenizerUnavailable, match="data.tokenizer.*gpt2"):
-        gd.GPT2Tokenizer.load()
-    with pytest.raises(gd.TokenizerUnavailable, match=r"data.tokenizer_file=.*missing.*vocab.bpe"):
-        gd.GPT2Tokenizer.load(str(tmp_path))
+    with pytest.raises(gt.TokenizerUnavailable, match="data.tokenizer.*gpt2"):
+        gt.GPT2Tokenizer.load()
+    with pytest.raises(gt.TokenizerUnavailable, match=r"data.tokenizer_file=.*missing.*vocab.bpe"):
+        gt.GPT2Tokenizer.load(str(tmp_path))
 
 
 def test_glubench_data_prepare_prints_counts(shared_data, tmp_path, capsys):
-    from glubench import data_cli
+    import glubench.cli.data as data_cli
 
     path = shared_data / "tinyshakespeare" / "input.txt"
     args = ["prepare", "data=tinyshakespeare", f"data.files={path}", f"data.cache_dir={tmp_path}"]
@@ -341,17 +337,17 @@ def test_glubench_data_prepare_prints_counts(shared_data, tmp_path, capsys):
     (["data.tokenizer=words"], r"data.tokenizer='words' is not known; valid: bytes, bpe, gpt2"),
 ])
 def test_bad_data_keys_are_one_clear_line(overrides, match):
-    from glubench.validate import ConfigError, validate_config
+    from glubench.train.validate import ConfigError, validate_config
 
-    with initialize_config_dir(config_dir=conf_dir(), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose(config_name="config", overrides=overrides)
     with pytest.raises(ConfigError, match=match):
         validate_config(cfg)
 
 
 def test_gpt2_vocab_reaches_the_model_config():
-    from glubench.validate import validate_config
+    from glubench.train.validate import validate_config
 
-    with initialize_config_dir(config_dir=conf_dir(), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose(config_name="config", overrides=["data.tokenizer=gpt2"])
     assert validate_config(cfg).vocab_size == 50257

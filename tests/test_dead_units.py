@@ -11,9 +11,9 @@ from glubench.analysis.dead_units import (
     outputs_exact_zeros,
     probe_stats,
 )
-from glubench.ffn import FFN_REGISTRY, build_ffn
-from glubench.model import ModelConfig, Transformer
-from glubench.results import RunResult
+from glubench.nn.ffn import FFN_REGISTRY, build_ffn
+from glubench.nn.transformer import ModelConfig, Transformer
+from glubench.train.results import RunResult
 
 
 def test_exact_zero_family():
@@ -92,7 +92,7 @@ def test_callback_rejects_bad_interval():
 
 
 def test_report_shows_dead_fraction_columns(tmp_path):
-    from glubench.report import build_report, summary_rows
+    from glubench.sweep.report import build_report, summary_rows
 
     for i, (ffn, seed, end, peak) in enumerate([("relu", 0, 0.10, 0.20), ("relu", 1, 0.30, 0.40),
                                                  ("swiglu", 0, 0.0, 0.05)]):

@@ -22,12 +22,13 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import HydraException
 from omegaconf.errors import OmegaConfBaseException
 
-from glubench.faults import AtomicCheckpointIO, Diverged, NonFiniteGuard
-from glubench.ffn import FFN_REGISTRY
-from glubench.redaction import redact, secret_values
-from glubench.train import conf_dir, main
+from glubench.cli.main import main
+from glubench.core.paths import CONF_DIR
+from glubench.core.secrets import redact, secret_values
+from glubench.nn.ffn import FFN_REGISTRY
+from glubench.train.faults import AtomicCheckpointIO, Diverged, NonFiniteGuard
 
-CONF = conf_dir()
+CONF = str(CONF_DIR)
 REPO = Path(__file__).resolve().parents[1]
 CUDA = torch.cuda.is_available()
 VALID_FFNS = ", ".join(FFN_REGISTRY)

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from glubench.ffn import (
+from glubench.nn.ffn import (
     FFN_REGISTRY,
     PAPER_VARIANTS,
     GatedMLP,

@@ -6,10 +6,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from glubench.data import IGNORE_INDEX, ValWindows
-from glubench.metrics import ThroughputMeter, bits_per_byte, lookup_peak_flops, mfu, perplexity
-from glubench.model import ModelConfig
-from glubench.module import LanguageModel, lr_lambda
+from glubench.data.windows import IGNORE_INDEX, ValWindows
+from glubench.nn.flops import lookup_peak_flops, mfu
+from glubench.nn.transformer import ModelConfig
+from glubench.train.metrics import ThroughputMeter, bits_per_byte, perplexity
+from glubench.train.module import LanguageModel, lr_lambda
 
 
 def _module():
@@ -133,7 +134,7 @@ def test_throughput_callback_counts_accumulation_and_devices_with_fake_clock():
     """Tokens per optimizer step = every micro-batch of gradient accumulation × every device."""
     from types import SimpleNamespace
 
-    from glubench.callbacks import ThroughputCallback
+    from glubench.train.callbacks import ThroughputCallback
 
     cb = ThroughputCallback(flops_per_token=6.0, peak_flops=1200.0, warmup_steps=1, log_every_n_steps=100)
     trainer = SimpleNamespace(global_step=0, world_size=4)
@@ -161,7 +162,7 @@ def test_throughput_callback_counts_accumulation_and_devices_with_fake_clock():
 
 def test_throughput_callback_under_lightning_gradient_accumulation():
     """Real Trainer: the callback's step and token counts follow optimizer steps, not micro-batches."""
-    from glubench.callbacks import ThroughputCallback
+    from glubench.train.callbacks import ThroughputCallback
 
     torch.manual_seed(0)
     module = LanguageModel(ModelConfig(vocab_size=16, d_model=8, n_layers=1, n_heads=2, seq_len=4),

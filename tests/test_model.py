@@ -6,9 +6,9 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from glubench.ffn import PAPER_VARIANTS
-from glubench.metrics import flops_per_token
-from glubench.model import ModelConfig, Transformer, count_params
+from glubench.nn.ffn import PAPER_VARIANTS
+from glubench.nn.flops import flops_per_token
+from glubench.nn.transformer import ModelConfig, Transformer, count_params
 
 
 def small(ffn="relu", **kw):

@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from glubench.report import main, report_sweep, welch
-from glubench.results import RunResult
+from glubench.sweep.report import main, report_sweep, welch
+from glubench.train.results import RunResult
 
 # Final val losses per variant and seed.  relu and bilinear have equal sample variances, so
 # Welch's degrees of freedom are exactly n1 + n2 - 2 = 4 and the t quantile is from a table.
@@ -166,7 +166,7 @@ def test_bad_paths_exit_2(tmp_path, capsys):
 
 
 def test_wandb_summary_run_offline(sweep):
-    from glubench.report import build_report, log_wandb, write_plots
+    from glubench.sweep.report import build_report, log_wandb, write_plots
 
     report = build_report([sweep])
     plots = write_plots(report, sweep)
@@ -182,7 +182,7 @@ def test_wandb_summary_run_offline(sweep):
 def test_console_script_is_declared():
     from pathlib import Path
 
-    from glubench import report
+    import glubench.sweep.report as report
 
     text = (Path(__file__).parents[1] / "pyproject.toml").read_text()
-    assert 'glubench-report = "glubench.report:cli"' in text and callable(report.cli)
+    assert 'glubench-report = "glubench.sweep.report:cli"' in text and callable(report.cli)

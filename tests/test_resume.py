@@ -11,13 +11,14 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-import glubench.resume as resume
-from glubench.data import TrainBatches
-from glubench.train import conf_dir, run
+import glubench.train.resume as resume
+from glubench.core.paths import CONF_DIR
+from glubench.data.windows import TrainBatches
+from glubench.train.task import run
 
 
 def _compose(overrides):
-    with initialize_config_dir(config_dir=conf_dir(), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return compose(config_name="config", overrides=overrides)
 
 

@@ -10,9 +10,9 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from glubench.results import RunResult
-from glubench.sweep import SweepReport
-from glubench.train import conf_dir
+from glubench.core.paths import CONF_DIR
+from glubench.sweep.callbacks import SweepReport
+from glubench.train.results import RunResult
 from tests.test_report import _table
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -30,7 +30,7 @@ def _glubench(args, cwd):
     ("ci_variants", ["relu", "gelu", "swiglu"], [0, 1]),
 ])
 def test_experiments_are_one_word_sweeps(name, variants, seeds):
-    with initialize_config_dir(config_dir=conf_dir(), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose(config_name="config", overrides=[f"experiment={name}"], return_hydra_config=True)
     assert str(cfg.hydra.mode) == "RunMode.MULTIRUN"
     params = cfg.hydra.sweeper.params
@@ -116,12 +116,12 @@ def test_callback_reports_and_exits_1_on_failure(tmp_path, capsys):
 def test_cpu_estimate_counts_tokens_and_validations(monkeypatch):
     """The estimate is Σ tokens·fpt/rate + n_val·val_tokens·fpt/3/rate + overhead; with the rates
     fixed, check it against the formula by hand."""
-    import glubench.sweep as sweep
-    from glubench.metrics import flops_per_token
+    import glubench.sweep.callbacks as sweep
+    from glubench.nn.flops import flops_per_token
 
     monkeypatch.setattr(sweep, "_measure_cpu_flops", lambda cfg: (1e9, 2e9))
     monkeypatch.setattr(sweep, "_val_tokens", lambda cfg: 1000)
-    with initialize_config_dir(config_dir=conf_dir(), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfgs = [compose(config_name="config", overrides=["experiment=ci", f"model.ffn={f}", "trainer.accelerator=cpu"])
                 for f in ("relu", "swiglu")]
     seconds, how = SweepReport(job_overhead_s=2.0).estimate_seconds(cfgs)
@@ -137,8 +137,8 @@ def test_cpu_estimate_counts_tokens_and_validations(monkeypatch):
 
 
 def test_collects_job_failures_only_in_a_multirun_with_the_callback():
-    from glubench.sweep import collects_job_failures
+    from glubench.sweep.callbacks import collects_job_failures
 
     assert collects_job_failures() is False  # no Hydra job here
-    cfg = OmegaConf.load(Path(conf_dir()) / "config.yaml")
-    assert cfg.hydra.callbacks.glubench_report._target_ == "glubench.sweep.SweepReport"
+    cfg = OmegaConf.load(Path(str(CONF_DIR)) / "config.yaml")
+    assert cfg.hydra.callbacks.glubench_report._target_ == "glubench.sweep.callbacks.SweepReport"

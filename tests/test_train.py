@@ -11,10 +11,11 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, ValidationError
 
-from glubench.results import RunResult
-from glubench.train import conf_dir, run
+from glubench.core.paths import CONF_DIR
+from glubench.train.results import RunResult
+from glubench.train.task import run
 
-CONF = Path(conf_dir())
+CONF = Path(str(CONF_DIR))
 GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir() and p.name != "hydra")
 
 
@@ -105,7 +106,7 @@ def test_multirun_gives_one_wandb_run_per_job(tmp_path):
 
 
 def test_bpe_on_a_local_file_trains_and_sizes_the_model(shared_data, tmp_path, monkeypatch):
-    from glubench.model import ModelConfig, Transformer, count_params
+    from glubench.nn.transformer import ModelConfig, Transformer, count_params
 
     path = shared_data / "wikitext-2-tokenized" / "valid.txt"
     result = _ci_run(tmp_path, monkeypatch, "data=text", f"data.files={path}", "data.tokenizer=bpe",

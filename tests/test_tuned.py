@@ -2,8 +2,8 @@ import math
 
 import pytest
 
-from glubench.report import report_sweep
-from glubench.results import RunResult
+from glubench.sweep.report import report_sweep
+from glubench.train.results import RunResult
 from tests.test_report import LOSSES, T_975_DF4, _table
 
 TUNED_LR = {"relu": 3e-3, "swiglu": 1e-3, "bilinear": 2e-3, "gelu": 3e-3}
@@ -54,7 +54,7 @@ def test_without_tuned_the_lr_splits_the_groups(tuned_sweep):
 
 
 def test_tune_variants_are_validated_before_any_work():
-    from glubench.validate import ConfigError, validate_config
+    from glubench.train.validate import ConfigError, validate_config
     from tests.test_train import _compose
 
     with pytest.raises(ConfigError, match="tune.variants: 'swigloo'"):
@@ -67,7 +67,7 @@ def test_tune_variants_are_validated_before_any_work():
 
 
 def test_a_tuned_lr_at_the_edge_of_the_search_range_is_flagged():
-    from glubench.tune import at_bound
+    from glubench.sweep.tune import at_bound
 
     # factor 1.25: 0.08 * 1.25 = 0.1 reaches the top; 1.25e-4 is the lowest flagged at the bottom
     assert at_bound(0.08, [1e-4, 0.1]) == "upper" and at_bound(0.079, [1e-4, 0.1]) is None
@@ -75,7 +75,7 @@ def test_a_tuned_lr_at_the_edge_of_the_search_range_is_flagged():
 
 
 def test_ranking_and_summary_text():
-    from glubench.tune import ranking, summary_text
+    from glubench.sweep.tune import ranking, summary_text
 
     runs = {v: [RunResult(status="completed", ffn=v, seed=s, val_loss=x) for s, x in enumerate(xs)]
             for v, xs in LOSSES.items()}

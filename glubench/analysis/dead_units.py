@@ -26,7 +26,7 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 
-from glubench.ffn import FeedForward
+from glubench.nn.ffn import FeedForward
 
 STAT_KEYS = ("dead_frac", "active_frac", "gate_mean", "gate_sat_frac")
 

@@ -1,0 +1,301 @@
+"""The token cache: a corpus tokenized once into flat uint16/uint32 arrays on disk, memory-mapped.
+
+Path of the data: :mod:`glubench.data.sources` (documents, split by a stable hash) ->
+:mod:`glubench.data.tokenizers` -> :func:`prepare_tokens` (this module) ->
+:mod:`glubench.data.windows` (random training windows, every validation token scored once) ->
+:class:`glubench.data.datamodule.LMDataModule`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from glubench.core.io import atomic_write_json, sha256_text
+from glubench.data.sources import Corpus, DataSpec, in_val_split, load_corpus_spec
+from glubench.data.tokenizers import build_tokenizer, token_dtype
+
+CACHE_VERSION = 2  # 2: datasets.map pipeline, byte counts and predicted bytes in the sidecar
+
+
+
+
+
+
+@dataclass
+class TokenSplits:
+    """Memory-mapped token arrays plus what bits-per-byte needs.
+
+    ``val_predicted_bytes`` is the UTF-8 byte count of every validation token except the
+    first (the first token is context, never predicted).
+    """
+
+    train: np.ndarray
+    val: np.ndarray
+    vocab_size: int
+    val_predicted_bytes: int
+    meta: dict
+
+
+def cache_key(corpus: Corpus, tokenizer, val_percent: float) -> str:
+    """Everything that changes the tokens: corpus fingerprint (content, revision, row rules,
+    token budget), split rule, tokenizer kind, vocab size and the tokenizer file's hash."""
+    return sha256_text(
+        str(CACHE_VERSION), corpus.fingerprint, f"split={corpus.info.get('split')}", f"val_percent={val_percent}",
+        f"separator={corpus.separator!r}", tokenizer.kind, str(tokenizer.vocab_size), tokenizer.file_hash,
+    )[:24]
+
+
+class _Encode:
+    """The ``datasets.map`` function on Arrow batches (picklable): rows -> token ids and UTF-8 bytes.
+
+    Works on whole Arrow columns (one flat id array plus offsets per batch) because building
+    one Python list per row costs more than byte-tokenizing it.
+    """
+
+    def __init__(self, tokenizer, separator: str) -> None:
+        self.tokenizer, self.separator = tokenizer, separator
+
+    def __call__(self, batch):
+        import pyarrow as pa
+
+        sep = self.separator
+        texts = [t + sep for t in batch.column("text").to_pylist()] if sep else batch.column("text").to_pylist()
+        values, lengths = self.tokenizer.encode_flat(texts)
+        offsets = np.zeros(len(lengths) + 1, dtype=np.int32)
+        np.cumsum(lengths, out=offsets[1:])
+        n_bytes = np.fromiter((len(t.encode("utf-8")) for t in texts), dtype=np.int64, count=len(texts))
+        return pa.table({"ids": pa.ListArray.from_arrays(pa.array(offsets), pa.array(values)),
+                         "n_bytes": pa.array(n_bytes)})
+
+
+def auto_num_proc(n_rows: int, num_proc: int | None) -> int:
+    """``data.num_proc`` if set, else one process per core (≤ 8) for large splits, else 1."""
+    if num_proc:
+        return max(1, int(num_proc))
+    return 1 if n_rows < 50_000 else max(1, min(8, os.cpu_count() or 1))
+
+
+def _tokenize_rows(rows, tokenizer, separator: str, out_path: Path, tmp: Path, num_proc: int | None,
+                   split: str) -> dict:
+    """Tokenize ``rows`` (strings or a ``text`` Dataset) with ``datasets.map`` into ``out_path``."""
+    import datasets
+    import pyarrow.compute as pc
+
+    if not isinstance(rows, datasets.Dataset):
+        rows = datasets.Dataset.from_dict({"text": list(rows)})
+    dtype = token_dtype(tokenizer.vocab_size)
+    stats = {"tokens": 0, "bytes": 0, "documents": len(rows), "dtype": dtype.name}
+    with open(out_path, "wb") as f:
+        if len(rows):
+            features = datasets.Features({"ids": datasets.Sequence(datasets.Value(dtype.name)),
+                                          "n_bytes": datasets.Value("int64")})
+            nproc = auto_num_proc(len(rows), num_proc)
+            out = rows.with_format("arrow").map(
+                _Encode(tokenizer, separator), batched=True, batch_size=1000, remove_columns=rows.column_names,
+                features=features, num_proc=nproc if nproc > 1 else None, load_from_cache_file=False,
+                cache_file_name=str(tmp / f"{split}-map.arrow"), new_fingerprint=f"{tmp.name}-{split}",
+                desc=f"tokenizing {split}",
+            )
+            for chunk in out.data.column("ids").chunks:
+                flat = np.asarray(chunk.flatten().to_numpy(zero_copy_only=False), dtype=dtype)
+                flat.tofile(f)
+                stats["tokens"] += int(flat.size)
+            stats["bytes"] = int(pc.sum(out.data.column("n_bytes")).as_py() or 0)
+            del out
+    return stats
+
+
+def _tokenize_stream(corpus: Corpus, tokenizer, tmp: Path, val_percent: float, batch_docs: int = 1000) -> dict:
+    """Tokenize a streamed corpus up to ``corpus.max_tokens`` (train + val), split by hash."""
+    dtype = token_dtype(tokenizer.vocab_size)
+    stats = {s: {"tokens": 0, "bytes": 0, "documents": 0, "dtype": dtype.name} for s in ("train", "val")}
+    pending: dict[str, list[str]] = {"train": [], "val": []}
+    with open(tmp / "train.bin", "wb") as ftrain, open(tmp / "val.bin", "wb") as fval:
+        files = {"train": ftrain, "val": fval}
+
+        def flush(split: str) -> None:
+            texts = pending[split]
+            if not texts:
+                return
+            values, _ = tokenizer.encode_flat(texts)
+            np.asarray(values, dtype=dtype).tofile(files[split])
+            stats[split]["tokens"] += int(values.size)
+            stats[split]["bytes"] += sum(len(t.encode("utf-8")) for t in texts)
+            stats[split]["documents"] += len(texts)
+            pending[split] = []
+
+        budget = corpus.max_tokens
+        for doc_id, text in corpus.stream():
+            split = "val" if in_val_split(doc_id, val_percent) else "train"
+            pending[split].append(text + corpus.separator)
+            if len(pending[split]) >= batch_docs:
+                flush(split)
+                if budget and stats["train"]["tokens"] + stats["val"]["tokens"] >= budget:
+                    break
+        flush("train")
+        flush("val")
+    return stats
+
+
+def prepare_tokens(corpus: Corpus, tokenizer, cache_dir: Path, val_percent: float,
+                   num_proc: int | None = None) -> Path:
+    """Tokenize ``corpus`` once into ``<cache_dir>/tokens/<key>/`` and return that folder.
+
+    The folder holds ``train.bin`` and ``val.bin`` (flat uint16/uint32 token ids) and the
+    sidecar ``meta.json`` (source, fingerprint, revision, tokenizer and vocab, and per split
+    the token, document and UTF-8 byte counts).  It is built under a temporary name and
+    renamed into place, so a preparation killed midway never leaves a folder that a later
+    run trusts.  Tokenization runs through ``datasets.map(batched=True, num_proc=...)``.
+    """
+    final = Path(cache_dir) / "tokens" / cache_key(corpus, tokenizer, val_percent)
+    if (final / "meta.json").exists():
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}."))
+    try:
+        meta = {
+            "cache_version": CACHE_VERSION,
+            "corpus": corpus.name,
+            "source": corpus.source,
+            "fingerprint": corpus.fingerprint,
+            "revision": corpus.info.get("revision"),
+            "corpus_info": corpus.info,
+            "val_percent": val_percent,
+            "separator": corpus.separator,
+            "tokenizer": tokenizer.kind,
+            "vocab_size": tokenizer.vocab_size,
+            "tokenizer_file_hash": tokenizer.file_hash,
+        }
+        if corpus.stream is not None:
+            stats = _tokenize_stream(corpus, tokenizer, tmp, val_percent)
+        else:
+            corpus.load()
+            stats = {split: _tokenize_rows(rows, tokenizer, corpus.separator, tmp / f"{split}.bin", tmp,
+                                           num_proc, split)
+                     for split, rows in (("train", corpus.train), ("val", corpus.val))}
+        for split in ("train", "val"):
+            meta[split] = stats[split]
+        val = np.fromfile(tmp / "val.bin", dtype=stats["val"]["dtype"])
+        tb = tokenizer.token_bytes()
+        meta["val"]["predicted_bytes"] = int(tb[val[1:].astype(np.int64)].sum()) if val.size > 1 else 0
+        for split in ("train", "val"):
+            s = meta[split]
+            s["bytes_per_token"] = s["bytes"] / s["tokens"] if s["tokens"] else None
+        for p in tmp.glob("*.arrow"):  # datasets.map's intermediate files
+            p.unlink()
+        atomic_write_json(tmp / "meta.json", meta)
+        try:
+            os.rename(tmp, final)
+        except OSError:  # another process won the race; its folder is complete
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+def load_tokens(folder: Path, token_bytes: np.ndarray | None = None) -> TokenSplits:
+    """Memory-map a folder written by :func:`prepare_tokens`.
+
+    ``val_predicted_bytes`` comes from the sidecar, or is recomputed from ``token_bytes``
+    (``(vocab_size,)`` bytes per token id) when given.
+
+    Raises:
+        ValueError: a ``.bin`` file whose size disagrees with the sidecar (a damaged cache).
+    """
+    folder = Path(folder)
+    meta = json.loads((folder / "meta.json").read_text())
+    arrays = {}
+    for split in ("train", "val"):
+        dtype, n = np.dtype(meta[split]["dtype"]), meta[split]["tokens"]
+        path = folder / f"{split}.bin"
+        if path.stat().st_size != n * dtype.itemsize:
+            raise ValueError(f"token cache {path} holds {path.stat().st_size} bytes, the sidecar says "
+                             f"{n} x {dtype.itemsize}; delete {folder} to rebuild it")
+        arrays[split] = (np.memmap(path, dtype=dtype, mode="r", shape=(n,)) if n
+                         else np.zeros(0, dtype=dtype))
+    val = arrays["val"]
+    if token_bytes is not None:
+        predicted = int(token_bytes[np.asarray(val[1:], dtype=np.int64)].sum()) if val.size > 1 else 0
+    else:
+        predicted = int(meta["val"]["predicted_bytes"])
+    return TokenSplits(arrays["train"], val, meta["vocab_size"], predicted, meta)
+
+
+# ---------------------------------------------------------------------------- preparation (rank 0)
+
+
+SPEC_KEYS = tuple(f for f in DataSpec.__dataclass_fields__)
+
+
+def request_key(spec: DataSpec, tokenizer: str, vocab_size: int, tokenizer_file: str | None) -> str:
+    """Hash of the data *settings* (not the content) plus the working directory (relative paths)."""
+    from dataclasses import asdict
+
+    return sha256_text(json.dumps(asdict(spec), sort_keys=True, default=str), tokenizer, str(vocab_size),
+                       str(tokenizer_file), os.getcwd())[:24]
+
+
+def _file_stats(corpus: Corpus) -> list:
+    paths = corpus.info.get("files", []) + corpus.info.get("val_files", [])
+    return [[p, os.stat(p).st_size, os.stat(p).st_mtime_ns] for p in paths]
+
+
+def prepare_dataset(spec: DataSpec, tokenizer: str, vocab_size: int, cache_dir: Path,
+                    tokenizer_file: str | None = None, num_proc: int | None = None) -> Path:
+    """Load the corpus, build the tokenizer and the token cache; return the token folder.
+
+    Serialized across processes by a file lock per data setting, and recorded in a manifest
+    (``<cache_dir>/prepared/<key>.json``) that :func:`wait_for_prepared` reads on the ranks
+    that do not prepare.
+    """
+    from filelock import FileLock
+
+    cache_dir = Path(cache_dir)
+    key = request_key(spec, tokenizer, vocab_size, tokenizer_file)
+    (cache_dir / "locks").mkdir(parents=True, exist_ok=True)
+    with FileLock(str(cache_dir / "locks" / f"{key}.lock")):
+        corpus = load_corpus_spec(spec, cache_dir)
+        tok = build_tokenizer(tokenizer, corpus, vocab_size, cache_dir, tokenizer_file)
+        folder = prepare_tokens(corpus, tok, cache_dir, spec.val_percent, num_proc)
+        atomic_write_json(cache_dir / "prepared" / f"{key}.json",
+                          {"folder": str(folder), "files": _file_stats(corpus)})
+    return folder
+
+
+def wait_for_prepared(spec: DataSpec, tokenizer: str, vocab_size: int, cache_dir: Path,
+                      tokenizer_file: str | None = None, timeout_s: float = 6 * 3600,
+                      poll_s: float = 2.0) -> Path:
+    """On a rank that does not prepare: wait for :func:`prepare_dataset`'s manifest, return the folder.
+
+    A manifest whose local files changed size or mtime since it was written is ignored
+    (the preparing rank will replace it).
+
+    Raises:
+        TimeoutError: nothing prepared within ``timeout_s``.
+    """
+    import time
+
+    path = Path(cache_dir) / "prepared" / f"{request_key(spec, tokenizer, vocab_size, tokenizer_file)}.json"
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            m = json.loads(path.read_text())
+            fresh = all(os.stat(p).st_size == size and os.stat(p).st_mtime_ns == mtime for p, size, mtime in m["files"])
+            if fresh and (Path(m["folder"]) / "meta.json").exists():
+                return Path(m["folder"])
+        except (OSError, ValueError, KeyError):
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no prepared token cache appeared in {cache_dir} within {timeout_s:.0f} s "
+                               "(run `glubench-data prepare` first, or check the preparing rank's log)")
+        time.sleep(poll_s)
+
+

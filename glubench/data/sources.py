@@ -1,0 +1,580 @@
+"""Corpus loaders: the embedded pydocs corpus, local files and Hugging Face Hub datasets.
+
+Everything except pydocs loads through :func:`datasets.load_dataset`: a Hub id (or a local
+snapshot of a Hub repo, ``data.local_dir``), or the ``text`` / ``json`` / ``parquet`` builders
+for local files (``data.files``, ``data.val_files``).  A loader returns a :class:`Corpus`
+whose ``fingerprint`` identifies the text exactly (content hashes for local files, the
+datasets fingerprint and revision for Hub data) and keys every cache built from it.
+
+Rows and documents:
+
+* local text files are read line by line with their line breaks kept, so concatenating the
+  rows gives back the file (``separator=""``); a *document* (the unit of the hash split) is
+  a paragraph: lines up to and including the blank lines that follow them;
+* json / parquet files and Hub datasets: one row is one document, and ``data.doc_separator``
+  (default ``"\\n\\n"``) is appended to each row; Hub datasets whose rows are lines
+  (wikitext) set it to ``""``.
+
+If the source has no validation split (``data.val_split: null``, or no ``data.val_files``),
+documents go to validation by a stable hash of their id (:func:`in_val_split`).
+"""
+
+from __future__ import annotations
+
+import codecs
+import glob
+import hashlib
+import json
+import os
+import sys
+import sysconfig
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+from glubench.core.io import atomic_write_json, file_sha256, sha256_text
+from glubench.core.paths import default_cache_dir
+
+DOC_SEPARATOR = "\n\n"
+LOADER_VERSION = 2  # bump when a rule that changes rows or documents changes
+CORPORA = ("pydocs", "text", "tinyshakespeare", "wikitext2", "wikitext103", "tinystories", "fineweb_edu")
+FORMATS = ("text", "json", "parquet")
+_EXTENSIONS = {".txt": "text", ".text": "text", ".md": "text", ".json": "json", ".jsonl": "json",
+               ".parquet": "parquet"}
+
+
+class CorpusUnavailable(RuntimeError):
+    """A corpus that cannot be loaded here (offline and not cached); the message says how to fix it."""
+
+
+# ---------------------------------------------------------------------------- the corpus
+
+
+@dataclass
+class Corpus:
+    """A text corpus split into train and validation rows.
+
+    ``train`` / ``val`` are sequences of strings (pydocs, tests), :class:`datasets.Dataset`
+    objects with a ``"text"`` column, or ``None`` until :meth:`load` runs ``loader`` (local
+    files and Hub data load lazily, so a warm token cache never reads the text).  For a
+    streamed corpus ``stream`` yields ``(doc_id, text)`` and train/val are decided by
+    :func:`in_val_split` while tokenizing, up to ``max_tokens``.
+
+    ``fingerprint`` is the sha256 of everything that identifies the rows (text or content
+    hashes, revision, row and document rules); ``separator`` is appended to every row.
+    """
+
+    name: str
+    train: Any
+    val: Any
+    fingerprint: str
+    source: str
+    separator: str = DOC_SEPARATOR
+    info: dict = field(default_factory=dict)
+    loader: Optional[Callable[[], tuple[Any, Any]]] = None
+    stream: Optional[Callable[[], Iterable[tuple[str, str]]]] = None
+    max_tokens: Optional[int] = None
+
+    def load(self) -> Corpus:
+        """Materialise ``train`` and ``val`` (a no-op once loaded or for a streamed corpus)."""
+        if self.train is None and self.loader is not None:
+            self.train, self.val = self.loader()
+        return self
+
+    def iter_train_texts(self, batch_size: int = 1000, max_bytes: int | None = None) -> Iterable[list[str]]:
+        """Batches of training rows as stored (no separator appended), e.g. to train a tokenizer.
+
+        For a streamed corpus this reads the stream's training documents until ``max_bytes``
+        UTF-8 bytes (default: ``max_tokens``, i.e. at least the token budget's text).
+        """
+        if self.stream is not None:
+            limit = max_bytes if max_bytes is not None else self.max_tokens
+            seen, batch = 0, []
+            val_percent = self.info["val_percent"]
+            for doc_id, text in self.stream():
+                if in_val_split(doc_id, val_percent):
+                    continue
+                batch.append(text)
+                seen += len(text.encode("utf-8"))
+                if len(batch) == batch_size:
+                    yield batch
+                    batch = []
+                if limit is not None and seen >= limit:
+                    break
+            if batch:
+                yield batch
+            return
+        self.load()
+        rows = self.train
+        if isinstance(rows, (list, tuple)):
+            for i in range(0, len(rows), batch_size):
+                yield list(rows[i : i + batch_size])
+        else:
+            for batch in rows.iter(batch_size=batch_size):
+                yield batch["text"]
+
+
+# ---------------------------------------------------------------------------- the split
+
+
+def in_val_split(doc_id: str, val_percent: float) -> bool:
+    """Stable split: a document is in validation iff ``sha256(id) mod 10000 < 100·val_percent``."""
+    bucket = int(hashlib.sha256(doc_id.encode("utf-8")).hexdigest()[:8], 16) % 10_000
+    return bucket < round(val_percent * 100)
+
+
+def split_documents(docs: Iterable[tuple[str, str]], val_percent: float) -> tuple[list[str], list[str]]:
+    """Split ``(doc_id, text)`` pairs by :func:`in_val_split`, keeping their order."""
+    train, val = [], []
+    for doc_id, text in docs:
+        (val if in_val_split(doc_id, val_percent) else train).append(text)
+    return train, val
+
+
+def paragraph_ids(lines: Sequence[str]) -> np.ndarray:
+    """``(n_lines,)`` int64 paragraph index of each line (lines keep their ``"\\n"``).
+
+    A paragraph starts at a non-blank line that follows a blank (whitespace-only) line, or at
+    the first line; blank lines belong to the paragraph before them.
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    arr = pa.array(lines, type=pa.large_string()) if not isinstance(lines, (pa.Array, pa.ChunkedArray)) else lines
+    blank = np.asarray(pc.match_substring_regex(arr, r"^\s*$").to_numpy(zero_copy_only=False), dtype=bool)
+    if blank.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    starts = ~blank
+    starts[1:] &= blank[:-1]
+    starts[0] = True
+    return np.cumsum(starts) - 1
+
+
+def val_mask(ids: Sequence[str] | np.ndarray, val_percent: float) -> np.ndarray:
+    """``(n,)`` bool: :func:`in_val_split` of each id (ids repeated in a row are hashed once)."""
+    out = np.zeros(len(ids), dtype=bool)
+    cache: dict[str, bool] = {}
+    for i, doc_id in enumerate(ids):
+        key = str(doc_id)
+        hit = cache.get(key)
+        if hit is None:
+            if len(cache) > 4096:
+                cache.clear()
+            hit = cache[key] = in_val_split(key, val_percent)
+        out[i] = hit
+    return out
+
+
+def hash_split_dataset(ds, val_percent: float, id_column: str | None, by_paragraph: bool):
+    """Split a :class:`datasets.Dataset` into ``(train, val)`` by a stable hash of document ids.
+
+    Ids are ``id_column`` values, else ``"p<paragraph>"`` (line rows, :func:`paragraph_ids`),
+    else ``"r<row index>"``.
+    """
+    if id_column:
+        if id_column not in ds.column_names:
+            raise ValueError(f"data.id_column={id_column!r} is not a column; columns: {ds.column_names}")
+        ids = [str(x) for x in ds[id_column]]
+    elif by_paragraph:
+        ids = [f"p{i}" for i in paragraph_ids(ds.data.column("text"))]
+    else:
+        ids = [f"r{i}" for i in range(len(ds))]
+    mask = val_mask(ids, val_percent)
+    return ds.select(np.flatnonzero(~mask)), ds.select(np.flatnonzero(mask))
+
+
+# ---------------------------------------------------------------------------- local files
+
+
+def resolve_files(files: str | os.PathLike | Sequence[str], key: str = "data.files") -> list[Path]:
+    """Expand a path, a glob or a list of them (``~`` allowed) into sorted existing files.
+
+    Raises:
+        FileNotFoundError: a pattern matches nothing, naming ``key`` and the pattern.
+    """
+    patterns = [files] if isinstance(files, (str, os.PathLike)) else list(files)
+    if not patterns:
+        raise FileNotFoundError(f"{key}=[]: no files given")
+    paths: list[Path] = []
+    for pattern in patterns:
+        expanded = os.path.expanduser(str(pattern))
+        matches = sorted(glob.glob(expanded, recursive=True)) if glob.has_magic(expanded) else (
+            [expanded] if os.path.exists(expanded) else [])
+        matches = [m for m in matches if os.path.isfile(m)]
+        if not matches:
+            raise FileNotFoundError(f"{key}={str(pattern)!r}: no such file")
+        paths.extend(Path(m) for m in matches)
+    return paths
+
+
+def check_text_file(path: Path, chunk_bytes: int = 1 << 24) -> str:
+    """Read ``path`` once: sha256 of its bytes, checking it is non-empty UTF-8 text.
+
+    The one place that reports a bad text file precisely (file and byte offset).
+
+    Returns:
+        the hex sha256 of the file's bytes.
+    Raises:
+        ValueError: the file is empty / whitespace only, or not UTF-8 (first bad byte's offset).
+        OSError: it cannot be read.
+    """
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    h, offset, nonblank = hashlib.sha256(), 0, False
+    with open(path, "rb") as f:
+        while chunk := f.read(chunk_bytes):
+            h.update(chunk)
+            try:
+                text = decoder.decode(chunk)
+            except UnicodeDecodeError as e:
+                # e.start is relative to the decoder's pending bytes plus this chunk.
+                pending = len(e.object) - len(chunk)
+                raise ValueError(f"{path} is not UTF-8 text (byte offset {offset - pending + e.start})") from None
+            nonblank = nonblank or bool(text.strip())
+            offset += len(chunk)
+        try:
+            decoder.decode(b"", final=True)
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{path} is not UTF-8 text (byte offset {offset - len(e.object) + e.start}: "
+                             "truncated character at the end)") from None
+    if not nonblank:
+        raise ValueError(f"{path} is empty")
+    return h.hexdigest()
+
+
+def infer_format(paths: Sequence[Path], fmt: str | None, key: str = "data.files") -> str:
+    """``data.format`` if given, else the one format implied by the files' extensions.
+
+    Raises:
+        ValueError: unknown format, or files of several formats.
+    """
+    if fmt:
+        if fmt not in FORMATS:
+            raise ValueError(f"data.format={fmt!r} is not known; valid: {', '.join(FORMATS)}")
+        return fmt
+    kinds = set()
+    for p in paths:
+        suffixes = [s for s in p.suffixes if s not in (".gz", ".bz2", ".xz", ".zst")]
+        kinds.add(_EXTENSIONS.get(suffixes[-1].lower() if suffixes else "", "text"))
+    if len(kinds) > 1:
+        raise ValueError(f"{key}: files of several formats ({', '.join(sorted(kinds))}); set data.format")
+    return kinds.pop()
+
+
+@dataclass
+class DataSpec:
+    """Where a corpus comes from: the ``data.*`` keys that select and shape its text."""
+
+    name: str = "pydocs"
+    files: Any = None
+    val_files: Any = None
+    local_dir: Optional[str] = None
+    format: Optional[str] = None
+    hub_id: Optional[str] = None
+    hub_config: Optional[str] = None
+    revision: Optional[str] = None
+    train_split: str = "train"
+    val_split: Optional[str] = None
+    text_column: str = "text"
+    id_column: Optional[str] = None
+    doc_separator: str = DOC_SEPARATOR
+    streaming: bool = False
+    max_tokens: Optional[int] = None
+    val_percent: float = 5.0
+
+    @classmethod
+    def from_kwargs(cls, **kwargs) -> DataSpec:
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in kwargs.items() if k in known})
+
+
+def load_text_files(files, val_percent: float, cache_dir: Path | None = None, val_files=None) -> Corpus:
+    """Local UTF-8 text files (``data=text``), loaded now.
+
+    Raises:
+        FileNotFoundError: no file matches; ValueError: a file is empty or not UTF-8 text.
+    """
+    spec = DataSpec(name="text", files=files, val_files=val_files, val_percent=val_percent)
+    return load_local_files(spec, Path(cache_dir) if cache_dir else default_cache_dir()).load()
+
+
+def _local_cache(cache_dir: Path) -> str:
+    return str(Path(cache_dir) / "hf-local")
+
+
+def load_local_files(spec: DataSpec, cache_dir: Path) -> Corpus:
+    """``data.files`` (+ ``data.val_files``) through the datasets ``text``/``json``/``parquet`` builder.
+
+    The files are hashed (and text files checked for UTF-8) now; the rows load lazily.
+
+    Raises:
+        FileNotFoundError / ValueError: missing files, bad text, several formats.
+    """
+    paths = resolve_files(spec.files, "data.files")
+    val_paths = resolve_files(spec.val_files, "data.val_files") if spec.val_files else []
+    fmt = infer_format(paths + val_paths, spec.format)
+    check = check_text_file if fmt == "text" else file_sha256
+    hashes = []
+    for key, group in (("data.files", paths), ("data.val_files", val_paths)):
+        for p in group:
+            try:
+                hashes.append(check(p))
+            except ValueError as e:
+                raise ValueError(f"{key}: {e}") from None
+    separator = "" if fmt == "text" else spec.doc_separator
+    # Only what shapes the rows: a text file's rows ignore the column, id and separator keys,
+    # so data=text and a Hub config pointed at the same files share one token cache.
+    shape = ("text",) if fmt == "text" else (f"text_column={spec.text_column}", f"id_column={spec.id_column}",
+                                             f"separator={separator!r}")
+    fingerprint = sha256_text(
+        f"loader={LOADER_VERSION}", f"format={fmt}", *shape,
+        "files", *hashes[: len(paths)], "val_files", *hashes[len(paths):],
+    )
+
+    def loader():
+        import datasets
+
+        data_files = {"train": [str(p) for p in paths]}
+        if val_paths:
+            data_files["validation"] = [str(p) for p in val_paths]
+        kwargs = dict(sample_by="line", keep_linebreaks=True) if fmt == "text" else {}
+        # The files were hashed above; rebuild datasets' Arrow copy so that it can never be an
+        # older version of a file edited in place (datasets keys local files by path and mtime).
+        dd = datasets.load_dataset(fmt, data_files=data_files, cache_dir=_local_cache(cache_dir),
+                                   download_mode="force_redownload", **kwargs)
+        dd = {k: _text_only(v, spec.text_column, "data.text_column") for k, v in dd.items()}
+        if val_paths:
+            return dd["train"], dd["validation"]
+        return hash_split_dataset(dd["train"], spec.val_percent, spec.id_column if fmt != "text" else None,
+                                  by_paragraph=fmt == "text")
+
+    return Corpus(
+        name=spec.name, train=None, val=None, fingerprint=fingerprint,
+        source=f"{fmt} files: " + ", ".join(map(str, paths))
+        + (f"; validation: {', '.join(map(str, val_paths))}" if val_paths else ""),
+        separator=separator, loader=loader,
+        info={"kind": "files", "format": fmt, "files": [str(p) for p in paths],
+              "val_files": [str(p) for p in val_paths], "file_sha256": hashes,
+              "split": "val_files" if val_paths else ("hash of paragraph" if fmt == "text" else "hash of row"),
+              "val_percent": spec.val_percent},
+    )
+
+
+def _text_only(ds, column: str, key: str):
+    """Keep only ``column`` renamed to ``"text"`` (plus nothing else), checking it exists."""
+    if column not in ds.column_names:
+        raise ValueError(f"{key}={column!r} is not a column of the data; columns: {ds.column_names}")
+    if column != "text":
+        ds = ds.rename_column(column, "text") if "text" not in ds.column_names else ds.map(
+            lambda b: {"text": b[column]}, batched=True)
+    return ds
+
+
+# ---------------------------------------------------------------------------- Hub datasets
+
+
+def hf_offline() -> bool:
+    """Whether ``HF_DATASETS_OFFLINE`` / ``HF_HUB_OFFLINE`` asks for no network access."""
+    for var in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE"):
+        if os.environ.get(var, "").strip().lower() in ("1", "on", "yes", "true"):
+            return True
+    try:
+        import datasets
+
+        return bool(datasets.config.HF_HUB_OFFLINE)
+    except (ImportError, AttributeError):
+        return False
+
+
+def _unavailable(spec: DataSpec, err: BaseException) -> CorpusUnavailable:
+    where = f"{spec.hub_id!r}" + (f" (config {spec.hub_config!r})" if spec.hub_config else "")
+    why = ("it is not in the local Hugging Face cache and HF_DATASETS_OFFLINE/HF_HUB_OFFLINE forbid downloading"
+           if hf_offline() else f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
+    return CorpusUnavailable(
+        f"data.name={spec.name!r}: cannot load the Hugging Face dataset {where}: {why}. "
+        f"Point at a local copy instead: data.local_dir=DIR (a snapshot of the dataset repo, e.g. from "
+        f"`huggingface-cli download --repo-type dataset {spec.hub_id} --local-dir DIR`) or "
+        f"data.files=PATH (text, json or parquet files; a glob or a list)"
+    )
+
+
+def _load_hub(spec: DataSpec, **kwargs):
+    import datasets
+
+    path = os.path.expanduser(spec.local_dir) if spec.local_dir else spec.hub_id
+    if spec.local_dir and not os.path.isdir(path):
+        raise FileNotFoundError(f"data.local_dir={spec.local_dir!r}: no such directory")
+    try:
+        return datasets.load_dataset(path, spec.hub_config, revision=None if spec.local_dir else spec.revision,
+                                     **kwargs)
+    except (FileNotFoundError, ConnectionError, OSError, ValueError) as e:
+        if spec.local_dir:
+            raise
+        raise _unavailable(spec, e) from e
+    except Exception as e:  # huggingface_hub raises its own HTTP / offline errors
+        if spec.local_dir or type(e).__module__.split(".")[0] not in ("huggingface_hub", "requests", "httpx",
+                                                                         "datasets", "fsspec", "urllib3"):
+            raise
+        raise _unavailable(spec, e) from e
+
+
+def load_hub(spec: DataSpec, cache_dir: Path) -> Corpus:
+    """A Hub dataset (``data.hub_id``/``hub_config``/``revision``) or a local snapshot (``data.local_dir``).
+
+    Non-streamed data is loaded (downloaded or taken from the HF cache) now, since its
+    datasets fingerprint keys the caches; a streamed corpus is read only while tokenizing.
+
+    Raises:
+        CorpusUnavailable: the dataset cannot be reached and is not cached (the message names
+            the dataset and how to point at a local copy).
+    """
+    origin = f"local snapshot {spec.local_dir}" if spec.local_dir else f"hf://{spec.hub_id}"
+    origin += f" ({spec.hub_config})" if spec.hub_config else ""
+    ident = (f"loader={LOADER_VERSION}", f"hub={spec.hub_id}", f"config={spec.hub_config}",
+             f"local_dir={bool(spec.local_dir)}", f"train_split={spec.train_split}",
+             f"val_split={spec.val_split}", f"text_column={spec.text_column}", f"id_column={spec.id_column}",
+             f"separator={spec.doc_separator!r}")
+    info = {"kind": "hub", "hub_id": spec.hub_id, "hub_config": spec.hub_config, "local_dir": spec.local_dir,
+            "train_split": spec.train_split, "val_split": spec.val_split, "val_percent": spec.val_percent,
+            "split": spec.val_split or "hash of row id"}
+    if spec.streaming:
+        if spec.val_split:
+            raise ValueError("data.val_split must be null with data.streaming=true (the stream is split by hash)")
+        ds = _load_hub(spec, split=spec.train_split, streaming=True)
+
+        def stream():
+            row = 0
+            for batch in ds.iter(batch_size=1000):
+                texts = batch[spec.text_column]
+                ids = batch[spec.id_column] if spec.id_column else range(row, row + len(texts))
+                for doc_id, text in zip(ids, texts):
+                    yield (str(doc_id) if spec.id_column else f"r{doc_id}"), text
+                row += len(texts)
+
+        revision = spec.revision or "main (unpinned)"
+        info.update(revision=revision, streaming=True, max_tokens=spec.max_tokens,
+                    fingerprint_kind="identity of the stream (pin data.revision to freeze it)")
+        return Corpus(name=spec.name, train=None, val=None,
+                      fingerprint=sha256_text(*ident, f"revision={revision}", "streaming",
+                                              f"max_tokens={spec.max_tokens}"),
+                      source=f"{origin}, streamed, first {spec.max_tokens:,} tokens", separator=spec.doc_separator,
+                      info=info, stream=stream, max_tokens=spec.max_tokens)
+
+    dd = _load_hub(spec)
+    for split in (spec.train_split, spec.val_split):
+        if split and split not in dd:
+            raise ValueError(f"data.{'train' if split == spec.train_split else 'val'}_split={split!r} is not a split "
+                             f"of {origin}; splits: {', '.join(dd)}")
+    train = _text_only(dd[spec.train_split], spec.text_column, "data.text_column")
+    if spec.val_split:
+        val = _text_only(dd[spec.val_split], spec.text_column, "data.text_column")
+    else:
+        train, val = hash_split_dataset(dd[spec.train_split], spec.val_percent, spec.id_column, by_paragraph=False)
+        train = _text_only(train, spec.text_column, "data.text_column")
+        val = _text_only(val, spec.text_column, "data.text_column")
+    fps = [dd[s]._fingerprint for s in (spec.train_split, spec.val_split) if s]
+    revision = spec.revision or _resolved_revision(dd[spec.train_split])
+    info.update(revision=revision, datasets_fingerprints=fps)
+    return Corpus(name=spec.name, train=train, val=val,
+                  fingerprint=sha256_text(*ident, f"revision={revision}", *fps),
+                  source=origin, separator=spec.doc_separator, info=info)
+
+
+def _resolved_revision(ds) -> str:
+    """The dataset's commit as far as the datasets cache knows it (for the sidecar), else 'unknown'."""
+    try:
+        for f in ds.cache_files:
+            parts = Path(f["filename"]).parts
+            for p in parts:
+                if len(p) == 40 and all(c in "0123456789abcdef" for c in p):
+                    return p
+    except (AttributeError, KeyError, TypeError):
+        pass
+    return "unknown"
+
+
+# ---------------------------------------------------------------------------- pydocs
+
+
+_SKIP_DIRS = {"test", "tests", "idlelib", "lib2to3", "site-packages", "dist-packages", "__pycache__"}
+
+
+def pydocs_documents() -> list[tuple[str, str]]:
+    """The running interpreter's own English documentation, as ``(doc_id, text)`` pairs.
+
+    The ``pydoc_data.topics`` reference texts (sorted by topic) followed by the docstrings of
+    every standard-library module, class and function, read with :mod:`ast` from the source
+    files in sorted path order (never imported); test packages and IDLE are skipped.
+    """
+    import ast
+    from pydoc_data.topics import topics
+
+    docs = [(f"topic:{key}", topics[key].strip()) for key in sorted(topics)]
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    for path in sorted(stdlib.rglob("*.py")):
+        rel = path.relative_to(stdlib)
+        if _SKIP_DIRS.intersection(rel.parts[:-1]) or rel.name.startswith("test_"):
+            continue
+        try:
+            tree = ast.parse(path.read_bytes(), filename=str(rel))
+        except (SyntaxError, ValueError, OSError):
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+                doc = ast.get_docstring(node)
+                if doc and len(doc) >= 40:
+                    name = getattr(node, "name", "<module>")
+                    docs.append((f"{rel.as_posix()}:{name}:{node.lineno if hasattr(node, 'lineno') else 0}", doc))
+    return docs
+
+
+def load_pydocs(cache_dir: Path, val_percent: float, cache_version: int = 1) -> Corpus:
+    """The default corpus (about 2 MB of English prose), cached as JSON per Python build.
+
+    Raises:
+        ValueError: if the interpreter ships no documentation (an empty corpus).
+    """
+    version = f"{sys.version} {sysconfig.get_paths()['stdlib']}"
+    path = Path(cache_dir) / "corpora" / f"pydocs-{sha256_text(version, str(cache_version))[:16]}.json"
+    if path.exists():
+        docs = [tuple(d) for d in json.loads(path.read_text("utf-8"))]
+    else:
+        docs = pydocs_documents()
+        atomic_write_json(path, docs)
+    if not docs:
+        raise ValueError("data.name='pydocs': this Python ships no documentation to build the corpus from")
+    train, val = split_documents(docs, val_percent)
+    text_hash = sha256_text(*(f"{i}\0{t}" for i, t in docs))
+    return Corpus(
+        name="pydocs", train=train, val=val,
+        fingerprint=sha256_text(text_hash, sys.version),
+        source=f"python {sys.version.split()[0]} pydoc_data.topics + stdlib docstrings",
+        info={"kind": "pydocs", "split": "hash of document id", "val_percent": val_percent},
+    )
+
+
+# ---------------------------------------------------------------------------- dispatch
+
+
+def load_corpus_spec(spec: DataSpec, cache_dir: Path) -> Corpus:
+    """Load the corpus that ``spec`` describes: local files, a local Hub snapshot, the Hub, or pydocs.
+
+    ``data.files`` wins over ``data.local_dir``, which wins over ``data.hub_id``.
+
+    Raises:
+        ValueError: nothing to load from; CorpusUnavailable: see :func:`load_hub`.
+    """
+    if spec.name == "pydocs" and not (spec.files or spec.local_dir or spec.hub_id):
+        return load_pydocs(cache_dir, spec.val_percent)
+    if spec.files:
+        return load_local_files(spec, cache_dir)
+    if spec.val_files:
+        raise ValueError("data.val_files needs data.files (the training files)")
+    if spec.local_dir or spec.hub_id:
+        return load_hub(spec, cache_dir)
+    if spec.name == "text":
+        raise ValueError("data.files is required for data.name='text' (a path, a glob or a list)")
+    raise ValueError(f"data.name={spec.name!r} has no source: set data.files, data.local_dir or data.hub_id "
+                     f"(known corpora: {', '.join(CORPORA)})")

@@ -1,0 +1,245 @@
+"""Tokenizers: UTF-8 bytes, a byte-level BPE trained on the corpus, GPT-2's BPE (tiktoken)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from glubench.core.io import atomic_write_bytes
+from glubench.data.sources import DOC_SEPARATOR, Corpus, sha256_text
+
+# ---------------------------------------------------------------------------- tokenizers
+
+
+class TokenizerUnavailable(RuntimeError):
+    """A tokenizer whose files or package are missing here; the message says how to provide them."""
+
+
+def token_dtype(vocab_size: int) -> np.dtype:
+    """uint16 when every id fits (vocab ≤ 65535), else uint32."""
+    return np.dtype(np.uint16 if vocab_size <= 65535 else np.uint32)
+
+
+class _Tokenizer:
+    """Shared interface: ``kind``, ``vocab_size``, ``file_hash`` (sha256 of the tokenizer's
+    files, "" when it has none), :meth:`encode_batch` and :meth:`token_bytes`."""
+
+    kind = ""
+    vocab_size = 0
+    file_hash = ""
+
+    def encode_batch(self, texts: Sequence[str]) -> list:
+        """Token ids of each text (no special tokens added): a list of int sequences."""
+        raise NotImplementedError
+
+    def encode_flat(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """All texts' ids concatenated ``(n_tokens,)`` and each text's token count ``(n_texts,)``."""
+        encs = self.encode_batch(texts)
+        lengths = np.fromiter((len(e) for e in encs), dtype=np.int64, count=len(encs))
+        dtype = token_dtype(self.vocab_size)
+        values = np.fromiter((i for e in encs for i in e), dtype=dtype, count=int(lengths.sum()))
+        return values, lengths
+
+    def encode_documents(self, docs: Sequence[str], separator: str = DOC_SEPARATOR) -> np.ndarray:
+        """``(n_tokens,)`` ids of the documents, each followed by ``separator``, concatenated."""
+        dtype = token_dtype(self.vocab_size)
+        encs = self.encode_batch([d + separator for d in docs])
+        return np.concatenate([np.asarray(e, dtype=dtype) for e in encs]) if encs else np.zeros(0, dtype)
+
+    def token_bytes(self) -> np.ndarray:
+        """``(vocab_size,)`` int64 UTF-8 byte length of each token id."""
+        raise NotImplementedError
+
+
+class ByteTokenizer(_Tokenizer):
+    """UTF-8 bytes as tokens: vocab 256, one byte per token."""
+
+    kind = "bytes"
+    vocab_size = 256
+    file_hash = ""
+
+    def encode_batch(self, texts: Sequence[str]) -> list:
+        return [np.frombuffer(t.encode("utf-8"), dtype=np.uint8).astype(np.uint16) for t in texts]
+
+    def encode_flat(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        raw = [t.encode("utf-8") for t in texts]
+        lengths = np.fromiter(map(len, raw), dtype=np.int64, count=len(raw))
+        return np.frombuffer(b"".join(raw), dtype=np.uint8).astype(np.uint16), lengths
+
+    def encode_documents(self, docs: Sequence[str], separator: str = DOC_SEPARATOR) -> np.ndarray:
+        text = "".join(d + separator for d in docs)
+        return np.frombuffer(text.encode("utf-8"), dtype=np.uint8).astype(np.uint16)
+
+    def token_bytes(self) -> np.ndarray:
+        return np.ones(self.vocab_size, dtype=np.int64)
+
+
+class BPETokenizer(_Tokenizer):
+    """Byte-level BPE trained with the ``tokenizers`` library on the train split.
+
+    Every token is a byte string, so :meth:`token_bytes` is exact and bits-per-byte
+    stays comparable with the byte tokenizer.
+    """
+
+    kind = "bpe"
+
+    def __init__(self, tokenizer, file_hash: str) -> None:
+        self.tok = tokenizer
+        self.vocab_size = tokenizer.get_vocab_size()
+        self.file_hash = file_hash
+
+    @staticmethod
+    def path_for(corpus: Corpus, vocab_size: int, cache_dir: Path) -> Path:
+        """Where the BPE trained on ``corpus``'s train split lives (keyed by corpus and split rule)."""
+        split = f"{corpus.info.get('split')}:{corpus.info.get('val_percent')}"
+        key = sha256_text(corpus.fingerprint, split, str(vocab_size))[:16]
+        return Path(cache_dir) / "tokenizers" / f"bpe-{key}-{vocab_size}.json"
+
+    @classmethod
+    def train_or_load(cls, corpus: Corpus, vocab_size: int, cache_dir: Path, write: bool = True) -> BPETokenizer:
+        """Load the cached BPE for this corpus and vocab, training (and caching) it if absent.
+
+        Raises:
+            FileNotFoundError: absent and ``write=False`` (a rank that must not prepare).
+        """
+        from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+        path = cls.path_for(corpus, vocab_size, cache_dir)
+        if not path.exists():
+            if not write:
+                raise FileNotFoundError(f"BPE tokenizer {path} has not been trained yet")
+            tok = Tokenizer(models.BPE())
+            tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+            tok.decoder = decoders.ByteLevel()
+            trainer = trainers.BpeTrainer(
+                vocab_size=vocab_size,
+                initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                special_tokens=[],
+                show_progress=False,
+            )
+            tok.train_from_iterator(corpus.iter_train_texts(), trainer=trainer)
+            atomic_write_bytes(path, tok.to_str().encode("utf-8"))
+        raw = path.read_bytes()
+        return cls(Tokenizer.from_str(raw.decode("utf-8")), hashlib.sha256(raw).hexdigest())
+
+    def encode_batch(self, texts: Sequence[str]) -> list:
+        return [e.ids for e in self.tok.encode_batch(list(texts), add_special_tokens=False)]
+
+    def token_bytes(self) -> np.ndarray:
+        # ByteLevel maps each byte to one printable character, so a token's length in
+        # characters is its length in bytes.
+        out = np.zeros(self.vocab_size, dtype=np.int64)
+        for token, idx in self.tok.get_vocab().items():
+            out[idx] = len(token)
+        return out
+
+
+GPT2_URLS = {
+    "vocab.bpe": "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/vocab.bpe",
+    "encoder.json": "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/encoder.json",
+}
+
+
+def _tiktoken_cache_dir() -> Path:
+    # tiktoken's own rule (tiktoken/load.py: read_file_cached).
+    d = os.environ.get("TIKTOKEN_CACHE_DIR") or os.environ.get("DATA_GYM_CACHE_DIR")
+    return Path(d) if d else Path(tempfile.gettempdir()) / "data-gym-cache"
+
+
+class GPT2Tokenizer(_Tokenizer):
+    """GPT-2's byte-level BPE (vocab 50257) through ``tiktoken`` (optional extra ``glubench[gpt2]``).
+
+    The BPE files come from ``data.tokenizer_file`` (a folder holding ``vocab.bpe`` and
+    ``encoder.json``), else from tiktoken's cache (``$TIKTOKEN_CACHE_DIR``) or a download.
+    Text is encoded with no special tokens; token byte lengths are exact.
+    """
+
+    kind = "gpt2"
+
+    def __init__(self, enc, file_hash: str) -> None:
+        self.enc = enc
+        self.vocab_size = enc.n_vocab
+        self.file_hash = file_hash
+
+    @classmethod
+    def load(cls, tokenizer_file: str | None = None) -> GPT2Tokenizer:
+        """Raises:
+            TokenizerUnavailable: tiktoken missing, or the BPE files neither local nor downloadable.
+        """
+        try:
+            import tiktoken
+            from tiktoken.load import data_gym_to_mergeable_bpe_ranks
+        except ImportError:
+            raise TokenizerUnavailable(
+                "data.tokenizer='gpt2' needs tiktoken: pip install 'glubench[gpt2]' (or pip install tiktoken)"
+            ) from None
+        how = ("put vocab.bpe and encoder.json (GPT-2's BPE files) in a folder and set data.tokenizer_file=DIR, "
+               "or pre-fill $TIKTOKEN_CACHE_DIR on a machine with network access")
+        if tokenizer_file:
+            folder = Path(os.path.expanduser(tokenizer_file))
+            files = {name: folder / name for name in GPT2_URLS}
+            missing = [str(p) for p in files.values() if not p.is_file()]
+            if missing:
+                raise TokenizerUnavailable(f"data.tokenizer_file={tokenizer_file!r}: missing {', '.join(missing)}; "
+                                           f"{how}")
+            from tiktoken_ext.openai_public import r50k_pat_str
+
+            ranks = data_gym_to_mergeable_bpe_ranks(vocab_bpe_file=str(files["vocab.bpe"]),
+                                                    encoder_json_file=str(files["encoder.json"]))
+            enc = tiktoken.Encoding(name="gpt2-local", pat_str=r50k_pat_str, mergeable_ranks=ranks,
+                                    special_tokens={"<|endoftext|>": len(ranks)})
+            file_hash = sha256_text(*(hashlib.sha256(p.read_bytes()).hexdigest() for p in files.values()))
+            return cls(enc, file_hash)
+        from glubench.data.sources import hf_offline
+
+        cached = all((_tiktoken_cache_dir() / hashlib.sha1(u.encode()).hexdigest()).exists()
+                     for u in GPT2_URLS.values())
+        if hf_offline() and not cached:
+            raise TokenizerUnavailable(f"data.tokenizer='gpt2': GPT-2's BPE files are not in tiktoken's cache "
+                                       f"({_tiktoken_cache_dir()}) and offline mode forbids downloading; {how}")
+        try:
+            enc = tiktoken.get_encoding("gpt2")
+        except Exception as e:  # requests/HTTP errors: no network, no cache
+            raise TokenizerUnavailable(f"data.tokenizer='gpt2': tiktoken could not load GPT-2's BPE files "
+                                       f"({type(e).__name__}: {e}); {how}") from None
+        return cls(enc, "tiktoken:gpt2")  # tiktoken checks the official files' sha256 itself
+
+    def encode_batch(self, texts: Sequence[str]) -> list:
+        return self.enc.encode_ordinary_batch(list(texts))
+
+    def token_bytes(self) -> np.ndarray:
+        out = np.zeros(self.vocab_size, dtype=np.int64)
+        for i in range(self.vocab_size):
+            try:
+                out[i] = len(self.enc.decode_single_token_bytes(i))
+            except KeyError:  # a gap in the id space: never produced
+                out[i] = 0
+        return out
+
+
+TOKENIZERS = ("bytes", "bpe", "gpt2")
+
+
+def build_tokenizer(kind: str, corpus: Corpus, vocab_size: int, cache_dir: Path,
+                    tokenizer_file: str | None = None, write: bool = True):
+    """Return the tokenizer ``kind`` (``data.tokenizer``); a BPE is trained on ``corpus``'s train split.
+
+    Raises:
+        ValueError: unknown kind (lists the valid ones); TokenizerUnavailable: see
+            :meth:`GPT2Tokenizer.load`; FileNotFoundError: an untrained BPE with ``write=False``.
+    """
+    if kind == "bytes":
+        return ByteTokenizer()
+    if kind == "bpe":
+        return BPETokenizer.train_or_load(corpus, vocab_size, cache_dir, write=write)
+    if kind == "gpt2":
+        return GPT2Tokenizer.load(tokenizer_file)
+    raise ValueError(f"data.tokenizer={kind!r} is not known; valid: {', '.join(TOKENIZERS)}")
+
+
+# ---------------------------------------------------------------------------- token cache

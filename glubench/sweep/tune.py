@@ -1,0 +1,171 @@
+"""Tuned comparisons: one Optuna LR study per FFN variant, then the best LR re-run over seeds.
+
+``glubench experiment=tuned_variants_cpu`` (any config with ``tune.variants`` set) runs this
+driver instead of one training job.  It does not re-implement search or sweeps: for each
+variant it launches ``glubench --multirun hparams_search=lr_optuna model.ffn=<v>`` (Hydra's
+Optuna sweeper, the study in ``<dir>/search/<v>/optuna.db``), reads the best ``optim.lr`` from
+the sweeper's ``optimization_results.yaml``, then launches ``glubench --multirun model.ffn=<v>
+optim.lr=<best> seed=<seeds>`` (Hydra's basic sweeper) into ``<dir>/tuned/<v>``.  With
+``tune.shared_lr=true`` every variant also runs at the one shared ``optim.lr`` into
+``<dir>/shared/<v>``, so the report can say whether tuning changed the ranking.  Each child is
+composed by Hydra from the same command-line overrides the driver got.
+
+A finished step is never redone: rerunning with ``tune.dir=<dir>`` skips variants whose search
+or seed runs are already complete, so a crash costs only the unfinished work (an interrupted
+study is moved to ``search/<v>.interrupted-<time>`` and searched afresh).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from glubench.core.io import atomic_write_json
+from glubench.train.results import RESULTS_FILE, RunResult
+
+SUMMARY_FILE = "tuned.json"
+
+
+def _completed_results(folder: Path) -> list[RunResult]:
+    results = [RunResult.read(p) for p in sorted(folder.glob(f"*/{RESULTS_FILE}"))]
+    return [r for r in results if r.status == "completed"]
+
+
+def _glubench(args: list[str], log: Path) -> None:
+    """Run ``python -m glubench --multirun ARGS``, teeing its output to ``log``; raise on failure."""
+    cmd = [sys.executable, "-m", "glubench", "--multirun", *args]
+    print("glubench tune: " + " ".join(cmd[1:]), flush=True)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "a") as f:
+        proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT)
+    if proc.returncode != 0:
+        raise RuntimeError(f"exit {proc.returncode}: {' '.join(cmd[1:])} (log: {log})")
+
+
+def best_lr(study_dir: Path) -> tuple[float, float]:
+    """``(optim.lr, val_loss)`` of the best trial, from the Optuna sweeper's ``optimization_results.yaml``."""
+    from omegaconf import OmegaConf
+
+    res = OmegaConf.load(study_dir / "optimization_results.yaml")
+    return float(res.best_params["optim.lr"]), float(res.best_value)
+
+
+EDGE_FACTOR = 1.25
+
+
+def at_bound(lr: float, lr_range) -> str | None:
+    """``"upper"``/``"lower"`` when ``lr`` is within :data:`EDGE_FACTOR` of that end of ``lr_range``, else ``None``.
+
+    A best value at the edge of a search interval says only that the optimum is at or beyond it.
+    """
+    lo, hi = lr_range
+    if lr * EDGE_FACTOR >= hi:
+        return "upper"
+    if lr <= lo * EDGE_FACTOR:
+        return "lower"
+    return None
+
+
+def ranking(results: dict[str, list[RunResult]]) -> list[str]:
+    """Variants sorted by mean final val loss over their completed seeds (best first)."""
+    means = {v: sum(r.val_loss for r in rs) / len(rs) for v, rs in results.items() if rs}
+    return sorted(means, key=lambda v: means[v])
+
+
+def run_tuned_variants(cfg, overrides: list[str]) -> dict:
+    """Search, re-run and report for every variant in ``cfg.tune.variants``; returns the ``tuned.json`` record.
+
+    Args:
+        cfg: the composed config (``tune.*``, ``optim.lr`` for the shared LR, ``experiment_name``).
+        overrides: the command-line overrides the driver was started with; every child gets them.
+
+    Raises:
+        RuntimeError: a child sweep failed (its log is named); finished work is kept.
+    """
+    from glubench.sweep.report import report_sweep
+
+    t = cfg.tune
+    root = Path(t.dir or f"multirun/{cfg.experiment_name}/{time.strftime('%Y-%m-%d/%H-%M-%S')}").resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    base = [o for o in overrides if not o.lstrip("+~").startswith(("tune.", "hydra.sweep", "seed="))]
+    base.append("tune.variants=[]")  # the children are single training jobs
+    seeds = ",".join(str(s) for s in t.seeds)
+    record: dict = {"dir": str(root), "n_trials": t.n_trials, "seeds": list(t.seeds), "shared_lr": None,
+                    "lr_range": list(t.lr_range), "variants": {}}
+    tuned, shared = {}, {}
+    for v in t.variants:
+        study = root / "search" / v
+        if not (study / "optimization_results.yaml").exists():
+            if study.exists():  # an interrupted study: keep its trials aside, start a fresh one
+                study.rename(study.with_name(f"{v}.interrupted-{time.strftime('%Y%m%d-%H%M%S')}"))
+            lo, hi = t.lr_range
+            search = [o for o in base if not o.startswith("optim.lr=")]  # the study owns optim.lr
+            _glubench([*search, "hparams_search=lr_optuna", f"model.ffn={v}", f"hydra.sweeper.n_trials={t.n_trials}",
+                       f"optim.lr=tag(log, interval({lo!r}, {hi!r}))", f"hydra.sweep.dir={study}"],
+                      root / "logs" / f"search_{v}.log")
+        lr, search_loss = best_lr(study)
+        edge = at_bound(lr, t.lr_range)
+        if edge:
+            print(f"glubench tune: warning: the tuned optim.lr={lr:.3g} for {v} is within a factor "
+                  f"{EDGE_FACTOR} of the {edge} bound of tune.lr_range={list(t.lr_range)}; the best LR may lie "
+                  "outside the range: widen it", flush=True)
+        final = root / "tuned" / v
+        if len(_completed_results(final)) < len(t.seeds):
+            _glubench([*base, f"model.ffn={v}", f"optim.lr={lr!r}", f"seed={seeds}", f"hydra.sweep.dir={final}"],
+                      root / "logs" / f"tuned_{v}.log")
+        tuned[v] = _completed_results(final)
+        record["variants"][v] = {"tuned_lr": lr, "search_best_val_loss": search_loss, "lr_at_bound": edge,
+                                 "val_loss": [r.val_loss for r in tuned[v]]}
+        if t.shared_lr:
+            same = root / "shared" / v
+            if len(_completed_results(same)) < len(t.seeds):
+                _glubench([*base, f"model.ffn={v}", f"seed={seeds}", f"hydra.sweep.dir={same}"],
+                          root / "logs" / f"shared_{v}.log")
+            shared[v] = _completed_results(same)
+            record["shared_lr"] = shared[v][0].config["optim"]["lr"] if shared[v] else None
+            record["variants"][v]["shared_lr_val_loss"] = [r.val_loss for r in shared[v]]
+        atomic_write_json(root / SUMMARY_FILE, record)  # after every variant: a crash keeps the rest
+
+    record["ranking_tuned"] = ranking(tuned)
+    report_sweep([root / "tuned"], out_dir=root / "tuned", plots=True, wandb_choice="off", tuned=("optim.lr",))
+    if t.shared_lr:
+        record["ranking_shared"] = ranking(shared)
+        record["ranking_changed"] = record["ranking_tuned"] != record["ranking_shared"]
+        report_sweep([root / "shared"], out_dir=root / "shared", plots=True, wandb_choice="off")
+    atomic_write_json(root / SUMMARY_FILE, record)
+    print(summary_text(record))
+    return record
+
+
+def summary_text(record: dict) -> str:
+    """The closing lines: tuned LR and mean val loss per variant, and the two rankings."""
+    lines = [f"glubench tune: {record['dir']}",
+             "| variant | tuned lr | val loss (tuned, mean) | val loss (shared lr, mean) |",
+             "| --- | --- | --- | --- |"]
+
+    def mean(xs):
+        xs = [x for x in xs if x is not None and math.isfinite(x)]
+        return f"{sum(xs) / len(xs):.4f}" if xs else "—"
+
+    for v in record.get("ranking_tuned") or record["variants"]:
+        d = record["variants"][v]
+        edge = f" (at the {d['lr_at_bound']} bound)" if d.get("lr_at_bound") else ""
+        lines.append(f"| {v} | {d['tuned_lr']:.3g}{edge} | {mean(d['val_loss'])} | "
+                     f"{mean(d.get('shared_lr_val_loss', []))} |")
+    lines.append("ranking with tuned LRs:  " + " < ".join(record.get("ranking_tuned", [])))
+    if record.get("ranking_shared") is not None:
+        lines.append(f"ranking at shared lr={record['shared_lr']}: " + " < ".join(record["ranking_shared"]))
+        lines.append("ranking changed: " + ("yes" if record["ranking_changed"] else "no"))
+    return "\n".join(lines)
+
+
+def main_summary(path: str) -> None:  # pragma: no cover - convenience for `python -m glubench.tune DIR`
+    print(summary_text(json.loads((Path(path) / SUMMARY_FILE).read_text())))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main_summary(sys.argv[1])

@@ -1,0 +1,67 @@
+"""The results schema: one ``results.json`` per run, written by train.py and read by report.py."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Optional
+
+from glubench.core.io import atomic_write_json
+
+RESULTS_FILE = "results.json"
+
+
+@dataclass
+class RunResult:
+    """Everything a run reports.  Losses are in nats per token; ``val_bpb`` in bits per UTF-8 byte.
+
+    ``status`` is ``completed``, ``failed``, ``diverged`` or ``interrupted``; ``error`` holds the
+    message when the run did not complete.  ``history`` lists each validation as
+    ``{"step", "tokens_seen", "val_loss"}``.  ``diagnostics`` holds optional analyses keyed by
+    name, e.g. ``dead_units`` (:meth:`glubench.analysis.dead_units.DeadUnitsCallback.summary`).
+    """
+
+    status: str
+    ffn: str
+    seed: int
+    params_total: Optional[int] = None
+    params_nonembedding: Optional[int] = None
+    params_ffn: Optional[int] = None  # one layer's FFN
+    ffn_hidden: Optional[int] = None
+    ffn_matching_error: Optional[float] = None
+    val_loss: Optional[float] = None
+    val_ppl: Optional[float] = None
+    val_bpb: Optional[float] = None
+    val_tokens: Optional[int] = None
+    train_loss: Optional[float] = None
+    tokens_seen: Optional[int] = None
+    steps: Optional[int] = None
+    train_tokens_per_sec: Optional[float] = None
+    step_time_ms: Optional[float] = None
+    flops_per_token: Optional[float] = None
+    mfu: Optional[float] = None
+    wall_time_s: Optional[float] = None
+    precision: Optional[str] = None
+    device: Optional[str] = None
+    corpus_fingerprint: Optional[str] = None
+    versions: dict[str, str] = field(default_factory=dict)
+    error: Optional[str] = None
+    diagnostics: dict[str, Any] = field(default_factory=dict)  # e.g. "dead_units" (glubench.analysis)
+    history: list[dict[str, Any]] = field(default_factory=list)
+    # mode, value, target, planned max_steps, and what was spent: steps, tokens, flops, seconds
+    budget: dict[str, Any] = field(default_factory=dict)
+    config: dict[str, Any] = field(default_factory=dict)
+
+    def write(self, output_dir: Path) -> Path:
+        """Write ``output_dir/results.json`` atomically and return its path."""
+        path = Path(output_dir) / RESULTS_FILE
+        atomic_write_json(path, asdict(self))
+        return path
+
+    @classmethod
+    def read(cls, path: Path) -> RunResult:
+        """Read a ``results.json``; unknown keys (from newer versions) are ignored."""
+        data = json.loads(Path(path).read_text())
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})

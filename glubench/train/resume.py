@@ -1,0 +1,235 @@
+"""Preemption-safe resume: which checkpoint to restart from, RNG states, the data position,
+the W&B run id and the CSV history.
+
+A resumed run must equal an uninterrupted one.  Lightning's checkpoint already restores the
+weights, the optimizer, the LR scheduler, the loop counters (``global_step``) and the module's
+``tokens_seen``/``history``.  This module adds what Lightning leaves out:
+
+- RNG states (torch, CUDA, numpy, Python) via :class:`ResumeState`, stored as tensors and
+  plain values so the checkpoint still loads with ``torch.load(weights_only=True)``;
+- the data position: training batch ``i`` is a pure function of ``(seed, i)``
+  (:class:`glubench.data.TrainBatches`), so the position is ``global_step ×
+  accumulate_grad_batches`` and :func:`data_start_index` gives the first batch to serve;
+- a stable W&B run id per run dir (:func:`wandb_run_id`), so a requeued job continues the
+  same W&B run (``resume="allow"``) instead of forking a new one;
+- the CSV history: Lightning's ``CSVLogger`` deletes an existing ``metrics.csv``;
+  :func:`keep_csv_history` keeps the rows up to the checkpoint's step.
+
+No Hydra here: :func:`find_checkpoint` takes the ``ckpt_path`` value and the run dir.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import random
+import secrets
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from glubench.core.ranks import global_rank
+
+CHECKPOINT_DIR = "checkpoints"
+LAST_CHECKPOINT = "last.ckpt"
+WANDB_ID_FILE = "wandb_run_id"
+AUTO = (None, "", "auto", "last")  # ckpt_path values that mean "resume from the run dir if possible"
+NEVER = ("never", "none", "null")
+
+
+def last_checkpoint(out: Path) -> Path:
+    """``<run dir>/checkpoints/last.ckpt`` (it may not exist)."""
+    return Path(out) / CHECKPOINT_DIR / LAST_CHECKPOINT
+
+
+def find_checkpoint(ckpt_path: str | None, out: Path) -> Path | None:
+    """The checkpoint to resume from, or ``None`` to start fresh.
+
+    Args:
+        ckpt_path: ``None``/``"auto"``/``"last"``: ``<out>/checkpoints/last.ckpt`` if it exists
+            (a first start simply finds none); ``"never"``: always start fresh; any other
+            value: that file, which must exist.
+        out: the run's output dir.
+
+    Raises:
+        FileNotFoundError: an explicit ``ckpt_path`` that does not exist.
+    """
+    if ckpt_path in AUTO:
+        last = last_checkpoint(out)
+        return last if last.is_file() else None
+    if str(ckpt_path).lower() in NEVER:
+        return None
+    path = Path(os.path.expanduser(str(ckpt_path)))
+    if not path.is_file():
+        raise FileNotFoundError(f"ckpt_path={ckpt_path!r}: no such checkpoint file (or use auto / never)")
+    return path
+
+
+def checkpoint_step(path: Path) -> int:
+    """``global_step`` stored in a Lightning checkpoint (loaded with ``weights_only=True``)."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    return int(ckpt["global_step"])
+
+
+def data_start_index(global_step: int, accumulate_grad_batches: int) -> int:
+    """Index of the next training micro-batch after ``global_step`` optimizer steps.
+
+    Checkpoints are only written at optimizer-step boundaries, so every micro-batch before
+    this index has been consumed and none after it.
+    """
+    return global_step * accumulate_grad_batches
+
+
+# ---------------------------------------------------------------------------- RNG states
+
+
+def collect_rng_states() -> dict[str, Any]:
+    """Global RNG states as tensors and plain values (safe for ``torch.load(weights_only=True)``)."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    version, internal, gauss = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached": float(cached)},
+        "python": {"version": version, "internal": list(internal), "gauss": gauss},
+    }
+
+
+def set_rng_states(states: dict[str, Any]) -> None:
+    """Restore what :func:`collect_rng_states` returned (CUDA states only if the device count matches)."""
+    torch.set_rng_state(states["torch"])
+    cuda = states.get("cuda") or []
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
+    n = states["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
+    p = states["python"]
+    random.setstate((p["version"], tuple(p["internal"]), p["gauss"]))
+
+
+def _callback_base():
+    import lightning.pytorch as pl
+
+    return pl.Callback
+
+
+class ResumeState(_callback_base()):
+    """Saves this process's RNG states in each checkpoint and restores them on resume.
+
+    The states are applied in ``on_train_start``, after Lightning has built the dataloader
+    iterators (which draw from the torch RNG), so the next random draw of a resumed run is
+    the one the uninterrupted run made after the checkpoint.  Under DDP each rank restores
+    the state rank 0 saved; all ranks are seeded alike, so this only matters for dropout,
+    whose masks then stay identical to an uninterrupted run on the same world size.
+    """
+
+    def __init__(self) -> None:
+        self._pending: dict[str, Any] | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rng": collect_rng_states()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._pending = state_dict.get("rng")
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        if self._pending is not None:
+            set_rng_states(self._pending)
+            self._pending = None
+
+
+# ---------------------------------------------------------------------------- W&B and CSV
+
+
+def wandb_run_id(out: Path, resuming: bool) -> str:
+    """The W&B run id for the run dir ``out``: reused when ``resuming``, else a new one.
+
+    The id lives in ``<out>/wandb_run_id`` so that a requeued SLURM job (same run dir)
+    continues the same W&B run.  Only global rank 0 writes the file; other ranks never log
+    to W&B.
+    """
+    from glubench.core.io import atomic_write_bytes
+
+    path = Path(out) / WANDB_ID_FILE
+    if resuming and path.is_file():
+        run_id = path.read_text().strip()
+        if run_id:
+            return run_id
+    run_id = secrets.token_hex(4)
+    if global_rank() == 0:
+        atomic_write_bytes(path, (run_id + "\n").encode())
+    return run_id
+
+
+def keep_csv_history(csv_logger, resume_step: int) -> int:
+    """Keep the rows of an existing ``metrics.csv`` logged before ``resume_step``; return how many.
+
+    Call before training starts.  Lightning's CSV writer deletes the file when it is created,
+    so the rows are read first, handed back to the writer and saved again at once.  Lightning
+    writes what it logs during optimizer step k as row ``step = k - 1``, so rows with
+    ``step >= resume_step`` came after the checkpoint; they are dropped because the resumed
+    run logs them again.
+    """
+    path = Path(csv_logger.log_dir) / "metrics.csv"
+    if global_rank() != 0 or not path.is_file():
+        return 0
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        keys = list(reader.fieldnames or [])
+        rows = [r for r in reader if r.get("step") not in (None, "") and int(float(r["step"])) < resume_step]
+    writer = csv_logger.experiment  # creating the writer removes metrics.csv
+    writer.metrics = [{k: v for k, v in r.items() if v != ""} for r in rows] + writer.metrics
+    writer.metrics_keys = sorted(set(writer.metrics_keys) | set(keys))
+    writer.save()
+    return len(rows)
+
+
+
+def _model_checkpoint_base():
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    return ModelCheckpoint
+
+
+def _validation_follows(trainer) -> bool:
+    """Whether Lightning validates right after the current training batch (its own rule, in public attributes)."""
+    loop = trainer.fit_loop.epoch_loop
+    if loop.batch_progress.is_last_batch or trainer.should_stop:
+        return True
+    every = trainer.val_check_batch
+    return every not in (None, float("inf")) and (loop.total_batch_idx + 1) % every == 0
+
+
+class StepCheckpoint(_model_checkpoint_base()):
+    """``ModelCheckpoint`` every ``every_n_train_steps`` steps, *after* that step's validation if one follows.
+
+    Lightning saves step checkpoints before the step's validation, and a run resumed from
+    such a checkpoint skips that validation, so its ``history`` would miss a point that the
+    uninterrupted run has.  Deferring the save to the end of the validation keeps them equal.
+    """
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if not _validation_follows(trainer):
+            super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        super().on_validation_end(trainer, pl_module)
+        if not trainer.sanity_checking:
+            super().on_train_batch_end(trainer, pl_module, None, None, 0)
+
+
+def checkpoint_callback(out: Path, every_n_steps: int, keep_all: bool = False):
+    """:class:`StepCheckpoint` writing ``<out>/checkpoints/step=<N>.ckpt`` and ``last.ckpt``.
+
+    Saves every ``every_n_steps`` optimizer steps (after the validation of that step, if
+    any).  Files are written atomically (Lightning saves through an fsspec transaction).
+    Only the newest ``step=<N>.ckpt`` is kept unless ``keep_all``; ``last.ckpt`` is a
+    relative symlink to it, so a save costs one write.
+    """
+    return StepCheckpoint(
+        dirpath=str(Path(out) / CHECKPOINT_DIR), filename="step={step}", auto_insert_metric_name=False,
+        save_last="link", save_top_k=-1 if keep_all else 1, every_n_train_steps=every_n_steps,
+    )

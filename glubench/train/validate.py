@@ -1,0 +1,384 @@
+"""One place for the rules that involve several config keys, checked before any heavy work.
+
+Types and key names are checked by Hydra against the schema in :mod:`glubench.config` while
+the config is composed (a misspelt key or ``model.n_layers=four`` never reaches this module).
+:func:`validate_config` checks everything else that can be known before data preparation,
+model build or W&B init: value ranges, cross-field rules, devices and the data files.  Each
+broken rule raises :class:`ConfigError` with one line naming the key, the bad value and what is
+allowed.  The rules that need the tokenized data (``model.seq_len`` against each split) are
+checked by the same function once the token arrays exist (``splits=``), still before the
+model is built.
+"""
+
+from __future__ import annotations
+
+import codecs
+import glob
+import json
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from glubench.data.sources import CORPORA, FORMATS, infer_format
+from glubench.data.tokenizers import TOKENIZERS
+from glubench.nn.ffn import FFN_REGISTRY
+from glubench.nn.transformer import ModelConfig
+
+PRECISIONS = ("32-true", "32", "bf16-mixed", "bf16-true", "16-mixed", "16-true", "64-true")
+GPT2_VOCAB = 50257
+BUDGET_MODES = ("tokens", "flops", "time")  # glubench.budget
+COMPRESSED = (".gz", ".bz2", ".xz", ".zst")
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
+WANDB_MODES = ("online", "offline", "disabled")
+NONFINITE_ACTIONS = ("stop", "skip")
+BPE_VOCAB = (257, 65535)  # byte-level BPE starts from 256 byte tokens; uint16 token arrays
+_CHUNK = 1 << 20
+
+
+class ConfigError(ValueError):
+    """A bad config value; the message names the key, the value and what is allowed."""
+
+
+def model_config(cfg: DictConfig, vocab_size: int | None = None) -> ModelConfig:
+    """Build the :class:`ModelConfig` from ``cfg.model`` (``vocab_size`` from the tokenizer if given).
+
+    Raises:
+        ConfigError: on any invalid model key.
+    """
+    values = OmegaConf.to_container(cfg.model, resolve=True)
+    if vocab_size is not None:
+        values["vocab_size"] = vocab_size
+    try:
+        return ModelConfig(**values)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
+def _positive_ints(pairs: Sequence[tuple[str, Any]]) -> None:
+    for key, value in pairs:
+        if value <= 0:
+            raise ConfigError(f"{key}={value} must be a positive integer")
+
+
+def _in_range(key: str, value: float, low: float, high: float, closed_high: bool = False) -> None:
+    ok = math.isfinite(value) and low <= value and (value <= high if closed_high else value < high)
+    if not ok:
+        raise ConfigError(f"{key}={value} must be in [{low}, {high}{']' if closed_high else ')'}")
+
+
+def _one_of(key: str, value: Any, allowed: Sequence[str]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{key}={value!r} is not known; valid: {', '.join(allowed)}")
+
+
+# ---------------------------------------------------------------------------- devices
+
+
+def _cuda_count() -> int:
+    # NVML first, as Lightning does: cudaGetDeviceCount would initialise the driver in this
+    # process and break launchers that fork afterwards.
+    import torch
+
+    count = getattr(torch.cuda, "_device_count_nvml", lambda: -1)() if torch.version.cuda else -1
+    return count if count >= 0 else torch.cuda.device_count()
+
+
+def available_devices(accelerator: str) -> tuple[str, int | None]:
+    """``(kind, count)`` of the devices ``trainer.accelerator`` would use; count ``None``: unknown (TPU)."""
+    import torch
+
+    if accelerator in ("gpu", "cuda"):
+        return "CUDA GPU", _cuda_count()
+    if accelerator == "mps":
+        return "MPS", int(torch.backends.mps.is_available())
+    if accelerator == "tpu":
+        return "TPU", None
+    if accelerator == "auto" and _cuda_count() > 0:
+        return "CUDA GPU", _cuda_count()
+    return "CPU", os.cpu_count() or 1
+
+
+def _check_devices(t: DictConfig) -> None:
+    _one_of("trainer.accelerator", t.accelerator, ACCELERATORS)
+    kind, available = available_devices(t.accelerator)
+    if available == 0:
+        raise ConfigError(f"trainer.accelerator={t.accelerator!r} but no {kind} is available; "
+                          "use trainer.accelerator=auto or cpu")
+    devices = OmegaConf.to_container(t.devices) if isinstance(t.devices, ListConfig) else t.devices
+    allowed = "a positive count, -1 (all), 'auto' or a list of device indices"
+    if isinstance(devices, str):
+        text = devices.strip()
+        if text == "auto":
+            return
+        try:
+            devices = [int(i) for i in text.split(",") if i.strip()] if "," in text else int(text)
+        except ValueError:
+            raise ConfigError(f"trainer.devices={t.devices!r} is not {allowed}") from None
+    if isinstance(devices, bool) or not isinstance(devices, (int, list)):
+        raise ConfigError(f"trainer.devices={t.devices!r} is not {allowed}")
+    if isinstance(devices, int):
+        if devices == -1:
+            return
+        if devices <= 0:
+            raise ConfigError(f"trainer.devices={devices} must be {allowed}")
+        if available is not None and devices > available:
+            raise ConfigError(f"trainer.devices={devices} but only {available} {kind} device(s) are available")
+        return
+    if not devices or not all(isinstance(i, int) and not isinstance(i, bool) for i in devices):
+        raise ConfigError(f"trainer.devices={t.devices!r} is not {allowed}")
+    if len(set(devices)) != len(devices):
+        raise ConfigError(f"trainer.devices={devices} lists a device twice")
+    if available is not None and (min(devices) < 0 or max(devices) >= available):
+        raise ConfigError(f"trainer.devices={devices} but the {kind} indices available are 0..{available - 1}")
+
+
+# ---------------------------------------------------------------------------- data files
+
+
+def expand_files(files: Any, key: str = "data.files") -> list[Path]:
+    """The paths ``data.files`` names (a path, a glob or a list of either), in order.
+
+    Raises:
+        ConfigError: a path or glob that matches nothing.
+    """
+    if isinstance(files, ListConfig):
+        files = OmegaConf.to_container(files)
+    patterns = [files] if isinstance(files, (str, os.PathLike)) else list(files)
+    paths: list[Path] = []
+    for pattern in patterns:
+        text = os.path.expanduser(str(pattern))
+        if not glob.has_magic(text):
+            if not os.path.lexists(text):
+                raise ConfigError(f"{key}={str(pattern)!r}: no such file")
+            paths.append(Path(text))
+            continue
+        matches = sorted(glob.glob(text, recursive=True))
+        if not matches:
+            raise ConfigError(f"{key}={str(pattern)!r}: the pattern matches no file")
+        paths.extend(Path(m) for m in matches)
+    return paths
+
+
+def check_text_file(path: Path, key: str = "data.files") -> int:
+    """Check that ``path`` is a readable, non-empty UTF-8 text file; return its size in bytes.
+
+    Reads the file once in 1 MiB chunks (an incremental decoder, so memory stays flat).
+
+    Raises:
+        ConfigError: missing, a folder, unreadable, empty (or only whitespace), binary (a NUL
+            byte) or not UTF-8; the message gives the file and the byte offset.
+    """
+    if not path.exists():
+        raise ConfigError(f"{key}: {path} does not exist")
+    if path.is_dir():
+        raise ConfigError(f"{key}: {path} is a folder; give files or a glob such as '{path}/*.txt'")
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset, blank = 0, True
+    try:
+        with open(path, "rb") as f:
+            while chunk := f.read(_CHUNK):
+                nul = chunk.find(b"\0")
+                if nul >= 0:
+                    raise ConfigError(
+                        f"{key}: {path} is binary, not text (NUL byte at byte offset {offset + nul})"
+                    )
+                pending = len(decoder.getstate()[0])
+                try:
+                    decoder.decode(chunk)
+                except UnicodeDecodeError as e:
+                    raise ConfigError(
+                        f"{key}: {path} is not UTF-8 text (byte 0x{e.object[e.start]:02x} at byte offset "
+                        f"{offset - pending + e.start})"
+                    ) from None
+                blank = blank and not chunk.strip()
+                offset += len(chunk)
+            try:
+                decoder.decode(b"", final=True)
+            except UnicodeDecodeError as e:
+                raise ConfigError(
+                    f"{key}: {path} is not UTF-8 text (truncated character at byte offset "
+                    f"{offset - len(e.object) + e.start})"
+                ) from None
+    except OSError as e:
+        raise ConfigError(f"{key}: {path} cannot be read ({e.strerror or e})") from None
+    if blank:
+        raise ConfigError(f"{key}: {path} is empty" + (" (only whitespace)" if offset else ""))
+    return offset
+
+
+def _check_cache_dir(value: str) -> None:
+    path = Path(os.path.expanduser(value))
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"data.cache_dir={value!r} cannot be created ({e.strerror or e})") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ConfigError(f"data.cache_dir={value!r} is not writable")
+
+
+def _check_files(d: DictConfig, key: str) -> None:
+    files = d.get(key.split(".")[1])
+    paths = expand_files(files, key)
+    try:
+        fmt = infer_format(paths, d.format, key)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    for path in paths:
+        if fmt == "text" and path.suffix not in COMPRESSED:
+            check_text_file(path, key)
+        elif not path.is_file() or path.stat().st_size == 0:
+            raise ConfigError(f"{key}: {path} " + ("is empty" if path.is_file() else "does not exist"))
+
+
+def _check_data(d: DictConfig) -> None:
+    _positive_ints([("data.batch_size", d.batch_size), ("data.val_batch_size", d.val_batch_size)])
+    if d.num_workers < 0:
+        raise ConfigError(f"data.num_workers={d.num_workers} must be >= 0")
+    if OmegaConf.is_missing(d, "files") or (d.name == "text" and d.files in (None, "", [])):
+        raise ConfigError("data.files is required for data=text (a path, a glob or a list)")
+    if d.name not in CORPORA and not (d.files or d.local_dir or d.hub_id):
+        raise ConfigError(f"data.name={d.name!r} is not a known corpus; valid: {', '.join(CORPORA)} "
+                          "(or give data.files, data.local_dir or data.hub_id)")
+    _one_of("data.tokenizer", d.tokenizer, TOKENIZERS)
+    if d.format is not None:
+        _one_of("data.format", d.format, FORMATS)
+    if d.streaming and not (d.max_tokens and d.max_tokens > 0):
+        raise ConfigError(f"data.max_tokens={d.max_tokens} must be a positive token budget with data.streaming=true")
+    if d.num_proc is not None and d.num_proc < 1:
+        raise ConfigError(f"data.num_proc={d.num_proc} must be >= 1 or null")
+    if d.val_files and not d.files:
+        raise ConfigError("data.val_files needs data.files (the training files)")
+    if d.tokenizer == "bpe" and not BPE_VOCAB[0] <= d.vocab_size <= BPE_VOCAB[1]:
+        raise ConfigError(f"data.vocab_size={d.vocab_size} must be in [{BPE_VOCAB[0]}, {BPE_VOCAB[1]}] "
+                          "for data.tokenizer=bpe (256 byte tokens plus at least one merge)")
+    if not 0 < d.val_percent < 100:
+        raise ConfigError(f"data.val_percent={d.val_percent} must be in (0, 100)")
+    _check_cache_dir(d.cache_dir)
+    if d.files:
+        _check_files(d, "data.files")
+    if d.val_files:
+        _check_files(d, "data.val_files")
+
+
+# ---------------------------------------------------------------------------- the rules
+
+
+def validate_config(cfg: DictConfig, splits: Any = None) -> ModelConfig:
+    """Check the cross-field rules and return the model config (vocab from the tokenizer).
+
+    Args:
+        cfg: the composed config (typed by :class:`glubench.config.Config`).
+        splits: the :class:`glubench.data.TokenSplits` once the data is tokenized; adds the
+            rules that need token counts (``model.seq_len`` against each split).
+
+    Raises:
+        ConfigError: the first rule broken, as one line naming the key, the value and what is allowed.
+    """
+    t, d, o = cfg.trainer, cfg.data, cfg.optim
+    if not 0 <= cfg.seed < 2**32:
+        raise ConfigError(f"seed={cfg.seed} must be in [0, 2**32)")
+    _positive_ints([("trainer.max_steps", t.max_steps), ("trainer.val_check_interval", t.val_check_interval),
+                    ("trainer.log_every_n_steps", t.log_every_n_steps),
+                    ("trainer.accumulate_grad_batches", t.accumulate_grad_batches),
+                    ("trainer.num_nodes", t.num_nodes)])
+    _one_of("trainer.precision", t.precision, PRECISIONS)
+    if not (math.isfinite(t.gradient_clip_val) and t.gradient_clip_val >= 0):
+        raise ConfigError(f"trainer.gradient_clip_val={t.gradient_clip_val} must be >= 0 (0: no clipping)")
+    if not (math.isfinite(o.lr) and o.lr > 0):
+        raise ConfigError(f"optim.lr={o.lr} must be a positive number")
+    tune = cfg.get("tune") or {}
+    for v in tune.get("variants") or []:
+        if v not in FFN_REGISTRY:
+            raise ConfigError(f"tune.variants: {v!r} is not a known FFN; valid: {', '.join(FFN_REGISTRY)}")
+    if tune.get("variants") and (tune.get("n_trials", 1) < 1 or not tune.get("seeds")):
+        raise ConfigError(f"tune.n_trials={tune.get('n_trials')} must be >= 1 and tune.seeds={tune.get('seeds')} "
+                          "must list at least one seed")
+    lr_range = list(tune.get("lr_range") or [1e-4, 3e-2])
+    if len(lr_range) != 2 or not 0 < lr_range[0] < lr_range[1] or not math.isfinite(lr_range[1]):
+        raise ConfigError(f"tune.lr_range={lr_range} must be [low, high] with 0 < low < high")
+    b = cfg.get("budget") or {"mode": "tokens", "value": None}
+    _one_of("budget.mode", b["mode"], BUDGET_MODES)
+    if b["value"] is not None and not b["value"] > 0:
+        raise ConfigError(f"budget.value={b['value']} must be positive or null")
+    if b["mode"] == "time" and b["value"] is None:
+        raise ConfigError("budget.value=null: budget=time needs the training seconds, e.g. budget.value=60")
+    # Other budgets set the steps later (glubench.budget.plan_budget checks warmup against them).
+    steps_from_max_steps = b["mode"] == "tokens" and b["value"] is None
+    if steps_from_max_steps and t.val_check_interval > t.max_steps:
+        raise ConfigError(f"trainer.val_check_interval={t.val_check_interval} must be <= "
+                          f"trainer.max_steps={t.max_steps}")
+    if o.warmup_steps < 0 or (steps_from_max_steps and o.warmup_steps >= t.max_steps):
+        raise ConfigError(f"optim.warmup_steps={o.warmup_steps} must be in [0, trainer.max_steps={t.max_steps})")
+    g = cfg.diagnostics
+    for key, value in (("diagnostics.every_n_steps", g.every_n_steps),
+                       ("diagnostics.probe_batch_size", g.probe_batch_size)):
+        if value <= 0:
+            raise ConfigError(f"{key}={value} must be a positive integer")
+    for key, value in (("diagnostics.eps", g.eps), ("diagnostics.saturation_tol", g.saturation_tol)):
+        if not value >= 0:
+            raise ConfigError(f"{key}={value} must be >= 0")
+    if not (math.isfinite(o.weight_decay) and o.weight_decay >= 0):
+        raise ConfigError(f"optim.weight_decay={o.weight_decay} must be >= 0")
+    _in_range("optim.beta1", o.beta1, 0.0, 1.0)
+    _in_range("optim.beta2", o.beta2, 0.0, 1.0)
+    if not (math.isfinite(o.eps) and o.eps > 0):
+        raise ConfigError(f"optim.eps={o.eps} must be a positive number")
+    _in_range("optim.min_lr_ratio", o.min_lr_ratio, 0.0, 1.0, closed_high=True)
+    tp = cfg.throughput
+    if tp.peak_flops is not None and not (math.isfinite(tp.peak_flops) and tp.peak_flops > 0):
+        raise ConfigError(f"throughput.peak_flops={tp.peak_flops} must be a positive number of FLOP/s or null")
+    if tp.warmup_steps < 0:
+        raise ConfigError(f"throughput.warmup_steps={tp.warmup_steps} must be >= 0")
+    if cfg.model.get("compile") and tp.warmup_steps < 1:
+        raise ConfigError(f"throughput.warmup_steps={tp.warmup_steps} must be >= 1 with model.compile=true "
+                          "(the first step compiles; its time must not count as throughput)")
+    if cfg.logger.mode is not None:
+        _one_of("logger.mode", cfg.logger.mode, WANDB_MODES)
+    _one_of("faults.on_nonfinite", cfg.faults.on_nonfinite, NONFINITE_ACTIONS)
+    if cfg.faults.max_skips < 0:
+        raise ConfigError(f"faults.max_skips={cfg.faults.max_skips} must be >= 0")
+    if not (math.isfinite(cfg.model.init_std) and cfg.model.init_std > 0):
+        raise ConfigError(f"model.init_std={cfg.model.init_std} must be a positive number")
+    vocab = {"bytes": 256, "gpt2": GPT2_VOCAB}.get(d.tokenizer, d.vocab_size)
+    if cfg.model.vocab_size not in (256, vocab):  # 256: the schema default, replaced by the tokenizer's
+        raise ConfigError(f"model.vocab_size={cfg.model.vocab_size} is set by the tokenizer "
+                          f"(data.tokenizer={d.tokenizer!r} gives {vocab}); set data.vocab_size for bpe instead")
+    model = model_config(cfg, vocab_size=vocab)  # sizes, heads, FFN variant, init, dropout
+    _check_data(d)
+    _check_devices(t)
+    if splits is not None:
+        model = model_config(cfg, vocab_size=splits.vocab_size)
+        need = model.seq_len + 1
+        for split, tokens in (("train", splits.train.size), ("validation", splits.val.size)):
+            if tokens < need:
+                raise ConfigError(
+                    f"model.seq_len={model.seq_len} needs at least {need} tokens per split but the {split} split of "
+                    f"data.name={d.name!r} has {tokens}; lower model.seq_len or add text"
+                    + (" (or change data.val_percent)" if d.name == "text" else "")
+                )
+    return model
+
+
+def check_output_dir(out: Path, overwrite: bool) -> None:
+    """Refuse to replace a completed ``results.json`` in ``out`` unless ``overwrite=true``.
+
+    Each run normally gets a fresh timestamped folder; this matters when ``hydra.run.dir`` (or
+    ``hydra.sweep.dir``) is fixed, e.g. by a SLURM requeue rerunning the same command.
+
+    Raises:
+        ConfigError: ``out/results.json`` holds ``status: completed`` and ``overwrite`` is false.
+    """
+    path = Path(out) / "results.json"
+    if overwrite or not path.is_file():
+        return
+    try:
+        status = json.loads(path.read_text()).get("status")
+    except (OSError, ValueError, AttributeError):
+        return  # unreadable or partial: nothing finished to protect
+    if status == "completed":
+        raise ConfigError(f"overwrite=false but {path} already holds a completed run; "
+                          "pass overwrite=true to replace it or choose another hydra.run.dir")
