@@ -23,6 +23,7 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from glubench.core.errors import ConfigError
 from glubench.data.sources import CORPORA, FORMATS, infer_format
 from glubench.data.tokenizers import TOKENIZERS
 from glubench.nn.ffn import FFN_REGISTRY
@@ -37,10 +38,6 @@ WANDB_MODES = ("online", "offline", "disabled")
 NONFINITE_ACTIONS = ("stop", "skip")
 BPE_VOCAB = (257, 65535)  # byte-level BPE starts from 256 byte tokens; uint16 token arrays
 _CHUNK = 1 << 20
-
-
-class ConfigError(ValueError):
-    """A bad config value; the message names the key, the value and what is allowed."""
 
 
 def model_config(cfg: DictConfig, vocab_size: int | None = None) -> ModelConfig:

@@ -1,0 +1,54 @@
+"""Logging for every glubench command: plain ``glubench: ...`` lines on the console, and inside a
+Hydra job also the per-job log file (``<run dir>/<job name>.log``) with timestamps.
+
+Modules log through ``logging.getLogger(__name__)`` (all under the ``glubench`` logger); nothing
+prints.  Under Hydra the handlers come from ``conf/hydra/job_logging/glubench.yaml``; the other
+commands (``glubench-report``, ``-data``, ``-analyze``, ``-bench``) call :func:`configure`.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from glubench.core.ranks import global_rank
+
+
+class MaxLevel(logging.Filter):
+    """Passes records below ``level`` (so INFO goes to stdout and WARNING and above to stderr)."""
+
+    def __init__(self, level: str | int = "WARNING") -> None:
+        super().__init__()
+        self.level = logging.getLevelName(level) if isinstance(level, str) else level
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno < self.level
+
+
+class RankZero(logging.Filter):
+    """Passes every record on global rank 0 and only warnings and errors on the other ranks,
+    so a multi-GPU job logs each message once."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or global_rank() == 0
+
+
+def configure(level: int = logging.INFO) -> None:
+    """Console logging for a command that Hydra does not run: INFO to stdout, WARNING+ to stderr, no decoration.
+
+    Idempotent: handlers are added to the ``glubench`` logger once.
+    """
+    logger = logging.getLogger("glubench")
+    logger.setLevel(level)
+    if getattr(logger, "_glubench_configured", False):
+        return
+    out = logging.StreamHandler(sys.stdout)
+    out.addFilter(MaxLevel(logging.WARNING))
+    err = logging.StreamHandler(sys.stderr)
+    err.setLevel(logging.WARNING)
+    for h in (out, err):
+        h.setFormatter(logging.Formatter("%(message)s"))
+        h.addFilter(RankZero())
+        logger.addHandler(h)
+    logger.propagate = False
+    logger._glubench_configured = True
