@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import logging
 import math
 import os
 import platform
@@ -47,11 +48,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from glubench.core.io import atomic_write_bytes, atomic_write_json
+from glubench.core.logging import configure as configure_logging
 from glubench.nn.ffn import FFN_REGISTRY, GatedMLP
-from glubench.nn.flops import flops_per_token, lookup_peak_flops, mfu
+from glubench.nn.flops import flops_per_token, mfu
 from glubench.nn.transformer import ModelConfig, Transformer, count_params
 from glubench.train.callbacks import ProgressBar
+from glubench.train.metrics import peak_flops
 from glubench.train.module import COMPILE_OPTIONS, LanguageModel, build_optimizer
+from glubench.train.schema import OptimConfig
 
 CONTENDERS = ("lightning", "plain", "plain-split", "hf")
 HF_PEERS = {"gelu": "hf-gpt2", "swiglu": "hf-llama"}
@@ -191,9 +195,9 @@ def make_batches(cfg: BenchConfig, device: torch.device, n: int = 4) -> list[tup
 
 
 def optimizer_for(model: nn.Module, total_steps: int):
-    """AdamW + schedule as ``glubench`` builds them (:func:`glubench.module.build_optimizer`, default ``optim.*``)."""
-    return build_optimizer(model, lr=1e-3, weight_decay=0.1, betas=(0.9, 0.95), eps=1e-8, warmup_steps=1,
-                           max_steps=total_steps, min_lr_ratio=0.1)
+    """AdamW + schedule as ``glubench`` builds them (:func:`glubench.train.module.build_optimizer`, default
+    ``optim.*`` with a one-step warmup)."""
+    return build_optimizer(model, OptimConfig(warmup_steps=1), max_steps=total_steps)
 
 
 class SplitGatedMLP(nn.Module):
@@ -322,7 +326,7 @@ def run_lightning(cfg: BenchConfig, ffn: str, batches, device: torch.device) -> 
     torch.manual_seed(cfg.seed)
     mcfg = cfg.model_config(ffn)
     mcfg.compile = cfg.compile
-    module = LanguageModel(mcfg, warmup_steps=1, max_steps=total)
+    module = LanguageModel(mcfg, OptimConfig(warmup_steps=1), max_steps=total)
     trainer = pl.Trainer(
         accelerator=device.type, devices=1, precision="bf16-mixed" if cfg.bf16 else "32-true",
         max_steps=total, logger=False, enable_checkpointing=False, enable_model_summary=False,
@@ -484,7 +488,7 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def benchmark(cfg: BenchConfig, out: Path | None = None, log: Callable[[str], None] = print) -> dict:
+def benchmark(cfg: BenchConfig, out: Path | None = None, log: Callable[[str], None] | None = None) -> dict:
     """Run the interleaved benchmark; write ``bench.json`` and ``bench.md`` to ``out`` after every run.
 
     Returns the result dict: ``meta`` (device, versions, config), ``runs`` (one row per
@@ -493,6 +497,7 @@ def benchmark(cfg: BenchConfig, out: Path | None = None, log: Callable[[str], No
     Raises:
         ValueError: a bad config value (see :meth:`BenchConfig.check`).
     """
+    log = log or logging.getLogger(__name__).info
     cfg.check()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -503,8 +508,7 @@ def benchmark(cfg: BenchConfig, out: Path | None = None, log: Callable[[str], No
             "(pip install 'glubench[bench]' torch==<your torch>)")
     pairs = plan(cfg, have_hf)
     precision = "bf16-mixed" if cfg.bf16 else "32-true"
-    peak = cfg.peak_flops or lookup_peak_flops(
-        torch.cuda.get_device_name(device) if device.type == "cuda" else None, precision)
+    peak = cfg.peak_flops or peak_flops(device, precision)
     fpt = {}
     for ffn in cfg.ffns:
         mc = cfg.model_config(ffn)
@@ -574,6 +578,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[BenchConfig, Path]:
 
 def main(argv: list[str] | None = None) -> int:
     """``glubench-bench`` / ``scripts/bench_throughput.py``: run the benchmark and print the markdown table."""
+    configure_logging()
     cfg, out = parse_args(argv)
     try:
         cfg.check()
@@ -582,7 +587,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     result = benchmark(cfg, out)
     print(markdown(result), end="")
-    print(f"glubench-bench: wrote {out / 'bench.json'} and {out / 'bench.md'}")
+    logging.getLogger(__name__).info(f"glubench-bench: wrote {out / 'bench.json'} and {out / 'bench.md'}")
     return 0
 
 

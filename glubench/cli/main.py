@@ -1,30 +1,43 @@
-"""The ``glubench`` command (a Hydra app): validate, then one training job or a tuned-variants driver."""
+"""The ``glubench`` and ``glubench-eval`` commands (Hydra apps).
+
+``glubench`` validates the config (one line and exit 2 on a bad value, before anything heavy
+loads), then runs one training job (:func:`glubench.train.task.run`) or, for a driver
+experiment such as ``tuned_variants_cpu``, the tuned-variants driver.  ``glubench-eval`` scores a
+checkpoint (:func:`glubench.train.evaluate.evaluate`).  Importing this module loads neither torch
+nor Lightning: ``--help``, tab completion and config errors stay fast.
+"""
 
 from __future__ import annotations
 
+import logging
 import math
+import shutil
 import sys
 
 import hydra
 from omegaconf import DictConfig
 
-import glubench.train.schema  # noqa: F401  (registers the typed schema)
+import glubench.train.schema  # noqa: F401  (registers the typed schemas)
+from glubench.core.errors import ConfigError
 from glubench.core.paths import CONF_DIR
 from glubench.sweep.cluster import check_job_launch
 from glubench.train.task import output_dir, run
-from glubench.train.validate import ConfigError, check_output_dir, validate_config
+from glubench.train.validate import check_output_dir, validate_config
+
+log = logging.getLogger("glubench")
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def main(cfg: DictConfig) -> float | None:
     """``glubench`` console script; returns the final ``val_loss`` (the sweep objective).
 
-    Exit codes: 2 for a bad config (one line on stderr, before any heavy work; in a sweep the
-    job fails and the others go on), 1 for a diverged single run (a diverged job in a sweep lets
-    the sweep go on), 130 (Ctrl-C) or 143 (SIGTERM) for an interrupted run.
+    Exit codes: 2 for a bad config (one line on stderr, before any heavy work, and no run folder
+    left behind; in a sweep the job fails and the others go on), 1 for a failed or diverged single
+    run (a diverged job in a sweep lets the sweep go on), 130 (Ctrl-C) or 143 (SIGTERM) for an
+    interrupted run.  Messages and a failed job's traceback also reach ``<run dir>/train.log``.
     """
     try:
-        validate_config(cfg)
+        model_cfg = validate_config(cfg)
         check_job_launch(cfg)
         if not cfg.tune.variants:
             check_output_dir(output_dir(), cfg.overwrite)
@@ -38,33 +51,30 @@ def main(cfg: DictConfig) -> float | None:
         run_tuned_variants(cfg, list(HydraConfig.get().overrides.task))
         return None
     try:
-        result = run(cfg)
+        result = run(cfg, model_cfg)
     except ConfigError as e:  # rules that need the tokenized data (e.g. seq_len vs a split)
         return _config_error(e)
     except (KeyboardInterrupt, SystemExit) as e:  # run() has written status "interrupted"
-        print(f"glubench: interrupted -> {output_dir() / 'results.json'}", file=sys.stderr)
+        log.error(f"glubench: interrupted -> {output_dir() / 'results.json'}")
         sys.exit(143 if "SIGTERM" in f"{type(e).__name__} {e}" else 130)
     except Exception:
         from glubench.sweep.callbacks import collects_job_failures
 
+        # results.json already says "failed"; the traceback goes to the console and train.log.
+        log.error("glubench: job failed", exc_info=True)
         if not collects_job_failures():
-            raise
-        # results.json already says "failed"; the sweep's report lists it and sets the exit status.
-        import traceback
-
-        traceback.print_exc()
-        print(f"glubench: job failed (recorded in {output_dir() / 'results.json'}); the sweep goes on",
-              file=sys.stderr)
-        return None
+            sys.exit(1)
+        log.error(f"glubench: job failed (recorded in {output_dir() / 'results.json'}); the sweep goes on")
+        return None  # the sweep's report lists it and sets the exit status
     nan = float("nan")
-    print(
+    log.info(
         f"glubench: {result.status}: ffn={result.ffn} val_loss={result.val_loss or nan:.4f} "
         f"val_ppl={result.val_ppl or nan:.3f} val_bpb={result.val_bpb or nan:.4f} "
         f"tokens/s={result.train_tokens_per_sec or nan:,.0f} wall={result.wall_time_s or nan:.1f}s "
         f"-> {output_dir() / 'results.json'}"
     )
     if result.status == "diverged":
-        print(f"glubench: diverged: {result.error}", file=sys.stderr)
+        log.error(f"glubench: diverged: {result.error}")
         if not _in_multirun():
             sys.exit(1)
     if result.val_loss is None or not math.isfinite(result.val_loss):
@@ -72,12 +82,53 @@ def main(cfg: DictConfig) -> float | None:
     return result.val_loss
 
 
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="eval")
+def eval_main(cfg: DictConfig) -> float | None:
+    """``glubench-eval ckpt_path=... [split=val|train] [data=...]``: score a checkpoint; exit 2 on bad input."""
+    from glubench.train.evaluate import evaluate
+
+    try:
+        record = evaluate(cfg)
+    except ConfigError as e:
+        print(f"glubench-eval: error: {e}", file=sys.stderr)
+        _discard_rejected_run_dir()
+        sys.exit(2)
+    return record["loss"]
+
+
 def _config_error(e: ConfigError) -> None:
-    """Print the one-line error; exit 2 in a single run, fail just this job in a sweep."""
-    print(f"glubench: error: {e}", file=sys.stderr)
+    """Report the one-line error; exit 2 in a single run (leaving no run folder), fail just this job in a sweep."""
     if _in_multirun():
+        log.error(f"glubench: error: {e}")
         return None  # a failed job, not SystemExit: the sweep goes on to its other jobs
+    print(f"glubench: error: {e}", file=sys.stderr)
+    _discard_rejected_run_dir()
     sys.exit(2)
+
+
+def _discard_rejected_run_dir() -> None:
+    """Remove the run folder Hydra created for a single run whose config was rejected.
+
+    Only if it holds nothing but Hydra's ``.hydra/`` and the job log: the run never started, and
+    an empty folder would read as a failed run in ``glubench-report outputs/``.
+    """
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return
+    out = output_dir()
+    if not out.is_dir() or any(p.name != ".hydra" and p.suffix != ".log" for p in out.iterdir()):
+        return
+    for handler in logging.getLogger().handlers[:]:  # the job log Hydra opened in it
+        if isinstance(handler, logging.FileHandler) and handler.baseFilename.startswith(str(out)):
+            logging.getLogger().removeHandler(handler)
+            handler.close()
+    shutil.rmtree(out, ignore_errors=True)
+    for parent in (out.parent, out.parent.parent):  # <experiment>/<date>/ folders left empty
+        try:
+            parent.rmdir()
+        except OSError:
+            break
 
 
 def _in_multirun() -> bool:
@@ -87,21 +138,27 @@ def _in_multirun() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
-def cli() -> None:
-    """The ``glubench`` console script: :func:`main`, with secrets hidden from Hydra's own printouts.
-
-    ``--cfg``/``-c`` (and ``--info``) make Hydra print the composed config and exit without a job;
-    values from secret environment variables (``${oc.env:...}``) are printed as ``***``.
-    """
+def _with_redacted_printouts(app) -> None:
+    """Run ``app``; ``--cfg``/``-c`` and ``--info`` print the composed config with secret values as ``***``."""
     prints_config = any(a in ("--cfg", "-c", "--info", "-i") or a.startswith(("--cfg=", "--info="))
                         for a in sys.argv[1:])
     if not prints_config:
-        main()
+        app()
         return
     from glubench.core.secrets import redacted_stdout
 
     with redacted_stdout():
-        main()
+        app()
+
+
+def cli() -> None:
+    """The ``glubench`` console script (:func:`main`)."""
+    _with_redacted_printouts(main)
+
+
+def eval_cli() -> None:
+    """The ``glubench-eval`` console script (:func:`eval_main`)."""
+    _with_redacted_printouts(eval_main)
 
 
 if __name__ == "__main__":

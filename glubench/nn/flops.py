@@ -1,4 +1,4 @@
-"""Training FLOPs per token, dense peak FLOP/s of known devices, and model FLOPs utilisation."""
+"""Training FLOPs per token and model FLOPs utilisation (MFU)."""
 
 from __future__ import annotations
 
@@ -12,38 +12,6 @@ def flops_per_token(matmul_params: int, n_layers: int, d_model: int, seq_len: in
     no causal discount (Kaplan et al. 2020, Table 1; Chowdhery et al. 2022, App. B).
     """
     return 6.0 * matmul_params + 12.0 * n_layers * d_model * seq_len
-
-
-# Dense (no structured sparsity) peak FLOP/s from vendor datasheets, by precision.
-PEAK_FLOPS: dict[str, dict[str, float]] = {
-    "H200": {"bf16": 989e12, "fp32": 67e12},
-    "H100": {"bf16": 989e12, "fp32": 67e12},  # SXM; the PCIe card is lower (756e12)
-    "A100": {"bf16": 312e12, "fp32": 19.5e12},
-    "A10G": {"bf16": 70e12, "fp32": 31.2e12},
-    "L4": {"bf16": 121e12, "fp32": 30.3e12},
-    "L40S": {"bf16": 362e12, "fp32": 91.6e12},
-    "V100": {"bf16": 125e12, "fp32": 15.7e12},  # fp16 tensor cores; V100 has no bf16
-    "RTX 4090": {"bf16": 165e12, "fp32": 82.6e12},
-}
-
-
-def lookup_peak_flops(device_name: str | None, precision: str) -> float | None:
-    """Dense peak FLOP/s for a device name such as ``"NVIDIA H100 80GB HBM3"``, or ``None``.
-
-    ``precision`` is a Lightning precision string; ``bf16*``/``16*`` map to the tensor-core
-    column, everything else to fp32.  CPUs and unknown devices return ``None``: MFU is then
-    left out rather than guessed.
-    """
-    if not device_name:
-        return None
-    column = "bf16" if precision.startswith(("bf16", "16")) else "fp32"
-    name = device_name.upper()
-    if "H100" in name and "PCIE" in name:
-        return 756e12 if column == "bf16" else 51e12
-    for key in sorted(PEAK_FLOPS, key=len, reverse=True):
-        if key in name:
-            return PEAK_FLOPS[key][column]
-    return None
 
 
 def mfu(tokens_per_sec: float, flops_per_tok: float, peak_flops: float | None) -> float | None:

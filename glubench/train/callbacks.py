@@ -1,13 +1,307 @@
-"""Lightning callbacks: training throughput (tokens/s, step time, MFU) and a sync-free progress bar."""
+"""Every Lightning callback glubench uses, built from ``conf/callbacks/`` by ``hydra.utils.instantiate``.
+
+* :class:`StepCheckpoint`, :class:`ResumeState`, :class:`InterruptCheckpoint`: checkpoints that a
+  resumed run continues from exactly, and one at the interrupted step on Ctrl-C / SIGTERM.
+* :class:`NonFiniteGuard`: a non-finite loss or gradient stops the run (or drops the batch).
+* :class:`ThroughputCallback`, :class:`BudgetCallback`: tokens/s, MFU and training seconds
+  (validation excluded); the budget callback also stops a ``budget=time`` run.
+* :class:`ProgressBar`: Lightning's bar without a host sync per step.
+* :class:`DeadUnitsCallback`: dead units, sparsity and gate saturation on a fixed probe batch.
+* :class:`FitSignals`: internal; marks when Lightning handles SIGTERM itself (always added).
+
+Per-step values reach the loggers through :func:`log_at_step`, labelled with the optimizer steps
+done, the same step numbers ``results.json``, the checkpoints and the report use.
+"""
 
 from __future__ import annotations
 
-import lightning.pytorch as pl
-import torch
-from lightning.pytorch.callbacks import TQDMProgressBar
+import logging
+import math
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
-from glubench.nn.flops import mfu
-from glubench.train.metrics import ThroughputMeter
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
+
+from glubench.analysis.dead_units import STAT_KEYS, probe_batch, probe_stats
+from glubench.core.clock import Stopwatch
+from glubench.nn.flops import flops_per_token, mfu
+from glubench.nn.transformer import count_params
+from glubench.train import faults
+from glubench.train.budget import TIME_MODE_MAX_STEPS
+from glubench.train.faults import Diverged
+from glubench.train.metrics import ThroughputMeter, peak_flops
+from glubench.train.module import lr_lambda
+from glubench.train.resume import CHECKPOINT_DIR, LAST_CHECKPOINT, collect_rng_states, set_rng_states
+
+log = logging.getLogger(__name__)
+
+
+def log_at_step(trainer, metrics: dict[str, float]) -> None:
+    """Send ``metrics`` to every logger at ``trainer.global_step``, the optimizer steps done.
+
+    Lightning labels what is logged during optimizer step ``k`` (and the validation after it) as
+    step ``k - 1``; glubench's rows carry ``k``, as its results, checkpoints and report do.
+    Loggers write on global rank 0 only.
+    """
+    for lg in getattr(trainer, "loggers", ()):
+        lg.log_metrics(metrics, step=trainer.global_step)
+
+
+def _validation_follows(trainer) -> bool:
+    """Whether Lightning validates right after the current training batch (its own rule, in public attributes)."""
+    loop = trainer.fit_loop.epoch_loop
+    if loop.batch_progress.is_last_batch or trainer.should_stop:
+        return True
+    every = trainer.val_check_batch
+    return every not in (None, float("inf")) and (loop.total_batch_idx + 1) % every == 0
+
+
+class StepCheckpoint(ModelCheckpoint):
+    """``ModelCheckpoint`` every ``every_n_train_steps`` steps, *after* that step's validation if one follows.
+
+    Lightning saves step checkpoints before the step's validation, and a run resumed from
+    such a checkpoint skips that validation, so its ``history`` would miss a point that the
+    uninterrupted run has.  Deferring the save to the end of the validation keeps them equal.
+
+    Files: ``<run dir>/checkpoints/step-<N>.ckpt`` (no ``=`` in the name, so the path is a plain
+    Hydra override value) and ``last.ckpt``, a relative link to the newest, so a save costs one
+    write.  ``every_n_train_steps=None`` saves after each validation (``trainer.val_check_interval``
+    steps, or at the end of each epoch when it is a fraction); ``save_top_k=1`` keeps the newest
+    ``step-<N>.ckpt`` only, ``-1`` keeps them all.  Files are written by
+    :class:`glubench.train.faults.AtomicCheckpointIO` (atomic, loaded weights-only).
+    """
+
+    def __init__(self, dirpath: str | os.PathLike | None = None, every_n_train_steps: int | None = None,
+                 save_top_k: int = 1, **kwargs: Any) -> None:
+        kwargs = {"filename": "step-{step}", "auto_insert_metric_name": False, "save_last": "link", **kwargs}
+        super().__init__(dirpath=dirpath, save_top_k=save_top_k, every_n_train_steps=every_n_train_steps, **kwargs)
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if self.dirpath is None:
+            self.dirpath = str(Path(trainer.default_root_dir) / CHECKPOINT_DIR)
+        if not self._every_n_train_steps and isinstance(trainer.val_check_interval, int):
+            self._every_n_train_steps = trainer.val_check_interval
+        super().setup(trainer, pl_module, stage)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if not _validation_follows(trainer):
+            super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        super().on_validation_end(trainer, pl_module)
+        if not trainer.sanity_checking:
+            super().on_train_batch_end(trainer, pl_module, None, None, 0)
+
+
+class ResumeState(pl.Callback):
+    """Saves this process's RNG states in each checkpoint and restores them on resume.
+
+    The states are applied in ``on_train_start``, after Lightning has built the dataloader
+    iterators (which draw from the torch RNG), so the next random draw of a resumed run is
+    the one the uninterrupted run made after the checkpoint.  Under DDP each rank restores
+    the state rank 0 saved; all ranks are seeded alike, so this only matters for dropout,
+    whose masks then stay identical to an uninterrupted run on the same world size.
+    """
+
+    def __init__(self) -> None:
+        self._pending: dict[str, Any] | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rng": collect_rng_states()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._pending = state_dict.get("rng")
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        if self._pending is not None:
+            set_rng_states(self._pending)
+            self._pending = None
+
+
+class InterruptCheckpoint(pl.Callback):
+    """Save a checkpoint to ``path`` when ``fit`` is interrupted (Ctrl-C, SIGTERM), so no step is lost.
+
+    ``path`` defaults to ``<run dir>/checkpoints/last.ckpt``.
+
+    Lightning turns SIGTERM into ``SIGTERMException`` (a ``SystemExit``) between batches and
+    calls ``on_exception`` before unwinding; Ctrl-C arrives here as ``KeyboardInterrupt``.
+    Other exceptions (bugs, :class:`Diverged`) leave the last regular checkpoint in place.
+    Unlike Lightning's ``OnExceptionCheckpoint`` the file is kept after a normal teardown.
+    """
+
+    def __init__(self, path: str | os.PathLike | None = None) -> None:
+        self.path = Path(path) if path is not None else None
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if self.path is None:
+            self.path = Path(trainer.default_root_dir) / CHECKPOINT_DIR / LAST_CHECKPOINT
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        if not isinstance(exception, (KeyboardInterrupt, SystemExit)) or trainer.global_step == 0:
+            return
+        try:
+            trainer.save_checkpoint(self.path, weights_only=False)  # optimizer too: resumable
+        except Exception as e:  # never mask the interruption itself
+            log.warning(f"glubench: could not save {self.path} on interrupt: {e}")
+
+
+class FitSignals(pl.Callback):
+    """Marks when Lightning's own SIGTERM handling is active (during ``fit``).
+
+    See :func:`glubench.train.faults.sigterm_as_interrupt`; the task always adds this callback.
+    """
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        faults.LIGHTNING_OWNS_SIGTERM = True
+
+    def teardown(self, trainer, pl_module, stage: str) -> None:
+        faults.LIGHTNING_OWNS_SIGTERM = False
+
+    on_exception = teardown  # Lightning skips callback teardown when fit raises
+
+
+class NonFiniteGuard(pl.Callback):
+    """Catch a non-finite loss or gradient and name the step and the last finite loss.
+
+    Before each optimizer step the total gradient norm is computed (one fused kernel); a NaN or
+    infinite norm means the loss or a gradient is non-finite.  Gradients are all-reduced before
+    this hook, so every DDP rank sees the same verdict.  With ``16-mixed`` precision the
+    GradScaler already skips overflowing steps, so the guard watches the (unscaled) loss instead.
+    The first bad step and the last finite loss before it are kept on the device
+    (``torch.where``), so watching costs no host sync.
+
+    Args:
+        on_nonfinite: ``"stop"`` raises :class:`Diverged`; ``"skip"`` drops the batch's update
+            (all gradients set to ``None``, so AdamW leaves those weights and moments alone) and
+            raises only when more than ``max_skips`` batches were dropped.  ``skip`` must decide
+            before each update, so it reads the verdict back every optimizer step (a host sync).
+        max_skips: the bound for ``"skip"``.
+        check_loss_only: watch the loss, not the gradients; ``None``: only under ``16-mixed`` precision.
+        check_every_n_steps: ``stop`` reads the verdict back every this many optimizer steps (and
+            before each validation and at the end), so the hot path keeps no per-step sync; with
+            1 it stops before the bad update reaches the weights, otherwise up to n-1 steps later
+            (the step it names is still the first bad one).
+
+    ``skipped`` counts dropped batches.
+    """
+
+    def __init__(self, on_nonfinite: str = "stop", max_skips: int = 10, check_loss_only: bool | None = None,
+                 check_every_n_steps: int = 1) -> None:
+        if on_nonfinite not in ("stop", "skip"):
+            raise ValueError(f"faults.on_nonfinite={on_nonfinite!r} is not known; valid: stop, skip")
+        self.on_nonfinite, self.max_skips, self.check_loss_only = on_nonfinite, max_skips, check_loss_only
+        self.every = max(1, check_every_n_steps)
+        self.skipped = 0
+        self._step = 0
+        self._checked_at = -1
+        self._last_loss: torch.Tensor | None = None  # last finite loss before the first bad step
+        self._last_step: torch.Tensor | None = None
+        self._bad_step: torch.Tensor | None = None  # first bad step, -1 while none
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if self.check_loss_only is None:
+            self.check_loss_only = str(trainer.precision) == "16-mixed"
+
+    def _init_state(self, device: torch.device) -> None:
+        if self._bad_step is None or self._bad_step.device != device:
+            self._last_loss = torch.zeros((), device=device)
+            self._last_step = torch.full((), -1, dtype=torch.long, device=device)
+            self._bad_step = torch.full((), -1, dtype=torch.long, device=device)
+
+    def _note(self, finite: torch.Tensor) -> None:
+        self._bad_step = torch.where(finite | (self._bad_step >= 0), self._bad_step,
+                                     torch.full_like(self._bad_step, self._step))
+
+    def _last(self) -> str:
+        step = int(self._last_step)
+        return "no finite loss yet" if step < 0 else f"last finite loss {float(self._last_loss):.4f} at step {step}"
+
+    def _what(self) -> str:
+        return "loss" if self.check_loss_only else "loss or gradient"
+
+    def _diverged(self, step: int, message: str) -> Diverged:
+        step_last = int(self._last_step)
+        return Diverged(message, step, float(self._last_loss) if step_last >= 0 else None,
+                        step_last if step_last >= 0 else None)
+
+    def check(self) -> None:
+        """Stop mode: raise :class:`Diverged` if any step so far was non-finite (one host sync)."""
+        if self.on_nonfinite != "stop" or self._bad_step is None:
+            return
+        bad = int(self._bad_step)
+        if bad >= 0:
+            raise self._diverged(bad, f"non-finite {self._what()} at step {bad} ({self._last()}); "
+                                      "lower optim.lr or set faults.on_nonfinite=skip")
+
+    def _skip(self) -> None:
+        self.skipped += 1
+        if self.skipped > self.max_skips:
+            raise self._diverged(self._step, f"non-finite {self._what()} at step {self._step}; {self.skipped} "
+                                             f"batches skipped, more than faults.max_skips={self.max_skips} "
+                                             f"({self._last()})")
+        self._bad_step.fill_(-1)  # skipped batches are forgiven; the next bad one is reported afresh
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self._step = trainer.global_step  # the optimizer step this batch contributes to
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        if self.check_loss_only:
+            return
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        if not grads:
+            return
+        self._init_state(grads[0].device)
+        finite = torch.isfinite(torch.nn.utils.get_total_norm(grads, error_if_nonfinite=False))
+        if self.on_nonfinite == "stop":
+            self._note(finite)
+            if self.every == 1:
+                self.check()  # before the update reaches the weights
+            return
+        if not bool(finite):  # skip mode: decide now (host sync)
+            self._skip()
+            for group in optimizer.param_groups:
+                for p in group["params"]:
+                    p.grad = None
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        if loss is None:
+            return
+        loss = loss.detach().float()
+        self._init_state(loss.device)
+        finite = torch.isfinite(loss)
+        keep = finite & (self._bad_step < 0)
+        self._last_loss = torch.where(keep, loss, self._last_loss)
+        self._last_step = torch.where(keep, torch.full_like(self._last_step, self._step), self._last_step)
+        if self.check_loss_only:
+            if self.on_nonfinite == "skip":
+                if not bool(finite):
+                    self._skip()  # the GradScaler has already dropped this update
+            else:
+                self._note(finite)
+        step = trainer.global_step
+        if step % self.every == 0 and step != self._checked_at:
+            self._checked_at = step
+            self.check()
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        if trainer.state.fn == "fit":
+            self.check()  # never validate or checkpoint a model that has diverged
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self.check()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"skipped": self.skipped}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.skipped = int(state_dict.get("skipped", 0))
 
 
 class ThroughputCallback(pl.Callback):
@@ -17,17 +311,21 @@ class ThroughputCallback(pl.Callback):
     all processes (``tokens_per_sec`` is the global rate, not per device).  The first
     ``warmup_steps`` optimizer steps are excluded, and the clock is read only at logging
     steps and validation boundaries (after ``torch.cuda.synchronize`` on CUDA), so the hot
-    path has no host syncs and validation time is not counted.
+    path has no host syncs and validation time is not counted.  Lightning's own
+    ``ThroughputMonitor`` is not used because it synchronises the device after every batch and
+    reports a sliding window, not the whole-run rate ``results.json`` records.
 
     Args:
-        flops_per_token: training FLOPs per token (:func:`glubench.metrics.flops_per_token`).
-        peak_flops: device dense peak FLOP/s, or ``None`` to leave MFU out.
+        flops_per_token: training FLOPs per token; ``None``: :func:`glubench.nn.flops.flops_per_token`
+            of the module's model, when training starts.
+        peak_flops: the device's dense peak FLOP/s; ``None``: :func:`glubench.train.metrics.peak_flops`
+            of the training device and precision (no MFU where it is unknown, e.g. on a CPU).
         warmup_steps: optimizer steps excluded from the measurement.
-        log_every_n_steps: optimizer steps between clock reads.
+        log_every_n_steps: optimizer steps between clock reads; ``None``: ``trainer.log_every_n_steps``.
     """
 
-    def __init__(self, flops_per_token: float, peak_flops: float | None, warmup_steps: int = 10,
-                 log_every_n_steps: int = 10) -> None:
+    def __init__(self, flops_per_token: float | None = None, peak_flops: float | None = None, warmup_steps: int = 10,
+                 log_every_n_steps: int | None = None) -> None:
         self.flops_per_token, self.peak_flops = flops_per_token, peak_flops
         self.warmup_steps, self.log_every_n_steps = warmup_steps, log_every_n_steps
         self.meter: ThroughputMeter | None = None
@@ -38,6 +336,14 @@ class ThroughputCallback(pl.Callback):
         sync = torch.cuda.synchronize if pl_module.device.type == "cuda" else None
         self.meter = ThroughputMeter(warmup_steps=self.warmup_steps, sync=sync)
         self._last_step = trainer.global_step
+        if self.log_every_n_steps is None:
+            self.log_every_n_steps = trainer.log_every_n_steps
+        if self.flops_per_token is None:
+            m = pl_module.model
+            self.flops_per_token = flops_per_token(count_params(m).matmul, m.cfg.n_layers, m.cfg.d_model,
+                                                   m.cfg.seq_len)
+        if self.peak_flops is None:
+            self.peak_flops = peak_flops(trainer.strategy.root_device, str(trainer.precision))
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self._pending += batch[1].numel()
@@ -49,7 +355,7 @@ class ThroughputCallback(pl.Callback):
         if trainer.global_step % self.log_every_n_steps == 0:
             rates = self.meter.read()
             if rates is not None:
-                pl_module.log_dict(self._metrics(rates), rank_zero_only=True)
+                log_at_step(trainer, self._metrics(rates))
 
     def on_validation_start(self, trainer, pl_module) -> None:
         if self.meter is not None:
@@ -80,14 +386,92 @@ class ThroughputCallback(pl.Callback):
         return s
 
 
+class BudgetCallback(pl.Callback):
+    """Measures training seconds (validation excluded) and, with a limit, stops at it.
+
+    The clock starts at ``on_train_start`` and pauses during validation.  With
+    ``seconds_limit`` set (``budget=time``), the clock is read after every optimizer step
+    (after ``torch.cuda.synchronize`` on CUDA, so queued kernels count) and training stops at
+    the first step that ends at or past the limit: the overshoot is less than one step.  The
+    module's :func:`~glubench.train.module.lr_lambda` schedule is rebound to a horizon re-estimated
+    after every step as ``steps · limit / elapsed`` (:attr:`horizon`), so the cosine reaches its
+    floor as the clock runs out rather than at an arbitrary step count.  Under DDP the stop
+    decision is shared.
+
+    Args:
+        seconds_limit: training seconds, or ``None`` to measure only.
+        clock: returns seconds (``time.perf_counter``; tests pass a fake one).
+    """
+
+    def __init__(self, seconds_limit: float | None = None, clock: Callable[[], float] = time.perf_counter) -> None:
+        self.seconds_limit = seconds_limit
+        self.watch = Stopwatch(clock)
+        self.last_step_seconds = 0.0  # time mode: the last optimizer step's training seconds
+        self.stopped_at: float | None = None  # time mode: training seconds when the stop was decided
+        self._training = False
+        self._last_step = 0
+        self._last_read = 0.0
+        self.horizon = TIME_MODE_MAX_STEPS  # time mode: the schedule's current estimate of the total steps
+
+    @property
+    def seconds(self) -> float:
+        """Training seconds so far (validation excluded)."""
+        return self.watch.elapsed()
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.watch.sync = torch.cuda.synchronize if pl_module.device.type == "cuda" else None
+        self._training, self._last_step = True, trainer.global_step
+        self.watch.start()
+        if self.seconds_limit is not None:
+            self._rebind_schedule(trainer, pl_module)
+
+    def _rebind_schedule(self, trainer, pl_module) -> None:
+        """Point every LambdaLR's multiplier at :attr:`horizon` instead of a fixed step count."""
+        def multiplier(step: int) -> float:
+            return lr_lambda(step, pl_module.warmup_steps, self.horizon, pl_module.min_lr_ratio)
+
+        for config in getattr(trainer, "lr_scheduler_configs", []):
+            if isinstance(config.scheduler, torch.optim.lr_scheduler.LambdaLR):
+                config.scheduler.lr_lambdas = [multiplier] * len(config.scheduler.lr_lambdas)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self.seconds_limit is None or trainer.global_step == self._last_step:
+            return  # measuring only, or still accumulating gradients
+        steps = trainer.global_step
+        self._last_step = steps
+        now = self.watch.elapsed()
+        self.last_step_seconds, self._last_read = now - self._last_read, now
+        stop = now >= self.seconds_limit
+        if trainer.world_size > 1:
+            stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
+        if stop:
+            trainer.should_stop, self.stopped_at = True, now
+        elif now > 0:
+            self.horizon = max(steps + 1, math.ceil(steps * self.seconds_limit / now))
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        self.watch.pause()
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if self._training:
+            self.watch.resume()
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self.watch.pause()
+        self._training = False
+
+
 class ProgressBar(TQDMProgressBar):
     """Lightning's progress bar, showing ``loss`` (the last training loss) at each refresh.
 
     The module keeps its loss as a device tensor (``last_loss``); it is read back to the
-    host only when the bar refreshes (every ``refresh_rate`` steps; ``glubench`` uses
+    host only when the bar refreshes (every ``refresh_rate`` steps; ``conf/callbacks/default.yaml`` sets
     ``trainer.log_every_n_steps``), not after every step as ``self.log(..., prog_bar=True)``
     would do.
     """
+
+    def __init__(self, refresh_rate: int = 10, **kwargs: Any) -> None:
+        super().__init__(refresh_rate=refresh_rate, **kwargs)
 
     def get_metrics(self, trainer, pl_module) -> dict:
         metrics = super().get_metrics(trainer, pl_module)
@@ -95,3 +479,86 @@ class ProgressBar(TQDMProgressBar):
         if loss is not None and trainer.training:
             metrics["loss"] = f"{loss.item():.4g}"
         return metrics
+
+
+class DeadUnitsCallback(pl.Callback):
+    """Every ``every_n_steps`` optimizer steps (and at the start and end of training) runs the model
+    on a fixed probe batch and logs, per layer ``i``, ``act/layer{i}/dead_frac``,
+    ``act/layer{i}/active_frac`` and, for gated variants, ``act/layer{i}/gate_mean`` and
+    ``act/layer{i}/gate_sat_frac`` (:func:`glubench.analysis.dead_units.activation_stats`), plus the
+    layer means ``act/dead_frac`` and ``act/active_frac``, at the current step.
+
+    Args:
+        every_n_steps: optimizer steps between probes.
+        probe_batch_size: validation windows in the probe (:func:`glubench.analysis.dead_units.probe_batch`
+            of the datamodule's validation split, taken when training starts).
+        eps, saturation_tol: see :func:`glubench.analysis.dead_units.activation_stats`.
+        probe: ``(B, T)`` token ids to use instead of the validation windows.
+    """
+
+    def __init__(self, every_n_steps: int = 50, probe_batch_size: int = 8, eps: float = 1e-3,
+                 saturation_tol: float = 1e-2, probe: torch.Tensor | None = None) -> None:
+        if every_n_steps <= 0:
+            raise ValueError(f"diagnostics.every_n_steps={every_n_steps} must be a positive integer")
+        self.every_n_steps, self.probe_batch_size = every_n_steps, probe_batch_size
+        self.eps, self.saturation_tol, self.probe = eps, saturation_tol, probe
+        self.history: list[dict] = []
+        self.probe_seconds: list[float] = []
+        self._last_step = -1
+
+    def measure(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Probe now, append to :attr:`history` and log (rank zero only)."""
+        step = int(trainer.global_step)
+        if step == self._last_step or not trainer.is_global_zero:
+            return
+        self._last_step = step
+        sync = torch.cuda.synchronize if pl_module.device.type == "cuda" else (lambda: None)
+        sync()
+        t0 = time.perf_counter()
+        layers = probe_stats(pl_module.model, self.probe.to(pl_module.device), self.eps, self.saturation_tol)
+        sync()
+        self.probe_seconds.append(time.perf_counter() - t0)
+        entry = {"step": step, **{k: [layer[k] for layer in layers] for k in STAT_KEYS if k in layers[0]}}
+        self.history.append(entry)
+        metrics = {f"act/layer{i}/{k}": v for i, layer in enumerate(layers) for k, v in layer.items()}
+        metrics["act/dead_frac"] = float(np.mean(entry["dead_frac"]))
+        metrics["act/active_frac"] = float(np.mean(entry["active_frac"]))
+        log_at_step(trainer, metrics)
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        if self.probe is None:
+            self.probe = probe_batch(trainer.datamodule.splits.val, pl_module.model.cfg.seq_len, self.probe_batch_size)
+        self.measure(trainer, pl_module)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step % self.every_n_steps == 0:
+            self.measure(trainer, pl_module)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self.measure(trainer, pl_module)
+
+    def summary(self, step_time_ms: float | None = None) -> dict | None:
+        """The ``diagnostics.dead_units`` entry of ``results.json``, or ``None`` before any probe.
+
+        ``final`` holds the last probe's per-layer lists, ``max`` the per-layer maxima over all
+        probes; ``dead_frac`` / ``dead_frac_max`` are the layer mean at the end and its maximum over
+        training.  ``probe_ms`` is the mean probe time; with ``step_time_ms`` given,
+        ``overhead_frac = probe_ms / (every_n_steps · step_time_ms)``, the share of training time
+        the callback adds at this interval.
+        """
+        if not self.history:
+            return None
+        keys = [k for k in STAT_KEYS if k in self.history[0]]
+        layer_means = [float(np.mean(h["dead_frac"])) for h in self.history]
+        probe_ms = 1e3 * float(np.mean(self.probe_seconds))
+        return {
+            "every_n_steps": self.every_n_steps, "eps": self.eps, "saturation_tol": self.saturation_tol,
+            "probe_tokens": int(self.probe.numel()),
+            "dead_frac": layer_means[-1], "dead_frac_max": max(layer_means),
+            "active_frac": float(np.mean(self.history[-1]["active_frac"])),
+            "final": dict(self.history[-1]),
+            "max": {k: np.max([h[k] for h in self.history], axis=0).tolist() for k in keys},
+            "probe_ms": probe_ms,
+            "overhead_frac": probe_ms / (self.every_n_steps * step_time_ms) if step_time_ms else None,
+            "history": self.history,
+        }

@@ -1,14 +1,15 @@
-"""Metrics: corpus-level NLL/perplexity/bits-per-byte, FLOPs per token, throughput and MFU."""
+"""Metrics: corpus-level NLL, perplexity and bits per byte; training throughput; the device's dense peak."""
 
 from __future__ import annotations
 
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import torch
 from torchmetrics import Metric
+
+from glubench.core.clock import Stopwatch
 
 LN2 = math.log(2.0)
 
@@ -53,7 +54,6 @@ def bits_per_byte(total_nll: float, n_bytes: int) -> float:
     return total_nll / LN2 / n_bytes
 
 
-@dataclass
 class ThroughputMeter:
     """Tokens/s and step time of training alone, measured after a warmup.
 
@@ -68,34 +68,24 @@ class ThroughputMeter:
     ``clock`` returns seconds (``time.perf_counter`` by default; tests pass a fake one).
     """
 
-    warmup_steps: int = 10
-    clock: Callable[[], float] = time.perf_counter
-    sync: Callable[[], None] | None = None
-    steps: int = 0
-    tokens: int = 0
-    _active: float = 0.0  # measured seconds from finished segments
-    _t_run: float | None = field(default=None, repr=False)  # clock at the start of the running segment
-    _window: tuple[float, int, int] | None = field(default=None, repr=False)  # (seconds, tokens, steps) at start
-    _last: tuple[float, int, int] | None = field(default=None, repr=False)  # ... at the previous read
-
-    def __post_init__(self) -> None:
-        if self.warmup_steps <= 0:
+    def __init__(self, warmup_steps: int = 10, clock: Callable[[], float] = time.perf_counter,
+                 sync: Callable[[], None] | None = None) -> None:
+        self.warmup_steps = warmup_steps
+        self.watch = Stopwatch(clock, sync)
+        self.steps = 0
+        self.tokens = 0
+        self._window: tuple[float, int, int] | None = None  # (seconds, tokens, steps) when the window opened
+        self._last: tuple[float, int, int] | None = None  # ... at the previous read
+        if warmup_steps <= 0:
             self._open_window()
 
-    def _now(self) -> float:
-        if self.sync is not None:
-            self.sync()
-        return self.clock()
-
-    def _elapsed(self) -> float:
-        return self._active + (self._now() - self._t_run if self._t_run is not None else 0.0)
-
     def _open_window(self) -> None:
-        self._t_run = self._now()
+        self.watch.start()
         self._window = self._last = (0.0, self.tokens, self.steps)
 
     @property
     def started(self) -> bool:
+        """Whether the warmup is over and the clock counts."""
         return self._window is not None
 
     def step(self, tokens: int) -> None:
@@ -107,20 +97,18 @@ class ThroughputMeter:
 
     def pause(self) -> None:
         """Stop the clock (e.g. when validation starts); no-op before warmup ends or when paused."""
-        if self._t_run is not None:
-            self._active += self._now() - self._t_run
-            self._t_run = None
+        self.watch.pause()
 
     def resume(self) -> None:
         """Restart the clock after :meth:`pause`; no-op before warmup ends or when running."""
-        if self.started and self._t_run is None:
-            self._t_run = self._now()
+        if self.started:
+            self.watch.resume()
 
     def read(self) -> dict[str, float] | None:
         """Rates since the previous read (``tokens_per_sec``, ``step_time_ms``); ``None`` in warmup."""
         if not self.started:
             return None
-        now = self._elapsed()
+        now = self.watch.elapsed()
         t_last, tok_last, steps_last = self._last
         dt, dtok, dsteps = now - t_last, self.tokens - tok_last, self.steps - steps_last
         self._last = (now, self.tokens, self.steps)
@@ -141,3 +129,33 @@ class ThroughputMeter:
             "measured_steps": steps1 - steps0,
             "measured_seconds": t1 - t0,
         }
+
+
+DENSE_PEAK_FLOPS: dict[str, dict[str, float]] = {
+    "H200": {"bf16": 989e12, "fp32": 67e12},  # Lightning's table lists the sparse bf16 rate (2e15)
+}
+"""Dense peak FLOP/s (vendor datasheets) where Lightning's ``get_available_flops`` has no entry or
+lists a rate with structured sparsity; MFU always divides by the dense peak."""
+
+
+def peak_flops(device, precision: str, device_name: str | None = None) -> float | None:
+    """Dense peak FLOP/s of ``device`` (a ``torch.device``) at a Lightning ``precision``, or ``None``.
+
+    :data:`DENSE_PEAK_FLOPS` first (matched in ``device_name``, default the CUDA device's name),
+    else Lightning's ``get_available_flops`` for the precision's dtype (``bf16*`` -> bfloat16,
+    ``16*`` -> float16, else float32; TF32 when float32 matmuls may use it).  CPUs and unknown
+    devices return ``None``: MFU is left out rather than guessed.
+    """
+    if device.type != "cuda":
+        return None
+    name = (device_name or torch.cuda.get_device_name(device)).upper()
+    column = "bf16" if precision.startswith(("bf16", "16")) else "fp32"
+    for key, table in DENSE_PEAK_FLOPS.items():
+        if key in name:
+            return table[column]
+    from lightning.fabric.utilities.throughput import get_available_flops
+
+    dtype = (torch.bfloat16 if precision.startswith("bf16") else torch.float16 if precision.startswith("16")
+             else torch.float32)
+    value = get_available_flops(device, dtype)
+    return float(value) if value else None

@@ -1,8 +1,10 @@
-"""The LightningModule: loss, corpus-level validation metrics, AdamW and the LR schedule."""
+"""The LightningModule: loss, corpus-level validation and test metrics, AdamW and the LR schedule."""
 
 from __future__ import annotations
 
 import math
+from dataclasses import asdict, is_dataclass
+from typing import Any
 
 import lightning.pytorch as pl
 import torch
@@ -10,7 +12,8 @@ import torch.nn.functional as F
 
 from glubench.data.windows import IGNORE_INDEX
 from glubench.nn.transformer import ModelConfig, Transformer
-from glubench.train.metrics import LN2, CorpusNLL, perplexity
+from glubench.train.metrics import CorpusNLL, bits_per_byte, perplexity
+from glubench.train.schema import OptimConfig
 
 # Shapes are static (fixed training windows), so dynamic=False keeps one specialised graph per
 # shape instead of recompiling to a dynamic-shape graph when validation brings a second shape.
@@ -25,8 +28,7 @@ def lr_lambda(step: int, warmup_steps: int, max_steps: int, min_lr_ratio: float)
     return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def build_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, betas: tuple[float, float], eps: float,
-                    warmup_steps: int, max_steps: int, min_lr_ratio: float):
+def build_optimizer(model: torch.nn.Module, optim: OptimConfig, max_steps: int):
     """AdamW (Loshchilov & Hutter 2019) with weight decay on matrices only, and the :func:`lr_lambda` schedule.
 
     Parameters with ``dim() >= 2`` (Linear and embedding weights) decay; biases and norm
@@ -35,107 +37,181 @@ def build_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, beta
     """
     decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    opt = torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_lambda(s, warmup_steps, max_steps, min_lr_ratio))
+    groups = [{"params": decay, "weight_decay": optim.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    opt = torch.optim.AdamW(groups, lr=optim.lr, betas=(optim.beta1, optim.beta2), eps=optim.eps)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: lr_lambda(s, optim.warmup_steps, max_steps, optim.min_lr_ratio))
     return opt, sched
 
 
-class LanguageModel(pl.LightningModule):
-    """Trains a :class:`~glubench.model.Transformer` with mean next-token cross-entropy.
+def _plain(cfg: Any) -> dict:
+    """A dataclass, DictConfig or mapping as a plain dict (checkpoints hold only plain values)."""
+    if is_dataclass(cfg):
+        return asdict(cfg)
+    if hasattr(cfg, "items"):
+        from omegaconf import OmegaConf
 
-    Validation accumulates the summed NLL and the count of predicted tokens over the whole
-    split (:class:`~glubench.metrics.CorpusNLL`), so ``val/loss`` = total NLL / tokens,
-    ``val/ppl`` = exp(val/loss) and ``val/bpb`` = total NLL / ln 2 / predicted UTF-8 bytes
-    do not depend on the validation batch size.  ``history`` keeps each validation's
-    ``(step, tokens_seen, val_loss)`` for curves.
+        return OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(cfg)
+    raise TypeError(f"expected a dataclass or a mapping, got {type(cfg).__name__}")
+
+
+class LanguageModel(pl.LightningModule):
+    """Trains a :class:`~glubench.nn.transformer.Transformer` with mean next-token cross-entropy.
+
+    Validation and test accumulate the summed NLL and the count of predicted tokens over the
+    whole split (:class:`~glubench.train.metrics.CorpusNLL`), so ``val/loss`` = total NLL /
+    tokens, ``val/ppl`` = exp(val/loss) and ``val/bpb`` = total NLL / ln 2 / predicted UTF-8
+    bytes do not depend on the batch size (``test/*`` likewise).  ``history`` keeps each
+    validation's ``(step, tokens_seen, val_loss)`` for curves.
+
+    The hyperparameters are saved in every checkpoint as plain values, so
+    ``LanguageModel.load_from_checkpoint(path)`` needs nothing else.
 
     Args:
-        model_cfg: the model's sizes.
-        lr, weight_decay, beta1, beta2, eps, warmup_steps, min_lr_ratio: AdamW and schedule
-            (see :class:`glubench.config.OptimConfig`).
-        max_steps: optimizer steps, for the cosine schedule.
-        val_predicted_bytes: UTF-8 bytes of the predicted validation tokens (for bpb);
-            0 leaves bpb out.
+        model: the model's sizes (:class:`~glubench.nn.transformer.ModelConfig` or its fields).
+        optim: AdamW and schedule (:class:`~glubench.train.schema.OptimConfig` or its fields;
+            missing keys take its defaults).
+        max_steps: optimizer steps, the horizon of the cosine schedule.
+        val_predicted_bytes: UTF-8 bytes of the predicted validation tokens (for bpb); 0 leaves
+            bpb out.  ``test_predicted_bytes`` (an attribute) does the same for :meth:`test_step`.
     """
 
-    def __init__(self, model_cfg: ModelConfig, lr: float = 1e-3, weight_decay: float = 0.1,
-                 beta1: float = 0.9, beta2: float = 0.95, eps: float = 1e-8, warmup_steps: int = 30,
-                 min_lr_ratio: float = 0.1, max_steps: int = 300, val_predicted_bytes: int = 0) -> None:
+    def __init__(self, model: ModelConfig | dict, optim: OptimConfig | dict | None = None, max_steps: int = 300,
+                 val_predicted_bytes: int = 0) -> None:
         super().__init__()
-        self.model_cfg = model_cfg
-        self.model = Transformer(model_cfg)
-        if model_cfg.compile:
+        model, optim = _plain(model), _plain(optim if optim is not None else OptimConfig())
+        model.pop("_ffn_hidden", None)
+        self.save_hyperparameters({"model": model, "optim": optim, "max_steps": max_steps,
+                                   "val_predicted_bytes": val_predicted_bytes})
+        self.model_cfg = ModelConfig(**model)
+        self.optim = OptimConfig(**optim)
+        self.model = Transformer(self.model_cfg)
+        if self.model_cfg.compile:
             # In place (nn.Module.compile): parameter names and checkpoints stay unchanged.
             self.model.compile(**COMPILE_OPTIONS)
-        self.opt = dict(lr=lr, weight_decay=weight_decay, betas=(beta1, beta2), eps=eps)
-        self.warmup_steps, self.min_lr_ratio, self.max_steps = warmup_steps, min_lr_ratio, max_steps
-        self.val_predicted_bytes = val_predicted_bytes
-        self.val_nll = CorpusNLL()
+        self.test_predicted_bytes = 0
+        self.corpus_nll = CorpusNLL()
         self.tokens_seen = 0  # training tokens on this process, counted per micro-batch
         self.history: list[dict] = []
         self.last_val: dict[str, float] = {}
+        self.last_test: dict[str, float] = {}
         self.last_loss: torch.Tensor | None = None  # last training loss, left on the device
+        self._last_step_seen = -1
+        self._pending_grad_norm: torch.Tensor | None = None
+
+    @property
+    def max_steps(self) -> int:
+        """The schedule's horizon (a budget may set it after construction)."""
+        return self.hparams.max_steps
+
+    @max_steps.setter
+    def max_steps(self, value: int) -> None:
+        self.hparams.max_steps = int(value)
+
+    @property
+    def warmup_steps(self) -> int:
+        return self.optim.warmup_steps
+
+    @property
+    def min_lr_ratio(self) -> float:
+        return self.optim.min_lr_ratio
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         return self.model(idx)
+
+    # ---------------------------------------------------------------------------- training
 
     def training_step(self, batch, batch_idx):
         x, y = batch  # (B, T), (B, T)
         logits = self.model(x)  # (B, T, V)
         loss = F.cross_entropy(logits.flatten(0, 1), y.flatten())
         self.tokens_seen += y.numel()
-        # Not prog_bar=True: Lightning turns progress-bar values into Python numbers after every
-        # step (a host sync on GPU); glubench.callbacks.ProgressBar reads last_loss when it refreshes.
-        if self._writes_logs_this_step():
-            self.log("train/loss", loss)
         self.last_loss = loss.detach()
         return loss
 
-    def _writes_logs_this_step(self) -> bool:
-        """Whether Lightning writes step metrics after this step (or it is the last step).
+    def _logs_now(self) -> bool:
+        """Whether the optimizer step just finished is a logging step (or the last one)."""
+        t = self.trainer
+        return t.global_step % t.log_every_n_steps == 0 or 0 < t.max_steps <= t.global_step
 
-        Each ``self.log`` call costs Lightning about a millisecond of Python (it re-validates
-        and moves its result objects), so per-step values are logged only when they are written.
-        """
-        if self._trainer is None:
-            return True
-        trainer = self.trainer
-        connector = getattr(trainer, "_logger_connector", None)
-        if connector is None or not hasattr(connector, "should_update_logs"):  # other Lightning versions
-            return True
-        return connector.should_update_logs or 0 < trainer.max_steps <= trainer.global_step + 1
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        # After the optimizer step (so the row carries the steps done, as results.json does), and
+        # only at logging steps: reading the loss back is a host sync on a GPU.
+        step = self.trainer.global_step
+        if step != self._last_step_seen:  # not while gradients are still accumulating
+            self._last_step_seen = step
+            if self._logs_now():
+                self._log({"train/loss": float(self.last_loss)})
 
-    def on_validation_epoch_start(self) -> None:
-        self.val_nll.reset()
+    def on_before_optimizer_step(self, optimizer) -> None:
+        t = self.trainer
+        if (t.global_step + 1) % t.log_every_n_steps == 0:  # the step about to finish is a logging step
+            grads = [p.grad for p in self.parameters() if p.grad is not None]
+            if grads:  # the norm before clipping, as clip_grad_norm_ measures it
+                self._pending_grad_norm = torch.nn.utils.get_total_norm(grads, error_if_nonfinite=False)
 
-    def validation_step(self, batch, batch_idx):
+    def _log(self, metrics: dict[str, float]) -> None:
+        if self._pending_grad_norm is not None and "train/loss" in metrics:
+            metrics = {**metrics, "train/grad_norm": float(self._pending_grad_norm)}
+            self._pending_grad_norm = None
+        self.log_dict(metrics, logger=False)  # trainer.callback_metrics, for callbacks and the results
+        for lg in self.loggers:
+            lg.log_metrics(metrics, step=self.global_step)
+
+    # ---------------------------------------------------------------------------- validation and test
+
+    def _score(self, batch) -> None:
         x, y = batch
         logits = self.model(x)
         logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # bf16 sums drift
         nll = F.cross_entropy(logits.flatten(0, 1), y.flatten(), ignore_index=IGNORE_INDEX, reduction="sum")
-        self.val_nll.update(nll, (y != IGNORE_INDEX).sum())
+        self.corpus_nll.update(nll, (y != IGNORE_INDEX).sum())
 
-    def on_validation_epoch_end(self) -> None:
-        totals = self.val_nll.compute()
+    def _corpus_metrics(self, prefix: str, predicted_bytes: int) -> dict[str, float] | None:
+        """``<prefix>/loss``, ``/ppl``, ``/bpb`` (if bytes are known) and ``/tokens`` over the whole split."""
+        totals = self.corpus_nll.compute()  # already summed across ranks
         total_nll, tokens = float(totals["nll"]), float(totals["tokens"])
         if tokens == 0:
-            return
+            return None
         loss = total_nll / tokens
-        metrics = {"val/loss": loss, "val/ppl": perplexity(loss)}
-        if self.val_predicted_bytes:
-            metrics["val/bpb"] = total_nll / LN2 / self.val_predicted_bytes
-        self.log_dict(metrics, sync_dist=False)  # already reduced across ranks by CorpusNLL
-        self.last_val = {**metrics, "val/tokens": tokens}
-        if not self.trainer.sanity_checking:
-            world = self.trainer.world_size
-            self.history.append(
-                {"step": int(self.global_step), "tokens_seen": int(self.tokens_seen * world), "val_loss": loss}
-            )
+        metrics = {f"{prefix}/loss": loss, f"{prefix}/ppl": perplexity(loss)}
+        if predicted_bytes:
+            metrics[f"{prefix}/bpb"] = bits_per_byte(total_nll, predicted_bytes)
+        return {**metrics, f"{prefix}/tokens": tokens}
+
+    def on_validation_epoch_start(self) -> None:
+        self.corpus_nll.reset()
+
+    def validation_step(self, batch, batch_idx):
+        self._score(batch)
+
+    def on_validation_epoch_end(self) -> None:
+        metrics = self._corpus_metrics("val", self.hparams.val_predicted_bytes)
+        if metrics is None or self.trainer.sanity_checking:
+            return
+        self.last_val = metrics
+        self._log({k: v for k, v in metrics.items() if k != "val/tokens"})
+        if not self.history or self.history[-1]["step"] != self.global_step:  # once per step, also on resume
+            self.history.append({"step": int(self.global_step),
+                                 "tokens_seen": int(self.tokens_seen * self.trainer.world_size),
+                                 "val_loss": metrics["val/loss"]})
+
+    def on_test_epoch_start(self) -> None:
+        self.corpus_nll.reset()
+
+    def test_step(self, batch, batch_idx):
+        self._score(batch)
+
+    def on_test_epoch_end(self) -> None:
+        metrics = self._corpus_metrics("test", self.test_predicted_bytes)
+        if metrics is not None:
+            self.last_test = metrics
+            self._log({k: v for k, v in metrics.items() if k != "test/tokens"})
+
+    # ---------------------------------------------------------------------------- optimizer and checkpoints
 
     def configure_optimizers(self):
-        opt, sched = build_optimizer(self, **self.opt, warmup_steps=self.warmup_steps, max_steps=self.max_steps,
-                                     min_lr_ratio=self.min_lr_ratio)
+        opt, sched = build_optimizer(self, self.optim, self.max_steps)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:

@@ -5,11 +5,11 @@ A resumed run must equal an uninterrupted one.  Lightning's checkpoint already r
 weights, the optimizer, the LR scheduler, the loop counters (``global_step``) and the module's
 ``tokens_seen``/``history``.  This module adds what Lightning leaves out:
 
-- RNG states (torch, CUDA, numpy, Python) via :class:`ResumeState`, stored as tensors and
-  plain values so the checkpoint still loads with ``torch.load(weights_only=True)``;
+- RNG states (torch, CUDA, numpy, Python), saved by :class:`glubench.train.callbacks.ResumeState`
+  as tensors and plain values so the checkpoint still loads with ``torch.load(weights_only=True)``;
 - the data position: training batch ``i`` is a pure function of ``(seed, i)``
-  (:class:`glubench.data.TrainBatches`), so the position is ``global_step ×
-  accumulate_grad_batches`` and :func:`data_start_index` gives the first batch to serve;
+  (:class:`glubench.data.windows.TrainBatches`), so a resumed datamodule starts at batch
+  ``global_step × accumulate_grad_batches`` (checkpoints are written at optimizer-step boundaries);
 - a stable W&B run id per run dir (:func:`wandb_run_id`), so a requeued job continues the
   same W&B run (``resume="allow"``) instead of forking a new one;
 - the CSV history: Lightning's ``CSVLogger`` deletes an existing ``metrics.csv``;
@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from glubench.core.io import atomic_write_bytes
 from glubench.core.ranks import global_rank
 
 CHECKPOINT_DIR = "checkpoints"
@@ -73,15 +74,6 @@ def checkpoint_step(path: Path) -> int:
     return int(ckpt["global_step"])
 
 
-def data_start_index(global_step: int, accumulate_grad_batches: int) -> int:
-    """Index of the next training micro-batch after ``global_step`` optimizer steps.
-
-    Checkpoints are only written at optimizer-step boundaries, so every micro-batch before
-    this index has been consumed and none after it.
-    """
-    return global_step * accumulate_grad_batches
-
-
 # ---------------------------------------------------------------------------- RNG states
 
 
@@ -108,37 +100,6 @@ def set_rng_states(states: dict[str, Any]) -> None:
     np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
     p = states["python"]
     random.setstate((p["version"], tuple(p["internal"]), p["gauss"]))
-
-
-def _callback_base():
-    import lightning.pytorch as pl
-
-    return pl.Callback
-
-
-class ResumeState(_callback_base()):
-    """Saves this process's RNG states in each checkpoint and restores them on resume.
-
-    The states are applied in ``on_train_start``, after Lightning has built the dataloader
-    iterators (which draw from the torch RNG), so the next random draw of a resumed run is
-    the one the uninterrupted run made after the checkpoint.  Under DDP each rank restores
-    the state rank 0 saved; all ranks are seeded alike, so this only matters for dropout,
-    whose masks then stay identical to an uninterrupted run on the same world size.
-    """
-
-    def __init__(self) -> None:
-        self._pending: dict[str, Any] | None = None
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"rng": collect_rng_states()}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self._pending = state_dict.get("rng")
-
-    def on_train_start(self, trainer, pl_module) -> None:
-        if self._pending is not None:
-            set_rng_states(self._pending)
-            self._pending = None
 
 
 # ---------------------------------------------------------------------------- W&B and CSV
@@ -168,10 +129,12 @@ def keep_csv_history(csv_logger, resume_step: int) -> int:
     """Keep the rows of an existing ``metrics.csv`` logged before ``resume_step``; return how many.
 
     Call before training starts.  Lightning's CSV writer deletes the file when it is created,
-    so the rows are read first, handed back to the writer and saved again at once.  Lightning
-    writes what it logs during optimizer step k as row ``step = k - 1``, so rows with
-    ``step >= resume_step`` came after the checkpoint; they are dropped because the resumed
-    run logs them again.
+    so the rows are read first, handed back to the writer and saved again at once.  Rows carry
+    the optimizer steps done (:func:`glubench.train.callbacks.log_at_step`): those up to
+    ``resume_step`` were written before the checkpoint and are kept.  Lightning's
+    ``LearningRateMonitor`` labels the LR of step ``k + 1`` with ``k`` and logs it when that step
+    starts, after checkpoint ``k``: such rows at ``resume_step`` are dropped, and every row past
+    it, because the resumed run logs them again.
     """
     path = Path(csv_logger.log_dir) / "metrics.csv"
     if global_rank() != 0 or not path.is_file():
@@ -179,7 +142,7 @@ def keep_csv_history(csv_logger, resume_step: int) -> int:
     with open(path, newline="") as f:
         reader = csv.DictReader(f)
         keys = list(reader.fieldnames or [])
-        rows = [r for r in reader if r.get("step") not in (None, "") and int(float(r["step"])) < resume_step]
+        rows = [r for r in reader if r.get("step") not in (None, "") and _before(r, resume_step)]
     writer = csv_logger.experiment  # creating the writer removes metrics.csv
     writer.metrics = [{k: v for k, v in r.items() if v != ""} for r in rows] + writer.metrics
     writer.metrics_keys = sorted(set(writer.metrics_keys) | set(keys))
@@ -187,49 +150,7 @@ def keep_csv_history(csv_logger, resume_step: int) -> int:
     return len(rows)
 
 
-
-def _model_checkpoint_base():
-    from lightning.pytorch.callbacks import ModelCheckpoint
-
-    return ModelCheckpoint
-
-
-def _validation_follows(trainer) -> bool:
-    """Whether Lightning validates right after the current training batch (its own rule, in public attributes)."""
-    loop = trainer.fit_loop.epoch_loop
-    if loop.batch_progress.is_last_batch or trainer.should_stop:
-        return True
-    every = trainer.val_check_batch
-    return every not in (None, float("inf")) and (loop.total_batch_idx + 1) % every == 0
-
-
-class StepCheckpoint(_model_checkpoint_base()):
-    """``ModelCheckpoint`` every ``every_n_train_steps`` steps, *after* that step's validation if one follows.
-
-    Lightning saves step checkpoints before the step's validation, and a run resumed from
-    such a checkpoint skips that validation, so its ``history`` would miss a point that the
-    uninterrupted run has.  Deferring the save to the end of the validation keeps them equal.
-    """
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if not _validation_follows(trainer):
-            super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
-
-    def on_validation_end(self, trainer, pl_module) -> None:
-        super().on_validation_end(trainer, pl_module)
-        if not trainer.sanity_checking:
-            super().on_train_batch_end(trainer, pl_module, None, None, 0)
-
-
-def checkpoint_callback(out: Path, every_n_steps: int, keep_all: bool = False):
-    """:class:`StepCheckpoint` writing ``<out>/checkpoints/step=<N>.ckpt`` and ``last.ckpt``.
-
-    Saves every ``every_n_steps`` optimizer steps (after the validation of that step, if
-    any).  Files are written atomically (Lightning saves through an fsspec transaction).
-    Only the newest ``step=<N>.ckpt`` is kept unless ``keep_all``; ``last.ckpt`` is a
-    relative symlink to it, so a save costs one write.
-    """
-    return StepCheckpoint(
-        dirpath=str(Path(out) / CHECKPOINT_DIR), filename="step={step}", auto_insert_metric_name=False,
-        save_last="link", save_top_k=-1 if keep_all else 1, every_n_train_steps=every_n_steps,
-    )
+def _before(row: dict[str, str], resume_step: int) -> bool:
+    step = int(float(row["step"]))
+    only_lr = all(k == "step" or k.startswith("lr-") or not v for k, v in row.items())
+    return step < resume_step or (step == resume_step and not only_lr)

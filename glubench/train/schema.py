@@ -1,16 +1,21 @@
-"""Typed schemas for the Hydra config (registered in Hydra's ConfigStore by :func:`register_configs`).
+"""The typed schema of the ``glubench`` config: every key, its type and its default, declared once.
 
-The schema makes Hydra reject a misspelt key or a wrong type with its own message.  Rules
-that involve several keys live in :func:`glubench.validate.validate_config`.
+Hydra composes ``conf/config.yaml`` onto :class:`Config` (registered as ``base_config`` when this
+module is imported), so a misspelt key or a wrong type is Hydra's error while composing.  A key
+added with ``+`` that nothing reads is refused by :func:`unknown_keys` before any work.  Rules
+that involve values or several keys live in :mod:`glubench.train.validate`.  No torch here:
+importing the schema must stay fast (the command line is checked before anything heavy loads).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, DictConfig, OmegaConf
 
 from glubench.nn.transformer import ModelConfig
 
@@ -60,33 +65,97 @@ class OptimConfig:
 
 @dataclass
 class TrainerConfig:
-    """Arguments forwarded to ``lightning.Trainer`` (``trainer.*``)."""
+    """``lightning.Trainer`` arguments (``trainer.*``), built by ``hydra.utils.instantiate``.
 
-    max_steps: int = 300
-    val_check_interval: int = 100  # optimizer steps between validations
-    log_every_n_steps: int = 10
+    Every argument of ``lightning.pytorch.Trainer`` (2.6) is a key here, so any Trainer flag a
+    Lightning user knows works as ``trainer.<flag>=...`` (``trainer.fast_dev_run=true``,
+    ``trainer.limit_val_batches=0.1``, ``trainer.max_epochs=1``); only ``logger``, ``callbacks``
+    and ``plugins`` are built by glubench (``logger=``, ``callbacks=`` groups).  Defaults are
+    Lightning's except where glubench needs its own: validation by optimizer steps
+    (``val_check_interval`` steps, ``check_val_every_n_epoch: null``), no sanity validation, our
+    datasets shard themselves across ranks (``use_distributed_sampler: false``), no model
+    summary, gradient clipping at 1.0, and ``default_root_dir`` (null) is the run dir.
+    Unions of types are ``Any`` (OmegaConf types no unions); :mod:`glubench.train.validate`
+    checks the values glubench depends on.
+    """
+
+    _target_: str = "lightning.pytorch.Trainer"
     accelerator: str = "auto"
+    strategy: str = "auto"
     devices: Any = 1
     num_nodes: int = 1
-    strategy: str = "auto"
-    precision: str = "32-true"
-    gradient_clip_val: float = 1.0
-    accumulate_grad_batches: int = 1
-    deterministic: bool = False
+    precision: Any = "32-true"
+    fast_dev_run: Any = False
+    max_epochs: Optional[int] = None
+    min_epochs: Optional[int] = None
+    max_steps: int = 300
+    min_steps: Optional[int] = None
+    max_time: Any = None
+    limit_train_batches: Any = None
+    limit_val_batches: Any = None
+    limit_test_batches: Any = None
+    limit_predict_batches: Any = None
+    overfit_batches: Any = 0.0
+    val_check_interval: Any = 100  # optimizer steps between validations (or a fraction of an epoch)
+    check_val_every_n_epoch: Optional[int] = None
+    num_sanity_val_steps: Optional[int] = 0
+    log_every_n_steps: int = 10
+    enable_checkpointing: Optional[bool] = None
     enable_progress_bar: bool = True
+    enable_model_summary: Optional[bool] = False
+    accumulate_grad_batches: int = 1
+    gradient_clip_val: Any = 1.0
+    gradient_clip_algorithm: Optional[str] = None
+    deterministic: Any = False
+    benchmark: Optional[bool] = None
+    inference_mode: bool = True
+    use_distributed_sampler: bool = False
+    profiler: Any = None
+    detect_anomaly: bool = False
+    barebones: bool = False
+    sync_batchnorm: bool = False
+    reload_dataloaders_every_n_epochs: int = 0
+    default_root_dir: Optional[str] = None
+    enable_autolog_hparams: bool = True
+    model_registry: Optional[str] = None
+
+
+BUILT_BY_GLUBENCH = ("logger", "callbacks", "plugins")
+"""``lightning.Trainer`` arguments that are not ``trainer.*`` keys: glubench builds them."""
+
+
+@dataclass
+class WandbConfig:
+    """Weights & Biases (``logger.wandb.*``): offline unless credentials exist or ``mode`` says otherwise.
+
+    ``group`` defaults to ``experiment_name`` and ``name`` to ``<ffn>-s<seed>``; ``tags`` are added
+    to the default tags (ffn, model size, corpus).  Built by :class:`glubench.train.loggers.WandbLogger`.
+    """
+
+    _target_: str = "glubench.train.loggers.WandbLogger"
+    project: str = "glubench"
+    entity: Optional[str] = None
+    group: Optional[str] = None
+    name: Optional[str] = None
+    mode: Optional[str] = None  # online | offline | disabled; null: online iff credentials exist
+    tags: list[str] = field(default_factory=list)
+    job_type: str = "train"
+
+
+@dataclass
+class CSVConfig:
+    """Per-step metrics in ``<run dir>/<name>/metrics.csv`` (``logger.csv.*``)."""
+
+    _target_: str = "glubench.train.loggers.CSVLogger"
+    name: str = "csv"
 
 
 @dataclass
 class LoggerConfig:
-    """Experiment tracking (``logger.*``): W&B (offline unless credentials exist) and CSV."""
+    """Experiment trackers (``logger=both|wandb|csv|none``); an absent one is ``null``."""
 
-    wandb: bool = True
-    csv: bool = True
-    project: str = "glubench"
-    entity: Optional[str] = None
-    group: Optional[str] = None  # default: the experiment name
-    mode: Optional[str] = None  # online | offline | disabled; default: online iff credentials exist
-    tags: list[str] = field(default_factory=list)
+    wandb: Optional[WandbConfig] = None
+    csv: Optional[CSVConfig] = None
 
 
 @dataclass
@@ -138,12 +207,6 @@ class FaultsConfig:
 
 
 @dataclass
-class CheckpointConfig:
-    """Checkpoints under ``<run dir>/checkpoints/`` (``checkpoint.*``); see :mod:`glubench.resume`."""
-
-    every_n_steps: Optional[int] = None  # optimizer steps between saves; null: trainer.val_check_interval
-    keep_all: bool = False  # also keep every periodic checkpoint as step=<N>.ckpt
-@dataclass
 class DiagnosticsConfig:
     """Optional activation diagnostics (``diagnostics.*``; see :mod:`glubench.analysis.dead_units`)."""
 
@@ -161,13 +224,15 @@ class Config:
     model: ModelConfig = MISSING
     data: DataConfig = MISSING
     trainer: TrainerConfig = MISSING
-    logger: LoggerConfig = MISSING
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    # Lightning callbacks by name (``conf/callbacks/``), each built with hydra.utils.instantiate;
+    # null (or ``enabled: false``) switches one off.
+    callbacks: Optional[dict[str, Any]] = None
     optim: OptimConfig = field(default_factory=OptimConfig)
     throughput: ThroughputConfig = field(default_factory=ThroughputConfig)
     budget: BudgetConfig = field(default_factory=BudgetConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
     faults: FaultsConfig = field(default_factory=FaultsConfig)
-    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     # null/auto/last: resume from <run dir>/checkpoints/last.ckpt if it exists; never; or a path
     ckpt_path: Optional[str] = None
     diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
@@ -176,9 +241,55 @@ class Config:
     overwrite: bool = False  # replace a completed results.json in the same output dir (else refuse)
 
 
+@dataclass
+class EvalConfig:
+    """``glubench-eval``: score a checkpoint on a corpus split (``conf/eval.yaml``).
+
+    ``data`` null scores the corpus the checkpoint was trained on; any ``data=...`` scores another
+    one with the checkpoint's own tokenizer.  ``split`` is ``val`` or ``train``.
+    """
+
+    ckpt_path: str = MISSING
+    split: str = "val"
+    data: Optional[DataConfig] = None
+    trainer: TrainerConfig = MISSING
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    seed: int = 0
+    experiment_name: str = "eval"
+
+
+def unknown_keys(cfg: DictConfig) -> list[str]:
+    """Dotted keys of ``cfg`` that no schema field declares (added with ``+``, so nothing reads them).
+
+    Nodes typed ``Any`` or ``dict`` (``callbacks``, ``data.files``) are open and not searched.
+    Each entry reads ``key`` or ``key (did you mean other?)``.
+    """
+    found: list[str] = []
+
+    def walk(node: DictConfig, prefix: str) -> None:
+        schema = OmegaConf.get_type(node)
+        if not dataclasses.is_dataclass(schema):
+            return
+        declared = [f.name for f in dataclasses.fields(schema)]
+        for key in node.keys():
+            if key == "hydra" and not prefix:
+                continue
+            if key not in declared:
+                close = difflib.get_close_matches(str(key), declared, n=1)
+                found.append(f"{prefix}{key}" + (f" (did you mean {prefix}{close[0]}?)" if close else ""))
+                continue
+            child = node._get_node(key)
+            if isinstance(child, DictConfig) and not child._is_none() and not child._is_missing():
+                walk(child, f"{prefix}{key}.")
+
+    walk(cfg, "")
+    return found
+
+
 def register_configs() -> None:
-    """Register :class:`Config` as ``base_config`` so that ``conf/config.yaml`` is typed."""
+    """Register :class:`Config` as ``base_config`` and :class:`EvalConfig` as ``base_eval``."""
     ConfigStore.instance().store(name="base_config", node=Config)
+    ConfigStore.instance().store(name="base_eval", node=EvalConfig)
 
 
 register_configs()  # importing the schema is what makes a compose (CLI or test) typed

@@ -1,24 +1,30 @@
-"""One training job: validate -> data -> model -> fit -> results.json.
+"""One job: ``fit`` trains a model and writes ``results.json``; ``evaluate`` scores a checkpoint.
 
-Heavy imports (Lightning, W&B) happen inside :func:`train` so that ``--help`` and config
-errors return in about a second.
+The Trainer, its callbacks and its loggers are built from the config groups with
+``hydra.utils.instantiate``; glubench adds only what exists at run time (the run dir, the resume
+point, the W&B run's config and default tags, the checkpoint IO plugin).  Lightning, torch and W&B
+are imported inside the functions that need them, so that importing this module (the command
+line checks a config first) stays fast.
 """
 
 from __future__ import annotations
 
+import logging
 import math
-import os
 import platform
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from glubench.core.errors import ConfigError
 from glubench.core.ranks import is_global_zero
-from glubench.core.secrets import credentials_present
 from glubench.train.results import RunResult
-from glubench.train.validate import ConfigError, validate_config
+from glubench.train.validate import check_splits, validate_config
+
+log = logging.getLogger(__name__)
 
 
 def output_dir() -> Path:
@@ -30,39 +36,80 @@ def output_dir() -> Path:
     return Path.cwd()
 
 
-def wandb_mode(cfg: DictConfig) -> str:
-    """``logger.mode``, else ``$WANDB_MODE``, else online iff W&B credentials exist (else offline)."""
-    if cfg.logger.mode:
-        return cfg.logger.mode
-    if os.environ.get("WANDB_MODE"):
-        return os.environ["WANDB_MODE"]
-    if credentials_present():
-        return "online"
-    print("glubench: no W&B credentials found; logging to W&B in offline mode (wandb sync later)")
-    return "offline"
+def default_tags(cfg: DictConfig) -> list[str]:
+    """W&B tags every run gets: its FFN, model size and corpus (``ffn:swiglu``, ``size:d128-L4``, ``data:pydocs``)."""
+    m = cfg.model
+    return [f"ffn:{m.ffn}", f"size:d{m.d_model}-L{m.n_layers}", f"data:{cfg.data.name}", f"init:{m.init}"]
 
 
-def build_loggers(cfg: DictConfig, out: Path, config_dict: dict, resume_step: int | None = None) -> list:
-    """CSV and W&B loggers; when resuming from step ``resume_step`` both continue their history."""
-    from lightning.pytorch.loggers import CSVLogger, WandbLogger
+def build_loggers(cfg: DictConfig, out: Path, resume_step: int | None = None, config: dict | None = None,
+                  job_type: str | None = None) -> list:
+    """The loggers of ``cfg.logger`` (``conf/logger/``), built with ``hydra.utils.instantiate``.
 
-    from glubench.core.secrets import redact
-    from glubench.train.resume import keep_csv_history, wandb_run_id
+    Each gets the run dir and the resume point; W&B also the run's (redacted) config, its default
+    group (``experiment_name``) and name (``<ffn>-s<seed>``) and the default tags.
+
+    Raises:
+        ConfigError: a logger's arguments are not accepted (one line naming the logger).
+    """
+    from hydra.utils import instantiate
 
     loggers = []
-    if cfg.logger.csv:
-        loggers.append(CSVLogger(save_dir=str(out), name="csv", version=""))
-        if resume_step is not None:
-            keep_csv_history(loggers[-1], resume_step)
-    if cfg.logger.wandb:
-        loggers.append(WandbLogger(
-            project=cfg.logger.project, entity=cfg.logger.entity,
-            group=cfg.logger.group or cfg.experiment_name,
-            name=f"{cfg.model.ffn}-s{cfg.seed}", save_dir=str(out), mode=wandb_mode(cfg),
-            config=config_dict, tags=redact(list(cfg.logger.tags)) or None,
-            id=wandb_run_id(out, resuming=resume_step is not None), resume="allow",
-        ))
+    for name, node in (cfg.logger or {}).items():
+        if node is None:
+            continue
+        extra: dict[str, Any] = {"save_dir": str(out), "resume_step": resume_step}
+        if name == "wandb":
+            ffn = cfg.model.ffn if "model" in cfg else "?"
+            extra.update(run_config=config, default_tags=default_tags(cfg) if "model" in cfg else [],
+                         group=node.group or cfg.experiment_name, name=node.name or f"{ffn}-s{cfg.seed}")
+            if job_type:
+                extra["job_type"] = job_type
+        loggers.append(_instantiate(f"logger.{name}", node, **extra))
     return loggers
+
+
+def build_callbacks(cfg: DictConfig) -> list:
+    """The callbacks of ``cfg.callbacks`` (``conf/callbacks/``), built with ``hydra.utils.instantiate``.
+
+    An entry that is null or has ``enabled: false`` is left out (``enabled`` is not passed on);
+    :class:`~glubench.train.callbacks.FitSignals` is always added (it lets a SIGTERM outside
+    ``fit`` still write ``status: interrupted``).
+
+    Raises:
+        ConfigError: a callback's arguments are not accepted (one line naming it).
+    """
+    from glubench.train.callbacks import FitSignals
+
+    built = []
+    for name, node in (cfg.callbacks or {}).items():
+        if node is None or not node.get("enabled", True):
+            continue
+        args = {k: v for k, v in OmegaConf.to_container(node, resolve=True).items() if k != "enabled"}
+        built.append(_instantiate(f"callbacks.{name}", OmegaConf.create(args)))
+    return [*built, FitSignals()]
+
+
+def build_trainer(cfg: DictConfig, out: Path, callbacks: list, loggers: list, **override: Any):
+    """``lightning.Trainer`` from ``cfg.trainer`` (every key is a Trainer argument) plus what glubench builds."""
+    from glubench.train.faults import AtomicCheckpointIO
+
+    return _instantiate("trainer", cfg.trainer, callbacks=callbacks, logger=loggers or False,
+                        plugins=[AtomicCheckpointIO()], default_root_dir=cfg.trainer.default_root_dir or str(out),
+                        **override)
+
+
+def _instantiate(key: str, node: DictConfig, **kwargs: Any) -> Any:
+    """``hydra.utils.instantiate`` whose argument errors become one :class:`ConfigError` line naming ``key``."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as e:
+        cause = e.__cause__ or e
+        msg = str(cause).splitlines()[0] if str(cause) else type(cause).__name__
+        raise ConfigError(f"{key}: {node.get('_target_')} does not accept this config ({msg})") from None
 
 
 def device_name(module) -> str:
@@ -80,25 +127,26 @@ def versions() -> dict[str, str]:
     return {"python": platform.python_version(), "torch": torch.__version__, "lightning": lightning.__version__}
 
 
-def train(cfg: DictConfig, result: RunResult) -> RunResult:
-    """Run one training job described by ``cfg``, filling ``result`` as it goes."""
-    model_cfg = validate_config(cfg)
+def _callback(trainer, cls):
+    return next((c for c in trainer.callbacks if isinstance(c, cls)), None)
+
+
+def fit(cfg: DictConfig, result: RunResult, model_cfg=None) -> RunResult:
+    """Run one training job described by ``cfg`` (already validated into ``model_cfg``), filling ``result``."""
+    model_cfg = model_cfg or validate_config(cfg)
     out = output_dir()
     t_start = time.perf_counter()
 
     import lightning.pytorch as pl
-    import torch
 
-    from glubench.core.ranks import local_rank
     from glubench.core.secrets import redact
     from glubench.data.datamodule import LMDataModule
-    from glubench.nn.flops import flops_per_token, lookup_peak_flops
+    from glubench.nn.flops import flops_per_token
     from glubench.nn.transformer import count_params
-    from glubench.train.budget import BudgetCallback, plan_from_config, realised
-    from glubench.train.callbacks import ProgressBar, ThroughputCallback
-    from glubench.train.faults import AtomicCheckpointIO, FitSignals, InterruptCheckpoint, NonFiniteGuard
+    from glubench.train.budget import plan_from_config, realised
+    from glubench.train.callbacks import BudgetCallback, DeadUnitsCallback, ThroughputCallback
     from glubench.train.module import LanguageModel
-    from glubench.train.resume import ResumeState, checkpoint_callback, checkpoint_step, find_checkpoint
+    from glubench.train.resume import checkpoint_step, find_checkpoint
 
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     t = cfg.trainer
@@ -106,75 +154,52 @@ def train(cfg: DictConfig, result: RunResult) -> RunResult:
     dm = LMDataModule(**data, seq_len=model_cfg.seq_len, seed=cfg.seed,
                       num_batches=t.max_steps * t.accumulate_grad_batches)
     try:
-        if local_rank() == 0:  # the other ranks wait in setup() for rank 0's token cache
-            dm.prepare_data()
+        dm.prepare_data()
         dm.setup()
     except (ValueError, FileNotFoundError) as e:  # data errors name their key (data.files, data.val_percent)
         raise ConfigError(str(e)) from e
     result.corpus_fingerprint = dm.corpus_fingerprint
-    model_cfg = validate_config(cfg, splits=dm.splits)  # the rules that need token counts
+    check_splits(model_cfg, dm.splits, cfg.data.name)
 
-    module = LanguageModel(model_cfg, **cfg.optim, max_steps=t.max_steps,
+    module = LanguageModel(model_cfg, cfg.optim, max_steps=t.max_steps,
                            val_predicted_bytes=dm.splits.val_predicted_bytes)
     counts = count_params(module.model)
     fpt = flops_per_token(counts.matmul, model_cfg.n_layers, model_cfg.d_model, model_cfg.seq_len)
     result.params_total, result.params_nonembedding = counts.total, counts.nonembedding
     result.params_ffn, result.ffn_hidden = counts.ffn_per_layer, model_cfg.ffn_hidden
     result.ffn_matching_error, result.flops_per_token = model_cfg.ffn_matching_error, fpt
-    # The budget fixes the steps here, once: the schedule, the data and the Trainer all use them.
-    plan = plan_from_config(cfg, module.model)
-    module.max_steps, dm.num_batches = plan.max_steps, plan.max_steps * t.accumulate_grad_batches
-    budget_cb = BudgetCallback(plan.target if plan.mode == "time" else None)
-    print(
-        f"glubench: ffn={model_cfg.ffn} d_model={model_cfg.d_model} n_layers={model_cfg.n_layers} "
-        f"d_ff={model_cfg.d_ff} ffn_hidden={model_cfg.ffn_hidden} "
-        f"(FFN params {model_cfg.ffn_matching_error:+.3%} vs non-gated baseline)\n"
-        f"glubench: params total={counts.total:,} non-embedding={counts.nonembedding:,} "
-        f"ffn/layer={counts.ffn_per_layer:,}; train tokens={dm.splits.train.size:,} "
-        f"val tokens={dm.splits.val.size:,} vocab={model_cfg.vocab_size}"
-    )
 
-    config_dict = redact(OmegaConf.to_container(cfg, resolve=True))
     ckpt = find_checkpoint(cfg.ckpt_path, out)
     resume_step = checkpoint_step(ckpt) if ckpt is not None else None
-    if ckpt is not None:
-        print(f"glubench: resuming from {ckpt} (step {resume_step})")
-    loggers = build_loggers(cfg, out, config_dict, resume_step)
-    for lg in loggers:
-        lg.log_hyperparams({"params/total": counts.total, "params/nonembedding": counts.nonembedding,
-                            "params/ffn_per_layer": counts.ffn_per_layer, "params/ffn_hidden": model_cfg.ffn_hidden})
-    throughput = ThroughputCallback(fpt, None, cfg.throughput.warmup_steps, t.log_every_n_steps)
-    dead_units = None
-    if cfg.diagnostics.dead_units:
-        from glubench.analysis.dead_units import DeadUnitsCallback, probe_batch
+    config = redact(OmegaConf.to_container(cfg, resolve=True))
+    loggers = build_loggers(cfg, out, resume_step, config)
+    callbacks = build_callbacks(cfg)
+    trainer = build_trainer(cfg, out, callbacks, loggers)
 
-        g = cfg.diagnostics
-        dead_units = DeadUnitsCallback(probe_batch(dm.splits.val, model_cfg.seq_len, g.probe_batch_size),
-                                       g.every_n_steps, g.eps, g.saturation_tol)
-    trainer = pl.Trainer(
-        accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=t.strategy,
-        precision=t.precision, max_steps=plan.max_steps, val_check_interval=t.val_check_interval,
-        check_val_every_n_epoch=None, num_sanity_val_steps=0, log_every_n_steps=t.log_every_n_steps,
-        gradient_clip_val=t.gradient_clip_val, accumulate_grad_batches=t.accumulate_grad_batches,
-        deterministic=t.deterministic, enable_progress_bar=t.enable_progress_bar,
-        default_root_dir=str(out), logger=loggers or False, use_distributed_sampler=False,
-        callbacks=[throughput, budget_cb, ResumeState(),
-                   checkpoint_callback(out, cfg.checkpoint.every_n_steps or t.val_check_interval,
-                                       cfg.checkpoint.keep_all),
-                   NonFiniteGuard(cfg.faults.on_nonfinite, cfg.faults.max_skips, t.precision == "16-mixed",
-                                  check_every_n_steps=t.log_every_n_steps),
-                   InterruptCheckpoint(out / "checkpoints" / "last.ckpt"), FitSignals()]
-        # The bar reads the loss back to the host (a sync on GPU) at each refresh: refresh when logging.
-        + ([ProgressBar(refresh_rate=t.log_every_n_steps)] if t.enable_progress_bar else [])
-        + ([dead_units] if dead_units else []),
-        plugins=[AtomicCheckpointIO()], enable_model_summary=False,
-    )
-    if plan.tokens_per_step != cfg.data.batch_size * model_cfg.seq_len * t.accumulate_grad_batches * trainer.world_size:
-        raise ConfigError(f"trainer.devices={t.devices} started {trainer.world_size} processes, not the number "
-                          "the budget assumed; set trainer.devices to a number")
-    throughput.peak_flops = cfg.throughput.peak_flops or lookup_peak_flops(
-        torch.cuda.get_device_name() if trainer.strategy.root_device.type == "cuda" else None, t.precision
-    )
+    # The budget fixes the steps here, once: the schedule, the data and the Trainer all use them.
+    plan = plan_from_config(cfg, model_cfg, counts.matmul, trainer.world_size)
+    trainer.fit_loop.max_steps = module.max_steps = plan.max_steps
+    dm.num_batches = plan.max_steps * t.accumulate_grad_batches
+    budget_cb = _callback(trainer, BudgetCallback)
+    if plan.mode == "time":
+        if budget_cb is None:
+            raise ConfigError("callbacks.budget=null: budget=time needs the budget callback to stop the run")
+        budget_cb.seconds_limit = plan.target
+    log.info(
+        f"glubench: ffn={model_cfg.ffn} d_model={model_cfg.d_model} n_layers={model_cfg.n_layers} "
+        f"d_ff={model_cfg.d_ff} ffn_hidden={model_cfg.ffn_hidden} "
+        f"(FFN params {model_cfg.ffn_matching_error:+.3%} vs non-gated baseline)")
+    log.info(
+        f"glubench: params total={counts.total:,} non-embedding={counts.nonembedding:,} "
+        f"ffn/layer={counts.ffn_per_layer:,}; train tokens={dm.splits.train.size:,} "
+        f"val tokens={dm.splits.val.size:,} vocab={model_cfg.vocab_size}")
+    params = {"params/total": counts.total, "params/nonembedding": counts.nonembedding,
+              "params/ffn_per_layer": counts.ffn_per_layer, "params/ffn_hidden": model_cfg.ffn_hidden}
+    for lg in trainer.loggers:
+        lg.log_hyperparams(params)
+    if ckpt is not None:
+        log.info(f"glubench: resuming from {ckpt} (step {resume_step})")
+
     def collect() -> None:  # also on an exception: an interrupted run reports what it has
         result.steps, result.history = trainer.global_step, module.history
         result.tokens_seen = module.tokens_seen * trainer.world_size
@@ -187,13 +212,12 @@ def train(cfg: DictConfig, result: RunResult) -> RunResult:
         trainer.fit(module, datamodule=dm, ckpt_path=ckpt, weights_only=True)
     finally:
         collect()
-    if not module.history or module.history[-1]["step"] != trainer.global_step:
+    if not module.last_val or module.history[-1]["step"] != trainer.global_step:
+        # The last step was not a validation step, or the checkpoint was already finished: score it now.
         trainer.validate(module, datamodule=dm, verbose=False)
-        if module.last_val and (not module.history or module.history[-1]["step"] != trainer.global_step):
-            module.history.append({"step": trainer.global_step, "tokens_seen": module.tokens_seen * trainer.world_size,
-                                   "val_loss": module.last_val["val/loss"]})
 
-    speed = throughput.summary() or {}
+    throughput = _callback(trainer, ThroughputCallback)
+    speed = (throughput.summary() if throughput else None) or {}
     collect()
     result.status = "completed"
     result.val_loss = module.last_val.get("val/loss")
@@ -203,31 +227,57 @@ def train(cfg: DictConfig, result: RunResult) -> RunResult:
     result.train_tokens_per_sec = speed.get("tokens_per_sec")
     result.step_time_ms = speed.get("step_time_ms")
     result.mfu = speed.get("mfu")
-    result.budget = realised(plan, result.tokens_seen, result.steps, budget_cb)
+    result.budget = realised(plan, result.tokens_seen, result.steps, budget_cb.seconds if budget_cb else math.nan,
+                             budget_cb.stopped_at if budget_cb else None,
+                             budget_cb.last_step_seconds if budget_cb else None)
+    dead_units = _callback(trainer, DeadUnitsCallback)
     if dead_units is not None and dead_units.history:
         result.diagnostics["dead_units"] = dead_units.summary(result.step_time_ms)
     if result.val_loss is None or not math.isfinite(result.val_loss):
         result.status = "diverged"
+    if trainer.fast_dev_run:
+        log.info("glubench: trainer.fast_dev_run: a smoke test (one step, one validation batch), not a result")
+    _wandb_summary(trainer, result)
     return result
 
 
-def run(cfg: DictConfig) -> RunResult:
-    """Train, then always write ``results.json`` and close the W&B run (exit code 1 unless completed).
+def _wandb_summary(trainer, result: RunResult) -> None:
+    """The W&B run's summary holds the whole-run numbers of ``results.json`` (not the last logging window)."""
+    from lightning.pytorch.loggers import WandbLogger
 
-    A diverged run (:class:`glubench.faults.Diverged`) returns with ``status: "diverged"``, so
-    the rest of a sweep goes on; Ctrl-C and SIGTERM (Lightning turns both into ``SystemExit``
+    summary = {"train/tokens_per_sec": result.train_tokens_per_sec, "train/step_time_ms": result.step_time_ms,
+               "train/mfu": result.mfu, "val/loss": result.val_loss, "val/ppl": result.val_ppl,
+               "val/bpb": result.val_bpb, "params/total": result.params_total,
+               "params/nonembedding": result.params_nonembedding, "params/ffn_per_layer": result.params_ffn,
+               "params/ffn_hidden": result.ffn_hidden, "flops_per_token": result.flops_per_token,
+               "steps": result.steps, "tokens_seen": result.tokens_seen}
+    for lg in trainer.loggers:
+        if isinstance(lg, WandbLogger):
+            lg.experiment.summary.update({k: v for k, v in summary.items() if v is not None})
+
+
+def run(cfg: DictConfig, model_cfg=None) -> RunResult:
+    """Train, then always write ``results.json`` and close the W&B run.
+
+    A diverged run (:class:`glubench.train.faults.Diverged`) returns with ``status: "diverged"``,
+    so the rest of a sweep goes on; Ctrl-C and SIGTERM (Lightning turns both into ``SystemExit``
     inside ``fit``) give ``status: "interrupted"`` and re-raise; anything else ``failed``.
+
+    Args:
+        cfg: the composed run config.
+        model_cfg: what :func:`~glubench.train.validate.validate_config` returned for it (validated here if ``None``).
     """
     from glubench.core.secrets import redact, redact_files, redacted_argv
     from glubench.train.faults import Diverged, sigterm_as_interrupt
 
+    model_cfg = model_cfg or validate_config(cfg)
     result = RunResult(status="failed", ffn=cfg.model.ffn, seed=cfg.seed,
                        config=redact(OmegaConf.to_container(cfg, resolve=True)))
     out = output_dir()
     redact_files([*(out / ".hydra").glob("*.yaml"), out.parent / "multirun.yaml"])
     try:
         with sigterm_as_interrupt(), redacted_argv():
-            result = train(cfg, result)
+            result = fit(cfg, result, model_cfg)
     except Diverged as e:
         result.status, result.error = "diverged", str(e)
     except BaseException as e:
@@ -237,10 +287,14 @@ def run(cfg: DictConfig) -> RunResult:
     finally:
         if is_global_zero():  # one results.json per run, whatever the number of processes
             result.write(out)
-        if "wandb" in sys.modules:
-            import wandb
-
-            if wandb.run is not None:
-                wandb.run.summary.update({"status": result.status})
-                wandb.finish(exit_code=0 if result.status == "completed" else 1)
+        _finish_wandb(result.status)
     return result
+
+
+def _finish_wandb(status: str) -> None:
+    if "wandb" in sys.modules:
+        import wandb
+
+        if wandb.run is not None:
+            wandb.run.summary.update({"status": status})
+            wandb.finish(exit_code=0 if status == "completed" else 1)

@@ -1,13 +1,14 @@
-"""One place for the rules that involve several config keys, checked before any heavy work.
+"""Every rule a config must satisfy, checked once per run before any heavy work.
 
-Types and key names are checked by Hydra against the schema in :mod:`glubench.config` while
-the config is composed (a misspelt key or ``model.n_layers=four`` never reaches this module).
-:func:`validate_config` checks everything else that can be known before data preparation,
-model build or W&B init: value ranges, cross-field rules, devices and the data files.  Each
-broken rule raises :class:`ConfigError` with one line naming the key, the bad value and what is
-allowed.  The rules that need the tokenized data (``model.seq_len`` against each split) are
-checked by the same function once the token arrays exist (``splits=``), still before the
-model is built.
+Types and key names are checked by Hydra against :mod:`glubench.train.schema` while the config
+is composed (a misspelt key or ``model.n_layers=four`` never reaches this module).
+:func:`validate_config` checks everything else that can be known before data preparation, model
+build or W&B init: keys added with ``+`` that nothing reads, value ranges, cross-field rules,
+devices and the data files.  Each broken rule raises :class:`~glubench.core.errors.ConfigError`
+with one line naming the key, the bad value and what is allowed.  The rule that needs the
+tokenized data (``model.seq_len`` against each split) is :func:`check_splits`, still before the
+model is built.  Nothing here imports torch until devices are counted, so a typo costs well under
+two seconds.
 """
 
 from __future__ import annotations
@@ -28,10 +29,12 @@ from glubench.data.sources import CORPORA, FORMATS, infer_format
 from glubench.data.tokenizers import TOKENIZERS
 from glubench.nn.ffn import FFN_REGISTRY
 from glubench.nn.transformer import ModelConfig
+from glubench.train.budget import BUDGET_MODES
+from glubench.train.devices import available_devices
+from glubench.train.schema import unknown_keys
 
 PRECISIONS = ("32-true", "32", "bf16-mixed", "bf16-true", "16-mixed", "16-true", "64-true")
 GPT2_VOCAB = 50257
-BUDGET_MODES = ("tokens", "flops", "time")  # glubench.budget
 COMPRESSED = (".gz", ".bz2", ".xz", ".zst")
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
 WANDB_MODES = ("online", "offline", "disabled")
@@ -57,7 +60,7 @@ def model_config(cfg: DictConfig, vocab_size: int | None = None) -> ModelConfig:
 
 def _positive_ints(pairs: Sequence[tuple[str, Any]]) -> None:
     for key, value in pairs:
-        if value <= 0:
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
             raise ConfigError(f"{key}={value} must be a positive integer")
 
 
@@ -72,31 +75,25 @@ def _one_of(key: str, value: Any, allowed: Sequence[str]) -> None:
         raise ConfigError(f"{key}={value!r} is not known; valid: {', '.join(allowed)}")
 
 
+def _check_keys(cfg: DictConfig) -> None:
+    """A key added with ``+`` that no part of glubench (or lightning.Trainer) reads is an error, not ignored."""
+    for entry in unknown_keys(cfg):
+        key = entry.split(" ")[0]
+        value = OmegaConf.select(cfg, key, default=None)
+        if key.startswith("trainer."):
+            raise ConfigError(f"{key}={value!r} is not an argument of lightning.Trainer"
+                              + entry[len(key):].replace(" (", "; ").rstrip(")"))
+        raise ConfigError(f"{key}={value!r}: no such key, nothing would read it" + entry[len(key):].replace(" (", "; ")
+                          .rstrip(")"))
+
+
+def _check_callbacks(callbacks: Any) -> None:
+    for name, node in (callbacks or {}).items():
+        if node is not None and not (isinstance(node, DictConfig) and "_target_" in node):
+            raise ConfigError(f"callbacks.{name}={node!r} must be null or a mapping with a _target_ (a Callback class)")
+
+
 # ---------------------------------------------------------------------------- devices
-
-
-def _cuda_count() -> int:
-    # NVML first, as Lightning does: cudaGetDeviceCount would initialise the driver in this
-    # process and break launchers that fork afterwards.
-    import torch
-
-    count = getattr(torch.cuda, "_device_count_nvml", lambda: -1)() if torch.version.cuda else -1
-    return count if count >= 0 else torch.cuda.device_count()
-
-
-def available_devices(accelerator: str) -> tuple[str, int | None]:
-    """``(kind, count)`` of the devices ``trainer.accelerator`` would use; count ``None``: unknown (TPU)."""
-    import torch
-
-    if accelerator in ("gpu", "cuda"):
-        return "CUDA GPU", _cuda_count()
-    if accelerator == "mps":
-        return "MPS", int(torch.backends.mps.is_available())
-    if accelerator == "tpu":
-        return "TPU", None
-    if accelerator == "auto" and _cuda_count() > 0:
-        return "CUDA GPU", _cuda_count()
-    return "CPU", os.cpu_count() or 1
 
 
 def _check_devices(t: DictConfig) -> None:
@@ -131,6 +128,26 @@ def _check_devices(t: DictConfig) -> None:
         raise ConfigError(f"trainer.devices={devices} lists a device twice")
     if available is not None and (min(devices) < 0 or max(devices) >= available):
         raise ConfigError(f"trainer.devices={devices} but the {kind} indices available are 0..{available - 1}")
+
+
+def _check_trainer(t: DictConfig, steps_from_max_steps: bool) -> None:
+    _positive_ints([("trainer.max_steps", t.max_steps), ("trainer.log_every_n_steps", t.log_every_n_steps),
+                    ("trainer.accumulate_grad_batches", t.accumulate_grad_batches),
+                    ("trainer.num_nodes", t.num_nodes)])
+    v = t.val_check_interval
+    if isinstance(v, float) and not isinstance(v, bool):
+        if not 0.0 < v <= 1.0:
+            raise ConfigError(f"trainer.val_check_interval={v} must be a positive number of steps or a fraction "
+                              "of the epoch in (0, 1]")
+    else:
+        _positive_ints([("trainer.val_check_interval", v)])
+        # Other budgets set the steps later (glubench.train.budget.plan_budget checks them).
+        if steps_from_max_steps and v > t.max_steps:
+            raise ConfigError(f"trainer.val_check_interval={v} must be <= trainer.max_steps={t.max_steps}")
+    _one_of("trainer.precision", str(t.precision), PRECISIONS)
+    clip = t.gradient_clip_val
+    if clip is not None and not (isinstance(clip, (int, float)) and math.isfinite(clip) and clip >= 0):
+        raise ConfigError(f"trainer.gradient_clip_val={clip} must be >= 0 (0: no clipping)")
 
 
 # ---------------------------------------------------------------------------- data files
@@ -264,50 +281,42 @@ def _check_data(d: DictConfig) -> None:
 # ---------------------------------------------------------------------------- the rules
 
 
-def validate_config(cfg: DictConfig, splits: Any = None) -> ModelConfig:
-    """Check the cross-field rules and return the model config (vocab from the tokenizer).
+def validate_config(cfg: DictConfig) -> ModelConfig:
+    """Check every rule that can be checked before the data is tokenized; return the model config.
 
     Args:
-        cfg: the composed config (typed by :class:`glubench.config.Config`).
-        splits: the :class:`glubench.data.TokenSplits` once the data is tokenized; adds the
-            rules that need token counts (``model.seq_len`` against each split).
+        cfg: the composed run config (typed by :class:`glubench.train.schema.Config`).
+
+    Returns:
+        the :class:`ModelConfig` with the tokenizer's vocabulary size.
 
     Raises:
         ConfigError: the first rule broken, as one line naming the key, the value and what is allowed.
     """
+    _check_keys(cfg)
     t, d, o = cfg.trainer, cfg.data, cfg.optim
     if not 0 <= cfg.seed < 2**32:
         raise ConfigError(f"seed={cfg.seed} must be in [0, 2**32)")
-    _positive_ints([("trainer.max_steps", t.max_steps), ("trainer.val_check_interval", t.val_check_interval),
-                    ("trainer.log_every_n_steps", t.log_every_n_steps),
-                    ("trainer.accumulate_grad_batches", t.accumulate_grad_batches),
-                    ("trainer.num_nodes", t.num_nodes)])
-    _one_of("trainer.precision", t.precision, PRECISIONS)
-    if not (math.isfinite(t.gradient_clip_val) and t.gradient_clip_val >= 0):
-        raise ConfigError(f"trainer.gradient_clip_val={t.gradient_clip_val} must be >= 0 (0: no clipping)")
+    b = cfg.budget
+    _one_of("budget.mode", b.mode, BUDGET_MODES)
+    if b.value is not None and not b.value > 0:
+        raise ConfigError(f"budget.value={b.value} must be positive or null")
+    if b.mode == "time" and b.value is None:
+        raise ConfigError("budget.value=null: budget=time needs the training seconds, e.g. budget.value=60")
+    steps_from_max_steps = b.mode == "tokens" and b.value is None
+    _check_trainer(t, steps_from_max_steps)
     if not (math.isfinite(o.lr) and o.lr > 0):
         raise ConfigError(f"optim.lr={o.lr} must be a positive number")
-    tune = cfg.get("tune") or {}
-    for v in tune.get("variants") or []:
+    tune = cfg.tune
+    for v in tune.variants or []:
         if v not in FFN_REGISTRY:
             raise ConfigError(f"tune.variants: {v!r} is not a known FFN; valid: {', '.join(FFN_REGISTRY)}")
-    if tune.get("variants") and (tune.get("n_trials", 1) < 1 or not tune.get("seeds")):
-        raise ConfigError(f"tune.n_trials={tune.get('n_trials')} must be >= 1 and tune.seeds={tune.get('seeds')} "
+    if tune.variants and (tune.n_trials < 1 or not tune.seeds):
+        raise ConfigError(f"tune.n_trials={tune.n_trials} must be >= 1 and tune.seeds={list(tune.seeds)} "
                           "must list at least one seed")
-    lr_range = list(tune.get("lr_range") or [1e-4, 3e-2])
+    lr_range = list(tune.lr_range)
     if len(lr_range) != 2 or not 0 < lr_range[0] < lr_range[1] or not math.isfinite(lr_range[1]):
         raise ConfigError(f"tune.lr_range={lr_range} must be [low, high] with 0 < low < high")
-    b = cfg.get("budget") or {"mode": "tokens", "value": None}
-    _one_of("budget.mode", b["mode"], BUDGET_MODES)
-    if b["value"] is not None and not b["value"] > 0:
-        raise ConfigError(f"budget.value={b['value']} must be positive or null")
-    if b["mode"] == "time" and b["value"] is None:
-        raise ConfigError("budget.value=null: budget=time needs the training seconds, e.g. budget.value=60")
-    # Other budgets set the steps later (glubench.budget.plan_budget checks warmup against them).
-    steps_from_max_steps = b["mode"] == "tokens" and b["value"] is None
-    if steps_from_max_steps and t.val_check_interval > t.max_steps:
-        raise ConfigError(f"trainer.val_check_interval={t.val_check_interval} must be <= "
-                          f"trainer.max_steps={t.max_steps}")
     if o.warmup_steps < 0 or (steps_from_max_steps and o.warmup_steps >= t.max_steps):
         raise ConfigError(f"optim.warmup_steps={o.warmup_steps} must be in [0, trainer.max_steps={t.max_steps})")
     g = cfg.diagnostics
@@ -330,11 +339,13 @@ def validate_config(cfg: DictConfig, splits: Any = None) -> ModelConfig:
         raise ConfigError(f"throughput.peak_flops={tp.peak_flops} must be a positive number of FLOP/s or null")
     if tp.warmup_steps < 0:
         raise ConfigError(f"throughput.warmup_steps={tp.warmup_steps} must be >= 0")
-    if cfg.model.get("compile") and tp.warmup_steps < 1:
+    if cfg.model.compile and tp.warmup_steps < 1:
         raise ConfigError(f"throughput.warmup_steps={tp.warmup_steps} must be >= 1 with model.compile=true "
                           "(the first step compiles; its time must not count as throughput)")
-    if cfg.logger.mode is not None:
-        _one_of("logger.mode", cfg.logger.mode, WANDB_MODES)
+    wandb = cfg.logger.wandb
+    if wandb is not None and wandb.mode is not None:
+        _one_of("logger.wandb.mode", wandb.mode, WANDB_MODES)
+    _check_callbacks(cfg.callbacks)
     _one_of("faults.on_nonfinite", cfg.faults.on_nonfinite, NONFINITE_ACTIONS)
     if cfg.faults.max_skips < 0:
         raise ConfigError(f"faults.max_skips={cfg.faults.max_skips} must be >= 0")
@@ -347,17 +358,23 @@ def validate_config(cfg: DictConfig, splits: Any = None) -> ModelConfig:
     model = model_config(cfg, vocab_size=vocab)  # sizes, heads, FFN variant, init, dropout
     _check_data(d)
     _check_devices(t)
-    if splits is not None:
-        model = model_config(cfg, vocab_size=splits.vocab_size)
-        need = model.seq_len + 1
-        for split, tokens in (("train", splits.train.size), ("validation", splits.val.size)):
-            if tokens < need:
-                raise ConfigError(
-                    f"model.seq_len={model.seq_len} needs at least {need} tokens per split but the {split} split of "
-                    f"data.name={d.name!r} has {tokens}; lower model.seq_len or add text"
-                    + (" (or change data.val_percent)" if d.name == "text" else "")
-                )
     return model
+
+
+def check_splits(model: ModelConfig, splits: Any, data_name: str) -> None:
+    """The rule that needs the tokenized data: every split holds at least one window of ``model.seq_len + 1``.
+
+    Raises:
+        ConfigError: naming ``model.seq_len``, the split and its token count.
+    """
+    need = model.seq_len + 1
+    for split, tokens in (("train", splits.train.size), ("validation", splits.val.size)):
+        if tokens < need:
+            raise ConfigError(
+                f"model.seq_len={model.seq_len} needs at least {need} tokens per split but the {split} split of "
+                f"data.name={data_name!r} has {tokens}; lower model.seq_len or add text"
+                + (" (or change data.val_percent)" if data_name == "text" else "")
+            )
 
 
 def check_output_dir(out: Path, overwrite: bool) -> None:

@@ -1,0 +1,110 @@
+"""``glubench-eval``: score any glubench checkpoint on a corpus split, with the checkpoint's own tokenizer.
+
+The checkpoint carries everything needed: the model's hyperparameters (``LanguageModel``) and
+the data config it was trained on (the datamodule's).  The split is scored exactly like
+validation during training (every token but the first predicted once, corpus-level NLL), so on
+the run's own validation split the loss equals the run's ``val_loss``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from glubench.core.errors import ConfigError
+from glubench.core.io import atomic_write_json
+from glubench.core.secrets import redact
+from glubench.train.task import _finish_wandb, build_loggers, build_trainer, output_dir
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("val", "train")
+EVAL_FILE = "eval.json"
+TOKENIZER_KEYS = ("tokenizer", "vocab_size", "tokenizer_file")
+
+
+def load_checkpoint_config(path: Path) -> tuple[dict, dict, int]:
+    """``(module hyperparameters, datamodule hyperparameters, global_step)`` of a checkpoint (weights-only load).
+
+    Raises:
+        ConfigError: the file is missing or is not a glubench checkpoint.
+    """
+    import torch
+
+    if not path.is_file():
+        raise ConfigError(f"ckpt_path={str(path)!r}: no such checkpoint file")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unreadable file is a bad input here
+        raise ConfigError(f"ckpt_path={str(path)!r} cannot be read as a checkpoint ({type(e).__name__})") from None
+    hparams, data = state.get("hyper_parameters") or {}, state.get("datamodule_hyper_parameters") or {}
+    if "model" not in hparams or not data:
+        raise ConfigError(f"ckpt_path={str(path)!r} is not a glubench checkpoint (no model or data hyperparameters)")
+    return dict(hparams), dict(data), int(state.get("global_step", 0))
+
+
+def evaluate(cfg: DictConfig) -> dict:
+    """Score ``cfg.ckpt_path`` on ``cfg.split`` of ``cfg.data`` (default: the checkpoint's corpus).
+
+    Writes ``<run dir>/eval.json`` (atomically) and, with ``logger=wandb``, a ``job_type=eval``
+    W&B run; returns the record: ``loss`` (nats per token), ``ppl``, ``bpb`` (bits per UTF-8 byte),
+    ``tokens`` (predicted), the split, the corpus and the checkpoint's step.
+
+    Raises:
+        ConfigError: a bad ``ckpt_path``, ``split`` or data key (one line).
+    """
+    t_start = time.perf_counter()
+    if cfg.split not in SPLITS:
+        raise ConfigError(f"split={cfg.split!r} is not known; valid: {', '.join(SPLITS)}")
+    ckpt = Path(os.path.expanduser(str(cfg.ckpt_path)))
+    hparams, trained_on, step = load_checkpoint_config(ckpt)
+    data = dict(trained_on)
+    if cfg.data is not None:  # another corpus, read with the checkpoint's tokenizer
+        data = {**OmegaConf.to_container(cfg.data, resolve=True), **{k: trained_on[k] for k in TOKENIZER_KEYS}}
+
+    import torch
+
+    from glubench.data.cache import prepare_eval_split
+    from glubench.data.windows import ValWindows
+    from glubench.train.module import LanguageModel
+
+    module = LanguageModel.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True)
+    seq_len = module.model_cfg.seq_len
+    try:
+        tokens, predicted_bytes, meta = prepare_eval_split(data, cfg.split, tokenizer_data=trained_on)
+    except (ValueError, FileNotFoundError) as e:
+        raise ConfigError(str(e)) from e
+    if tokens.size < 2:
+        raise ConfigError(f"split={cfg.split!r} of data.name={data['name']!r} has {tokens.size} tokens; at least 2 "
+                          "are needed")
+    loader = torch.utils.data.DataLoader(ValWindows(tokens, seq_len), batch_size=int(data.get("val_batch_size", 32)))
+    out = output_dir()
+    config = redact({**OmegaConf.to_container(cfg, resolve=True), "data": data})
+    loggers = build_loggers(cfg, out, config=config, job_type="eval")
+    trainer = build_trainer(cfg, out, callbacks=[], loggers=loggers, enable_checkpointing=False)
+    module.test_predicted_bytes = predicted_bytes
+    status = "failed"
+    try:
+        trainer.test(module, dataloaders=loader, verbose=False)
+        status = "completed"
+    finally:
+        _finish_wandb(status)
+    m = module.last_test
+    record = {
+        "status": status, "ckpt_path": str(ckpt), "step": step, "split": cfg.split, "corpus": data["name"],
+        "source": meta.get("source"), "corpus_fingerprint": meta.get("fingerprint"),
+        "tokenizer": data["tokenizer"], "vocab_size": meta.get("vocab_size"), "ffn": module.model_cfg.ffn,
+        "loss": m.get("test/loss"), "ppl": m.get("test/ppl"), "bpb": m.get("test/bpb"),
+        "tokens": int(m.get("test/tokens", 0)), "predicted_bytes": predicted_bytes,
+        "wall_time_s": time.perf_counter() - t_start, "model": hparams["model"], "data": redact(data),
+    }
+    atomic_write_json(out / EVAL_FILE, record)
+    log.info(f"glubench-eval: {record['ffn']} at step {step} on {data['name']} ({cfg.split}): "
+             f"loss={record['loss']:.6f} ppl={record['ppl']:.3f} "
+             + (f"bpb={record['bpb']:.4f} " if record["bpb"] is not None else "")
+             + f"tokens={record['tokens']:,} -> {out / EVAL_FILE}")
+    return record

@@ -1,0 +1,73 @@
+"""The experiment trackers of ``conf/logger/``: Lightning's W&B and CSV loggers with glubench's defaults.
+
+Both continue a resumed run instead of starting over: the W&B run keeps its id (stored in the run
+dir) and the CSV keeps the rows written before the checkpoint.  Secrets never reach W&B: the
+config, the tags and the command line it records are redacted.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch.loggers import CSVLogger as _CSVLogger
+from lightning.pytorch.loggers import WandbLogger as _WandbLogger
+
+from glubench.core.secrets import credentials_present, redact
+from glubench.train.resume import keep_csv_history, wandb_run_id
+
+log = logging.getLogger(__name__)
+
+
+def wandb_mode(mode: str | None) -> str:
+    """``mode`` if given, else ``$WANDB_MODE``, else online iff W&B credentials exist (else offline)."""
+    if mode:
+        return mode
+    if os.environ.get("WANDB_MODE"):
+        return os.environ["WANDB_MODE"]
+    if credentials_present():
+        return "online"
+    log.info("glubench: no W&B credentials found; logging to W&B in offline mode (wandb sync later)")
+    return "offline"
+
+
+class WandbLogger(_WandbLogger):
+    """Lightning's ``WandbLogger`` with glubench's run identity.
+
+    Args:
+        project, entity, group, name, job_type: as ``wandb.init``.
+        mode: ``online`` | ``offline`` | ``disabled``; ``None``: :func:`wandb_mode`.
+        tags: extra tags after ``default_tags`` (both redacted).
+        save_dir: the run dir; ``<save_dir>/wandb/`` holds the run.
+        resume_step: the checkpoint step a resumed run starts from, or ``None`` for a fresh run;
+            a resumed run reuses the id in ``<save_dir>/wandb_run_id`` (``resume="allow"``), so
+            a requeued job continues its curves.
+        run_config: the run's resolved config, W&B's ``config`` (redacted here).
+    """
+
+    def __init__(self, project: str = "glubench", entity: str | None = None, group: str | None = None,
+                 name: str | None = None, mode: str | None = None, tags: Sequence[str] = (),
+                 job_type: str = "train", save_dir: str | os.PathLike = ".", resume_step: int | None = None,
+                 run_config: dict | None = None, default_tags: Sequence[str] = (), **kwargs: Any) -> None:
+        all_tags = list(dict.fromkeys([*default_tags, *tags]))
+        super().__init__(project=project, entity=entity, group=group, name=name, save_dir=str(save_dir),
+                         mode=wandb_mode(mode), job_type=job_type, tags=redact(all_tags) or None,
+                         config=redact(run_config) if run_config is not None else None,
+                         id=wandb_run_id(Path(save_dir), resuming=resume_step is not None), resume="allow", **kwargs)
+
+
+class CSVLogger(_CSVLogger):
+    """Lightning's ``CSVLogger`` writing ``<save_dir>/<name>/metrics.csv`` (no version folder).
+
+    A resumed run (``resume_step`` set) keeps the rows logged up to that step
+    (:func:`glubench.train.resume.keep_csv_history`).
+    """
+
+    def __init__(self, save_dir: str | os.PathLike = ".", name: str = "csv", resume_step: int | None = None,
+                 **kwargs: Any) -> None:
+        super().__init__(save_dir=str(save_dir), name=name, version="", **kwargs)
+        if resume_step is not None:
+            keep_csv_history(self, resume_step)
