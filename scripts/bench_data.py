@@ -6,7 +6,9 @@
 
 Arguments other than ``--batches``/``--repeats``/``--out`` are ``glubench`` overrides.  Cold
 preparation uses a fresh, empty cache folder (so it includes corpus loading, tokenizer training
-and tokenization, but not Python imports); warm preparation reuses it.  Dataloader throughput
+and tokenization, but not Python imports); warm preparation reuses it as a new process would
+(the in-process file-hash cache is cleared first, so it includes hashing the files once).
+Both go through :func:`glubench.data.cache.prepare_splits`.  Dataloader throughput
 iterates ``LMDataModule.train_dataloader()`` alone (no model), as training would: tokens/s =
 batches × batch_size × seq_len / seconds, median over repeats.  Prints one JSON object (and
 writes it atomically to ``--out``).
@@ -34,7 +36,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     from glubench.cli.data import compose
     from glubench.core.io import atomic_write_json
+    from glubench.data.cache import prepare_splits
     from glubench.data.datamodule import LMDataModule
+    from glubench.data.files import clear_hash_cache
     from glubench.train.validate import validate_config
 
     cache = tempfile.mkdtemp(prefix="glubench-bench-data-")
@@ -42,15 +46,16 @@ def main(argv: list[str] | None = None) -> dict:
     model_cfg = validate_config(cfg)
     data = OmegaConf.to_container(cfg.data, resolve=True)
 
-    def prepared() -> tuple[LMDataModule, float]:
-        dm = LMDataModule(**data, seq_len=model_cfg.seq_len, num_batches=args.batches, seed=cfg.seed)
+    def prepared() -> float:
+        clear_hash_cache()
         t = time.perf_counter()
-        dm.prepare_data()
-        dm.setup()
-        return dm, time.perf_counter() - t
+        prepare_splits(data, seq_len=model_cfg.seq_len)
+        return time.perf_counter() - t
 
-    _, cold = prepared()
-    dm, warm = prepared()
+    cold = prepared()
+    warm = prepared()
+    dm = LMDataModule(**data, seq_len=model_cfg.seq_len, num_batches=args.batches, seed=cfg.seed)
+    dm.setup()  # the warm cache again
     rates = []
     for _ in range(args.repeats):
         t = time.perf_counter()

@@ -1,13 +1,22 @@
+import builtins
+import hashlib
+import io
 import json
+import os
+import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
 import glubench.data.cache as gd
+import glubench.data.files as gf
 import glubench.data.sources as gs
 import glubench.data.tokenizers as gt
+from glubench.core.errors import ConfigError
 from glubench.data.cache import load_tokens, prepare_tokens
-from glubench.data.sources import Corpus, in_val_split, load_text_files
+from glubench.data.sources import Corpus, DataSpec, in_val_split, load_corpus_spec
 from glubench.data.tokenizers import BPETokenizer, ByteTokenizer
 from glubench.data.windows import IGNORE_INDEX, TrainBatches, ValWindows
 
@@ -45,8 +54,17 @@ def test_corpus_smaller_than_one_window_errors():
         TrainBatches(np.arange(10, dtype=np.uint16), 64, 2, 1, 0)
 
 
-def test_split_is_a_stable_hash():
-    assert in_val_split("topic:assert", 5.0) == in_val_split("topic:assert", 5.0)
+# int(sha256(id)[:8], 16) % 10000 of a few ids, computed with coreutils:
+#   printf %s doc1 | sha256sum | cut -c1-8   ->  c63ebdcb  ->  587
+BUCKETS = {"doc1": 587, "doc6": 743, "doc2": 3538, "doc0": 5759}
+
+
+def test_split_puts_a_document_in_validation_iff_its_hash_bucket_is_below_100_val_percent():
+    assert in_val_split("doc1", 6.0) and not in_val_split("doc6", 6.0)  # 587 < 600 <= 743
+    assert in_val_split("doc6", 7.5) and not in_val_split("doc2", 7.5)  # 743 < 750 <= 3538
+    assert not in_val_split("doc1", 5.87) and in_val_split("doc1", 5.88)  # strict: bucket 587 needs 5.88
+    assert in_val_split("doc0", 57.6) and not in_val_split("doc0", 57.59)
+    assert not any(in_val_split(d, 5.0) for d in BUCKETS) and all(in_val_split(d, 60.0) for d in BUCKETS)
     ids = [f"doc{i}" for i in range(20000)]
     share = sum(in_val_split(i, 5.0) for i in ids) / len(ids)
     assert 0.045 < share < 0.055
@@ -101,25 +119,175 @@ def test_bpe_token_bytes_are_exact(tmp_path):
     assert splits.val.size < len(text.encode())  # BPE actually merged something
 
 
+def _load_text(files, cache_dir, val_percent=5.0):
+    return load_corpus_spec(DataSpec(name="text", files=files, val_percent=val_percent), cache_dir).load()
+
+
 def test_text_files_errors(tmp_path):
     bad = tmp_path / "bad.txt"
     bad.write_bytes(b"hello\n\xff\xfe world")
-    with pytest.raises(ValueError, match=r"bad.txt is not UTF-8 text \(byte offset 6\)"):
-        load_text_files(str(bad), 5.0)
+    with pytest.raises(ConfigError, match=f"^data.files: {re.escape(str(bad))} is not UTF-8 text "
+                                          r"\(byte 0xff at byte offset 6\)$"):
+        _load_text(str(bad), tmp_path)
     empty = tmp_path / "empty.txt"
     empty.write_text("  \n")
-    with pytest.raises(ValueError, match="empty.txt is empty"):
-        load_text_files(str(empty), 5.0)
-    with pytest.raises(FileNotFoundError, match="no such file"):
-        load_text_files(str(tmp_path / "missing*.txt"), 5.0)
+    with pytest.raises(ConfigError, match=f"^data.files: {re.escape(str(empty))} is empty \\(only whitespace\\)$"):
+        _load_text(str(empty), tmp_path)
+    pattern = str(tmp_path / "missing*.txt")
+    with pytest.raises(ConfigError, match=f"^data.files={re.escape(repr(pattern))}: the pattern matches no file$"):
+        _load_text(pattern, tmp_path)
+    missing = str(tmp_path / "nope.txt")
+    with pytest.raises(ConfigError, match=f"^data.files={re.escape(repr(missing))}: no such file$"):
+        _load_text(missing, tmp_path)
+    ok = tmp_path / "ok.txt"
+    ok.write_text("fine\n")
+    with pytest.raises(ConfigError, match=f"^data.val_files: {re.escape(str(empty))} is empty"):
+        load_corpus_spec(DataSpec(name="text", files=str(ok), val_files=str(empty)), tmp_path)
 
 
 def test_shared_tinyshakespeare_loads(shared_data, tmp_path):
-    corpus = load_text_files(str(shared_data / "tinyshakespeare" / "input.txt"), 5.0)
+    corpus = _load_text(str(shared_data / "tinyshakespeare" / "input.txt"), tmp_path)
     assert len(corpus.train) > 1000 and 0 < len(corpus.val) < len(corpus.train)
     folder = prepare_tokens(corpus, ByteTokenizer(), tmp_path, 5.0)
     splits = load_tokens(folder, ByteTokenizer().token_bytes())
     assert splits.train.size + splits.val.size > 1_000_000
+
+
+# ---------------------------------------------------------------------------- data files (glubench.data.files)
+
+
+def _count_opens(monkeypatch, path) -> list:
+    """Record every ``open`` / ``io.open`` / ``Path.open`` of ``path`` for reading from now on."""
+    target, opened, real = os.path.realpath(path), [], builtins.open
+
+    def counting(file, *args, **kwargs):
+        mode = args[0] if args else kwargs.get("mode", "r")
+        if (isinstance(file, (str, bytes, os.PathLike)) and not set(mode) & set("wax")
+                and os.path.realpath(os.fsdecode(file)) == target):
+            opened.append(file)
+        return real(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", counting)
+    monkeypatch.setattr(io, "open", counting)
+    return opened
+
+
+@pytest.mark.parametrize("content,message", [
+    (b"", "is empty"),
+    (b"  \n\n \t\n", "is empty (only whitespace)"),
+    (b"hello world\n" + b"\x00\x01\x02" * 10, "is binary, not text (NUL byte at byte offset 12)"),
+    ("caf\u00e9 ok\n".encode() + "na\u00efve".encode("latin-1"), "is not UTF-8 text (byte 0xef at byte offset 11)"),
+    (b"ok text \xe2\x82", "is not UTF-8 text (truncated character at byte offset 8)"),
+])
+@pytest.mark.parametrize("chunk", [1 << 20, 3])  # 3: characters and NULs split across reads
+def test_check_text_file_names_the_file_and_the_byte(tmp_path, monkeypatch, content, message, chunk):
+    monkeypatch.setattr(gf, "CHUNK_BYTES", chunk)
+    path = tmp_path / "f.txt"
+    path.write_bytes(content)
+    with pytest.raises(ConfigError) as e:
+        gf.check_text_file(path, "data.val_files")
+    assert str(e.value) == f"data.val_files: {path} {message}"
+
+
+def test_check_text_file_folder_missing_and_unreadable(tmp_path):
+    with pytest.raises(ConfigError) as e:
+        gf.check_text_file(tmp_path)
+    assert str(e.value) == f"data.files: {tmp_path} is a folder; give files or a glob such as '{tmp_path}/*.txt'"
+    with pytest.raises(ConfigError) as e:
+        gf.check_text_file(tmp_path / "gone.txt")
+    assert str(e.value) == f"data.files: {tmp_path / 'gone.txt'} does not exist"
+    locked = tmp_path / "locked.txt"
+    locked.write_text("secret\n")
+    locked.chmod(0)
+    try:
+        if os.access(locked, os.R_OK):
+            pytest.skip("running as a user who can read any file (root)")
+        with pytest.raises(ConfigError) as e:
+            gf.check_text_file(locked)
+        assert str(e.value) == f"data.files: {locked} cannot be read (Permission denied)"
+    finally:
+        locked.chmod(0o600)
+
+
+def test_check_text_file_returns_the_sha256_across_chunk_boundaries(tmp_path, monkeypatch):
+    monkeypatch.setattr(gf, "CHUNK_BYTES", 3)
+    data = "a\u00e9\u20ac\U0001f600 \u00fcber\n".encode()  # 2-, 3- and 4-byte characters split by 3-byte reads
+    path = tmp_path / "u.txt"
+    path.write_bytes(data)
+    assert gf.check_text_file(path) == hashlib.sha256(data).hexdigest()
+    # A bad continuation byte after a lead byte that ended the previous read: reported at the lead byte.
+    bad = tmp_path / "b.txt"
+    bad.write_bytes(b"abc\xe2\x82xyz")  # offset 3: a 3-byte lead, then 'x' where a continuation must be
+    with pytest.raises(ConfigError, match=r"\(byte 0xe2 at byte offset 3\)$"):
+        gf.check_text_file(bad)
+
+
+def test_file_hash_is_computed_once_per_process_until_the_file_changes(tmp_path, monkeypatch):
+    path = tmp_path / "t.txt"
+    path.write_bytes(b"first version\n")
+    gf.clear_hash_cache()
+    opened = _count_opens(monkeypatch, path)
+    assert gf.check_text_file(path) == hashlib.sha256(b"first version\n").hexdigest()
+    assert gf.check_text_file(path, "data.val_files") == hashlib.sha256(b"first version\n").hexdigest()
+    assert gf.content_sha256(path) == hashlib.sha256(b"first version\n").hexdigest()
+    assert len(opened) == 1
+    st = path.stat()
+    path.write_bytes(b"other version\n")  # same size: only the mtime tells
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+    assert gf.check_text_file(path) == hashlib.sha256(b"other version\n").hexdigest()
+    assert len(opened) == 2
+    # A hash taken without the text check does not vouch for the text.
+    blob = tmp_path / "blob.txt"
+    blob.write_bytes(b"\x00binary")
+    assert gf.content_sha256(blob) == hashlib.sha256(b"\x00binary").hexdigest()
+    with pytest.raises(ConfigError, match="NUL byte at byte offset 0"):
+        gf.check_text_file(blob)
+
+
+def test_expand_files_paths_globs_lists_and_home(tmp_path, monkeypatch):
+    from omegaconf import OmegaConf
+
+    for name in ("b.txt", "a.txt", "c.md"):
+        (tmp_path / name).write_text("x\n")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "d.txt").write_text("x\n")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    got = gf.expand_files(OmegaConf.create({"f": ["~/c.md", f"{tmp_path}/*.txt", f"{tmp_path}/**/d.txt"]}).f)
+    assert got == [tmp_path / "c.md", tmp_path / "a.txt", tmp_path / "b.txt", tmp_path / "sub" / "d.txt"]
+    assert gf.expand_files(tmp_path / "sub") == [tmp_path / "sub"]  # kept, for check_text_file to refuse
+    with pytest.raises(ConfigError) as e:
+        gf.expand_files(["~/a.txt", "~/zzz.txt"], "data.val_files")
+    assert str(e.value) == "data.val_files='~/zzz.txt': no such file"
+    with pytest.raises(ConfigError) as e:
+        gf.expand_files("~/*.json")
+    assert str(e.value) == "data.files='~/*.json': the pattern matches no file"
+
+
+def test_infer_format_and_check_data_file(tmp_path):
+    paths = [tmp_path / "a.txt.gz", tmp_path / "b.md", tmp_path / "noext"]
+    assert gf.infer_format(paths, None) == "text"
+    assert gf.infer_format([tmp_path / "x.jsonl.zst"], None) == "json"
+    with pytest.raises(ConfigError) as e:
+        gf.infer_format([tmp_path / "a.txt", tmp_path / "b.parquet"], None, "data.val_files")
+    assert str(e.value) == "data.val_files: files of several formats (parquet, text); set data.format"
+    with pytest.raises(ConfigError, match=r"data.format='csv' is not known; valid: text, json, parquet"):
+        gf.infer_format(paths, "csv")
+    gz = tmp_path / "a.txt.gz"
+    gz.write_bytes(b"\x1f\x8b\x08\x00")  # compressed text is binary: hashed, decoded later by datasets
+    assert gf.check_data_file(gz, "text") == hashlib.sha256(b"\x1f\x8b\x08\x00").hexdigest()
+    empty = tmp_path / "e.json"
+    empty.write_bytes(b"")
+    with pytest.raises(ConfigError) as e:
+        gf.check_data_file(empty, "json")
+    assert str(e.value) == f"data.files: {empty} is empty"
+
+
+def test_data_modules_import_no_torch_or_lightning():
+    code = ("import sys, glubench.data.files, glubench.data.sources, glubench.data.tokenizers, glubench.data.cache; "
+            "print(sorted(m for m in ('torch', 'lightning', 'pytorch_lightning') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert out.stdout.strip() == "[]"
 
 
 # ---------------------------------------------------------------------------- real corpora, Hub configs
@@ -237,7 +405,8 @@ def test_uncached_hub_dataset_offline_fails_fast_naming_it(tmp_path, monkeypatch
     assert not (tmp_path / "cache" / "tokens").exists()  # no silent fallback to another corpus
 
 
-def test_warm_cache_does_not_read_the_text_and_other_ranks_wait(shared_data, tmp_path, monkeypatch):
+def test_warm_cache_reads_each_text_file_at_most_once_tokenizes_nothing_and_other_ranks_wait(
+        shared_data, tmp_path, monkeypatch):
     path = shared_data / "wikitext-2-tokenized" / "valid.txt"
     ov = ["data=text", f"data.files={path}", "data.tokenizer=bpe", "data.vocab_size=400"]
     first = _prepared(ov, tmp_path)
@@ -246,18 +415,43 @@ def test_warm_cache_does_not_read_the_text_and_other_ranks_wait(shared_data, tmp
         raise AssertionError("a warm cache must not tokenize or train a tokenizer")
 
     monkeypatch.setattr(gd, "_tokenize_rows", no_tokenizing)
-    monkeypatch.setattr(gs.Corpus, "load", no_tokenizing)
+    monkeypatch.setattr(gs.Corpus, "load", no_tokenizing)  # rows (and so BPE training) load through here
+    opened = _count_opens(monkeypatch, path)
+    gf.clear_hash_cache()  # as in a new process: the content hash that keys the cache is taken once
     second = _prepared(ov, tmp_path)
     assert second._folder == first._folder
+    assert len(opened) == 1
+    third = _prepared(ov, tmp_path)  # same process, file unchanged: its hash is not recomputed
+    assert third._folder == first._folder and len(opened) == 1
+    monkeypatch.setenv("LOCAL_RANK", "1")  # a rank that does not prepare: setup() reads rank 0's manifest
     other_rank = _dm(ov, tmp_path)
-    other_rank.setup()  # no prepare_data: reads rank 0's manifest
+    other_rank.setup()
     assert other_rank._folder == first._folder and np.array_equal(other_rank.splits.val, first.splits.val)
+    assert len(opened) == 1
     # A vocab change is a miss (and would need preparing): a waiting rank times out instead.
     spec = _dm([*ov, "data.vocab_size=401"], tmp_path).spec
     with pytest.raises(TimeoutError, match="no prepared token cache"):
         wait_for_prepared(spec, "bpe", 401, tmp_path, timeout_s=0.1, poll_s=0.05)
     monkeypatch.undo()
     assert prepare_dataset(spec, "bpe", 401, tmp_path) != first._folder
+
+
+def test_prepare_splits_takes_the_data_section_as_dictconfig_or_dict(shared_data, tmp_path):
+    path = shared_data / "tinyshakespeare" / "input.txt"
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[f"data.cache_dir={tmp_path}", "data=text",
+                                                       f"data.files=[{path}]"])
+    folder, splits = gd.prepare_splits(cfg.data, seq_len=64)
+    again, same = gd.prepare_splits(OmegaConf.to_container(cfg.data, resolve=True), seq_len=64)
+    assert again == folder and (folder / "meta.json").is_file()
+    assert splits.train.size + splits.val.size == path.stat().st_size  # bytes tokenizer: one token a byte
+    assert np.array_equal(same.val, splits.val)
+    # A ListConfig and a list of the same files are the same setting: one manifest for the waiting ranks.
+    assert [json.loads(p.read_text())["folder"] for p in (tmp_path / "prepared").glob("*.json")] == [str(folder)]
+    with pytest.raises(ValueError) as e:
+        gd.prepare_splits(cfg.data, seq_len=2_000_000)
+    assert str(e.value) == (f"data.name='text': the train split has {splits.train.size} tokens, fewer than one "
+                            "window (model.seq_len=2000000 + 1); use more text or a smaller model.seq_len")
 
 
 def test_bpb_is_loss_over_ln2_times_tokens_per_byte(shared_data, tmp_path):

@@ -33,27 +33,22 @@ def prepare(overrides: list[str], out=sys.stdout) -> dict:
     """Prepare the token cache for ``overrides``; returns the sidecar (``meta.json``) plus timing.
 
     Raises:
-        ConfigError: a bad data key (before any heavy work); CorpusUnavailable /
-            TokenizerUnavailable: see :mod:`glubench.corpora` and :mod:`glubench.data`.
+        ConfigError: a bad data key or file (before any heavy work); CorpusUnavailable /
+            TokenizerUnavailable: see :mod:`glubench.data.sources` and :mod:`glubench.data.tokenizers`.
     """
-    from omegaconf import OmegaConf
-
-    from glubench.data.cache import load_tokens
-    from glubench.data.datamodule import LMDataModule
+    from glubench.data.cache import prepare_splits
     from glubench.train.validate import validate_config
 
     cfg = compose(overrides)
-    model_cfg = validate_config(cfg)
-    data = OmegaConf.to_container(cfg.data, resolve=True)
+    validate_config(cfg)
     t0 = time.perf_counter()
-    dm = LMDataModule(**data, seq_len=model_cfg.seq_len)
-    dm.prepare_data()
+    folder, splits = prepare_splits(cfg.data, prepare=True)  # this command is the preparing process
     seconds = time.perf_counter() - t0
-    meta = dict(load_tokens(dm._folder).meta)
+    meta = dict(splits.meta)
     meta["prepare_seconds"] = seconds
-    meta["folder"] = str(dm._folder)
+    meta["folder"] = str(folder)
     print(f"glubench-data: {meta['corpus']} ({meta['source']}), tokenizer={meta['tokenizer']} "
-          f"vocab={meta['vocab_size']}, {seconds:.1f}s -> {dm._folder}", file=out)
+          f"vocab={meta['vocab_size']}, {seconds:.1f}s -> {folder}", file=out)
     for split in ("train", "val"):
         s = meta[split]
         bpt = f"{s['bytes'] / s['tokens']:.3f}" if s["tokens"] else "n/a"
@@ -74,10 +69,12 @@ def main(argv: list[str] | None = None) -> int:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
+    from glubench.core.errors import ConfigError
+    from glubench.core.logging import configure
     from glubench.data.sources import CorpusUnavailable
     from glubench.data.tokenizers import TokenizerUnavailable
-    from glubench.train.validate import ConfigError
 
+    configure()
     try:
         prepare(argv[1:])
     except (ConfigError, HydraException, OmegaConfBaseException) as e:

@@ -4,28 +4,35 @@ Path of the data: :mod:`glubench.data.sources` (documents, split by a stable has
 :mod:`glubench.data.tokenizers` -> :func:`prepare_tokens` (this module) ->
 :mod:`glubench.data.windows` (random training windows, every validation token scored once) ->
 :class:`glubench.data.datamodule.LMDataModule`.
+
+Every command that needs the tokens calls :func:`prepare_splits` with the ``data.*`` config
+section: local rank 0 prepares the cache, the other ranks wait for it, and all memory-map it.
+No torch, no lightning here.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from glubench.core.io import atomic_write_json, sha256_text
+from glubench.core.paths import default_cache_dir
+from glubench.core.ranks import local_rank
 from glubench.data.sources import Corpus, DataSpec, in_val_split, load_corpus_spec
 from glubench.data.tokenizers import build_tokenizer, token_dtype
 
+log = logging.getLogger(__name__)
+
 CACHE_VERSION = 2  # 2: datasets.map pipeline, byte counts and predicted bytes in the sidecar
-
-
-
-
 
 
 @dataclass
@@ -157,6 +164,8 @@ def prepare_tokens(corpus: Corpus, tokenizer, cache_dir: Path, val_percent: floa
     final = Path(cache_dir) / "tokens" / cache_key(corpus, tokenizer, val_percent)
     if (final / "meta.json").exists():
         return final
+    log.info("tokenizing %s (tokenizer=%s, vocab %d) into %s", corpus.source, tokenizer.kind,
+             tokenizer.vocab_size, final)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}."))
     try:
@@ -299,3 +308,92 @@ def wait_for_prepared(spec: DataSpec, tokenizer: str, vocab_size: int, cache_dir
         time.sleep(poll_s)
 
 
+# ---------------------------------------------------------------------------- from the data.* config
+
+
+def _plain(data: Mapping[str, Any] | Any) -> dict:
+    """``data`` as a plain dict of resolved values (a DictConfig's lists become lists, so that
+    :func:`request_key` hashes the same settings the same way whatever the caller passed)."""
+    if isinstance(data, dict):
+        return data
+    from omegaconf import DictConfig, OmegaConf
+
+    if isinstance(data, DictConfig):
+        return OmegaConf.to_container(data, resolve=True)
+    return dict(data)
+
+
+def data_spec(data: Mapping[str, Any]) -> DataSpec:
+    """The :class:`DataSpec` of a ``data.*`` section; keys that do not shape the corpus (batch
+    sizes, workers, keys added by other features) are ignored."""
+    return DataSpec(**{k: v for k, v in _plain(data).items() if k in SPEC_KEYS})
+
+
+def token_folder(data: Mapping[str, Any], *, prepare: bool | None = None) -> Path:
+    """The token-cache folder of the ``data.*`` section ``data``, prepared here or by another rank.
+
+    Args:
+        data: the ``data.*`` config section (dict or DictConfig; :class:`glubench.train.schema.DataConfig`).
+        prepare: ``True``: load, tokenize and write the cache here (:func:`prepare_dataset`);
+            ``False``: wait for the process that does (:func:`wait_for_prepared`); ``None``:
+            prepare on local rank 0 (``LOCAL_RANK`` / ``SLURM_LOCALID``), wait on the others.
+
+    Raises:
+        ConfigError: bad data files; ValueError, CorpusUnavailable, TokenizerUnavailable: see
+            :func:`glubench.data.sources.load_corpus_spec` and :func:`glubench.data.tokenizers.build_tokenizer`;
+            TimeoutError: a waiting rank saw nothing prepared in time.
+    """
+    data = _plain(data)
+    spec = data_spec(data)
+    tokenizer, vocab_size = data.get("tokenizer", "bytes"), data.get("vocab_size", 4096)
+    tokenizer_file = data.get("tokenizer_file")
+    cache_dir = Path(os.path.expanduser(data["cache_dir"])) if data.get("cache_dir") else default_cache_dir()
+    if prepare is None:
+        prepare = local_rank() == 0
+    if prepare:
+        return prepare_dataset(spec, tokenizer, vocab_size, cache_dir, tokenizer_file, data.get("num_proc"))
+    return wait_for_prepared(spec, tokenizer, vocab_size, cache_dir, tokenizer_file)
+
+
+def open_splits(folder: Path, *, seq_len: int | None = None, name: str = "pydocs") -> TokenSplits:
+    """Memory-map the token cache in ``folder`` and check it can serve ``seq_len``-token windows.
+
+    Args:
+        folder: a folder from :func:`token_folder`.
+        seq_len: ``model.seq_len``; ``None`` skips the checks (only preparing, no training).
+        name: ``data.name``, for the messages.
+
+    Raises:
+        ValueError: fewer than 2 validation tokens, or fewer than ``seq_len + 1`` training tokens.
+    """
+    splits = load_tokens(folder)
+    if seq_len is None:
+        return splits
+    if splits.val.size < 2:
+        raise ValueError(f"data.name={name!r}: the validation split has {splits.val.size} tokens; "
+                         "raise data.val_percent or give data.val_files")
+    if splits.train.size < seq_len + 1:
+        raise ValueError(f"data.name={name!r}: the train split has {splits.train.size} tokens, "
+                         f"fewer than one window (model.seq_len={seq_len} + 1); use more text or a "
+                         "smaller model.seq_len")
+    return splits
+
+
+def prepare_splits(data: Mapping[str, Any], *, seq_len: int | None = None,
+                   prepare: bool | None = None) -> tuple[Path, TokenSplits]:
+    """The one way to get the tokens of a ``data.*`` config section: prepare (local rank 0) or
+    wait for (other ranks) the token cache, then memory-map and check it.
+
+    Args:
+        data: the ``data.*`` section (``cfg.data`` as a DictConfig, or a plain dict).
+        seq_len: ``model.seq_len`` to check the splits against; ``None``: no checks.
+        prepare: see :func:`token_folder` (default: local rank 0 prepares).
+
+    Returns:
+        ``(folder, splits)``: the cache folder and its memory-mapped :class:`TokenSplits`.
+    Raises:
+        see :func:`token_folder` and :func:`open_splits`.
+    """
+    data = _plain(data)
+    folder = token_folder(data, prepare=prepare)
+    return folder, open_splits(folder, seq_len=seq_len, name=data.get("name", "pydocs"))

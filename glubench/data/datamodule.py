@@ -7,8 +7,7 @@ from pathlib import Path
 
 import torch
 
-from glubench.data.cache import SPEC_KEYS, TokenSplits, load_tokens, prepare_dataset, wait_for_prepared
-from glubench.data.sources import DataSpec
+from glubench.data.cache import TokenSplits, data_spec, open_splits, prepare_splits, token_folder
 from glubench.data.windows import StartAt, TrainBatches, ValWindows
 
 
@@ -21,11 +20,12 @@ def _lightning_datamodule_base():
 class LMDataModule(_lightning_datamodule_base()):
     """Lightning data module: prepares the token cache (local rank 0), memory-maps it, serves batches.
 
-    Args mirror ``data.*`` (:class:`glubench.config.DataConfig`) plus ``seq_len``
+    Args mirror ``data.*`` (:class:`glubench.train.schema.DataConfig`) plus ``seq_len``
     (``model.seq_len``), ``num_batches`` (optimizer steps × gradient-accumulation
     micro-batches) and the run ``seed``.  :meth:`prepare_data` does all the writing (Lightning
-    calls it on local rank 0 only); :meth:`setup` on a rank that did not prepare waits for the
-    preparing rank's manifest and memory-maps the same folder.
+    calls it on local rank 0 only); :meth:`setup` memory-maps the folder it prepared, or, if it
+    did not run, goes through :func:`glubench.data.cache.prepare_splits` (local rank 0
+    prepares, the other ranks wait for its manifest).
     """
 
     def __init__(self, name: str = "pydocs", tokenizer: str = "bytes", vocab_size: int = 4096,
@@ -38,9 +38,10 @@ class LMDataModule(_lightning_datamodule_base()):
         self.val_percent, self.batch_size, self.val_batch_size = val_percent, batch_size, val_batch_size
         self.num_workers, self.files = num_workers, files
         self.tokenizer_file, self.num_proc = tokenizer_file, num_proc
-        # data.* keys that do not shape the corpus (added by other features) are not ours.
-        self.spec = DataSpec(name=name, files=files, val_percent=val_percent,
-                             **{k: v for k, v in source.items() if k in SPEC_KEYS})
+        # The data.* section as prepare_splits takes it (keys that do not shape the corpus are ignored there).
+        self.data = dict(source, name=name, tokenizer=tokenizer, vocab_size=vocab_size, val_percent=val_percent,
+                         cache_dir=cache_dir, files=files, tokenizer_file=tokenizer_file, num_proc=num_proc)
+        self.spec = data_spec(self.data)
         self.cache_dir = Path(os.path.expanduser(cache_dir))
         self.seq_len, self.num_batches, self.seed = seq_len, num_batches, seed
         self.splits: TokenSplits | None = None
@@ -49,24 +50,16 @@ class LMDataModule(_lightning_datamodule_base()):
 
     def prepare_data(self) -> None:
         if self._folder is None:
-            self._folder = prepare_dataset(self.spec, self.tokenizer_kind, self.vocab_size, self.cache_dir,
-                                           self.tokenizer_file, self.num_proc)
+            self._folder = token_folder(self.data, prepare=True)
 
     def setup(self, stage: str | None = None) -> None:
         if self.splits is not None:
             return
-        if self._folder is None:  # a rank that did not prepare
-            self._folder = wait_for_prepared(self.spec, self.tokenizer_kind, self.vocab_size, self.cache_dir,
-                                             self.tokenizer_file)
-        self.splits = load_tokens(self._folder)
+        if self._folder is None:  # prepare_data did not run in this process
+            self._folder, self.splits = prepare_splits(self.data, seq_len=self.seq_len)
+        else:
+            self.splits = open_splits(self._folder, seq_len=self.seq_len, name=self.name)
         self.corpus_fingerprint = self.splits.meta["fingerprint"]
-        if self.splits.val.size < 2:
-            raise ValueError(f"data.name={self.name!r}: the validation split has {self.splits.val.size} tokens; "
-                             "raise data.val_percent or give data.val_files")
-        if self.splits.train.size < self.seq_len + 1:
-            raise ValueError(f"data.name={self.name!r}: the train split has {self.splits.train.size} tokens, "
-                             f"fewer than one window (model.seq_len={self.seq_len} + 1); use more text or a "
-                             "smaller model.seq_len")
 
     def train_dataloader(self):
         t = self.trainer

@@ -21,8 +21,6 @@ documents go to validation by a stable hash of their id (:func:`in_val_split`).
 
 from __future__ import annotations
 
-import codecs
-import glob
 import hashlib
 import json
 import os
@@ -35,15 +33,17 @@ from typing import Any, Optional
 
 import numpy as np
 
-from glubench.core.io import atomic_write_json, file_sha256, sha256_text
-from glubench.core.paths import default_cache_dir
+from glubench.core.io import atomic_write_json, sha256_text
+from glubench.data.files import (
+    FORMATS,  # noqa: F401  (glubench.train.validate imports it from here)
+    check_data_file,
+    expand_files,
+    infer_format,
+)
 
 DOC_SEPARATOR = "\n\n"
 LOADER_VERSION = 2  # bump when a rule that changes rows or documents changes
 CORPORA = ("pydocs", "text", "tinyshakespeare", "wikitext2", "wikitext103", "tinystories", "fineweb_edu")
-FORMATS = ("text", "json", "parquet")
-_EXTENSIONS = {".txt": "text", ".text": "text", ".md": "text", ".json": "json", ".jsonl": "json",
-               ".parquet": "parquet"}
 
 
 class CorpusUnavailable(RuntimeError):
@@ -189,80 +189,6 @@ def hash_split_dataset(ds, val_percent: float, id_column: str | None, by_paragra
 # ---------------------------------------------------------------------------- local files
 
 
-def resolve_files(files: str | os.PathLike | Sequence[str], key: str = "data.files") -> list[Path]:
-    """Expand a path, a glob or a list of them (``~`` allowed) into sorted existing files.
-
-    Raises:
-        FileNotFoundError: a pattern matches nothing, naming ``key`` and the pattern.
-    """
-    patterns = [files] if isinstance(files, (str, os.PathLike)) else list(files)
-    if not patterns:
-        raise FileNotFoundError(f"{key}=[]: no files given")
-    paths: list[Path] = []
-    for pattern in patterns:
-        expanded = os.path.expanduser(str(pattern))
-        matches = sorted(glob.glob(expanded, recursive=True)) if glob.has_magic(expanded) else (
-            [expanded] if os.path.exists(expanded) else [])
-        matches = [m for m in matches if os.path.isfile(m)]
-        if not matches:
-            raise FileNotFoundError(f"{key}={str(pattern)!r}: no such file")
-        paths.extend(Path(m) for m in matches)
-    return paths
-
-
-def check_text_file(path: Path, chunk_bytes: int = 1 << 24) -> str:
-    """Read ``path`` once: sha256 of its bytes, checking it is non-empty UTF-8 text.
-
-    The one place that reports a bad text file precisely (file and byte offset).
-
-    Returns:
-        the hex sha256 of the file's bytes.
-    Raises:
-        ValueError: the file is empty / whitespace only, or not UTF-8 (first bad byte's offset).
-        OSError: it cannot be read.
-    """
-    decoder = codecs.getincrementaldecoder("utf-8")()
-    h, offset, nonblank = hashlib.sha256(), 0, False
-    with open(path, "rb") as f:
-        while chunk := f.read(chunk_bytes):
-            h.update(chunk)
-            try:
-                text = decoder.decode(chunk)
-            except UnicodeDecodeError as e:
-                # e.start is relative to the decoder's pending bytes plus this chunk.
-                pending = len(e.object) - len(chunk)
-                raise ValueError(f"{path} is not UTF-8 text (byte offset {offset - pending + e.start})") from None
-            nonblank = nonblank or bool(text.strip())
-            offset += len(chunk)
-        try:
-            decoder.decode(b"", final=True)
-        except UnicodeDecodeError as e:
-            raise ValueError(f"{path} is not UTF-8 text (byte offset {offset - len(e.object) + e.start}: "
-                             "truncated character at the end)") from None
-    if not nonblank:
-        raise ValueError(f"{path} is empty")
-    return h.hexdigest()
-
-
-def infer_format(paths: Sequence[Path], fmt: str | None, key: str = "data.files") -> str:
-    """``data.format`` if given, else the one format implied by the files' extensions.
-
-    Raises:
-        ValueError: unknown format, or files of several formats.
-    """
-    if fmt:
-        if fmt not in FORMATS:
-            raise ValueError(f"data.format={fmt!r} is not known; valid: {', '.join(FORMATS)}")
-        return fmt
-    kinds = set()
-    for p in paths:
-        suffixes = [s for s in p.suffixes if s not in (".gz", ".bz2", ".xz", ".zst")]
-        kinds.add(_EXTENSIONS.get(suffixes[-1].lower() if suffixes else "", "text"))
-    if len(kinds) > 1:
-        raise ValueError(f"{key}: files of several formats ({', '.join(sorted(kinds))}); set data.format")
-    return kinds.pop()
-
-
 @dataclass
 class DataSpec:
     """Where a corpus comes from: the ``data.*`` keys that select and shape its text."""
@@ -284,21 +210,6 @@ class DataSpec:
     max_tokens: Optional[int] = None
     val_percent: float = 5.0
 
-    @classmethod
-    def from_kwargs(cls, **kwargs) -> DataSpec:
-        known = {f for f in cls.__dataclass_fields__}
-        return cls(**{k: v for k, v in kwargs.items() if k in known})
-
-
-def load_text_files(files, val_percent: float, cache_dir: Path | None = None, val_files=None) -> Corpus:
-    """Local UTF-8 text files (``data=text``), loaded now.
-
-    Raises:
-        FileNotFoundError: no file matches; ValueError: a file is empty or not UTF-8 text.
-    """
-    spec = DataSpec(name="text", files=files, val_files=val_files, val_percent=val_percent)
-    return load_local_files(spec, Path(cache_dir) if cache_dir else default_cache_dir()).load()
-
 
 def _local_cache(cache_dir: Path) -> str:
     return str(Path(cache_dir) / "hf-local")
@@ -307,22 +218,18 @@ def _local_cache(cache_dir: Path) -> str:
 def load_local_files(spec: DataSpec, cache_dir: Path) -> Corpus:
     """``data.files`` (+ ``data.val_files``) through the datasets ``text``/``json``/``parquet`` builder.
 
-    The files are hashed (and text files checked for UTF-8) now; the rows load lazily.
+    The files are checked and hashed now (:func:`glubench.data.files.check_data_file`, at most
+    once per process for an unchanged file); the rows load lazily.
 
     Raises:
-        FileNotFoundError / ValueError: missing files, bad text, several formats.
+        ConfigError: missing files, a folder, bad text, several formats (the message names the
+            key, the file and the byte offset).
     """
-    paths = resolve_files(spec.files, "data.files")
-    val_paths = resolve_files(spec.val_files, "data.val_files") if spec.val_files else []
+    paths = expand_files(spec.files, "data.files")
+    val_paths = expand_files(spec.val_files, "data.val_files") if spec.val_files else []
     fmt = infer_format(paths + val_paths, spec.format)
-    check = check_text_file if fmt == "text" else file_sha256
-    hashes = []
-    for key, group in (("data.files", paths), ("data.val_files", val_paths)):
-        for p in group:
-            try:
-                hashes.append(check(p))
-            except ValueError as e:
-                raise ValueError(f"{key}: {e}") from None
+    hashes = [check_data_file(p, fmt, key) for key, group in (("data.files", paths), ("data.val_files", val_paths))
+              for p in group]
     separator = "" if fmt == "text" else spec.doc_separator
     # Only what shapes the rows: a text file's rows ignore the column, id and separator keys,
     # so data=text and a Hub config pointed at the same files share one token cache.

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from glubench.core.io import atomic_write_bytes
-from glubench.data.sources import DOC_SEPARATOR, Corpus, sha256_text
+from glubench.core.io import atomic_write_bytes, sha256_text
+from glubench.data.sources import Corpus
 
 # ---------------------------------------------------------------------------- tokenizers
 
@@ -45,12 +45,6 @@ class _Tokenizer:
         values = np.fromiter((i for e in encs for i in e), dtype=dtype, count=int(lengths.sum()))
         return values, lengths
 
-    def encode_documents(self, docs: Sequence[str], separator: str = DOC_SEPARATOR) -> np.ndarray:
-        """``(n_tokens,)`` ids of the documents, each followed by ``separator``, concatenated."""
-        dtype = token_dtype(self.vocab_size)
-        encs = self.encode_batch([d + separator for d in docs])
-        return np.concatenate([np.asarray(e, dtype=dtype) for e in encs]) if encs else np.zeros(0, dtype)
-
     def token_bytes(self) -> np.ndarray:
         """``(vocab_size,)`` int64 UTF-8 byte length of each token id."""
         raise NotImplementedError
@@ -70,10 +64,6 @@ class ByteTokenizer(_Tokenizer):
         raw = [t.encode("utf-8") for t in texts]
         lengths = np.fromiter(map(len, raw), dtype=np.int64, count=len(raw))
         return np.frombuffer(b"".join(raw), dtype=np.uint8).astype(np.uint16), lengths
-
-    def encode_documents(self, docs: Sequence[str], separator: str = DOC_SEPARATOR) -> np.ndarray:
-        text = "".join(d + separator for d in docs)
-        return np.frombuffer(text.encode("utf-8"), dtype=np.uint8).astype(np.uint16)
 
     def token_bytes(self) -> np.ndarray:
         return np.ones(self.vocab_size, dtype=np.int64)
@@ -101,18 +91,12 @@ class BPETokenizer(_Tokenizer):
         return Path(cache_dir) / "tokenizers" / f"bpe-{key}-{vocab_size}.json"
 
     @classmethod
-    def train_or_load(cls, corpus: Corpus, vocab_size: int, cache_dir: Path, write: bool = True) -> BPETokenizer:
-        """Load the cached BPE for this corpus and vocab, training (and caching) it if absent.
-
-        Raises:
-            FileNotFoundError: absent and ``write=False`` (a rank that must not prepare).
-        """
+    def train_or_load(cls, corpus: Corpus, vocab_size: int, cache_dir: Path) -> BPETokenizer:
+        """Load the cached BPE for this corpus and vocab, training (and caching) it if absent."""
         from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
         path = cls.path_for(corpus, vocab_size, cache_dir)
         if not path.exists():
-            if not write:
-                raise FileNotFoundError(f"BPE tokenizer {path} has not been trained yet")
             tok = Tokenizer(models.BPE())
             tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
             tok.decoder = decoders.ByteLevel()
@@ -226,20 +210,17 @@ TOKENIZERS = ("bytes", "bpe", "gpt2")
 
 
 def build_tokenizer(kind: str, corpus: Corpus, vocab_size: int, cache_dir: Path,
-                    tokenizer_file: str | None = None, write: bool = True):
+                    tokenizer_file: str | None = None):
     """Return the tokenizer ``kind`` (``data.tokenizer``); a BPE is trained on ``corpus``'s train split.
 
     Raises:
         ValueError: unknown kind (lists the valid ones); TokenizerUnavailable: see
-            :meth:`GPT2Tokenizer.load`; FileNotFoundError: an untrained BPE with ``write=False``.
+            :meth:`GPT2Tokenizer.load`.
     """
     if kind == "bytes":
         return ByteTokenizer()
     if kind == "bpe":
-        return BPETokenizer.train_or_load(corpus, vocab_size, cache_dir, write=write)
+        return BPETokenizer.train_or_load(corpus, vocab_size, cache_dir)
     if kind == "gpt2":
         return GPT2Tokenizer.load(tokenizer_file)
     raise ValueError(f"data.tokenizer={kind!r} is not known; valid: {', '.join(TOKENIZERS)}")
-
-
-# ---------------------------------------------------------------------------- token cache
