@@ -263,7 +263,7 @@ def test_warm_cache_does_not_read_the_text_and_other_ranks_wait(shared_data, tmp
 def test_bpb_is_loss_over_ln2_times_tokens_per_byte(shared_data, tmp_path):
     import lightning.pytorch as pl
 
-    from glubench.nn.transformer import ModelConfig
+    from glubench.nn.config import ModelConfig
     from glubench.train.module import LanguageModel
 
     path = tmp_path / "shakespeare-100k.txt"  # a slice keeps validation quick on 2 shared cores

@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from glubench.data.windows import IGNORE_INDEX
-from glubench.nn.transformer import ModelConfig, Transformer
+from glubench.nn.config import ModelConfig
+from glubench.nn.transformer import Transformer
 from glubench.train.metrics import LN2, CorpusNLL, perplexity
 
 # Shapes are static (fixed training windows), so dynamic=False keeps one specialised graph per

@@ -26,8 +26,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from glubench.core.errors import ConfigError
 from glubench.data.sources import CORPORA, FORMATS, infer_format
 from glubench.data.tokenizers import TOKENIZERS
-from glubench.nn.ffn import FFN_REGISTRY
-from glubench.nn.transformer import ModelConfig
+from glubench.nn.config import FFN_VARIANTS, ModelConfig
 
 PRECISIONS = ("32-true", "32", "bf16-mixed", "bf16-true", "16-mixed", "16-true", "64-true")
 GPT2_VOCAB = 50257
@@ -289,8 +288,8 @@ def validate_config(cfg: DictConfig, splits: Any = None) -> ModelConfig:
         raise ConfigError(f"optim.lr={o.lr} must be a positive number")
     tune = cfg.get("tune") or {}
     for v in tune.get("variants") or []:
-        if v not in FFN_REGISTRY:
-            raise ConfigError(f"tune.variants: {v!r} is not a known FFN; valid: {', '.join(FFN_REGISTRY)}")
+        if v not in FFN_VARIANTS:
+            raise ConfigError(f"tune.variants: {v!r} is not a known FFN; valid: {', '.join(FFN_VARIANTS)}")
     if tune.get("variants") and (tune.get("n_trials", 1) < 1 or not tune.get("seeds")):
         raise ConfigError(f"tune.n_trials={tune.get('n_trials')} must be >= 1 and tune.seeds={tune.get('seeds')} "
                           "must list at least one seed")
