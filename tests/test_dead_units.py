@@ -4,15 +4,11 @@ import math
 import pytest
 import torch
 
-from glubench.analysis.dead_units import (
-    DeadUnitsCallback,
-    activation_stats,
-    ffn_stats,
-    outputs_exact_zeros,
-    probe_stats,
-)
+from glubench.analysis.dead_units import activation_stats, ffn_stats, outputs_exact_zeros, probe_stats
+from glubench.nn.config import ModelConfig
 from glubench.nn.ffn import FFN_REGISTRY, build_ffn
-from glubench.nn.transformer import ModelConfig, Transformer
+from glubench.nn.transformer import Transformer
+from glubench.train.diagnostics import DeadUnitsCallback
 from glubench.train.results import RunResult
 
 

@@ -146,7 +146,8 @@ def train(cfg: DictConfig, result: RunResult) -> RunResult:
     throughput = ThroughputCallback(fpt, None, cfg.throughput.warmup_steps, t.log_every_n_steps)
     dead_units = None
     if cfg.diagnostics.dead_units:
-        from glubench.analysis.dead_units import DeadUnitsCallback, probe_batch
+        from glubench.analysis.dead_units import probe_batch
+        from glubench.train.diagnostics import DeadUnitsCallback
 
         g = cfg.diagnostics
         dead_units = DeadUnitsCallback(probe_batch(dm.splits.val, model_cfg.seq_len, g.probe_batch_size),
