@@ -5,9 +5,11 @@ import pytest
 import torch
 
 from glubench.analysis.ffn_regions import region_counts
+from glubench.analysis.hooks import run_with_hooks
 from glubench.analysis.init_variance import he_relu_stack, transformer_profile
 from glubench.analysis.regions import count_on_segment, mlp_layers
-from glubench.nn.transformer import ModelConfig, Transformer
+from glubench.nn.config import ModelConfig
+from glubench.nn.transformer import Transformer
 
 
 def test_he_init_keeps_var_z_at_two():
@@ -22,11 +24,85 @@ def test_he_init_keeps_var_z_at_two():
     assert float((x @ W.T).var()) == pytest.approx(1.0, rel=0.05)
 
 
+def tiny(ffn="swiglu", **kw):
+    return Transformer(ModelConfig(vocab_size=16, d_model=8, n_layers=2, n_heads=2, seq_len=8, ffn=ffn, **kw))
+
+
+def _no_hooks(model) -> bool:
+    return not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+
+
+def test_run_with_hooks_captures_in_eval_mode_and_cleans_up():
+    torch.manual_seed(0)
+    model = tiny(dropout=0.5).train()
+    idx = torch.randint(0, 16, (2, 8))
+    seen = {}
+
+    def pre(m, a):
+        seen["pre"] = (a[0].clone(), m.training, torch.is_grad_enabled())
+
+    def fwd(m, a, o):
+        seen["fwd"] = o.clone()
+
+    logits = run_with_hooks(model, idx, [(model.ln_f, pre, "pre"), (model.blocks[0].ffn, fwd)])
+    x, training, grad = seen["pre"]
+    assert not training and not grad and model.training and _no_hooks(model)
+    model.eval()
+    with torch.no_grad():  # the same numbers by hand, in eval mode (dropout off)
+        h = model.tok_emb(idx) + model.pos_emb(torch.arange(8))
+        h = h + model.blocks[0].attn(model.blocks[0].ln_attn(h))
+        torch.testing.assert_close(seen["fwd"], model.blocks[0].ffn(model.blocks[0].ln_ffn(h)))
+        torch.testing.assert_close(x, model.blocks[1](h + seen["fwd"]))
+        torch.testing.assert_close(logits, model(idx))
+
+
+def test_run_with_hooks_cleans_up_after_errors():
+    model = tiny().train()
+    idx = torch.zeros(1, 8, dtype=torch.long)
+
+    def boom(m, a, o):
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        run_with_hooks(model, idx, [(model.blocks[0].ffn, lambda m, a, o: None), (model.blocks[1].ffn, boom)])
+    assert model.training and _no_hooks(model)
+    with pytest.raises(ValueError, match="kind='post' is not known; valid: forward, pre"):
+        run_with_hooks(model, idx, [(model.ln_f, lambda m, a: None, "pre"), (model.ln_f, boom, "post")])
+    assert model.training and _no_hooks(model)
+    with pytest.raises(ValueError, match="not the model itself"):
+        run_with_hooks(model, idx, [(model, boom)])
+
+
+def test_run_with_hooks_runs_compiled_models_eagerly():
+    """Compiled in place (``model.compile()``) or wrapped (``torch.compile(model)``): the hooks still fire
+    and nothing is compiled (the Python forward runs)."""
+    torch.manual_seed(0)
+    model = tiny().eval()
+    idx = torch.randint(0, 16, (2, 8))
+    with torch.no_grad():
+        want = model(idx)
+
+    def no_compiling(gm, example_inputs):  # a torch.compile backend that fails if a graph is compiled
+        raise AssertionError("compiled")
+
+    wrapped = torch.compile(model, backend=no_compiling)
+    model.compile(backend=no_compiling)
+    seen = []
+    for m in (model, wrapped):
+        seen.clear()
+        out = run_with_hooks(m, idx, [(model.blocks[1].ffn.w_in, lambda mod, a, o: seen.append(o))])
+        assert len(seen) == 1 and _no_hooks(model)
+        torch.testing.assert_close(out, want, rtol=0, atol=0)
+    with pytest.raises(Exception, match="compiled"):  # the backend does fail for a compiled call
+        model(idx)
+
+
 def test_transformer_profile_matches_direct_computation():
     torch.manual_seed(0)
-    model = Transformer(ModelConfig(vocab_size=16, d_model=8, n_layers=2, n_heads=2, seq_len=8, ffn="swiglu"))
+    model = tiny()
     idx = torch.randint(0, 16, (3, 8))
     prof = transformer_profile(model, idx)
+    assert model.training and _no_hooks(model)  # the mode it came in, no hooks left
     assert [p["layer"] for p in prof] == [0, 1, 2]
     with torch.no_grad():
         x = model.tok_emb(idx) + model.pos_emb(torch.arange(8))

@@ -8,7 +8,8 @@ import torch
 
 import glubench.cli.bench as bench
 import glubench.train.module as gmodule
-from glubench.nn.transformer import ModelConfig, Transformer
+from glubench.nn.config import ModelConfig
+from glubench.nn.transformer import Transformer
 
 
 def test_summarize_exact_rates():

@@ -457,7 +457,7 @@ def test_prepare_splits_takes_the_data_section_as_dictconfig_or_dict(shared_data
 def test_bpb_is_loss_over_ln2_times_tokens_per_byte(shared_data, tmp_path):
     import lightning.pytorch as pl
 
-    from glubench.nn.transformer import ModelConfig
+    from glubench.nn.config import ModelConfig
     from glubench.train.module import LanguageModel
 
     path = tmp_path / "shakespeare-100k.txt"  # a slice keeps validation quick on 2 shared cores

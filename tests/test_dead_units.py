@@ -4,15 +4,11 @@ import math
 import pytest
 import torch
 
-from glubench.analysis.dead_units import (
-    DeadUnitsCallback,
-    activation_stats,
-    ffn_stats,
-    outputs_exact_zeros,
-    probe_stats,
-)
+from glubench.analysis.dead_units import activation_stats, ffn_stats, outputs_exact_zeros, probe_stats
+from glubench.nn.config import ModelConfig
 from glubench.nn.ffn import FFN_REGISTRY, build_ffn
-from glubench.nn.transformer import ModelConfig, Transformer
+from glubench.nn.transformer import Transformer
+from glubench.train.callbacks import DeadUnitsCallback
 from glubench.train.results import RunResult
 
 
@@ -88,7 +84,7 @@ def test_callback_in_a_training_run(tmp_path, monkeypatch):
 
 def test_callback_rejects_bad_interval():
     with pytest.raises(ValueError, match="diagnostics.every_n_steps=0"):
-        DeadUnitsCallback(torch.zeros(1, 1, dtype=torch.long), every_n_steps=0)
+        DeadUnitsCallback(every_n_steps=0, probe=torch.zeros(1, 1, dtype=torch.long))
 
 
 def test_report_shows_dead_fraction_columns(tmp_path):

@@ -4,16 +4,8 @@ import math
 import pytest
 import torch
 
-from glubench.nn.ffn import (
-    FFN_REGISTRY,
-    PAPER_VARIANTS,
-    GatedMLP,
-    build_ffn,
-    ffn_hidden_dim,
-    ffn_params,
-    get_spec,
-    matching_error,
-)
+from glubench.nn.config import FFN_VARIANTS, PAPER_VARIANTS, ffn_hidden_dim, ffn_params, get_variant, matching_error
+from glubench.nn.ffn import FFN_REGISTRY, MLP, GatedMLP, build_ffn, get_spec
 
 
 def phi(x):  # standard normal CDF, written out
@@ -45,9 +37,20 @@ def test_registry_holds_the_paper_variants():
     assert [n for n in PAPER_VARIANTS if get_spec(n).gated] == ["glu", "bilinear", "reglu", "geglu", "swiglu"]
 
 
+def test_registry_is_built_from_the_torch_free_table():
+    assert list(FFN_REGISTRY) == list(FFN_VARIANTS)
+    for name, spec in FFN_REGISTRY.items():
+        assert spec.cls is (GatedMLP if FFN_VARIANTS[name].gated else MLP), name
+
+
 def test_unknown_variant_lists_the_valid_ones():
     with pytest.raises(ValueError, match="model.ffn='swigly'.*relu.*swiglu"):
         get_spec("swigly")
+    valid = "relu, gelu, swish, glu, bilinear, reglu, geglu, swiglu, mish, elu, relu2, mishglu"
+    for lookup in (get_spec, get_variant):
+        with pytest.raises(ValueError) as e:
+            lookup("swigly")
+        assert str(e.value) == f"model.ffn='swigly' is not a known FFN variant; valid: {valid}"
 
 
 @pytest.mark.parametrize("name", PAPER_VARIANTS + EXTRA_VARIANTS)
@@ -113,12 +116,37 @@ def test_parameter_matching_within_half_percent(d_model, mult, bias):
 
 @pytest.mark.parametrize("bias", [False, True])
 def test_extra_variants_are_matched_like_the_rest(bias):
-    base = ffn_params(100, 400, gated=False, bias=bias)
+    base = 2 * 100 * 400 + ((400 + 100) if bias else 0)
+    # gated, d_model 100, d_ff 400: no bias 2/3·400 = 266.67 -> 267; bias 400·201/302 = 266.23 -> 266
+    widths = {"mish": 400, "elu": 400, "relu2": 400, "mishglu": 266 if bias else 267}
     for name in EXTRA_VARIANTS:
         ffn = build_ffn(name, 100, 400, bias=bias)
         n = sum(p.numel() for p in ffn.parameters())
-        assert ffn.hidden == ffn_hidden_dim(100, 400, get_spec(name).gated, bias)
+        assert ffn.hidden == widths[name], name
         assert abs(n / base - 1) <= 0.005, (name, n, base)
+
+
+@pytest.mark.parametrize(
+    "name,d_model,d_ff,bias,multiple_of,hidden",
+    [
+        ("swiglu", 768, 3072, False, None, 2048),  # Shazeer 2020, section 2
+        ("relu", 768, 3072, False, None, 3072),
+        ("geglu", 64, 512, False, None, 341),  # 2/3·512 = 341.33
+        ("reglu", 100, 400, False, None, 267),  # 2/3·400 = 266.67
+        ("reglu", 100, 400, True, None, 266),  # 400·(2·100+1)/(3·100+2) = 80400/302 = 266.23
+        ("swiglu", 768, 3072, True, None, 2048),  # 3072·1537/2306 = 2047.56
+        ("gelu", 100, 400, True, None, 400),  # non-gated: d_ff itself, with or without bias
+        ("glu", 100, 400, False, 64, 256),  # 267/64 = 4.17 -> 4·64
+        ("glu", 64, 512, False, 128, 384),  # 341/128 = 2.66 -> 3·128
+        ("relu", 100, 300, False, 64, 320),  # non-gated widths are rounded too: 300/64 = 4.69 -> 5·64
+        ("bilinear", 4, 3, False, 8, 8),  # 2/3·3 = 2 rounds to 0·8: at least one multiple
+    ],
+)
+def test_build_ffn_width_pinned_by_hand(name, d_model, d_ff, bias, multiple_of, hidden):
+    ffn = build_ffn(name, d_model, d_ff, bias=bias, multiple_of=multiple_of)
+    assert ffn.hidden == hidden
+    assert ffn.w_in.weight.shape == ((2 if ffn.gated else 1) * hidden, d_model)
+    assert ffn.w_out.weight.shape == (d_model, hidden)
 
 
 def test_paper_width():

@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from glubench.data.windows import IGNORE_INDEX, ValWindows
+from glubench.nn.config import ModelConfig
 from glubench.nn.flops import lookup_peak_flops, mfu
-from glubench.nn.transformer import ModelConfig
 from glubench.train.metrics import ThroughputMeter, bits_per_byte, perplexity
 from glubench.train.module import LanguageModel, lr_lambda
 

@@ -1,4 +1,6 @@
 import math
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -6,9 +8,9 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from glubench.nn.ffn import PAPER_VARIANTS
+from glubench.nn.config import PAPER_VARIANTS, ModelConfig
 from glubench.nn.flops import flops_per_token
-from glubench.nn.transformer import ModelConfig, Transformer, count_params
+from glubench.nn.transformer import Transformer, count_params
 
 
 def small(ffn="relu", **kw):
@@ -25,6 +27,30 @@ def test_config_derives_and_checks():
         small("nope")
     with pytest.raises(ValueError, match="model.init"):
         small(init="xavier")
+
+
+def test_unknown_ffn_message_lists_every_variant():
+    with pytest.raises(ValueError) as e:
+        small("nope")
+    assert str(e.value) == ("model.ffn='nope' is not a known FFN variant; valid: relu, gelu, swish, glu, "
+                            "bilinear, reglu, geglu, swiglu, mish, elu, relu2, mishglu")
+
+
+def test_config_validates_without_torch():
+    """The ``glubench`` command validates a config before importing torch (it must answer in < 2 s)."""
+    code = ("import sys; from glubench.nn.config import ModelConfig; "
+            "c = ModelConfig(ffn='swiglu', d_model=768, d_ff=3072); "
+            "print(c.ffn_hidden, c.gated, 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["2048", "True", "False"]
+
+
+def test_input_longer_than_seq_len_is_a_clear_error():
+    model = Transformer(small("relu"))  # seq_len 16
+    assert model(torch.zeros(1, 16, dtype=torch.long)).shape == (1, 16, 64)
+    with pytest.raises(ValueError) as e:
+        model(torch.zeros(2, 17, dtype=torch.long))
+    assert str(e.value) == "input of T=17 tokens is longer than model.seq_len=16"
 
 
 def test_forward_shape_and_causality():
@@ -50,6 +76,40 @@ def test_tied_embeddings_and_counts():
     assert c.nonembedding == L * per_layer + d  # + final LayerNorm
     assert c.total == c.nonembedding + V * d + T * d
     assert c.matmul == L * (4 * d * d + 3 * d * h) + d * V
+
+
+def test_dropout_is_stochastic_only_in_train_mode():
+    torch.manual_seed(0)
+    idx = torch.randint(0, 64, (2, 16))
+    model = Transformer(small("swiglu", dropout=0.5))
+    model.train()
+    assert not torch.equal(model(idx), model(idx))  # a fresh dropout mask on every call
+    model.eval()
+    assert torch.equal(model(idx), model(idx))
+    no_dropout = Transformer(small("swiglu", dropout=0.0)).train()
+    assert torch.equal(no_dropout(idx), no_dropout(idx))
+
+
+def test_bias_model_counts_and_trains():
+    """bias=true: every Linear and LayerNorm has a bias; the gated FFN width follows the bias rule."""
+    torch.manual_seed(0)
+    cfg = small("swiglu", bias=True)  # d_model 32, d_ff 128
+    d, L, V, T = 32, 2, 64, 16
+    h = 85  # round(128·(2·32+1)/(3·32+2)) = round(8320/98) = round(84.9)
+    assert cfg.ffn_hidden == h
+    model = Transformer(cfg)
+    c = count_params(model)
+    ffn = 3 * d * h + 2 * h + d  # W and V with their biases, W2 with its bias
+    assert c.ffn_per_layer == ffn == 8362
+    per_layer = (3 * d * d + 3 * d) + (d * d + d) + ffn + 2 * 2 * d  # qkv, proj, ffn, two LayerNorms
+    assert c.total == L * per_layer + 2 * d + V * d + T * d  # + final LayerNorm, embeddings
+    idx = torch.randint(0, V, (2, T))
+    loss = F.cross_entropy(model(idx).flatten(0, 1), idx.flatten())
+    loss.backward()
+    assert math.isfinite(loss.item())
+    for name, p in model.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+    assert model.blocks[0].ffn.w_in.bias.grad.abs().sum() > 0
 
 
 @pytest.mark.parametrize("init", ["scaled_normal", "normal", "kaiming"])

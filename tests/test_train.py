@@ -106,7 +106,8 @@ def test_multirun_gives_one_wandb_run_per_job(tmp_path):
 
 
 def test_bpe_on_a_local_file_trains_and_sizes_the_model(shared_data, tmp_path, monkeypatch):
-    from glubench.nn.transformer import ModelConfig, Transformer, count_params
+    from glubench.nn.config import ModelConfig
+    from glubench.nn.transformer import Transformer, count_params
 
     path = shared_data / "wikitext-2-tokenized" / "valid.txt"
     result = _ci_run(tmp_path, monkeypatch, "data=text", f"data.files={path}", "data.tokenizer=bpe",

@@ -17,6 +17,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from glubench.analysis.hooks import run_with_hooks
 from glubench.analysis.regions import ReluLayer, count_line_arrangement, count_on_segment
 
 PATTERN_VARIANTS = ("relu", "relu2", "reglu")
@@ -26,22 +27,17 @@ TRIANGLE = np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
 def _capture(model, idx: torch.Tensor) -> dict:
     """FFN inputs (after LayerNorm) and residual states before each FFN, plus each LN's scale, ``(N, C)``."""
     rec: dict = {}
-    handles = []
-    for i, block in enumerate(model.blocks):
-        def hook(m, a, o, i=i):
+
+    def ln_hook(i: int):
+        def hook(m, a, o) -> None:
             x = a[0].detach().double().flatten(0, 1)
             rec[("resid", i)] = x
             rec[("ffn_in", i)] = o.detach().double().flatten(0, 1)
             rec[("sigma", i)] = float(torch.sqrt(x.var(dim=-1, unbiased=False) + m.eps).mean())
 
-        handles.append(block.ln_ffn.register_forward_hook(hook))
-    try:
-        with torch.no_grad():
-            model.eval()
-            model(idx)
-    finally:
-        for h in handles:
-            h.remove()
+        return hook
+
+    run_with_hooks(model, idx, [(block.ln_ffn, ln_hook(i)) for i, block in enumerate(model.blocks)])
     return rec
 
 
@@ -74,7 +70,7 @@ def stack_layers(model, sigmas: list[float]) -> list[ReluLayer]:
 
 
 def region_counts(model, idx: torch.Tensor, n_paths: int = 16, seed: int = 0) -> dict:
-    """Mean linear-region counts of ``model`` (a :class:`glubench.model.Transformer`) on real hidden states.
+    """Mean linear-region counts of ``model`` (a :class:`glubench.nn.transformer.Transformer`) on real hidden states.
 
     ``idx (B, T)``: probe token ids.  ``n_paths`` random pairs (segments) and triples (planes,
     the triangle spanned by three states) of probe tokens are drawn with ``seed``.

@@ -19,6 +19,8 @@ import math
 
 import torch
 
+from glubench.analysis.hooks import run_with_hooks
+
 
 def he_relu_stack(width: int = 2048, depth: int = 6, n: int = 2048, seed: int = 0) -> list[dict[str, float]]:
     """Push ``n`` zero-mean unit-variance Gaussian inputs of size ``width`` through ``depth`` bias-free
@@ -39,7 +41,7 @@ def he_relu_stack(width: int = 2048, depth: int = 6, n: int = 2048, seed: int = 
 
 
 def transformer_profile(model: torch.nn.Module, idx: torch.Tensor) -> list[dict[str, float]]:
-    """Per layer of a :class:`glubench.model.Transformer` on token ids ``idx (B, T)``: the variance of the
+    """Per layer of a :class:`glubench.nn.transformer.Transformer` on token ids ``idx (B, T)``: the variance of the
     residual stream entering the block (``resid_var``) and entering its FFN sublayer
     (``resid_ffn_var``), of the FFN input after LayerNorm (``ffn_in_var``), of the FFN
     pre-activations ``x W1`` or the gate ``x W`` (``ffn_z_var``) and of the FFN output
@@ -50,7 +52,6 @@ def transformer_profile(model: torch.nn.Module, idx: torch.Tensor) -> list[dict[
     stream, the quantity a constant init std shrinks for gated FFNs at small width.
     """
     rec: dict[tuple[int, str], float] = {}
-    handles = []
 
     def var(t: torch.Tensor) -> float:
         return float(t.detach().double().var(unbiased=False))
@@ -58,29 +59,36 @@ def transformer_profile(model: torch.nn.Module, idx: torch.Tensor) -> list[dict[
     def rms(t: torch.Tensor) -> float:
         return float(t.detach().double().square().mean().sqrt())
 
-    def resid_hook(m, a, i) -> None:
-        rec[(i, "resid_var")], rec[(i, "resid_rms")] = var(a[0]), rms(a[0])
+    # A hook must return None, or it replaces the module's input or output.
+    def resid_hook(i: int):
+        def hook(m, a) -> None:
+            rec[(i, "resid_var")], rec[(i, "resid_rms")] = var(a[0]), rms(a[0])
 
-    def ffn_out_hook(m, a, o, i) -> None:
-        rec[(i, "ffn_out_var")], rec[(i, "ffn_out_rms")] = var(o), rms(o)
+        return hook
 
-    for i, block in enumerate(model.blocks):
-        handles.append(block.register_forward_pre_hook(lambda m, a, i=i: resid_hook(m, a, i)))
-        def ln_hook(m, a, o, i=i) -> None:  # a hook must return None, or it replaces the output
+    def ln_hook(i: int):
+        def hook(m, a, o) -> None:
             rec[(i, "resid_ffn_var")], rec[(i, "ffn_in_var")] = var(a[0]), var(o)
 
-        handles.append(block.ln_ffn.register_forward_hook(ln_hook))
-        h = block.ffn.hidden
-        handles.append(block.ffn.w_in.register_forward_hook(
-            lambda m, a, o, i=i, h=h: rec.__setitem__((i, "ffn_z_var"), var(o[..., :h]))))
-        handles.append(block.ffn.register_forward_hook(lambda m, a, o, i=i: ffn_out_hook(m, a, o, i)))
-    handles.append(model.ln_f.register_forward_pre_hook(lambda m, a: resid_hook(m, a, len(model.blocks))))
-    try:
-        with torch.no_grad():
-            model.eval()
-            model(idx)
-    finally:
-        for hd in handles:
-            hd.remove()
+        return hook
+
+    def gate_hook(i: int, h: int):
+        def hook(m, a, o) -> None:
+            rec[(i, "ffn_z_var")] = var(o[..., :h])
+
+        return hook
+
+    def ffn_out_hook(i: int):
+        def hook(m, a, o) -> None:
+            rec[(i, "ffn_out_var")], rec[(i, "ffn_out_rms")] = var(o), rms(o)
+
+        return hook
+
+    hooks = []
+    for i, block in enumerate(model.blocks):
+        hooks += [(block, resid_hook(i), "pre"), (block.ln_ffn, ln_hook(i)),
+                  (block.ffn.w_in, gate_hook(i, block.ffn.hidden)), (block.ffn, ffn_out_hook(i))]
+    hooks.append((model.ln_f, resid_hook(len(model.blocks)), "pre"))
+    run_with_hooks(model, idx, hooks)
     layers = sorted({i for i, _ in rec})
     return [{"layer": i, **{k: v for (j, k), v in rec.items() if j == i}} for i in layers]

@@ -9,6 +9,7 @@ OVERRIDES are Hydra overrides of the training config (``model=small``, ``model.f
 from __future__ import annotations
 
 import argparse
+import logging
 import math
 import sys
 import time
@@ -17,6 +18,8 @@ from pathlib import Path
 import numpy as np
 
 SMALL_MLP_WIDTHS = (16, 16)
+
+log = logging.getLogger(__name__)
 
 
 def _compose(overrides: list[str]):
@@ -56,11 +59,11 @@ def cmd_init(args) -> int:
     import torch
 
     from glubench.analysis.init_variance import he_relu_stack, transformer_profile
-    from glubench.nn.ffn import FFN_REGISTRY
-    from glubench.nn.transformer import INIT_SCHEMES, Transformer
+    from glubench.nn.config import FFN_VARIANTS, INIT_SCHEMES
+    from glubench.nn.transformer import Transformer
     from glubench.train.validate import ConfigError, model_config
 
-    ffns = _split(args.ffn, list(FFN_REGISTRY), "--ffn")
+    ffns = _split(args.ffn, list(FFN_VARIANTS), "--ffn")
     inits = _split(args.init, INIT_SCHEMES, "--init")
     cfg = _compose(args.overrides)
     try:
@@ -106,7 +109,7 @@ def cmd_init(args) -> int:
         from glubench.core.io import atomic_write_json
 
         atomic_write_json(Path(args.json), {"he_check": he, "profiles": rows})
-        print(f"\nwrote {args.json}")
+        log.info("wrote %s", args.json)
     return 0
 
 
@@ -290,17 +293,20 @@ def cmd_regions(args) -> int:
               f"(cumulative by layer {[round(c, 1) for c in sb['per_layer_cumulative']]}), "
               f"after {sa['segment_mean']:.1f} ({[round(c, 1) for c in sa['per_layer_cumulative']]})")
     atomic_write_json(out / "regions.json", summary)
-    print(f"\nwrote {out / 'regions.json'}")
+    log.info("wrote %s", out / "regions.json")
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``glubench-analyze`` console script."""
+    from glubench.core.logging import configure
+    from glubench.nn.config import FFN_VARIANTS
+
+    configure()
     p = argparse.ArgumentParser(prog="glubench-analyze", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="cmd", required=True)
     pi = sub.add_parser("init", help="variance of the residual stream and FFN pre-activations at initialization")
-    pi.add_argument("--ffn", default=",".join(["relu", "gelu", "swish", "glu", "bilinear", "reglu", "geglu",
-                                                "swiglu", "mish", "elu", "relu2", "mishglu"]))
+    pi.add_argument("--ffn", default=",".join(FFN_VARIANTS))
     pi.add_argument("--init", default="scaled_normal,fan_in,normal,kaiming")
     pi.add_argument("--batch", type=int, default=8, help="probe windows of model.seq_len")
     pi.add_argument("--he-width", type=int, default=2048)

@@ -49,9 +49,10 @@ from torch import nn
 
 from glubench.core.io import atomic_write_bytes, atomic_write_json
 from glubench.core.logging import configure as configure_logging
+from glubench.nn.config import ModelConfig
 from glubench.nn.ffn import FFN_REGISTRY, GatedMLP
 from glubench.nn.flops import flops_per_token, mfu
-from glubench.nn.transformer import ModelConfig, Transformer, count_params
+from glubench.nn.transformer import Transformer, count_params
 from glubench.train.callbacks import ProgressBar
 from glubench.train.metrics import peak_flops
 from glubench.train.module import COMPILE_OPTIONS, LanguageModel, build_optimizer

@@ -8,8 +8,9 @@ Shazeer 2020, "GLU Variants Improve Transformer" (arXiv 2002.05202), eqs. (5)-(6
 ``act(x W)`` is the **gate**, ``x V`` the **value**.  GLU (Dauphin et al. 2017) uses the
 sigmoid, Bilinear the identity, ReGLU ReLU, GEGLU GELU and SwiGLU Swish (SiLU, beta=1).
 A gated FFN has three matrices instead of two, so its hidden width shrinks to about
-``2/3 · d_ff`` to keep parameters and FLOPs equal; :func:`ffn_hidden_dim` is the only
-place in glubench where that rule lives.
+``2/3 · d_ff`` to keep parameters and FLOPs equal; that rule, the variant names and which of
+them are gated live in the torch-free :mod:`glubench.nn.config` (:func:`~glubench.nn.config.ffn_hidden_dim`,
+:data:`~glubench.nn.config.FFN_VARIANTS`); this module supplies the activations and the modules.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from glubench.nn.config import FFN_VARIANTS, ffn_hidden_dim, get_variant
 
 Activation = Callable[[torch.Tensor], torch.Tensor]
 
@@ -125,27 +128,22 @@ class FFNSpec:
         return self.cls.gated
 
 
-FFN_REGISTRY: dict[str, FFNSpec] = {
-    "relu": FFNSpec(MLP, F.relu),
-    "gelu": FFNSpec(MLP, gelu_exact),
-    "swish": FFNSpec(MLP, F.silu),
-    "glu": FFNSpec(GatedMLP, torch.sigmoid),
-    "bilinear": FFNSpec(GatedMLP, identity),
-    "reglu": FFNSpec(GatedMLP, F.relu),
-    "geglu": FFNSpec(GatedMLP, gelu_exact),
-    "swiglu": FFNSpec(GatedMLP, F.silu),
-    # Beyond the paper (matched by the same rule): Mish, x·tanh(softplus(x)) (Misra 2019,
-    # arXiv 1908.08681); ELU (Clevert et al. 2016); squared ReLU (So et al. 2021, Primer);
-    # and Mish as a GLU gate.
-    "mish": FFNSpec(MLP, F.mish),
-    "elu": FFNSpec(MLP, elu),
-    "relu2": FFNSpec(MLP, relu_squared),
-    "mishglu": FFNSpec(GatedMLP, F.mish),
+ACTIVATIONS: dict[str, Activation] = {
+    "relu": F.relu,
+    "gelu": gelu_exact,
+    "silu": F.silu,  # Swish with beta = 1 (Ramachandran et al. 2017)
+    "sigmoid": torch.sigmoid,
+    "identity": identity,
+    "mish": F.mish,
+    "elu": elu,
+    "relu2": relu_squared,
 }
-"""Config name (``model.ffn``) -> :class:`FFNSpec`."""
+"""Activation name (:attr:`glubench.nn.config.FFNVariant.activation`) -> function."""
 
-PAPER_VARIANTS: tuple[str, ...] = ("relu", "gelu", "swish", "glu", "bilinear", "reglu", "geglu", "swiglu")
-"""The eight variants of Shazeer 2020, Table 1, in the paper's order."""
+FFN_REGISTRY: dict[str, FFNSpec] = {
+    name: FFNSpec(GatedMLP if v.gated else MLP, ACTIVATIONS[v.activation]) for name, v in FFN_VARIANTS.items()
+}
+"""Config name (``model.ffn``) -> :class:`FFNSpec`, built from :data:`glubench.nn.config.FFN_VARIANTS`."""
 
 
 def get_spec(name: str) -> FFNSpec:
@@ -154,58 +152,14 @@ def get_spec(name: str) -> FFNSpec:
     Raises:
         ValueError: unknown name; the message lists the valid ones.
     """
-    try:
-        return FFN_REGISTRY[name]
-    except KeyError:
-        valid = ", ".join(FFN_REGISTRY)
-        raise ValueError(f"model.ffn={name!r} is not a known FFN variant; valid: {valid}") from None
-
-
-def ffn_params(d_model: int, hidden: int, gated: bool, bias: bool) -> int:
-    """Parameter count of one FFN: ``(2 or 3)·d_model·hidden`` plus biases on both inputs and the output."""
-    n_in = 2 * hidden if gated else hidden
-    return d_model * n_in + hidden * d_model + ((n_in + d_model) if bias else 0)
-
-
-def ffn_hidden_dim(
-    d_model: int, d_ff: int, gated: bool, bias: bool = False, multiple_of: int | None = None
-) -> int:
-    """Hidden width that gives a FFN the parameter count of the non-gated baseline of width ``d_ff``.
-
-    Non-gated FFNs use ``d_ff`` itself.  A gated FFN has three matrices, so without biases
-    ``3·d·h = 2·d·d_ff`` gives ``h = round(2/3 · d_ff)`` (Shazeer 2020, §2: 3072 -> 2048 at
-    d_model 768).  With biases, ``3·d·h + 2·h + d = 2·d·d_ff + d_ff + d`` gives
-    ``h = round(d_ff·(2d+1)/(3d+2))``.  ``multiple_of`` then rounds ``h`` to the nearest
-    positive multiple, for hardware; the residual mismatch is reported by :func:`matching_error`.
-
-    Raises:
-        ValueError: a non-positive size or ``multiple_of``.
-    """
-    if d_model <= 0 or d_ff <= 0:
-        raise ValueError(f"d_model and d_ff must be positive, got d_model={d_model}, d_ff={d_ff}")
-    if multiple_of is not None and multiple_of <= 0:
-        raise ValueError(f"model.ffn_multiple_of={multiple_of} must be a positive integer or null")
-    if not gated:
-        hidden = d_ff
-    elif bias:
-        hidden = round(d_ff * (2 * d_model + 1) / (3 * d_model + 2))
-    else:
-        hidden = round(2 * d_ff / 3)
-    if multiple_of:
-        hidden = max(multiple_of, multiple_of * round(hidden / multiple_of))
-    return max(1, hidden)
-
-
-def matching_error(d_model: int, d_ff: int, hidden: int, gated: bool, bias: bool) -> float:
-    """Relative FFN parameter difference vs the non-gated baseline of width ``d_ff`` (0.01 = +1%)."""
-    base = ffn_params(d_model, d_ff, gated=False, bias=bias)
-    return ffn_params(d_model, hidden, gated, bias) / base - 1.0
+    get_variant(name)  # raises the one message for an unknown name
+    return FFN_REGISTRY[name]
 
 
 def build_ffn(
     name: str, d_model: int, d_ff: int, bias: bool = False, multiple_of: int | None = None
 ) -> FeedForward:
-    """Build the FFN ``name`` with its matched hidden width (see :func:`ffn_hidden_dim`).
+    """Build the FFN ``name`` with its matched hidden width (see :func:`glubench.nn.config.ffn_hidden_dim`).
 
     Raises:
         ValueError: unknown ``name`` (lists the valid ones) or bad sizes.
@@ -216,19 +170,17 @@ def build_ffn(
 
 
 __all__ = [
+    "ACTIVATIONS",
     "FFN_REGISTRY",
-    "PAPER_VARIANTS",
+    "Activation",
     "FFNSpec",
     "FeedForward",
     "GatedMLP",
     "MLP",
     "build_ffn",
-    "ffn_hidden_dim",
     "elu",
-    "ffn_params",
     "gelu_exact",
     "get_spec",
     "identity",
-    "matching_error",
     "relu_squared",
 ]

@@ -1,8 +1,9 @@
-"""A decoder-only transformer language model whose FFN is any variant from :mod:`glubench.ffn`.
+"""A decoder-only transformer language model whose FFN is any variant from :mod:`glubench.nn.ffn`.
 
 Pre-norm blocks (LayerNorm -> causal self-attention -> residual; LayerNorm -> FFN ->
 residual), learned absolute positions, tied input/output embeddings, no dropout by
 default.  Shapes: B = batch, T = sequence length, C = d_model, H = heads, V = vocab.
+The sizes come from :class:`glubench.nn.config.ModelConfig` (torch-free, so configs validate fast).
 """
 
 from __future__ import annotations
@@ -14,93 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from glubench.nn.ffn import FeedForward, build_ffn, ffn_hidden_dim, ffn_params, get_spec, matching_error
-
-INIT_SCHEMES = ("scaled_normal", "normal", "kaiming", "fan_in")
-
-
-@dataclass
-class ModelConfig:
-    """Sizes of the model; ``__post_init__`` derives the rest and checks invariants.
-
-    Attributes:
-        vocab_size: tokens in the vocabulary (set from the tokenizer).
-        d_model: residual width C.
-        n_layers, n_heads: depth and attention heads (``d_model % n_heads == 0``).
-        seq_len: context length T.
-        ffn: variant name, a key of :data:`glubench.ffn.FFN_REGISTRY`.
-        d_ff: the *baseline* (non-gated) FFN width; ``None`` means ``4·d_model``.
-        bias: biases in every Linear (off in Shazeer 2020).
-        ffn_multiple_of: round the FFN width to a multiple of this (``None``: no rounding).
-        init: ``scaled_normal`` (N(0, init_std²), residual-output projections scaled by
-            1/sqrt(2·n_layers), GPT-2 style), ``normal`` (no scaling), ``kaiming``
-            (He et al. 2015: std = sqrt(2/fan_in)) or ``fan_in`` (std = 1/sqrt(fan_in), the
-            Mesh-TensorFlow default of Shazeer 2020).  The same rule for every FFN variant;
-            see :meth:`Transformer.reset_parameters`.
-        init_std: the std of ``normal`` and ``scaled_normal`` (ignored by the fan-in rules).
-        dropout: dropout probability on attention and residual outputs (0 in the paper).
-        compile: wrap the Transformer with ``torch.compile`` (static shapes) when
-            :class:`glubench.module.LanguageModel` builds it; the Transformer itself ignores it.
-
-    Derived in ``__post_init__`` (not config keys): ``d_ff`` when ``None``, and
-    :attr:`ffn_hidden`, the FFN hidden width after parameter matching.
-
-    Raises:
-        ValueError: on an unknown variant or init, or inconsistent sizes.
-    """
-
-    vocab_size: int = 256
-    d_model: int = 128
-    n_layers: int = 4
-    n_heads: int = 4
-    seq_len: int = 128
-    ffn: str = "relu"
-    d_ff: int | None = None
-    bias: bool = False
-    ffn_multiple_of: int | None = None
-    init: str = "scaled_normal"
-    init_std: float = 0.02
-    dropout: float = 0.0
-    compile: bool = False
-
-    def __post_init__(self) -> None:
-        for key in ("vocab_size", "d_model", "n_layers", "n_heads", "seq_len"):
-            if getattr(self, key) <= 0:
-                raise ValueError(f"model.{key}={getattr(self, key)} must be a positive integer")
-        if self.d_model % self.n_heads:
-            raise ValueError(
-                f"model.d_model={self.d_model} must be divisible by model.n_heads={self.n_heads}"
-            )
-        if self.d_ff is None:
-            self.d_ff = 4 * self.d_model
-        if self.d_ff <= 0:
-            raise ValueError(f"model.d_ff={self.d_ff} must be a positive integer or null")
-        if self.init not in INIT_SCHEMES:
-            raise ValueError(f"model.init={self.init!r} is not known; valid: {', '.join(INIT_SCHEMES)}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"model.dropout={self.dropout} must be in [0, 1)")
-        spec = get_spec(self.ffn)
-        self._ffn_hidden = ffn_hidden_dim(
-            self.d_model, self.d_ff, spec.gated, self.bias, self.ffn_multiple_of
-        )
-
-    @property
-    def ffn_hidden(self) -> int:
-        """The FFN hidden width after parameter matching (``d_ff`` for non-gated variants)."""
-        return self._ffn_hidden
-
-    @property
-    def gated(self) -> bool:
-        return get_spec(self.ffn).gated
-
-    @property
-    def head_dim(self) -> int:
-        return self.d_model // self.n_heads
-
-    @property
-    def ffn_matching_error(self) -> float:
-        """FFN parameters relative to the non-gated baseline of width ``d_ff`` (0.0 = exact)."""
-        return matching_error(self.d_model, self.d_ff, self.ffn_hidden, self.gated, self.bias)
+from glubench.nn.config import ModelConfig, ffn_params
+from glubench.nn.ffn import FeedForward, build_ffn
 
 
 class CausalSelfAttention(nn.Module):
@@ -204,8 +120,14 @@ class Transformer(nn.Module):
                     nn.init.zeros_(module.bias)
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        """``idx``: ``(B, T)`` int64 token ids, ``T <= seq_len`` -> logits ``(B, T, V)``."""
+        """``idx``: ``(B, T)`` int64 token ids, ``T <= seq_len`` -> logits ``(B, T, V)``.
+
+        Raises:
+            ValueError: ``T > seq_len`` (there is no learned position beyond ``seq_len``).
+        """
         B, T = idx.shape
+        if T > self.cfg.seq_len:
+            raise ValueError(f"input of T={T} tokens is longer than model.seq_len={self.cfg.seq_len}")
         pos = torch.arange(T, device=idx.device)
         x = self.drop(self.tok_emb(idx) + self.pos_emb(pos))  # (B, T, C)
         for block in self.blocks:
@@ -220,7 +142,7 @@ class ParamCounts:
     ``total`` counts tied weights once; ``nonembedding`` excludes the token and position
     embeddings; ``ffn_per_layer`` is one FFN; ``matmul`` is every weight used in a matmul
     per token (all block Linears plus the tied ``d_model × vocab`` output projection) and
-    feeds :func:`glubench.metrics.flops_per_token`.
+    feeds :func:`glubench.nn.flops.flops_per_token`.
     """
 
     total: int

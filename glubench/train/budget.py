@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass
 
 from glubench.core.errors import ConfigError
-from glubench.nn.ffn import ffn_params
+from glubench.nn.config import ffn_params
 from glubench.nn.flops import flops_per_token
 
 BUDGET_MODES = ("tokens", "flops", "time")

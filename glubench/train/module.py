@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from glubench.data.windows import IGNORE_INDEX
-from glubench.nn.transformer import ModelConfig, Transformer
+from glubench.nn.config import ModelConfig
+from glubench.nn.transformer import Transformer
 from glubench.train.metrics import CorpusNLL, bits_per_byte, perplexity
 from glubench.train.schema import OptimConfig
 

@@ -19,7 +19,7 @@ class RunResult:
     ``status`` is ``completed``, ``failed``, ``diverged`` or ``interrupted``; ``error`` holds the
     message when the run did not complete.  ``history`` lists each validation as
     ``{"step", "tokens_seen", "val_loss"}``.  ``diagnostics`` holds optional analyses keyed by
-    name, e.g. ``dead_units`` (:meth:`glubench.analysis.dead_units.DeadUnitsCallback.summary`).
+    name, e.g. ``dead_units`` (:meth:`glubench.train.callbacks.DeadUnitsCallback.summary`).
     """
 
     status: str

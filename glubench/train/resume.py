@@ -112,7 +112,6 @@ def wandb_run_id(out: Path, resuming: bool) -> str:
     continues the same W&B run.  Only global rank 0 writes the file; other ranks never log
     to W&B.
     """
-    from glubench.core.io import atomic_write_bytes
 
     path = Path(out) / WANDB_ID_FILE
     if resuming and path.is_file():

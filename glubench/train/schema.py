@@ -17,7 +17,7 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from glubench.nn.transformer import ModelConfig
+from glubench.nn.config import ModelConfig
 
 
 @dataclass

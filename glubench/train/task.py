@@ -52,7 +52,6 @@ def build_loggers(cfg: DictConfig, out: Path, resume_step: int | None = None, co
     Raises:
         ConfigError: a logger's arguments are not accepted (one line naming the logger).
     """
-    from hydra.utils import instantiate
 
     loggers = []
     for name, node in (cfg.logger or {}).items():

@@ -27,8 +27,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from glubench.core.errors import ConfigError
 from glubench.data.sources import CORPORA, FORMATS, infer_format
 from glubench.data.tokenizers import TOKENIZERS
-from glubench.nn.ffn import FFN_REGISTRY
-from glubench.nn.transformer import ModelConfig
+from glubench.nn.config import FFN_VARIANTS, ModelConfig
 from glubench.train.budget import BUDGET_MODES
 from glubench.train.devices import available_devices
 from glubench.train.schema import unknown_keys
@@ -309,8 +308,8 @@ def validate_config(cfg: DictConfig) -> ModelConfig:
         raise ConfigError(f"optim.lr={o.lr} must be a positive number")
     tune = cfg.tune
     for v in tune.variants or []:
-        if v not in FFN_REGISTRY:
-            raise ConfigError(f"tune.variants: {v!r} is not a known FFN; valid: {', '.join(FFN_REGISTRY)}")
+        if v not in FFN_VARIANTS:
+            raise ConfigError(f"tune.variants: {v!r} is not a known FFN; valid: {', '.join(FFN_VARIANTS)}")
     if tune.variants and (tune.n_trials < 1 or not tune.seeds):
         raise ConfigError(f"tune.n_trials={tune.n_trials} must be >= 1 and tune.seeds={list(tune.seeds)} "
                           "must list at least one seed")
