@@ -52,3 +52,20 @@ def configure(level: int = logging.INFO) -> None:
         logger.addHandler(h)
     logger.propagate = False
     logger._glubench_configured = True
+
+
+def route_through_root(*names: str) -> None:
+    """Drop the console handlers a library attached to its own logger at import, when the root
+    logger has handlers (Hydra's job logging or :func:`configure`): its records still propagate
+    there, so they are printed once, in glubench's format, and reach the per-job log.
+
+    ``lightning`` adds one (``INFO: ...``) when it is imported, after Hydra configured logging.
+    """
+    if not logging.getLogger().hasHandlers():
+        return
+    for name in names:
+        logger = logging.getLogger(name)
+        for handler in logger.handlers[:]:
+            if type(handler) is logging.StreamHandler:
+                logger.removeHandler(handler)
+        logger.propagate = True

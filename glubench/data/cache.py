@@ -244,12 +244,16 @@ def load_tokens(folder: Path, token_bytes: np.ndarray | None = None) -> TokenSpl
 SPEC_KEYS = tuple(f for f in DataSpec.__dataclass_fields__)
 
 
-def request_key(spec: DataSpec, tokenizer: str, vocab_size: int, tokenizer_file: str | None) -> str:
+def request_key(spec: DataSpec, tokenizer: str, vocab_size: int, tokenizer_file: str | None,
+                tokenizer_spec: DataSpec | None = None) -> str:
     """Hash of the data *settings* (not the content) plus the working directory (relative paths)."""
     from dataclasses import asdict
 
-    return sha256_text(json.dumps(asdict(spec), sort_keys=True, default=str), tokenizer, str(vocab_size),
-                       str(tokenizer_file), os.getcwd())[:24]
+    parts = [json.dumps(asdict(spec), sort_keys=True, default=str), tokenizer, str(vocab_size), str(tokenizer_file),
+             os.getcwd()]
+    if tokenizer_spec not in (None, spec):
+        parts.append(json.dumps(asdict(tokenizer_spec), sort_keys=True, default=str))
+    return sha256_text(*parts)[:24]
 
 
 def _file_stats(corpus: Corpus) -> list:
@@ -258,8 +262,13 @@ def _file_stats(corpus: Corpus) -> list:
 
 
 def prepare_dataset(spec: DataSpec, tokenizer: str, vocab_size: int, cache_dir: Path,
-                    tokenizer_file: str | None = None, num_proc: int | None = None) -> Path:
+                    tokenizer_file: str | None = None, num_proc: int | None = None,
+                    tokenizer_spec: DataSpec | None = None) -> Path:
     """Load the corpus, build the tokenizer and the token cache; return the token folder.
+
+    ``tokenizer_spec`` names the corpus whose train split trains a ``bpe`` tokenizer (default:
+    ``spec`` itself); ``glubench-eval`` passes the checkpoint's training corpus so that another
+    corpus is read with the vocabulary the model learned.
 
     Serialized across processes by a file lock per data setting, and recorded in a manifest
     (``<cache_dir>/prepared/<key>.json``) that :func:`wait_for_prepared` reads on the ranks
@@ -268,11 +277,12 @@ def prepare_dataset(spec: DataSpec, tokenizer: str, vocab_size: int, cache_dir: 
     from filelock import FileLock
 
     cache_dir = Path(cache_dir)
-    key = request_key(spec, tokenizer, vocab_size, tokenizer_file)
+    key = request_key(spec, tokenizer, vocab_size, tokenizer_file, tokenizer_spec)
     (cache_dir / "locks").mkdir(parents=True, exist_ok=True)
     with FileLock(str(cache_dir / "locks" / f"{key}.lock")):
         corpus = load_corpus_spec(spec, cache_dir)
-        tok = build_tokenizer(tokenizer, corpus, vocab_size, cache_dir, tokenizer_file)
+        tok_corpus = corpus if tokenizer_spec in (None, spec) else load_corpus_spec(tokenizer_spec, cache_dir)
+        tok = build_tokenizer(tokenizer, tok_corpus, vocab_size, cache_dir, tokenizer_file)
         folder = prepare_tokens(corpus, tok, cache_dir, spec.val_percent, num_proc)
         atomic_write_json(cache_dir / "prepared" / f"{key}.json",
                           {"folder": str(folder), "files": _file_stats(corpus)})
@@ -397,3 +407,32 @@ def prepare_splits(data: Mapping[str, Any], *, seq_len: int | None = None,
     data = _plain(data)
     folder = token_folder(data, prepare=prepare)
     return folder, open_splits(folder, seq_len=seq_len, name=data.get("name", "pydocs"))
+
+
+def prepare_eval_split(data: Mapping[str, Any], split: str, tokenizer_data: Mapping[str, Any] | None = None
+                       ) -> tuple[np.ndarray, int, dict]:
+    """The ``split`` (``val`` or ``train``) tokens of ``data``'s corpus, read with ``tokenizer_data``'s tokenizer.
+
+    ``tokenizer_data`` is the ``data.*`` section a model was trained on (a checkpoint's): its
+    tokenizer kind, vocabulary and, for ``bpe``, its training corpus decide the token ids.
+
+    Returns:
+        ``(tokens, predicted_bytes, meta)``: the memory-mapped ``(n,)`` token ids, the UTF-8 bytes
+        of every token but the first (the predicted text, for bits per byte) and the cache sidecar.
+    Raises:
+        as :func:`token_folder`.
+    """
+    data, tokenizer_data = _plain(data), _plain(tokenizer_data if tokenizer_data is not None else data)
+    cache_dir = Path(os.path.expanduser(data["cache_dir"])) if data.get("cache_dir") else default_cache_dir()
+    spec, tok_spec = data_spec(data), data_spec(tokenizer_data)
+    kind, vocab, tok_file = (tokenizer_data.get(k) for k in ("tokenizer", "vocab_size", "tokenizer_file"))
+    folder = prepare_dataset(spec, kind, vocab, cache_dir, tok_file, data.get("num_proc"), tokenizer_spec=tok_spec)
+    splits = load_tokens(folder)
+    tokens = splits.val if split == "val" else splits.train
+    if split == "val":
+        return tokens, splits.val_predicted_bytes, splits.meta
+    tok = build_tokenizer(kind, load_corpus_spec(tok_spec, cache_dir), vocab, cache_dir, tok_file)
+    token_bytes = tok.token_bytes()
+    predicted = sum(int(token_bytes[np.asarray(tokens[i:i + (1 << 22)], dtype=np.int64)].sum())
+                    for i in range(1, tokens.size, 1 << 22))
+    return tokens, predicted, splits.meta

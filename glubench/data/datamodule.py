@@ -41,6 +41,9 @@ class LMDataModule(_lightning_datamodule_base()):
         # The data.* section as prepare_splits takes it (keys that do not shape the corpus are ignored there).
         self.data = dict(source, name=name, tokenizer=tokenizer, vocab_size=vocab_size, val_percent=val_percent,
                          cache_dir=cache_dir, files=files, tokenizer_file=tokenizer_file, num_proc=num_proc)
+        # In every checkpoint (datamodule_hyper_parameters): glubench-eval reads the corpus and tokenizer here.
+        self.save_hyperparameters({**self.data, "batch_size": batch_size, "val_batch_size": val_batch_size,
+                                   "num_workers": num_workers})
         self.spec = data_spec(self.data)
         self.cache_dir = Path(os.path.expanduser(cache_dir))
         self.seq_len, self.num_batches, self.seed = seq_len, num_batches, seed

@@ -34,12 +34,7 @@ from typing import Any, Optional
 import numpy as np
 
 from glubench.core.io import atomic_write_json, sha256_text
-from glubench.data.files import (
-    FORMATS,  # noqa: F401  (glubench.train.validate imports it from here)
-    check_data_file,
-    expand_files,
-    infer_format,
-)
+from glubench.data.files import check_data_file, expand_files, infer_format
 
 DOC_SEPARATOR = "\n\n"
 LOADER_VERSION = 2  # bump when a rule that changes rows or documents changes

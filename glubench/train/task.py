@@ -64,7 +64,8 @@ def build_loggers(cfg: DictConfig, out: Path, resume_step: int | None = None, co
                          group=node.group or cfg.experiment_name, name=node.name or f"{ffn}-s{cfg.seed}")
             if job_type:
                 extra["job_type"] = job_type
-        loggers.append(_instantiate(f"logger.{name}", node, **extra))
+        # not recursive: the run's config (W&B's) holds _target_ nodes of its own, which must stay data
+        loggers.append(_instantiate(f"logger.{name}", node, _recursive_=False, _convert_="all", **extra))
     return loggers
 
 
@@ -138,6 +139,7 @@ def fit(cfg: DictConfig, result: RunResult, model_cfg=None) -> RunResult:
 
     import lightning.pytorch as pl
 
+    from glubench.core.logging import route_through_root
     from glubench.core.secrets import redact
     from glubench.data.datamodule import LMDataModule
     from glubench.nn.flops import flops_per_token
@@ -147,6 +149,7 @@ def fit(cfg: DictConfig, result: RunResult, model_cfg=None) -> RunResult:
     from glubench.train.module import LanguageModel
     from glubench.train.resume import checkpoint_step, find_checkpoint
 
+    route_through_root("lightning", "lightning.pytorch", "lightning.fabric")
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     t = cfg.trainer
     data = OmegaConf.to_container(cfg.data, resolve=True)
@@ -177,7 +180,7 @@ def fit(cfg: DictConfig, result: RunResult, model_cfg=None) -> RunResult:
 
     # The budget fixes the steps here, once: the schedule, the data and the Trainer all use them.
     plan = plan_from_config(cfg, model_cfg, counts.matmul, trainer.world_size)
-    trainer.fit_loop.max_steps = module.max_steps = plan.max_steps
+    trainer.fit_loop.epoch_loop.max_steps = module.max_steps = plan.max_steps
     dm.num_batches = plan.max_steps * t.accumulate_grad_batches
     budget_cb = _callback(trainer, BudgetCallback)
     if plan.mode == "time":

@@ -13,8 +13,6 @@ two seconds.
 
 from __future__ import annotations
 
-import codecs
-import glob
 import json
 import math
 import os
@@ -25,7 +23,8 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from glubench.core.errors import ConfigError
-from glubench.data.sources import CORPORA, FORMATS, infer_format
+from glubench.data.files import FORMATS, check_data_file, expand_files, infer_format
+from glubench.data.sources import CORPORA
 from glubench.data.tokenizers import TOKENIZERS
 from glubench.nn.config import FFN_VARIANTS, ModelConfig
 from glubench.train.budget import BUDGET_MODES
@@ -34,12 +33,10 @@ from glubench.train.schema import unknown_keys
 
 PRECISIONS = ("32-true", "32", "bf16-mixed", "bf16-true", "16-mixed", "16-true", "64-true")
 GPT2_VOCAB = 50257
-COMPRESSED = (".gz", ".bz2", ".xz", ".zst")
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
 WANDB_MODES = ("online", "offline", "disabled")
 NONFINITE_ACTIONS = ("stop", "skip")
 BPE_VOCAB = (257, 65535)  # byte-level BPE starts from 256 byte tokens; uint16 token arrays
-_CHUNK = 1 << 20
 
 
 def model_config(cfg: DictConfig, vocab_size: int | None = None) -> ModelConfig:
@@ -152,77 +149,6 @@ def _check_trainer(t: DictConfig, steps_from_max_steps: bool) -> None:
 # ---------------------------------------------------------------------------- data files
 
 
-def expand_files(files: Any, key: str = "data.files") -> list[Path]:
-    """The paths ``data.files`` names (a path, a glob or a list of either), in order.
-
-    Raises:
-        ConfigError: a path or glob that matches nothing.
-    """
-    if isinstance(files, ListConfig):
-        files = OmegaConf.to_container(files)
-    patterns = [files] if isinstance(files, (str, os.PathLike)) else list(files)
-    paths: list[Path] = []
-    for pattern in patterns:
-        text = os.path.expanduser(str(pattern))
-        if not glob.has_magic(text):
-            if not os.path.lexists(text):
-                raise ConfigError(f"{key}={str(pattern)!r}: no such file")
-            paths.append(Path(text))
-            continue
-        matches = sorted(glob.glob(text, recursive=True))
-        if not matches:
-            raise ConfigError(f"{key}={str(pattern)!r}: the pattern matches no file")
-        paths.extend(Path(m) for m in matches)
-    return paths
-
-
-def check_text_file(path: Path, key: str = "data.files") -> int:
-    """Check that ``path`` is a readable, non-empty UTF-8 text file; return its size in bytes.
-
-    Reads the file once in 1 MiB chunks (an incremental decoder, so memory stays flat).
-
-    Raises:
-        ConfigError: missing, a folder, unreadable, empty (or only whitespace), binary (a NUL
-            byte) or not UTF-8; the message gives the file and the byte offset.
-    """
-    if not path.exists():
-        raise ConfigError(f"{key}: {path} does not exist")
-    if path.is_dir():
-        raise ConfigError(f"{key}: {path} is a folder; give files or a glob such as '{path}/*.txt'")
-    decoder = codecs.getincrementaldecoder("utf-8")()
-    offset, blank = 0, True
-    try:
-        with open(path, "rb") as f:
-            while chunk := f.read(_CHUNK):
-                nul = chunk.find(b"\0")
-                if nul >= 0:
-                    raise ConfigError(
-                        f"{key}: {path} is binary, not text (NUL byte at byte offset {offset + nul})"
-                    )
-                pending = len(decoder.getstate()[0])
-                try:
-                    decoder.decode(chunk)
-                except UnicodeDecodeError as e:
-                    raise ConfigError(
-                        f"{key}: {path} is not UTF-8 text (byte 0x{e.object[e.start]:02x} at byte offset "
-                        f"{offset - pending + e.start})"
-                    ) from None
-                blank = blank and not chunk.strip()
-                offset += len(chunk)
-            try:
-                decoder.decode(b"", final=True)
-            except UnicodeDecodeError as e:
-                raise ConfigError(
-                    f"{key}: {path} is not UTF-8 text (truncated character at byte offset "
-                    f"{offset - len(e.object) + e.start})"
-                ) from None
-    except OSError as e:
-        raise ConfigError(f"{key}: {path} cannot be read ({e.strerror or e})") from None
-    if blank:
-        raise ConfigError(f"{key}: {path} is empty" + (" (only whitespace)" if offset else ""))
-    return offset
-
-
 def _check_cache_dir(value: str) -> None:
     path = Path(os.path.expanduser(value))
     try:
@@ -234,17 +160,14 @@ def _check_cache_dir(value: str) -> None:
 
 
 def _check_files(d: DictConfig, key: str) -> None:
-    files = d.get(key.split(".")[1])
-    paths = expand_files(files, key)
-    try:
-        fmt = infer_format(paths, d.format, key)
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
+    """Every file ``data.files`` / ``data.val_files`` names exists and, for text, is non-empty UTF-8.
+
+    Each file is read once (and hashed): the corpus loader reuses the hash in this process.
+    """
+    paths = expand_files(d.get(key.split(".")[1]), key)
+    fmt = infer_format(paths, d.format, key)
     for path in paths:
-        if fmt == "text" and path.suffix not in COMPRESSED:
-            check_text_file(path, key)
-        elif not path.is_file() or path.stat().st_size == 0:
-            raise ConfigError(f"{key}: {path} " + ("is empty" if path.is_file() else "does not exist"))
+        check_data_file(path, fmt, key)
 
 
 def _check_data(d: DictConfig) -> None:
