@@ -1,12 +1,12 @@
 """Hydra glue for sweeps: check every job and estimate the total time before a multirun starts,
-run :mod:`glubench.report` when it ends, and make failed jobs results rather than aborts.
+run :mod:`glubench.sweep.report` when it ends, and make failed jobs results rather than aborts.
 
 Why a callback: with Hydra 1.3's BasicLauncher, ``run_job`` catches an ``Exception`` raised by a
 job and the remaining jobs still run, but BasicSweeper then re-raises the first failure, so
 ``on_multirun_end`` is never called and no report is written.  ``SystemExit`` and
 ``KeyboardInterrupt`` are not caught at all and abort the sweep.  So, when this callback is
 configured (``hydra.callbacks.glubench_report`` in ``conf/config.yaml``), the job function
-(:func:`glubench.train.main`) records a failure in its ``results.json`` and returns instead of
+(:func:`glubench.cli.main.main`) records a failure in its ``results.json`` and returns instead of
 raising; :meth:`SweepReport.on_multirun_end` reads every ``results.json``, prints the table and
 exits with status 1 if any job failed.  Without the callback, jobs raise as in plain Hydra.
 """
@@ -92,14 +92,14 @@ def _model_counts(model_cfg) -> Any:
 
 class SweepReport(Callback):
     """Before a multirun: validate every job's config and print an estimated total time.  After it:
-    write the report (:func:`glubench.report.report_sweep`) into the sweep dir, print the table,
+    write the report (:func:`glubench.sweep.report.report_sweep`) into the sweep dir, print the table,
     and exit with status 1 if any job failed.
 
     The time estimate is ``Σ_jobs (train_tokens·fpt/train_flops + n_val·val_tokens·(fpt/3)/val_flops
-    + job_overhead_s)`` with ``fpt`` = :func:`glubench.metrics.flops_per_token`.  On a CPU the
+    + job_overhead_s)`` with ``fpt`` = :func:`glubench.nn.flops.flops_per_token`.  On a CPU the
     achieved FLOP/s are measured by a few steps of the first job's model before the sweep starts
     (so a busy machine gives a longer estimate); on a GPU they are the device's dense peak
-    (:func:`glubench.metrics.lookup_peak_flops`) times ``gpu_mfu``.
+    (:func:`glubench.nn.flops.lookup_peak_flops`) times ``gpu_mfu``.
 
     Args:
         report: run the report at the end.
@@ -267,7 +267,7 @@ def _measure_cpu_flops(cfg: DictConfig, mc: Any, steps: int = 3) -> tuple[float,
 
     Times ``steps`` AdamW steps on random tokens after one warm-up step, and ``steps``
     no-grad forwards at the validation batch size; FLOPs are counted as in
-    :func:`glubench.metrics.flops_per_token` (a forward is a third of a training step).
+    :func:`glubench.nn.flops.flops_per_token` (a forward is a third of a training step).
     """
     import torch
     import torch.nn.functional as F

@@ -1,8 +1,8 @@
 """Aggregate a sweep: ``results.json`` files -> results.csv, summary.md, statistics, plots, W&B summary.
 
-Hydra-free: it reads the files any glubench run writes (:class:`glubench.results.RunResult`), so
+Hydra-free: it reads the files any glubench run writes (:class:`glubench.train.results.RunResult`), so
 it works on any folder of runs, during or after a sweep.  ``glubench-report PATH...`` is the
-command line; :class:`glubench.sweep.SweepReport` calls :func:`report_sweep` at the end of a
+command line; :class:`glubench.sweep.callbacks.SweepReport` calls :func:`report_sweep` at the end of a
 multirun.
 
 Runs are grouped by every config key whose value differs between runs, except the seed (and

@@ -170,7 +170,7 @@ def summary_text(record: dict) -> str:
     return "\n".join(lines)
 
 
-def main_summary(path: str) -> None:  # pragma: no cover - convenience for `python -m glubench.tune DIR`
+def main_summary(path: str) -> None:  # pragma: no cover - convenience for `python -m glubench.sweep.tune DIR`
     print(summary_text(json.loads((Path(path) / SUMMARY_FILE).read_text())))
 
 
