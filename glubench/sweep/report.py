@@ -82,8 +82,8 @@ def welch(a: list[float], b: list[float], confidence: float = CONFIDENCE) -> Wel
     Computed by :func:`scipy.stats.ttest_ind` with ``equal_var=False``: standard error
     ``se = sqrt(s_a²/n_a + s_b²/n_b)`` (sample variances, ddof=1), Welch–Satterthwaite degrees
     of freedom ``df = se⁴ / ((s_a²/n_a)²/(n_a-1) + (s_b²/n_b)²/(n_b-1))`` and the interval
-    ``diff ± t_{df, (1+confidence)/2} · se`` (Welch 1947, Biometrika 34, eq. for ``v``;
-    Satterthwaite 1946).  ``p`` is the two-sided p-value.
+    ``diff ± t_{df, (1+confidence)/2} · se`` (Welch 1947, Biometrika 34;
+    Satterthwaite 1946, Biometrics Bulletin 2).  ``p`` is the two-sided p-value.
 
     Raises:
         ValueError: if ``a`` or ``b`` is empty.
