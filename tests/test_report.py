@@ -3,6 +3,10 @@
 import csv
 import json
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -47,15 +51,12 @@ def sweep(tmp_path):
     return tmp_path
 
 
-def _table(md, title_prefix="|  | variant"):
-    lines = md.splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith(title_prefix))
-    rows = []
-    for line in lines[start + 2:]:
-        if not line.startswith("|"):
-            break
-        rows.append([c.strip() for c in line.strip("|").split("|")])
-    return rows
+def _t4_two_sided_p(t):
+    """Two-sided p-value of Student's t with 4 degrees of freedom, from its closed-form CDF
+    F(t) = 1/2 + (3/8) x (1 - t^2 / (12 u)) with u = 1 + t^2/4 and x = t / sqrt(u)."""
+    u = 1 + t * t / 4
+    cdf = 0.5 + 3 / 8 * (abs(t) / math.sqrt(u)) * (1 - t * t / (12 * u))
+    return 2 * (1 - cdf)
 
 
 def test_welch_by_hand():
@@ -65,6 +66,7 @@ def test_welch_by_hand():
     assert w.diff == pytest.approx(-0.2)
     assert w.df == pytest.approx(4.0)
     assert (w.low, w.high) == pytest.approx((-0.2 - T_975_DF4 * se, -0.2 + T_975_DF4 * se))
+    assert w.p == pytest.approx(_t4_two_sided_p(-0.2 / se))  # 0.2879
     assert w.significant is False  # [-0.653, 0.253] contains 0
     # Unequal variances: df = (0.05/3)^2 / ((0.04/3)^2/2 + (0.01/3)^2/2) = 0.005/0.0017.
     w = welch(LOSSES["gelu"], LOSSES["relu"])
@@ -72,21 +74,38 @@ def test_welch_by_hand():
     assert w.df == pytest.approx(0.005 / 0.0017)
     from scipy import stats
 
-    ref = stats.ttest_ind(LOSSES["gelu"], LOSSES["relu"], equal_var=False)
-    assert w.p == pytest.approx(ref.pvalue)
-    half = stats.t.ppf(0.975, 0.005 / 0.0017) * math.sqrt(0.05 / 3)
+    # Reference from the t distribution itself (not ttest_ind, which the code uses): t = diff / se.
+    se = math.sqrt(0.05 / 3)
+    df = 0.005 / 0.0017
+    assert w.p == pytest.approx(2 * stats.t.sf(0.8 / se, df))
+    half = stats.t.ppf(0.975, df) * se
     assert (w.low, w.high) == pytest.approx((0.8 - half, 0.8 + half))
     assert w.significant is True
+    # Another confidence level: the t quantile changes, the centre does not (t_{0.95, 4} = 2.1318 from a table).
+    w = welch(LOSSES["bilinear"], LOSSES["relu"], confidence=0.90)
+    assert (w.low, w.high) == pytest.approx((-0.2 - 2.131846786 * math.sqrt(0.08 / 3),
+                                             -0.2 + 2.131846786 * math.sqrt(0.08 / 3)))
     # n < 2: no interval, and the note says why.
     w = welch([1.0], [2.0, 2.1])
     assert w.diff == pytest.approx(-1.05) and w.low is None and w.significant is None and "n=1" in w.note
+    # No variance on either side: no interval either.
+    w = welch([1.0, 1.0], [2.0, 2.0])
+    assert w.diff == pytest.approx(-1.0) and w.low is None and w.p is None
+    assert w.note == "n/a: zero variance on both sides"
+    assert welch([0.1] * 3, [0.7] * 2).note == "n/a: zero variance on both sides"  # 0.1 is inexact in binary
+    # Zero variance on one side only: se and df come from the other side (df = n - 1 = 1).
+    w = welch([1.0, 1.0], [2.0, 2.1])
+    half = 12.706204736 * math.sqrt(0.005 / 2)  # t_{0.975, 1} from a table
+    assert w.df == pytest.approx(1.0) and (w.low, w.high) == pytest.approx((-1.05 - half, -1.05 + half))
+    with pytest.raises(ValueError, match="both samples need values"):
+        welch([], [1.0])
 
 
-def test_report_table_statistics_and_order(sweep):
+def test_report_table_statistics_and_order(sweep, markdown_table):
     report = report_sweep([sweep], wandb_choice="off")
     assert report.exit_code == 0 and report.keys == ["model.ffn"]
     md = (sweep / "summary.md").read_text()
-    rows = _table(md)
+    rows = markdown_table(md)
     # Sorted by mean loss: swiglu (2.0) and bilinear (2.0) tie and are ordered by name, then relu, gelu.
     assert [r[1] for r in rows] == ["bilinear", "swiglu", "relu", "gelu"]
     assert rows[0][0] == "★" and all(r[0] == "" for r in rows[1:])
@@ -105,7 +124,7 @@ def test_report_table_statistics_and_order(sweep):
     assert by["relu"][col["tokens/s"]] == "1,010"  # mean of 1000, 1010, 1020
     assert by["relu"][col["MFU"]] == "—"
     # Comparison table: bilinear's interval by hand (df = 4).
-    cmp = {r[0]: r for r in _table(md, "| variant")}
+    cmp = {r[0]: r for r in markdown_table(md, "| variant")}
     assert set(cmp) == {"swiglu", "bilinear", "gelu"}
     half = T_975_DF4 * math.sqrt(0.04 / 3 * 2)
     assert cmp["bilinear"][1] == "-0.2000"
@@ -121,24 +140,62 @@ def test_report_table_statistics_and_order(sweep):
         assert (sweep / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_failed_and_missing_runs_are_listed_and_flip_the_exit_status(sweep, capsys):
+def _hydra_job(folder, ffn, seed, log=None):
+    """A Hydra job folder with its config and no results.json; ``log``: the job log's text (None: no log)."""
+    (folder / ".hydra").mkdir(parents=True)
+    (folder / ".hydra" / "config.yaml").write_text(f"model:\n  ffn: {ffn}\nseed: {seed}\n")
+    if log is not None:
+        (folder / "glubench.log").write_text(log)
+
+
+def test_failed_and_missing_runs_are_listed_and_flip_the_exit_status(sweep, capsys, markdown_table,
+                                                                      glubench_console_logging):
     d = sweep / "99_swiglu_s3"
     d.mkdir()
     _write_run(d, "swiglu", 3, 0.0, status="failed", error="RuntimeError: boom")
-    killed = sweep / "100_gelu_s3" / ".hydra"
-    killed.mkdir(parents=True)
-    (killed / "config.yaml").write_text("model:\n  ffn: gelu\nseed: 3\n")
+    # Killed: the job began (its log has lines) but never wrote results.json.
+    _hydra_job(sweep / "100_gelu_s3", "gelu", 3, log="[2024-01-01 00:00:00][glubench][INFO] - step 10\n")
     assert main([str(sweep), "--wandb", "off", "--no-plots"]) == 1
     out = capsys.readouterr().out
     assert "2 run(s) did not complete" in out and "RuntimeError: boom" in out
+    assert f"glubench-report: wrote results.csv, summary.md and plots to {sweep}" in out
     md = (sweep / "summary.md").read_text()
-    problems = _table(md, "| run")
+    problems = markdown_table(md, "| run")
     assert sorted((r[1], r[2], r[3]) for r in problems) == [("gelu", "3", "missing"), ("swiglu", "3", "failed")]
+    assert "never started" not in md
     # The failed run does not change the statistics of the completed ones.
-    rows = {r[1]: r for r in _table(md)}
+    rows = {r[1]: r for r in markdown_table(md)}
     assert rows["swiglu"][5] == "2.0000 ± 0.1000" and rows["swiglu"][8] == "3"
     with open(sweep / "results.csv") as f:
         assert sum(1 for r in csv.DictReader(f) if r["status"] == "failed") == 1
+
+
+def test_never_started_jobs_are_listed_but_are_not_failures(sweep, capsys, markdown_table,
+                                                            glubench_console_logging):
+    # Two rejected configs: a folder with no job log at all, and one whose log Hydra opened but
+    # the job never wrote to.
+    _hydra_job(sweep / "101_gelu_s4", "gelu", 4)
+    _hydra_job(sweep / "102_relu_s4", "relu", 4, log="")
+    assert main([str(sweep), "--wandb", "off", "--no-plots"]) == 0
+    out = capsys.readouterr().out
+    assert "2 run(s) never started (not failures)" in out and "did not complete:" not in out
+    md = (sweep / "summary.md").read_text()
+    assert "## Runs that did not complete" not in md and "## Runs that never started" in md
+    assert "14 runs under" in md and "12 completed, 0 did not complete, 2 never started" in md
+    rows = markdown_table(md, "| run")
+    assert sorted((Path(r[0]).name, r[1], r[2], r[3]) for r in rows) == [
+        ("101_gelu_s4", "gelu", "4", "not_started"), ("102_relu_s4", "relu", "4", "not_started")]
+    assert all("never started" in r[4] for r in rows)
+    # The completed runs' table is unchanged: 4 variants, 3 seeds each.
+    assert sorted((r[1], r[8]) for r in markdown_table(md)) == [
+        ("bilinear", "3"), ("gelu", "3"), ("relu", "3"), ("swiglu", "3")]
+    with open(sweep / "results.csv") as f:
+        assert sorted(r["status"] for r in csv.DictReader(f) if r["status"] != "completed") == ["not_started"] * 2
+    # A killed job beside them still fails the report.
+    _hydra_job(sweep / "103_gelu_s5", "gelu", 5, log="started\n")
+    assert main([str(sweep), "--wandb", "off", "--no-plots"]) == 1
+    out = capsys.readouterr().out
+    assert "1 run(s) did not complete" in out and "2 run(s) never started" in out
 
 
 def test_groups_by_every_swept_key_but_seed(tmp_path):
@@ -158,16 +215,17 @@ def test_groups_by_every_swept_key_but_seed(tmp_path):
     assert "n/a: needs >= 2 seeds" in (tmp_path / "summary.md").read_text()
 
 
-def test_bad_paths_exit_2(tmp_path, capsys):
+def test_bad_paths_exit_2(tmp_path, capsys, glubench_console_logging):
     assert main([str(tmp_path / "nope")]) == 2
     assert "does not exist" in capsys.readouterr().err
     assert main([str(tmp_path)]) == 2
     assert "no results.json" in capsys.readouterr().err
 
 
-def test_wandb_summary_run_offline(sweep):
+def test_wandb_summary_run_offline(sweep, monkeypatch):
     from glubench.sweep.report import build_report, log_wandb, write_plots
 
+    monkeypatch.setenv("WANDB_MODE", "offline")
     report = build_report([sweep])
     plots = write_plots(report, sweep)
     folder = log_wandb(report, sweep, plots)
@@ -179,10 +237,46 @@ def test_wandb_summary_run_offline(sweep):
     assert [row[1] for row in summary["data"]] == ["bilinear", "swiglu", "relu", "gelu"]
 
 
-def test_console_script_is_declared():
-    from pathlib import Path
+def test_repeated_reports_of_a_group_reuse_one_wandb_run(sweep, monkeypatch):
+    """Two reports of the same folder: two offline run folders ``offline-run-<time>-<id>`` (W&B adds
+    ``-1`` when both start in the same second), one run id, and that id is ``summary-`` + the
+    first 12 hex digits of sha256("glubench" NUL "synthetic" NUL)."""
+    import hashlib
+    import re
 
-    import glubench.sweep.report as report
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    report_sweep([sweep], plots=False, wandb_choice="on")
+    report_sweep([sweep], plots=False, wandb_choice="on")
+    runs = sorted((sweep / "wandb").glob("offline-run-*"))
+    assert len(runs) == 2
+    # project "glubench" (no logger.project), group = experiment_name "synthetic" (no logger.group)
+    expected = "summary-" + hashlib.sha256(b"glubench\0synthetic\0").hexdigest()[:12]
+    ids = {re.fullmatch(r"offline-run-\d{8}_\d{6}-(summary-[0-9a-f]{12})(-\d+)?", p.name).group(1) for p in runs}
+    assert ids == {expected}
+    # The run's own record inside each folder carries the same id.
+    assert sorted(f.name for r in runs for f in r.glob("*.wandb")) == [f"run-{expected}.wandb"] * 2
 
-    text = (Path(__file__).parents[1] / "pyproject.toml").read_text()
-    assert 'glubench-report = "glubench.sweep.report:cli"' in text and callable(report.cli)
+
+def test_console_script_runs(monkeypatch, capsys, glubench_console_logging):
+    from importlib.metadata import entry_points
+
+    (ep,) = [e for e in entry_points(group="console_scripts") if e.name == "glubench-report"]
+    assert ep.value == "glubench.sweep.report:cli"
+    monkeypatch.setattr("sys.argv", ["glubench-report", "--help"])
+    with pytest.raises(SystemExit) as e:
+        ep.load()()
+    assert e.value.code == 0
+    assert "usage: glubench-report" in capsys.readouterr().out
+
+
+def test_report_does_not_import_torch_or_lightning(sweep):
+    """The report runs without the training stack: importing it and reporting a folder load
+    neither torch nor lightning (a fresh interpreter, so no other test's imports count)."""
+    code = ("import sys; from glubench.sweep.report import main; "
+            f"code = main([{str(sweep)!r}, '--wandb', 'off', '--no-plots']); "
+            "print('heavy:', sorted(m for m in ('torch', 'lightning', 'pytorch_lightning') if m in sys.modules)); "
+            "sys.exit(code)")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "heavy: []" in proc.stdout

@@ -13,7 +13,6 @@ from omegaconf import OmegaConf
 from glubench.core.paths import CONF_DIR
 from glubench.sweep.callbacks import SweepReport
 from glubench.train.results import RunResult
-from tests.test_report import _table
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -39,14 +38,14 @@ def test_experiments_are_one_word_sweeps(name, variants, seeds):
     assert cfg.experiment_name == name
 
 
-def test_ci_sweep_end_to_end(tmp_path):
+def test_ci_sweep_end_to_end(tmp_path, markdown_table):
     """``glubench experiment=ci_variants``: 3 variants x 2 seeds, then the report, automatically."""
     proc = _glubench(["experiment=ci_variants", "trainer.max_steps=6", "trainer.val_check_interval=6",
                       "optim.warmup_steps=2", f"hydra.sweep.dir={tmp_path}/sweep"], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "glubench: sweep of 6 jobs" in proc.stdout and "estimated total time" in proc.stdout
     sweep = tmp_path / "sweep"
-    rows = _table((sweep / "summary.md").read_text())
+    rows = markdown_table((sweep / "summary.md").read_text())
     assert sorted(r[1] for r in rows) == ["gelu", "relu", "swiglu"]
     assert [r[8] for r in rows] == ["2", "2", "2"]  # n seeds
     losses = [float(r[5].split(" ± ")[0]) for r in rows]
@@ -73,7 +72,7 @@ def test_ci_sweep_end_to_end(tmp_path):
         assert sorted(r["ffn"] for r in csv.DictReader(f)) == ["gelu", "gelu", "relu", "relu", "swiglu", "swiglu"]
 
 
-def test_failed_job_is_a_result_and_flips_the_exit_status(tmp_path):
+def test_failed_job_is_a_result_and_flips_the_exit_status(tmp_path, markdown_table):
     """One job raises at run time (a validation split with no document in it): the other job still
     runs, the report lists the failure, and the multirun exits 1."""
     proc = _glubench(["--multirun", "experiment=ci", "logger=none", "data.val_percent=5,0.001", "trainer.max_steps=4",
@@ -85,7 +84,7 @@ def test_failed_job_is_a_result_and_flips_the_exit_status(tmp_path):
     assert statuses == ["completed", "failed"]
     md = (sweep / "summary.md").read_text()
     assert "## Runs that did not complete" in md and "validation split has 0 tokens" in md
-    assert len(_table(md)) == 1
+    assert len(markdown_table(md)) == 1
     assert "1 run(s) did not complete" in proc.stdout and "1 job(s) failed" in proc.stderr
 
 
@@ -117,14 +116,21 @@ def test_cpu_estimate_counts_tokens_and_validations(monkeypatch):
     """The estimate is Σ tokens·fpt/rate + n_val·val_tokens·fpt/3/rate + overhead; with the rates
     fixed, check it against the formula by hand."""
     import glubench.sweep.callbacks as sweep
+    import glubench.train.validate as validate
     from glubench.nn.flops import flops_per_token
 
-    monkeypatch.setattr(sweep, "_measure_cpu_flops", lambda cfg: (1e9, 2e9))
+    monkeypatch.setattr(sweep, "_measure_cpu_flops", lambda cfg, mc: (1e9, 2e9))
     monkeypatch.setattr(sweep, "_val_tokens", lambda cfg: 1000)
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfgs = [compose(config_name="config", overrides=["experiment=ci", f"model.ffn={f}", "trainer.accelerator=cpu"])
                 for f in ("relu", "swiglu")]
-    seconds, how = SweepReport(job_overhead_s=2.0).estimate_seconds(cfgs)
+    model_cfgs = [validate.validate_config(c) for c in cfgs]
+
+    def no_second_validation(cfg):
+        raise AssertionError("estimate_seconds validated a config again")
+
+    monkeypatch.setattr(validate, "validate_config", no_second_validation)
+    seconds, how = SweepReport(job_overhead_s=2.0).estimate_seconds(cfgs, model_cfgs)
     # nano: d=32, L=2, T=32, vocab 256, d_ff 128 (swiglu: hidden 85, 3 matrices).
     attn, head = 4 * 32 * 32, 256 * 32
     expected = 0.0
@@ -142,3 +148,76 @@ def test_collects_job_failures_only_in_a_multirun_with_the_callback():
     assert collects_job_failures() is False  # no Hydra job here
     cfg = OmegaConf.load(Path(str(CONF_DIR)) / "config.yaml")
     assert cfg.hydra.callbacks.glubench_report._target_ == "glubench.sweep.callbacks.SweepReport"
+
+
+BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
+
+
+def _sweep_config(params, task):
+    return OmegaConf.create({"hydra": {"sweeper": {"_target_": BASIC_SWEEPER, "params": params},
+                                       "overrides": {"task": task}}})
+
+
+def test_job_overrides_enumerate_the_basic_sweepers_jobs():
+    """The jobs in the BasicSweeper's order: sweeper params first, then the command line; the
+    first key varies slowest; a fixed override is in every job."""
+    from glubench.sweep.callbacks import job_overrides
+
+    jobs = job_overrides(_sweep_config({"model.ffn": "relu,swiglu"}, ["seed=0,1", "trainer.max_steps=5"]))
+    assert jobs == [
+        ["model.ffn=relu", "seed=0", "trainer.max_steps=5"],
+        ["model.ffn=relu", "seed=1", "trainer.max_steps=5"],
+        ["model.ffn=swiglu", "seed=0", "trainer.max_steps=5"],
+        ["model.ffn=swiglu", "seed=1", "trainer.max_steps=5"],
+    ]
+    # The command line replaces a sweeper param of the same key, in that key's place; range() expands;
+    # add/force-add prefixes are kept; a value is written back as Hydra parsed it (1e-3 -> 0.001).
+    jobs = job_overrides(_sweep_config({"model.ffn": "relu,swiglu", "seed": "0,1"},
+                                       ["model.ffn=gelu", "+extra=range(2,4)", "++optim.lr=1e-3"]))
+    assert jobs == [
+        ["model.ffn=gelu", "seed=0", "+extra=2", "++optim.lr=0.001"],
+        ["model.ffn=gelu", "seed=0", "+extra=3", "++optim.lr=0.001"],
+        ["model.ffn=gelu", "seed=1", "+extra=2", "++optim.lr=0.001"],
+        ["model.ffn=gelu", "seed=1", "+extra=3", "++optim.lr=0.001"],
+    ]
+    assert job_overrides(_sweep_config({}, ["seed=3"])) == [["seed=3"]]  # a multirun of one job
+
+
+def test_job_overrides_other_sweepers_and_bad_sweeps():
+    from glubench.core.errors import ConfigError
+    from glubench.sweep.callbacks import job_overrides
+
+    optuna = OmegaConf.create({"hydra": {"sweeper": {"_target_": "hydra_plugins.optuna.OptunaSweeper"},
+                                         "overrides": {"task": ["seed=0,1"]}}})
+    assert job_overrides(optuna) is None
+    with pytest.raises(ConfigError, match=r"optim.lr=interval\(0.1, 1\).*only choice and range sweeps"):
+        job_overrides(_sweep_config({}, ["optim.lr=interval(0.1, 1)"]))
+
+
+def test_multirun_start_validates_each_job_once_and_logs_the_estimate(monkeypatch, caplog):
+    """experiment=ci_variants is 3 variants x 2 seeds: six jobs, six validations, none repeated
+    for the time estimate; the messages go through logging."""
+    import logging
+
+    import glubench.sweep.callbacks as sweep
+    import glubench.train.validate as validate
+
+    monkeypatch.setattr(sweep, "_measure_cpu_flops", lambda cfg, mc: (1e9, 2e9))
+    monkeypatch.setattr(sweep, "_val_tokens", lambda cfg: 1000)
+    seen = []
+    real = validate.validate_config
+
+    def counting(cfg):
+        seen.append((cfg.model.ffn, cfg.seed))
+        return real(cfg)
+
+    monkeypatch.setattr(validate, "validate_config", counting)
+    caplog.set_level(logging.INFO, logger="glubench")
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=["experiment=ci_variants", "trainer.accelerator=cpu",
+                                                       "hydra.sweep.dir=/nowhere/sweep"], return_hydra_config=True)
+        SweepReport().on_multirun_start(cfg, config_name="config")
+    assert sorted(seen) == [(f, s) for f in ("gelu", "relu", "swiglu") for s in (0, 1)]
+    messages = [r.getMessage() for r in caplog.records if r.name == "glubench.sweep.callbacks"]
+    assert "glubench: sweep of 6 jobs -> /nowhere/sweep" in messages
+    assert any(m.startswith("glubench: estimated total time: ~") and "for 6 jobs" in m for m in messages)

@@ -1,11 +1,25 @@
+"""Per-variant LR tuning: the report of tuned runs, and the tuning driver with its children faked."""
+
 import math
+from pathlib import Path
 
 import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
+from glubench.core.paths import CONF_DIR
 from glubench.sweep.report import report_sweep
 from glubench.train.results import RunResult
-from tests.test_report import LOSSES, T_975_DF4, _table
 
+# Final val losses per variant and seed (the same numbers as tests/test_report.py, worked out there):
+# relu and bilinear have equal sample variances, so Welch's df is exactly 4.
+LOSSES = {
+    "relu": [2.0, 2.2, 2.4],      # mean 2.2, sample std 0.2
+    "swiglu": [1.9, 2.0, 2.1],    # mean 2.0, sample std 0.1
+    "bilinear": [1.8, 2.0, 2.2],  # mean 2.0, sample std 0.2
+    "gelu": [2.9, 3.0, 3.1],      # mean 3.0, sample std 0.1
+}
+T_975_DF4 = 2.7764451051977987  # t_{0.975, 4}, from a t table
 TUNED_LR = {"relu": 3e-3, "swiglu": 1e-3, "bilinear": 2e-3, "gelu": 3e-3}
 
 
@@ -24,11 +38,16 @@ def tuned_sweep(tmp_path):
     return tmp_path
 
 
-def test_tuned_lr_is_a_column_not_a_grouping_key(tuned_sweep):
+def _compose(overrides):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(config_name="config", overrides=overrides)
+
+
+def test_tuned_lr_is_a_column_not_a_grouping_key(tuned_sweep, markdown_table):
     report = report_sweep([tuned_sweep], plots=False, wandb_choice="off", tuned=("optim.lr",))
     assert report.keys == ["model.ffn"] and len(report.groups) == 4
     md = (tuned_sweep / "summary.md").read_text()
-    rows = {r[1]: r for r in _table(md)}
+    rows = {r[1]: r for r in markdown_table(md)}
     cols = [c.strip() for c in md.splitlines()[next(i for i, x in enumerate(md.splitlines())
                                                      if x.startswith("|  | variant"))].strip("|").split("|")]
     assert cols[2] == "optim.lr (tuned)"
@@ -39,7 +58,7 @@ def test_tuned_lr_is_a_column_not_a_grouping_key(tuned_sweep):
     assert rows["relu"][col["train FLOPs"]] == "2.2e+06"
     assert rows["relu"][col["train s"]] == "3.0"
     # Each variant is compared with relu at relu's own tuned LR: bilinear's Welch interval by hand.
-    cmp = {r[0]: r for r in _table(md, "| variant")}
+    cmp = {r[0]: r for r in markdown_table(md, "| variant")}
     half = T_975_DF4 * math.sqrt(0.04 / 3 * 2)
     assert cmp["bilinear"][1] == "-0.2000"
     assert cmp["bilinear"][2] == f"[{-0.2 - half:+.4f}, {-0.2 + half:+.4f}]"
@@ -55,7 +74,6 @@ def test_without_tuned_the_lr_splits_the_groups(tuned_sweep):
 
 def test_tune_variants_are_validated_before_any_work():
     from glubench.train.validate import ConfigError, validate_config
-    from tests.test_train import _compose
 
     with pytest.raises(ConfigError, match="tune.variants: 'swigloo'"):
         validate_config(_compose(["experiment=tuned_variants_cpu", "tune.variants=[relu,swigloo]"]))
@@ -91,6 +109,63 @@ def test_ranking_and_summary_text():
     assert "ranking changed: yes" in text
 
 
+BEST_LR = {"relu": 3e-3, "swiglu": 1e-3}
+TUNED_LOSSES = {"relu": [2.0, 2.2], "swiglu": [1.9, 2.0]}  # means 2.1, 1.95: swiglu < relu
+
+
+@pytest.mark.parametrize("shared_losses,ranking_shared,changed", [
+    ({"relu": [2.1, 2.1], "swiglu": [2.3, 2.5]}, ["relu", "swiglu"], True),   # means 2.1, 2.4: order flips
+    ({"relu": [2.1, 2.1], "swiglu": [1.8, 1.8]}, ["swiglu", "relu"], False),  # means 2.1, 1.8: same order
+])
+def test_tuned_variants_driver_with_faked_children(tmp_path, monkeypatch, shared_losses, ranking_shared, changed):
+    """The driver's bookkeeping, with each child ``glubench --multirun`` replaced by a fake that writes
+    what the child would (the study's optimization_results.yaml, one results.json per seed) from
+    the numbers above: the tuned LRs, the losses, both rankings and ``ranking_changed``."""
+    import json
+
+    import glubench.sweep.tune as tune
+
+    calls = []
+
+    def fake_glubench(args, log_file):
+        calls.append(args)
+        kv = dict(a.split("=", 1) for a in args if "=" in a)
+        out, v = Path(kv["hydra.sweep.dir"]), kv["model.ffn"]
+        if kv.get("hparams_search") == "lr_optuna":
+            out.mkdir(parents=True)
+            (out / "optimization_results.yaml").write_text(
+                f"name: optuna\nbest_params:\n  optim.lr: {BEST_LR[v]}\nbest_value: {min(TUNED_LOSSES[v])}\n")
+            return
+        tuned = "optim.lr" in kv
+        lr = float(kv["optim.lr"]) if tuned else 1e-3
+        for s in map(int, kv["seed"].split(",")):
+            loss = (TUNED_LOSSES if tuned else shared_losses)[v][s]
+            RunResult(status="completed", ffn=v, seed=s, val_loss=loss,
+                      config={"model": {"ffn": v}, "seed": s, "optim": {"lr": lr}, "experiment_name": "t"},
+                      ).write(out / f"{s}")
+
+    monkeypatch.setattr(tune, "_glubench", fake_glubench)
+    cfg = OmegaConf.create({"experiment_name": "t", "optim": {"lr": 1e-3},
+                            "tune": {"dir": str(tmp_path / "run"), "variants": ["relu", "swiglu"], "n_trials": 2,
+                                     "seeds": [0, 1], "lr_range": [1e-4, 1e-1], "shared_lr": True}})
+    record = tune.run_tuned_variants(cfg, ["experiment=tuned_variants_cpu", "trainer.max_steps=6"])
+    assert record["ranking_tuned"] == ["swiglu", "relu"]
+    assert record["ranking_shared"] == ranking_shared
+    assert record["ranking_changed"] is changed
+    assert record["shared_lr"] == 1e-3
+    assert {v: d["tuned_lr"] for v, d in record["variants"].items()} == BEST_LR
+    assert record["variants"]["swiglu"]["val_loss"] == TUNED_LOSSES["swiglu"]
+    assert record["variants"]["relu"]["shared_lr_val_loss"] == shared_losses["relu"]
+    assert all(d["lr_at_bound"] is None for d in record["variants"].values())
+    assert json.loads((tmp_path / "run" / "tuned.json").read_text()) == record
+    # 2 variants x (search, tuned seeds, shared seeds); every child keeps the driver's overrides.
+    assert len(calls) == 6 and all("trainer.max_steps=6" in c and "tune.variants=[]" in c for c in calls)
+    # A rerun finds everything done and launches nothing.
+    calls.clear()
+    assert tune.run_tuned_variants(cfg, ["experiment=tuned_variants_cpu"])["ranking_changed"] is changed
+    assert calls == []
+
+
 @pytest.mark.slow
 def test_tuned_variants_driver_end_to_end(tmp_path):
     """2 variants x (2 Optuna trials + 1 seed at the tuned LR + 1 at the shared LR), ci size."""
@@ -107,7 +182,16 @@ def test_tuned_variants_driver_end_to_end(tmp_path):
                           text=True, timeout=1200)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     record = json.loads((tmp_path / "run" / "tuned.json").read_text())
-    assert set(record["variants"]) == {"relu", "swiglu"} and record["ranking_changed"] in (True, False)
+    assert set(record["variants"]) == {"relu", "swiglu"}
+
+    def by_mean(folder):  # variants by mean val loss over their seeds' results.json, best first
+        means = {v: [json.loads(p.read_text())["val_loss"] for p in (folder / v).glob("*/results.json")]
+                 for v in ("relu", "swiglu")}
+        return sorted(means, key=lambda v: sum(means[v]) / len(means[v]))
+
+    assert record["ranking_tuned"] == by_mean(tmp_path / "run" / "tuned")
+    assert record["ranking_shared"] == by_mean(tmp_path / "run" / "shared")
+    assert record["ranking_changed"] is (by_mean(tmp_path / "run" / "tuned") != by_mean(tmp_path / "run" / "shared"))
     for v, d in record["variants"].items():
         trials = [json.loads(p.read_text()) for p in (tmp_path / "run" / "search" / v).glob("trial_*/results.json")]
         assert len(trials) == 2 and d["search_best_val_loss"] == min(t["val_loss"] for t in trials)

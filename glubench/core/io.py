@@ -41,6 +41,10 @@ def atomic_write_json(path: Path, obj: object) -> None:
     atomic_write_bytes(Path(path), (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
 
 
+def atomic_write_text(path: Path, text: str, encoding: str = "utf-8") -> None:
+    """:func:`atomic_write_bytes` of ``text`` encoded with ``encoding``."""
+    atomic_write_bytes(Path(path), text.encode(encoding))
+
 
 def sha256_text(*parts: str) -> str:
     """sha256 hex digest of ``parts`` joined with NUL separators (so ``("ab","c") != ("a","bc")``)."""

@@ -1,8 +1,8 @@
 """Aggregate a sweep: ``results.json`` files -> results.csv, summary.md, statistics, plots, W&B summary.
 
-Hydra-free: it reads the files any glubench run writes (:class:`glubench.results.RunResult`), so
+Hydra-free: it reads the files any glubench run writes (:class:`glubench.train.results.RunResult`), so
 it works on any folder of runs, during or after a sweep.  ``glubench-report PATH...`` is the
-command line; :class:`glubench.sweep.SweepReport` calls :func:`report_sweep` at the end of a
+command line; :class:`glubench.sweep.callbacks.SweepReport` calls :func:`report_sweep` at the end of a
 multirun.
 
 Runs are grouped by every config key whose value differs between runs, except the seed (and
@@ -18,18 +18,23 @@ import argparse
 import csv
 import io
 import json
+import logging
 import math
 import sys
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Optional
 
+from glubench.core.io import atomic_write, atomic_write_text, sha256_text
 from glubench.train.results import RESULTS_FILE, RunResult
+
+log = logging.getLogger(__name__)
 
 BASELINE = "relu"
 VARIANT_KEY = "model.ffn"
 REPLICATE_KEYS = ("seed",)  # differ between replicates; never a grouping key
 JOB_ERRORS = ("failed", "interrupted", "missing")  # the job itself broke: the exit status is 1
+NOT_STARTED = "not_started"  # a job folder whose job never began (a rejected config): listed, not a failure
 CONFIDENCE = 0.95
 PLOTS = ("val_loss_curves.png", "val_loss_bar.png", "tokens_per_sec.png")
 
@@ -72,30 +77,38 @@ class Welch:
 
 
 def welch(a: list[float], b: list[float], confidence: float = CONFIDENCE) -> Welch:
-    """Welch's unequal-variance t interval for ``mean(a) - mean(b)``.
+    """Welch's unequal-variance t interval for ``mean(a) - mean(b)`` (values in any one unit, e.g. nats/token).
 
-    ``se = sqrt(s_a²/n_a + s_b²/n_b)`` (sample variances, ddof=1); degrees of freedom by
-    Welch–Satterthwaite, ``df = se⁴ / ((s_a²/n_a)²/(n_a-1) + (s_b²/n_b)²/(n_b-1))``; the
-    interval is ``diff ± t_{df, (1+confidence)/2} · se`` (Welch 1947, Biometrika 34).
+    Computed by :func:`scipy.stats.ttest_ind` with ``equal_var=False``: standard error
+    ``se = sqrt(s_a²/n_a + s_b²/n_b)`` (sample variances, ddof=1), Welch–Satterthwaite degrees
+    of freedom ``df = se⁴ / ((s_a²/n_a)²/(n_a-1) + (s_b²/n_b)²/(n_b-1))`` and the interval
+    ``diff ± t_{df, (1+confidence)/2} · se`` (Welch 1947, Biometrika 34;
+    Satterthwaite 1946, Biometrics Bulletin 2).  ``p`` is the two-sided p-value.
 
     Raises:
         ValueError: if ``a`` or ``b`` is empty.
     """
-    from scipy import stats
-
     if not a or not b:
         raise ValueError(f"welch: both samples need values (got n={len(a)} and n={len(b)})")
     diff = _mean(a) - _mean(b)
     if len(a) < 2 or len(b) < 2:
         return Welch(diff, note=f"n/a: needs >= 2 seeds on both sides (n={len(a)} vs {len(b)})")
-    va, vb = _var(a) / len(a), _var(b) / len(b)
-    se = math.sqrt(va + vb)
-    if se == 0.0:
+    # Tested on the values, not on a computed variance, which rounding can leave a hair above 0.
+    const_a, const_b = len(set(a)) == 1, len(set(b)) == 1
+    if const_a and const_b:  # se = 0: scipy would give t = ±inf and a zero-width interval
         return Welch(diff, note="n/a: zero variance on both sides")
-    df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
-    half = float(stats.t.ppf((1 + confidence) / 2, df)) * se
-    p = 2 * stats.t.sf(abs(diff) / se, df)
-    return Welch(diff, diff - half, diff + half, float(p), float(df))
+    import warnings
+
+    from scipy import stats  # not at module level: scipy takes a while to import
+
+    with warnings.catch_warnings():
+        if const_a or const_b:
+            # scipy warns of "catastrophic cancellation" for a constant sample; its variance is
+            # exactly 0 here, so the warning would only be noise.
+            warnings.filterwarnings("ignore", message="Precision loss occurred", category=RuntimeWarning)
+        res = stats.ttest_ind(a, b, equal_var=False)
+    ci = res.confidence_interval(confidence_level=confidence)
+    return Welch(diff, float(ci.low), float(ci.high), float(res.pvalue), float(res.df))
 
 
 def _mean(xs: list[float]) -> float:
@@ -196,7 +209,10 @@ class Report:
     """A whole sweep: groups of completed runs (sorted by mean val loss) and the runs that did not complete.
 
     ``problems`` holds runs whose status is not ``completed`` (``failed``, ``interrupted``,
-    ``diverged``) and job folders with no ``results.json`` (status ``missing``).
+    ``diverged``) and job folders with no ``results.json`` whose job log has content (status
+    ``missing``: killed).  ``not_started`` holds job folders with no ``results.json`` and no job
+    log with content (status ``not_started``: the job never began, e.g. a rejected config);
+    they are listed but are not failures.
     """
 
     keys: list[str]
@@ -205,6 +221,7 @@ class Report:
     runs: list[Run] = field(default_factory=list)
     paths: list[Path] = field(default_factory=list)
     tuned: list[str] = field(default_factory=list)  # keys tuned per variant: shown, not grouped by
+    not_started: list[Run] = field(default_factory=list)
 
     @property
     def exit_code(self) -> int:
@@ -229,8 +246,18 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def _job_started(job_dir: Path) -> bool:
+    """Whether the job in a Hydra job folder began: a job log (``<job name>.log``) with content.
+
+    Hydra writes ``.hydra/config.yaml`` before the job runs and its job log as the job runs; a
+    folder with no log, or only empty ones, is a job that never began.
+    """
+    return any(p.is_file() and p.stat().st_size > 0 for p in job_dir.glob("*.log"))
+
+
 def _missing_run(job_dir: Path) -> Run:
-    """A job folder Hydra created whose ``results.json`` never appeared (killed, out of memory)."""
+    """A job folder Hydra created whose ``results.json`` never appeared: status ``missing`` when the
+    job began (killed, out of memory), ``not_started`` when it never did (see :func:`_job_started`)."""
     from omegaconf import OmegaConf
 
     cfg: dict[str, Any] = {}
@@ -239,8 +266,12 @@ def _missing_run(job_dir: Path) -> Run:
     except Exception:  # noqa: BLE001 - a corrupt config still leaves a row that names the folder
         pass
     model = cfg.get("model") if isinstance(cfg.get("model"), dict) else {}
-    result = RunResult(status="missing", ffn=str(model.get("ffn", "?")), seed=cfg.get("seed", -1),
-                       error=f"no {RESULTS_FILE} in {job_dir} (killed before it could be written?)", config=cfg)
+    if _job_started(job_dir):
+        status, error = "missing", f"no {RESULTS_FILE} in {job_dir} (killed before it could be written?)"
+    else:
+        status, error = NOT_STARTED, f"no {RESULTS_FILE} and no job log in {job_dir} (never started: config rejected?)"
+    result = RunResult(status=status, ffn=str(model.get("ffn", "?")), seed=cfg.get("seed", -1), error=error,
+                       config=cfg)
     return Run(job_dir, result, flatten(cfg))
 
 
@@ -328,8 +359,10 @@ def build_report(paths: list[Path], tuned: tuple[str, ...] = ()) -> Report:
     # Keys come from the completed runs only: a missing run's partial config must not split groups.
     keys = swept_keys([r for r in runs if _completed(r)] or runs, ignore=(*REPLICATE_KEYS, *tuned))
     groups = group_runs(runs, keys)
-    problems = [r for r in runs if not _in_groups(r, groups)]
-    return Report(keys, groups, problems, runs, [Path(p) for p in paths], list(tuned))
+    left = [r for r in runs if not _in_groups(r, groups)]
+    problems = [r for r in left if r.result.status != NOT_STARTED]
+    not_started = [r for r in left if r.result.status == NOT_STARTED]
+    return Report(keys, groups, problems, runs, [Path(p) for p in paths], list(tuned), not_started)
 
 
 def _in_groups(run: Run, groups: list[Group]) -> bool:
@@ -408,11 +441,12 @@ def comparison_rows(report: Report) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
-def problem_rows(report: Report) -> tuple[list[str], list[list[str]]]:
+def problem_rows(report: Report, runs: Optional[list[Run]] = None) -> tuple[list[str], list[list[str]]]:
+    """(header, rows) listing ``runs`` (default: ``report.problems``): folder, variant, seed, status, error."""
     header = ["run", "variant", "seed", "status", "error"]
     rows = [[str(r.path), r.result.ffn, str(r.result.seed), r.result.status,
              (r.result.error or ("val loss not finite" if r.result.status == "diverged" else "")).replace("|", "/")
-             .replace("\n", " ")[:300]] for r in report.problems]
+             .replace("\n", " ")[:300]] for r in (report.problems if runs is None else runs)]
     return header, rows
 
 
@@ -429,7 +463,9 @@ def summary_markdown(report: Report, plots: list[str] = ()) -> str:
     out = io.StringIO()
     out.write(f"# glubench results: {report.experiment}\n\n")
     out.write(f"{len(report.runs)} runs under {', '.join(map(str, report.paths))}: {n_ok} completed, "
-              f"{len(report.problems)} did not complete{' (listed below)' if report.problems else ''}.  "
+              f"{len(report.problems)} did not complete{' (listed below)' if report.problems else ''}"
+              + (f", {len(report.not_started)} never started (listed below; not failures)" if report.not_started
+                 else "") + ".  "
               f"Grouped by {', '.join(report.keys)}; seeds are replicates.\n\n")
     if report.groups:
         out.write(markdown_table(*summary_rows(report)) + "\n\n")
@@ -453,6 +489,10 @@ def summary_markdown(report: Report, plots: list[str] = ()) -> str:
         out.write(f"No comparison with `{BASELINE}`: no completed `{BASELINE}` run with the same settings.\n\n")
     if report.problems:
         out.write("## Runs that did not complete\n\n" + markdown_table(*problem_rows(report)) + "\n\n")
+    if report.not_started:
+        out.write("## Runs that never started\n\n" + markdown_table(*problem_rows(report, report.not_started))
+                  + "\n\nA job folder with its config but no job log: the job never began (e.g. its config was "
+                  "rejected).  Not counted as a failure.\n\n")
     if plots:
         out.write("## Plots\n\n" + "\n".join(f"![{p}]({p})" for p in plots) + "\n")
     return out.getvalue()
@@ -468,6 +508,9 @@ def terminal_text(report: Report) -> str:
         parts.append(markdown_table(*cmp))
     if report.problems:
         parts.append(f"{len(report.problems)} run(s) did not complete:\n" + markdown_table(*problem_rows(report)))
+    if report.not_started:
+        parts.append(f"{len(report.not_started)} run(s) never started (not failures):\n"
+                     + markdown_table(*problem_rows(report, report.not_started)))
     return "\n\n".join(parts)
 
 
@@ -497,13 +540,7 @@ def write_csv(report: Report, path: Path) -> None:
                  **{f"versions.{k}": v for k, v in d["versions"].items()},
                  **{f"config.{k}": (json.dumps(v) if isinstance(v, (list, dict)) else v) for k, v in r.flat.items()}}
         w.writerow(["" if cells.get(h) is None else cells[h] for h in header])
-    _atomic_write_text(path, buf.getvalue())
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    atomic_write_text(path, buf.getvalue())
 
 
 def _curves(g: Group) -> tuple[list[float], list[float], list[float], list[float]]:
@@ -542,7 +579,8 @@ def write_plots(report: Report, out_dir: Path) -> list[Path]:
     ax.set_ylabel("validation loss (nats/token)")
     ax.set_title(f"{report.experiment}: validation loss (mean over seeds; shaded: min–max)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    if ax.lines:  # no run recorded a validation history: an empty plot, without an empty legend
+        ax.legend(fontsize=8)
     written.append(_save(fig, out_dir / PLOTS[0]))
 
     for name, attr, ylabel, title in (
@@ -571,9 +609,7 @@ def write_plots(report: Report, out_dir: Path) -> list[Path]:
 
 
 def _save(fig, path: Path) -> Path:
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    tmp.replace(path)
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
     return path
 
 
@@ -581,30 +617,46 @@ def _wandb_settings(report: Report) -> dict[str, Any]:
     """project/entity/group/mode for the summary run, from the runs' own ``logger.*`` config."""
     import os
 
+    from glubench.core.secrets import credentials_present
+
     flat = report.runs[0].flat if report.runs else {}
     mode = flat.get("logger.mode") or os.environ.get("WANDB_MODE")
     if not mode:
-        from glubench.core.secrets import credentials_present
-
         mode = "online" if credentials_present() else "offline"
-    return {"project": flat.get("logger.project") or "glubench", "entity": flat.get("logger.entity"),
-            "group": flat.get("logger.group") or flat.get("experiment_name") or "glubench", "mode": mode}
+    project = flat.get("logger.project") or "glubench"
+    group = flat.get("logger.group") or flat.get("experiment_name") or "glubench"
+    return {"project": project, "entity": flat.get("logger.entity"), "group": group, "mode": mode,
+            "id": summary_run_id(project, group)}
+
+
+def summary_run_id(project: str, group: str) -> str:
+    """The W&B run id of a group's summary run: ``summary-`` + 12 hex digits of sha256(project, group).
+
+    Deterministic, so every report of the same group resumes one run instead of adding one; hex
+    digits and ``-`` are within W&B's allowed run-id characters whatever the group is called.
+    """
+    return "summary-" + sha256_text(str(project), str(group))[:12]
 
 
 def log_wandb(report: Report, out_dir: Path, plots: list[Path]) -> Optional[Path]:
     """A separate W&B run of the group (``job_type=report``): the summary and comparison tables as
     ``wandb.Table`` plus the plots as images.  Offline unless credentials exist (or
-    ``logger.mode`` / ``$WANDB_MODE`` say otherwise).  Returns the run's local folder."""
+    ``logger.mode`` / ``$WANDB_MODE`` say otherwise).  Every report of the same project and group
+    logs to the same run (id :func:`summary_run_id`, resumed if it exists).  Returns the run's
+    local folder."""
     import wandb
 
     from glubench.core.secrets import redact, redacted_argv
 
     s = _wandb_settings(report)
     with redacted_argv():  # W&B records the command line, which may hold a secret override
-        run = wandb.init(project=s["project"], entity=s["entity"], group=s["group"],
+        run = wandb.init(project=s["project"], entity=s["entity"], group=s["group"], id=s["id"], resume="allow",
                          name=f"summary-{s['group']}", job_type="report", dir=str(out_dir), mode=s["mode"],
-                         reinit="finish_previous",
-                         config=redact({"grouped_by": report.keys, "paths": [str(p) for p in report.paths]}))
+                         reinit="finish_previous")
+    # A later report may cover other paths: update rather than pass config= (a resumed run's
+    # config keys may not change value otherwise).
+    run.config.update(redact({"grouped_by": report.keys, "paths": [str(p) for p in report.paths]}),
+                      allow_val_change=True)
     header, rows = summary_rows(report)
     data: dict[str, Any] = {"summary/table": wandb.Table(columns=["best", *header[1:]], data=rows)}
     cmp_header, cmp = comparison_rows(report)
@@ -612,12 +664,14 @@ def log_wandb(report: Report, out_dir: Path, plots: list[Path]) -> Optional[Path
         data["summary/vs_baseline"] = wandb.Table(columns=cmp_header, data=cmp)
     if report.problems:
         data["summary/not_completed"] = wandb.Table(*reversed(problem_rows(report)))
+    if report.not_started:
+        data["summary/not_started"] = wandb.Table(*reversed(problem_rows(report, report.not_started)))
     for p in plots:
         data[f"plots/{p.stem}"] = wandb.Image(str(p))
     run.log(data)
     if report.groups:
         run.summary.update({"best": report.groups[0].label, "best_val_loss": report.groups[0].loss_mean,
-                            "n_not_completed": len(report.problems)})
+                            "n_not_completed": len(report.problems), "n_not_started": len(report.not_started)})
     folder = Path(run.dir).parent
     run.finish(exit_code=report.exit_code)
     return folder
@@ -652,13 +706,12 @@ def report_sweep(paths: list[Path], out_dir: Optional[Path] = None, plots: bool 
     out_dir.mkdir(parents=True, exist_ok=True)
     write_csv(report, out_dir / "results.csv")
     written = write_plots(report, out_dir) if plots else []
-    _atomic_write_text(out_dir / "summary.md", summary_markdown(report, [p.name for p in written]))
+    atomic_write_text(out_dir / "summary.md", summary_markdown(report, [p.name for p in written]))
     if use_wandb(report, wandb_choice):
         try:
             log_wandb(report, out_dir, written)
         except Exception as e:  # noqa: BLE001 - the files above are the report; W&B is a copy
-            print(f"glubench-report: warning: W&B summary run not logged ({type(e).__name__}: {e})",
-                  file=sys.stderr)
+            log.warning(f"glubench-report: warning: W&B summary run not logged ({type(e).__name__}: {e})")
     return report
 
 
@@ -666,8 +719,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     """``glubench-report PATH... [--out DIR] [--tuned KEY]... [--no-plots] [--wandb auto|on|off]``.
 
     Exit status: 0, or 1 when any run failed, was interrupted or left no results.json (they are
-    listed in the report), or 2 on bad arguments.
+    listed in the report; a job that never started is listed but is not a failure), or 2 on bad
+    arguments.
     """
+    from glubench.core.logging import configure
+
+    configure()
     parser = argparse.ArgumentParser(
         prog="glubench-report",
         description="Aggregate glubench runs: results.csv, summary.md (table + Welch t CIs vs relu), PNG plots "
@@ -687,7 +744,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"glubench-report: error: {e}", file=sys.stderr)
         return 2
     print(terminal_text(report))
-    print(f"glubench-report: wrote results.csv, summary.md and plots to {args.out or args.paths[0]}")
+    log.info(f"glubench-report: wrote results.csv, summary.md and plots to {args.out or args.paths[0]}")
     return report.exit_code
 
 

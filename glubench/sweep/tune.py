@@ -18,6 +18,7 @@ study is moved to ``search/<v>.interrupted-<time>`` and searched afresh).
 from __future__ import annotations
 
 import json
+import logging
 import math
 import subprocess
 import sys
@@ -29,21 +30,27 @@ from glubench.train.results import RESULTS_FILE, RunResult
 
 SUMMARY_FILE = "tuned.json"
 
+log = logging.getLogger(__name__)
+
 
 def _completed_results(folder: Path) -> list[RunResult]:
     results = [RunResult.read(p) for p in sorted(folder.glob(f"*/{RESULTS_FILE}"))]
     return [r for r in results if r.status == "completed"]
 
 
-def _glubench(args: list[str], log: Path) -> None:
-    """Run ``python -m glubench --multirun ARGS``, teeing its output to ``log``; raise on failure."""
+def _glubench(args: list[str], log_file: Path) -> None:
+    """Run ``python -m glubench --multirun ARGS``, appending its output to ``log_file``; raise on failure.
+
+    Raises:
+        RuntimeError: the child exited with a non-zero status (the message names its log).
+    """
     cmd = [sys.executable, "-m", "glubench", "--multirun", *args]
-    print("glubench tune: " + " ".join(cmd[1:]), flush=True)
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "a") as f:
+    log.info("glubench tune: " + " ".join(cmd[1:]))
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_file, "a") as f:
         proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT)
     if proc.returncode != 0:
-        raise RuntimeError(f"exit {proc.returncode}: {' '.join(cmd[1:])} (log: {log})")
+        raise RuntimeError(f"exit {proc.returncode}: {' '.join(cmd[1:])} (log: {log_file})")
 
 
 def best_lr(study_dir: Path) -> tuple[float, float]:
@@ -110,9 +117,9 @@ def run_tuned_variants(cfg, overrides: list[str]) -> dict:
         lr, search_loss = best_lr(study)
         edge = at_bound(lr, t.lr_range)
         if edge:
-            print(f"glubench tune: warning: the tuned optim.lr={lr:.3g} for {v} is within a factor "
-                  f"{EDGE_FACTOR} of the {edge} bound of tune.lr_range={list(t.lr_range)}; the best LR may lie "
-                  "outside the range: widen it", flush=True)
+            log.warning(f"glubench tune: warning: the tuned optim.lr={lr:.3g} for {v} is within a factor "
+                        f"{EDGE_FACTOR} of the {edge} bound of tune.lr_range={list(t.lr_range)}; the best LR may "
+                        "lie outside the range: widen it")
         final = root / "tuned" / v
         if len(_completed_results(final)) < len(t.seeds):
             _glubench([*base, f"model.ffn={v}", f"optim.lr={lr!r}", f"seed={seeds}", f"hydra.sweep.dir={final}"],
@@ -137,7 +144,7 @@ def run_tuned_variants(cfg, overrides: list[str]) -> dict:
         record["ranking_changed"] = record["ranking_tuned"] != record["ranking_shared"]
         report_sweep([root / "shared"], out_dir=root / "shared", plots=True, wandb_choice="off")
     atomic_write_json(root / SUMMARY_FILE, record)
-    print(summary_text(record))
+    print(summary_text(record))  # the command's result table: primary output
     return record
 
 
@@ -163,7 +170,7 @@ def summary_text(record: dict) -> str:
     return "\n".join(lines)
 
 
-def main_summary(path: str) -> None:  # pragma: no cover - convenience for `python -m glubench.tune DIR`
+def main_summary(path: str) -> None:  # pragma: no cover - convenience for `python -m glubench.sweep.tune DIR`
     print(summary_text(json.loads((Path(path) / SUMMARY_FILE).read_text())))
 
 
