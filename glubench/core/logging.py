@@ -33,6 +33,22 @@ class RankZero(logging.Filter):
         return record.levelno >= logging.WARNING or global_rank() == 0
 
 
+class _Console(logging.StreamHandler):
+    """A console handler that writes to whatever ``sys.<name>`` is at write time (pytest swaps it)."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        super().__init__()
+
+    @property
+    def stream(self):
+        return getattr(sys, self._name)
+
+    @stream.setter
+    def stream(self, value) -> None:  # StreamHandler.__init__ assigns it; the property decides
+        pass
+
+
 def configure(level: int = logging.INFO) -> None:
     """Console logging for a command that Hydra does not run: INFO to stdout, WARNING+ to stderr, no decoration.
 
@@ -42,9 +58,9 @@ def configure(level: int = logging.INFO) -> None:
     logger.setLevel(level)
     if getattr(logger, "_glubench_configured", False):
         return
-    out = logging.StreamHandler(sys.stdout)
+    out = _Console("stdout")
     out.addFilter(MaxLevel(logging.WARNING))
-    err = logging.StreamHandler(sys.stderr)
+    err = _Console("stderr")
     err.setLevel(logging.WARNING)
     for h in (out, err):
         h.setFormatter(logging.Formatter("%(message)s"))
