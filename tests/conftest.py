@@ -1,6 +1,15 @@
-"""Test setup: an isolated token cache, W&B offline, and a small CPU thread count."""
+"""Shared test setup and fixtures.
 
+An isolated token cache and W&B offline for every test (and the subprocesses they start), plus
+the helpers more than one test file needs: composing the real config (:func:`compose_cfg`), a
+seconds-long training run (:func:`ci_run`), reading offline W&B runs (:func:`wandb_history`)
+and markdown tables (:func:`markdown_table`).  Unit tests live in ``tests/unit/`` (no training
+run, no subprocess), end-to-end ones in ``tests/integration/``.
+"""
+
+import json
 import os
+import struct
 import tempfile
 from pathlib import Path
 
@@ -13,9 +22,87 @@ os.environ["WANDB_SILENT"] = "true"
 os.environ.setdefault("WANDB_DISABLE_GIT", "true")
 
 import glubench.train.schema  # noqa: E402, F401  (registers the typed config schema for hydra.compose)
+from glubench.core.paths import CONF_DIR  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+def _compose(overrides=(), hydra: bool = False, config_name: str = "config"):
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(config_name=config_name, overrides=list(overrides), return_hydra_config=hydra)
+
+
+@pytest.fixture(scope="session")
+def compose_cfg():
+    """``compose_cfg(overrides, hydra=False, config_name="config")``: the composed glubench config, as the CLI
+    builds it (``hydra=True`` keeps the ``hydra`` node)."""
+    return _compose
+
+
+@pytest.fixture
+def ci_run(monkeypatch):
+    """``ci_run(path, *overrides)``: a seconds-long ``experiment=ci`` run (no logger unless overridden) in the
+    folder ``path`` (created); returns its :class:`~glubench.train.results.RunResult`."""
+    from glubench.train.task import run
+
+    def _run(path: Path, *overrides: str):
+        path.mkdir(parents=True, exist_ok=True)
+        monkeypatch.chdir(path)  # outside Hydra the run dir is the current dir
+        return run(_compose(["experiment=ci", "logger=none", *overrides]))
+
+    return _run
+
+
+def _wandb_records(path: Path):
+    """Records of an offline W&B ``.wandb`` file.
+
+    The file is a LevelDB-style log (a 7-byte ``:W&B`` header, then 32 KiB blocks of chunks
+    with a 7-byte ``crc32, length, type`` header; types FULL=1, FIRST=2, MIDDLE=3, LAST=4)
+    whose payloads are ``wandb_internal_pb2.Record`` protobufs.  wandb ships no public reader.
+    """
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    data = path.read_bytes()
+    assert data[:4] == b":W&B"
+    pos, block, buf = 7, 32768, b""
+    while pos + 7 <= len(data):
+        left = block - pos % block
+        if left < 7:
+            pos += left
+            continue
+        _crc, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        if kind == 0 and length == 0:  # zero padding to the end of the block
+            pos += left
+            continue
+        chunk = data[pos + 7 : pos + 7 + length]
+        pos += 7 + length
+        if kind == 1:
+            yield pb.Record.FromString(chunk)
+        elif kind == 2:
+            buf = chunk
+        elif kind == 3:
+            buf += chunk
+        elif kind == 4:
+            yield pb.Record.FromString(buf + chunk)
+
+
+def _wandb_rows(run_dir: Path, record_type: str = "history") -> list[dict]:
+    rows = []
+    for rec in _wandb_records(next(run_dir.glob("*.wandb"))):
+        if rec.WhichOneof("record_type") == record_type:
+            items = rec.history.item if record_type == "history" else rec.summary.update
+            rows.append({(i.key or "/".join(i.nested_key)): json.loads(i.value_json) for i in items})
+    return rows
+
+
+@pytest.fixture(scope="session")
+def wandb_history():
+    """``wandb_history(run_dir, record_type="history")``: the rows (``{key: value}``) an offline W&B run folder
+    logged; ``record_type="summary"`` gives its summary updates instead."""
+    return _wandb_rows
 
 
 @pytest.fixture

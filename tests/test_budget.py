@@ -1,12 +1,14 @@
 import math
+import os
 from types import SimpleNamespace
 
 import pytest
 import torch
 
-from glubench.train.budget import TIME_MODE_MAX_STEPS, BudgetCallback, plan_budget, world_size
+from glubench.train.budget import TIME_MODE_MAX_STEPS, plan_budget
+from glubench.train.callbacks import BudgetCallback
+from glubench.train.devices import devices_per_node, world_size
 from glubench.train.validate import ConfigError
-from tests.test_train import _ci_run, _compose
 
 
 def test_plan_tokens_and_flops_by_hand():
@@ -37,15 +39,19 @@ def test_plan_rejects_bad_budgets(mode, value, match):
         plan_budget(mode, value, max_steps=20, tokens_per_step=256, flops_per_token=1.0, warmup_steps=2)
 
 
-def test_bad_budget_is_rejected_before_training():
+def test_bad_budget_is_rejected_before_training(compose_cfg):
     from glubench.train.validate import validate_config
 
     with pytest.raises(ConfigError, match="budget.value=null"):
-        validate_config(_compose(["experiment=ci", "budget=time"]))
+        validate_config(compose_cfg(["experiment=ci", "budget=time"]))
 
 
-def test_world_size():
-    assert world_size(2, 3) == 6 and world_size("4") == 4 and world_size([0, 3]) == 2
+def test_world_size_counts_as_lightning_does():
+    cpu = SimpleNamespace(devices=2, num_nodes=3, accelerator="cpu")
+    assert world_size(cpu) == 6
+    assert devices_per_node("4") == 4 and devices_per_node([0, 3]) == 2 and devices_per_node("0,2,3") == 3
+    assert devices_per_node("auto", "cpu") == 1  # Lightning: one process on a CPU
+    assert devices_per_node(-1, "cpu") == os.cpu_count()  # Lightning: every core
 
 
 def test_time_callback_stops_at_the_first_step_past_the_limit():
@@ -81,11 +87,11 @@ def test_time_callback_stops_at_the_first_step_past_the_limit():
     assert lrs == pytest.approx([1.0, *cos])
 
 
-def test_flops_budget_gives_cheaper_variant_more_steps(tmp_path, monkeypatch):
+def test_flops_budget_gives_cheaper_variant_more_steps(tmp_path, monkeypatch, ci_run):
     """relu vs swiglu with ffn_multiple_of=64 (hidden 85 -> 64: FFN 3·32·64 vs 2·32·128 weights)."""
     common = ["budget=flops", "trainer.max_steps=10", "trainer.val_check_interval=10", "optim.warmup_steps=2"]
-    a = _ci_run(tmp_path / "a", monkeypatch, "model.ffn=relu", *common)
-    b = _ci_run(tmp_path / "b", monkeypatch, "model.ffn=swiglu", "model.ffn_multiple_of=64", *common)
+    a = ci_run(tmp_path / "a", "model.ffn=relu", *common)
+    b = ci_run(tmp_path / "b", "model.ffn=swiglu", "model.ffn_multiple_of=64", *common)
     assert b.ffn_hidden == 64
     # FLOPs per token = 6 x matmul weights + 12 L d T; the two differ only in the FFN, in 2 layers.
     assert a.flops_per_token - b.flops_per_token == 6 * 2 * (2 * 32 * 128 - 3 * 32 * 64)
@@ -101,8 +107,8 @@ def test_flops_budget_gives_cheaper_variant_more_steps(tmp_path, monkeypatch):
     assert abs(a.budget["flops"] - b.budget["flops"]) <= one_step
 
 
-def test_time_budget_stops_within_one_step_of_the_limit(tmp_path, monkeypatch):
-    r = _ci_run(tmp_path, monkeypatch, "budget=time", "budget.value=1.5", "trainer.val_check_interval=1000")
+def test_time_budget_stops_within_one_step_of_the_limit(tmp_path, monkeypatch, ci_run):
+    r = ci_run(tmp_path, "budget=time", "budget.value=1.5", "trainer.val_check_interval=1000")
     b = r.budget
     assert r.status == "completed" and b["mode"] == "time" and b["max_steps"] is None
     assert r.steps == b["steps"] >= 1 and b["tokens"] == r.steps * 8 * 32

@@ -8,11 +8,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from glubench.cli.main import main
-from glubench.core.paths import CONF_DIR
 from glubench.sweep.cluster import check_launcher, check_multirun_strategy
 from glubench.train.task import run
 from glubench.train.validate import ConfigError
@@ -26,9 +24,6 @@ SHORT = ["experiment=ci", "trainer.max_steps=4", "trainer.val_check_interval=4",
          "throughput.warmup_steps=1", "data.val_percent=0.5"]
 
 
-def _compose(overrides, hydra=False):
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose(config_name="config", overrides=overrides, return_hydra_config=hydra)
 
 
 def _cli(argv, monkeypatch, capsys):
@@ -117,12 +112,12 @@ def test_launcher_rule():
     check_multirun_strategy(trainer, multirun=True, launcher_target=SLURM)
 
 
-def test_every_cluster_config_composes():
+def test_every_cluster_config_composes(compose_cfg):
     for overrides in (["hydra/launcher=slurm"], ["hydra/launcher=local"], ["trainer=ddp"], ["trainer=fsdp"]):
-        cfg = _compose(overrides, hydra=True)
+        cfg = compose_cfg(overrides, hydra=True)
         OmegaConf.to_container(cfg.hydra.launcher, resolve=True, throw_on_missing=True)
         OmegaConf.to_container(cfg.trainer, resolve=True, throw_on_missing=True)
-    assert _compose(["trainer=fsdp"]).trainer.strategy == "fsdp"
+    assert compose_cfg(["trainer=fsdp"]).trainer.strategy == "fsdp"
 
 
 def _env():
@@ -139,7 +134,7 @@ def test_local_launcher_multirun_runs_both_variants(tmp_path):
                                                                      ("swiglu", "completed", 4)]
 
 
-def test_ddp_on_two_cpu_processes_matches_one_process(tmp_path, monkeypatch):
+def test_ddp_on_two_cpu_processes_matches_one_process(tmp_path, monkeypatch, compose_cfg):
     # Global batch 8 either way: 2 processes × 4 windows, the same windows (TrainBatches slices
     # one global batch by rank), gradients averaged by DDP; validation shards the windows and
     # CorpusNLL sums NLL and token counts over ranks.  Only float summation order differs.
@@ -152,7 +147,7 @@ def test_ddp_on_two_cpu_processes_matches_one_process(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "single").mkdir()
     monkeypatch.chdir(tmp_path / "single")
-    single = run(_compose([*SHORT, "data.batch_size=8", "logger=none"]))
+    single = run(compose_cfg([*SHORT, "data.batch_size=8", "logger=none"]))
 
     assert [p.relative_to(tmp_path) for p in tmp_path.rglob("results.json")] == [Path("ddp/results.json"),
                                                                                   Path("single/results.json")]

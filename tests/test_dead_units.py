@@ -66,10 +66,9 @@ def test_probe_hooks_find_zeroed_units_in_a_transformer(ffn):
     assert model.training and not model.blocks[0].ffn.w_in._forward_hooks  # hooks removed
 
 
-def test_callback_in_a_training_run(tmp_path, monkeypatch):
-    from tests.test_train import _ci_run
+def test_callback_in_a_training_run(tmp_path, monkeypatch, ci_run):
 
-    result = _ci_run(tmp_path, monkeypatch, "model.ffn=reglu", "logger=csv", "diagnostics.dead_units=true",
+    result = ci_run(tmp_path, "model.ffn=reglu", "logger=csv", "diagnostics.dead_units=true",
                      "diagnostics.every_n_steps=5", "trainer.max_steps=10")
     d = json.loads((tmp_path / "results.json").read_text())["diagnostics"]["dead_units"]
     assert [h["step"] for h in d["history"]] == [0, 5, 10]

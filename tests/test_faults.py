@@ -18,7 +18,6 @@ from pathlib import Path
 import lightning.pytorch as pl
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from hydra.errors import HydraException
 from omegaconf.errors import OmegaConfBaseException
 
@@ -26,7 +25,8 @@ from glubench.cli.main import main
 from glubench.core.paths import CONF_DIR
 from glubench.core.secrets import redact, secret_values
 from glubench.nn.ffn import FFN_REGISTRY
-from glubench.train.faults import AtomicCheckpointIO, Diverged, NonFiniteGuard
+from glubench.train.callbacks import NonFiniteGuard
+from glubench.train.faults import AtomicCheckpointIO, Diverged
 
 CONF = str(CONF_DIR)
 REPO = Path(__file__).resolve().parents[1]
@@ -34,9 +34,6 @@ CUDA = torch.cuda.is_available()
 VALID_FFNS = ", ".join(FFN_REGISTRY)
 
 
-def _compose(overrides):
-    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        return compose(config_name="config", overrides=["experiment=ci", "logger=none", *overrides])
 
 
 def _write_files(d: Path) -> dict:
@@ -99,7 +96,7 @@ def _cases(split):
         ("peak-flops-zero", ["throughput.peak_flops=0"], "throughput.peak_flops"),
         ("peak-flops-negative", ["throughput.peak_flops=-1e12"], "throughput.peak_flops"),
         ("throughput-warmup-negative", ["throughput.warmup_steps=-1"], "throughput.warmup_steps"),
-        ("unknown-wandb-mode", ["logger.mode=cloud"], "logger.mode"),
+        ("unknown-wandb-mode", ["logger=wandb", "logger.wandb.mode=cloud"], "logger.wandb.mode"),
         ("unknown-nonfinite-action", ["faults.on_nonfinite=ignore"], "faults.on_nonfinite"),
         ("max-skips-negative", ["faults.max_skips=-1"], "faults.max_skips"),
         ("seed-negative", ["seed=-1"], "seed"),
@@ -149,7 +146,7 @@ CASE_IDS = [c[0] for c in _cases({"train": 0, "val": 0})]
 
 
 @pytest.mark.parametrize("case_id", CASE_IDS)
-def test_bad_input_exits_with_one_line(case_id, bad_dir, tmp_path, monkeypatch, capsys):
+def test_bad_input_exits_with_one_line(case_id, bad_dir, tmp_path, monkeypatch, capsys, compose_cfg):
     d, split = bad_dir
     if case_id == "gpu-absent" and CUDA:
         pytest.skip("a GPU is present")
@@ -162,7 +159,7 @@ def test_bad_input_exits_with_one_line(case_id, bad_dir, tmp_path, monkeypatch, 
     if case_id == "completed-run-in-output-dir":
         (run_dir / "results.json").write_text(json.dumps({"status": "completed", "val_loss": 1.0}))
         before = (run_dir / "results.json").read_bytes()
-    cfg = _compose(overrides)
+    cfg = compose_cfg(overrides)
     with pytest.raises(SystemExit) as exit_info:
         main(cfg)
     err = capsys.readouterr().err.strip()
@@ -181,9 +178,9 @@ def test_bad_input_exits_with_one_line(case_id, bad_dir, tmp_path, monkeypatch, 
 
 
 @pytest.mark.parametrize("case_id,overrides,key", SCHEMA_CASES, ids=[c[0] for c in SCHEMA_CASES])
-def test_schema_rejects_while_composing(case_id, overrides, key):
+def test_schema_rejects_while_composing(case_id, overrides, key, compose_cfg):
     with pytest.raises((HydraException, OmegaConfBaseException)) as info:
-        _compose(overrides)
+        compose_cfg(overrides)
     cause = info.value.__cause__
     _report(case_id, overrides, " / ".join(str(info.value).splitlines()[:2]) + (f" / {cause}" if cause else ""))
     assert key in str(info.value)
@@ -276,7 +273,7 @@ def test_sweep_with_a_diverging_job_keeps_the_others(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO), "GLUBENCH_TEST_API_KEY": secret, "WANDB_MODE": "offline"}
     cmd = [sys.executable, "-m", "glubench", "--multirun", "experiment=ci", "logger=wandb",
            "optim.lr=1e-3,1e6,3e-3", "trainer.max_steps=8", "trainer.val_check_interval=8",
-           "optim.warmup_steps=2", f"logger.tags=[{secret}]", f"hydra.sweep.dir={tmp_path}/sweep"]
+           "optim.warmup_steps=2", f"logger.wandb.tags=[{secret}]", f"hydra.sweep.dir={tmp_path}/sweep"]
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     results = {int(p.parent.name.split("_")[0]): json.loads(p.read_text())
                for p in (tmp_path / "sweep").glob("*/results.json")}
@@ -286,18 +283,18 @@ def test_sweep_with_a_diverging_job_keeps_the_others(tmp_path):
     assert diverged["steps"] < 8 and re.search(r"non-finite .* at step \d+ \(last finite loss", diverged["error"])
     assert "glubench: diverged: non-finite" in proc.stderr
     for r in results.values():  # secrets never reach results
-        assert secret not in json.dumps(r) and r["config"]["logger"]["tags"] == ["***"]
+        assert secret not in json.dumps(r) and r["config"]["logger"]["wandb"]["tags"] == ["***"]
     saved = [p for p in (tmp_path / "sweep").rglob("*") if p.is_file()]  # Hydra's config copies too
     assert len(saved) >= 9 and not [p for p in saved if secret.encode() in p.read_bytes()]
     runs = [p for p in saved if p.suffix == ".wandb"]
-    assert len(runs) == 4 and all(b"logger.tags=[***]" in p.read_bytes() for p in runs)  # 3 jobs + the report
+    assert len(runs) == 4 and all(b"logger.wandb.tags=[***]" in p.read_bytes() for p in runs)  # 3 jobs + the report
 
 
 def test_printed_config_hides_secrets(tmp_path):
     """``--cfg job --resolve`` prints ``***`` for a value taken from a secret environment variable."""
     secret = "sk-glubench-test-0123456789"
     env = {**os.environ, "PYTHONPATH": str(REPO), "GLUBENCH_TEST_API_KEY": secret}
-    cmd = [sys.executable, "-m", "glubench", "experiment=ci", "logger.project=${oc.env:GLUBENCH_TEST_API_KEY}",
+    cmd = [sys.executable, "-m", "glubench", "experiment=ci", "logger=wandb", "logger.wandb.project=${oc.env:GLUBENCH_TEST_API_KEY}",
            "--cfg", "job", "--resolve"]
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -8,8 +8,9 @@ import torch.nn.functional as F
 
 from glubench.data.windows import IGNORE_INDEX, ValWindows
 from glubench.nn.config import ModelConfig
-from glubench.nn.flops import lookup_peak_flops, mfu
-from glubench.train.metrics import ThroughputMeter, bits_per_byte, perplexity
+from glubench.nn.flops import mfu
+from glubench.train.metrics import ThroughputMeter, bits_per_byte, peak_flops, perplexity
+from glubench.train.schema import OptimConfig
 from glubench.train.module import LanguageModel, lr_lambda
 
 
@@ -107,12 +108,26 @@ def test_throughput_no_warmup():
 
 
 def test_peak_flops_and_mfu():
-    assert lookup_peak_flops("NVIDIA H200", "bf16-mixed") == 989e12
-    assert lookup_peak_flops("NVIDIA H100 80GB HBM3", "bf16-mixed") == 989e12
-    assert lookup_peak_flops("NVIDIA H100 PCIe", "bf16-mixed") == 756e12
-    assert lookup_peak_flops("NVIDIA A100-SXM4-80GB", "32-true") == 19.5e12
-    assert lookup_peak_flops(None, "32-true") is None
-    assert lookup_peak_flops("cpu", "32-true") is None
+    cuda = torch.device("cuda", 0)
+    # glubench's dense table where Lightning lists the sparse rate (H200 bf16: 2e15 there)
+    assert peak_flops(cuda, "bf16-mixed", "NVIDIA H200") == 989e12
+    assert peak_flops(cuda, "32-true", "NVIDIA H200") == 67e12
+    assert peak_flops(cuda, "bf16-mixed", "NVIDIA H200 NVL") == 835.5e12
+    assert peak_flops(torch.device("cpu"), "bf16-mixed") is None  # no MFU on a CPU, never a guess
+
+
+@pytest.mark.parametrize("name,precision,expected", [
+    ("NVIDIA H100 80GB HBM3", "bf16-mixed", 989.4e12),  # NVIDIA H100 SXM datasheet, dense bf16
+    ("NVIDIA H100 PCIe", "16-mixed", 756e12),
+    ("NVIDIA A100-SXM4-80GB", "bf16-mixed", 312e12),
+    ("NVIDIA Quantum Z9", "bf16-mixed", None),  # unknown: no MFU
+])
+def test_peak_flops_from_lightning_elsewhere(monkeypatch, name, precision, expected):
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: name)
+    assert peak_flops(torch.device("cuda", 0), precision) == expected
+
+
+def test_mfu():
     assert mfu(1000.0, 6e9, 1e13) == pytest.approx(0.6)
     assert mfu(1000.0, 6e9, None) is None
 
@@ -141,7 +156,7 @@ def test_throughput_callback_counts_accumulation_and_devices_with_fake_clock():
     module = SimpleNamespace(device=torch.device("cpu"), log_dict=lambda *a, **k: None)
     cb.on_train_start(trainer, module)
     clock = FakeClock()
-    cb.meter.clock = clock
+    cb.meter.watch.clock = clock
     # accumulate_grad_batches=2; Lightning raises global_step at the end of the 2nd micro-batch.
     # Micro-batches of 3, 5 | 2, 2 | 4, 4 windows of 8 tokens; optimizer steps take 9, 1, 3 s.
     for windows, dt in (((3, 5), 9.0), ((2, 2), 1.0), ((4, 4), 3.0)):
@@ -166,7 +181,7 @@ def test_throughput_callback_under_lightning_gradient_accumulation():
 
     torch.manual_seed(0)
     module = LanguageModel(ModelConfig(vocab_size=16, d_model=8, n_layers=1, n_heads=2, seq_len=4),
-                           warmup_steps=1, max_steps=3)
+                           OptimConfig(warmup_steps=1), max_steps=3)
     data = [(torch.randint(0, 16, (b, 4)),) * 2 for b in (1, 2, 3, 4, 5, 6)]  # variable micro-batch sizes
     cb = ThroughputCallback(1.0, None, warmup_steps=1, log_every_n_steps=1)
     trainer = pl.Trainer(accelerator="cpu", max_steps=3, accumulate_grad_batches=2, logger=False,

@@ -3,98 +3,41 @@
 import csv
 import json
 import random
-import struct
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 
+import glubench.train.callbacks as callbacks
 import glubench.train.resume as resume
-from glubench.core.paths import CONF_DIR
 from glubench.data.windows import TrainBatches
-from glubench.train.task import run
-
-
-def _compose(overrides):
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose(config_name="config", overrides=overrides)
-
-
-def wandb_records(path: Path):
-    """Records of an offline W&B ``.wandb`` file.
-
-    The file is a LevelDB-style log (a 7-byte ``:W&B`` header, then 32 KiB blocks of chunks
-    with a 7-byte ``crc32, length, type`` header; types FULL=1, FIRST=2, MIDDLE=3, LAST=4)
-    whose payloads are ``wandb_internal_pb2.Record`` protobufs.  wandb ships no public reader.
-    """
-    from wandb.proto import wandb_internal_pb2 as pb
-
-    data = path.read_bytes()
-    assert data[:4] == b":W&B"
-    pos, block, buf = 7, 32768, b""
-    while pos + 7 <= len(data):
-        left = block - pos % block
-        if left < 7:
-            pos += left
-            continue
-        _crc, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
-        if kind == 0 and length == 0:  # zero padding to the end of the block
-            pos += left
-            continue
-        chunk = data[pos + 7 : pos + 7 + length]
-        pos += 7 + length
-        if kind == 1:
-            yield pb.Record.FromString(chunk)
-        elif kind == 2:
-            buf = chunk
-        elif kind == 3:
-            buf += chunk
-        elif kind == 4:
-            yield pb.Record.FromString(buf + chunk)
-
-
-def wandb_history(run_dir: Path) -> list[dict]:
-    """The logged rows (``{key: value}``) of one offline W&B run folder."""
-    rows = []
-    for rec in wandb_records(next(run_dir.glob("*.wandb"))):
-        if rec.WhichOneof("record_type") == "history":
-            rows.append({(i.key or "/".join(i.nested_key)): json.loads(i.value_json) for i in rec.history.item})
-    return rows
 
 
 class Killed(Exception):
     pass
 
 
-def _run_in(path: Path, monkeypatch, overrides):
-    path.mkdir(parents=True, exist_ok=True)
-    monkeypatch.chdir(path)  # outside Hydra the run dir is the current dir
-    return run(_compose(["experiment=ci", *overrides]))
-
-
-def test_kill_and_resume_equals_uninterrupted(tmp_path, monkeypatch):
+def test_kill_and_resume_equals_uninterrupted(tmp_path, monkeypatch, ci_run, wandb_history):
     # 8 steps, validation and checkpoints every 4, logs every 2; the kill comes in step 5,
     # after the step-4 checkpoint and before anything else is logged.
-    common = ["trainer.max_steps=8", "trainer.val_check_interval=4", "trainer.log_every_n_steps=2",
+    common = ["logger=both", "trainer.max_steps=8", "trainer.val_check_interval=4", "trainer.log_every_n_steps=2",
               "optim.warmup_steps=2", "throughput.warmup_steps=1", "trainer.deterministic=true"]
-    full = _run_in(tmp_path / "full", monkeypatch, common)
+    full = ci_run(tmp_path / "full", *common)
 
-    class KillAtStep5(resume.ResumeState):
+    class KillAtStep5(callbacks.ResumeState):
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
             if trainer.global_step == 5:
                 raise Killed()
 
-    monkeypatch.setattr(resume, "ResumeState", KillAtStep5)
+    monkeypatch.setattr(callbacks, "ResumeState", KillAtStep5)  # conf/callbacks builds it by its path
     with pytest.raises(Killed):
-        _run_in(tmp_path / "resumed", monkeypatch, common)
-    monkeypatch.undo()
+        ci_run(tmp_path / "resumed", *common)
+    monkeypatch.setattr(callbacks, "ResumeState", KillAtStep5.__mro__[1])
     ckpts = tmp_path / "resumed" / "checkpoints"
     assert resume.checkpoint_step(ckpts / "last.ckpt") == 4
     assert json.loads((tmp_path / "resumed" / "results.json").read_text())["status"] == "failed"
 
-    resumed = _run_in(tmp_path / "resumed", monkeypatch, common)
+    resumed = ci_run(tmp_path / "resumed", *common)
     assert resumed.status == "completed" and resumed.steps == 8
     assert abs(resumed.val_loss - full.val_loss) <= 1e-6
     assert resumed.tokens_seen == full.tokens_seen == 8 * 8 * 32  # steps × batch × seq_len
@@ -111,7 +54,8 @@ def test_kill_and_resume_equals_uninterrupted(tmp_path, monkeypatch):
 
     # W&B: both attempts log to the same run id; together they hold each step exactly once.
     runs = sorted((tmp_path / "resumed" / "wandb").glob("offline-run-*"))
-    assert len(runs) == 2 and len({r.name.rsplit("-", 1)[1] for r in runs}) == 1
+    # (the id from the run-<id>.wandb file: W&B suffixes the folder name when two runs start in one second)
+    assert len(runs) == 2 and len({next(r.glob("run-*.wandb")).stem.removeprefix("run-") for r in runs}) == 1
     (full_run,) = (tmp_path / "full" / "wandb").glob("offline-run-*")
 
     def loss_steps(rows):
@@ -120,23 +64,31 @@ def test_kill_and_resume_equals_uninterrupted(tmp_path, monkeypatch):
 
     both = loss_steps(wandb_history(runs[0]) + wandb_history(runs[1]))
     assert both == loss_steps(wandb_history(full_run))
-    assert [s for s, tl, _ in both if tl is not None] == [1, 3, 5, 7]  # logged every 2 steps, none twice
+    # logged every 2 steps, labelled with the optimizer steps done, none twice
+    assert [s for s, tl, _ in both if tl is not None] == [2, 4, 6, 8]
+    assert [s for s, _, vl in both if vl is not None] == [4, 8]  # as results.json's history
 
 
-def test_keep_csv_history_drops_rows_from_the_resume_step_on(tmp_path):
+def test_keep_csv_history_keeps_rows_up_to_the_resume_step(tmp_path):
     from lightning.pytorch.loggers import CSVLogger
 
     path = tmp_path / "csv" / "metrics.csv"
     path.parent.mkdir(parents=True)
-    path.write_text("epoch,step,train/loss,val/loss\n0,4,2.5,\n0,9,2.0,\n0,9,,2.1\n0,14,1.5,\n")
+    # Rows carry the optimizer steps done; LearningRateMonitor labels the LR of step k+1 with k and
+    # logs it when step k+1 starts, i.e. after checkpoint k.
+    path.write_text("lr-AdamW,step,train/loss,val/loss\n0.1,4,,\n,5,2.5,\n,10,2.0,\n,10,,2.1\n0.2,10,,\n"
+                    ",15,1.5,\n")
     logger = CSVLogger(save_dir=str(tmp_path), name="csv", version="")
-    # Lightning logs global step k as row step k-1: resuming at 10 keeps rows 4 and 9.
-    assert resume.keep_csv_history(logger, resume_step=10) == 3
-    logger.log_metrics({"train/loss": 1.4}, step=14)
+    # Resuming from the step-10 checkpoint keeps rows 4, 5, 10 (loss and val) and drops the LR row
+    # at 10 and the loss at 15: the resumed run logs both again.
+    assert resume.keep_csv_history(logger, resume_step=10) == 4
+    logger.log_metrics({"lr-AdamW": 0.2}, step=10)
+    logger.log_metrics({"train/loss": 1.4}, step=15)
     logger.save()
     rows = list(csv.DictReader(open(path)))
-    assert [(r["step"], r["train/loss"], r["val/loss"]) for r in rows] == [
-        ("4", "2.5", ""), ("9", "2.0", ""), ("9", "", "2.1"), ("14", "1.4", "")]
+    assert [(r["step"], r["lr-AdamW"], r["train/loss"], r["val/loss"]) for r in rows] == [
+        ("4", "0.1", "", ""), ("5", "", "2.5", ""), ("10", "", "2.0", ""), ("10", "", "", "2.1"),
+        ("10", "0.2", "", ""), ("15", "", "1.4", "")]
 
 
 def test_find_checkpoint(tmp_path):

@@ -6,52 +6,42 @@ import sys
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, ValidationError
 
 from glubench.core.paths import CONF_DIR
 from glubench.train.results import RunResult
-from glubench.train.task import run
 
 CONF = Path(str(CONF_DIR))
 GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir() and p.name != "hydra")
 
 
-def _compose(overrides):
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(config_name="config", overrides=overrides)
 
 
 @pytest.mark.parametrize(
     "group,option",
     [(g, p.stem) for g in GROUPS for p in sorted((CONF / g).glob("*.yaml"))],
 )
-def test_every_config_composes(group, option):
+def test_every_config_composes(group, option, compose_cfg):
     overrides = [f"{group}={option}"]
     if (group, option) == ("data", "text"):
         overrides.append("data.files=README.md")
-    cfg = _compose(overrides)
+    cfg = compose_cfg(overrides)
     OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
 
 
-def test_schema_rejects_unknown_keys_and_types():
+def test_schema_rejects_unknown_keys_and_types(compose_cfg):
     with pytest.raises((ConfigCompositionException, ConfigKeyError)):
-        _compose(["model.d_modle=64"])
+        compose_cfg(["model.d_modle=64"])
     with pytest.raises((ConfigCompositionException, ValidationError)):
-        _compose(["model.n_layers=four"])
+        compose_cfg(["model.n_layers=four"])
 
 
-def _ci_run(tmp_path, monkeypatch, *extra):
-    tmp_path.mkdir(parents=True, exist_ok=True)
-    monkeypatch.chdir(tmp_path)
-    cfg = _compose(["experiment=ci", "logger=none", *extra])
-    return run(cfg)
 
 
-def test_end_to_end_writes_results(tmp_path, monkeypatch):
-    result = _ci_run(tmp_path, monkeypatch, "model.ffn=swiglu")
+def test_end_to_end_writes_results(tmp_path, monkeypatch, ci_run):
+    result = ci_run(tmp_path, "model.ffn=swiglu")
     data = json.loads((tmp_path / "results.json").read_text())
     assert data["status"] == "completed" and data["ffn"] == "swiglu"
     for key in ("val_loss", "val_ppl", "val_bpb", "train_tokens_per_sec", "wall_time_s"):
@@ -68,10 +58,10 @@ def test_end_to_end_writes_results(tmp_path, monkeypatch):
     assert RunResult.read(tmp_path / "results.json").val_loss == result.val_loss
 
 
-def test_same_seed_same_losses(tmp_path, monkeypatch):
-    a = _ci_run(tmp_path / "a", monkeypatch, "trainer.max_steps=10", "trainer.deterministic=true")
-    b = _ci_run(tmp_path / "b", monkeypatch, "trainer.max_steps=10", "trainer.deterministic=true")
-    c = _ci_run(tmp_path / "c", monkeypatch, "trainer.max_steps=10", "seed=1")
+def test_same_seed_same_losses(tmp_path, monkeypatch, ci_run):
+    a = ci_run(tmp_path / "a", "trainer.max_steps=10", "trainer.deterministic=true")
+    b = ci_run(tmp_path / "b", "trainer.max_steps=10", "trainer.deterministic=true")
+    c = ci_run(tmp_path / "c", "trainer.max_steps=10", "seed=1")
     assert a.train_loss == b.train_loss and a.val_loss == b.val_loss
     assert a.history == b.history  # every validation loss, bit for bit
     assert c.val_loss != a.val_loss
@@ -105,14 +95,14 @@ def test_multirun_gives_one_wandb_run_per_job(tmp_path):
     assert not list(tmp_path.glob("outputs")) and not list(tmp_path.glob("wandb"))  # nothing in cwd
 
 
-def test_bpe_on_a_local_file_trains_and_sizes_the_model(shared_data, tmp_path, monkeypatch):
+def test_bpe_on_a_local_file_trains_and_sizes_the_model(shared_data, tmp_path, monkeypatch, ci_run, compose_cfg):
     from glubench.nn.config import ModelConfig
     from glubench.nn.transformer import Transformer, count_params
 
     path = shared_data / "wikitext-2-tokenized" / "valid.txt"
-    result = _ci_run(tmp_path, monkeypatch, "data=text", f"data.files={path}", "data.tokenizer=bpe",
+    result = ci_run(tmp_path, "data=text", f"data.files={path}", "data.tokenizer=bpe",
                      "data.vocab_size=512", "trainer.max_steps=10", "trainer.val_check_interval=10")
     assert result.status == "completed" and math.isfinite(result.val_bpb)
-    m = _compose(["experiment=ci"]).model
+    m = compose_cfg(["experiment=ci"]).model
     want = count_params(Transformer(ModelConfig(**{**OmegaConf.to_container(m), "vocab_size": 512}))).total
     assert result.params_total == want  # the tokenizer's vocab reached the model

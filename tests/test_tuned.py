@@ -4,10 +4,8 @@ import math
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from glubench.core.paths import CONF_DIR
 from glubench.sweep.report import report_sweep
 from glubench.train.results import RunResult
 
@@ -38,9 +36,6 @@ def tuned_sweep(tmp_path):
     return tmp_path
 
 
-def _compose(overrides):
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose(config_name="config", overrides=overrides)
 
 
 def test_tuned_lr_is_a_column_not_a_grouping_key(tuned_sweep, markdown_table):
@@ -72,16 +67,16 @@ def test_without_tuned_the_lr_splits_the_groups(tuned_sweep):
     assert by["gelu"].vs_baseline is not None  # gelu's tuned LR happens to equal relu's
 
 
-def test_tune_variants_are_validated_before_any_work():
+def test_tune_variants_are_validated_before_any_work(compose_cfg):
     from glubench.train.validate import ConfigError, validate_config
 
     with pytest.raises(ConfigError, match="tune.variants: 'swigloo'"):
-        validate_config(_compose(["experiment=tuned_variants_cpu", "tune.variants=[relu,swigloo]"]))
+        validate_config(compose_cfg(["experiment=tuned_variants_cpu", "tune.variants=[relu,swigloo]"]))
     with pytest.raises(ConfigError, match="tune.n_trials=0"):
-        validate_config(_compose(["experiment=tuned_variants_cpu", "tune.n_trials=0"]))
+        validate_config(compose_cfg(["experiment=tuned_variants_cpu", "tune.n_trials=0"]))
     for bad in ("[0.1,0.001]", "[0,0.1]", "[0.001]"):
         with pytest.raises(ConfigError, match=r"tune.lr_range=.* must be \[low, high\] with 0 < low < high"):
-            validate_config(_compose(["experiment=tuned_variants_cpu", f"tune.lr_range={bad}"]))
+            validate_config(compose_cfg(["experiment=tuned_variants_cpu", f"tune.lr_range={bad}"]))
 
 
 def test_a_tuned_lr_at_the_edge_of_the_search_range_is_flagged():

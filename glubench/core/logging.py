@@ -37,12 +37,12 @@ class _Console(logging.StreamHandler):
     """A console handler that writes to whatever ``sys.<name>`` is at write time (pytest swaps it)."""
 
     def __init__(self, name: str) -> None:
-        self._name = name
+        self._sys_attr = name
         super().__init__()
 
     @property
     def stream(self):
-        return getattr(sys, self._name)
+        return getattr(sys, self._sys_attr)
 
     @stream.setter
     def stream(self, value) -> None:  # StreamHandler.__init__ assigns it; the property decides

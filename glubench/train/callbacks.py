@@ -5,6 +5,7 @@
 * :class:`NonFiniteGuard`: a non-finite loss or gradient stops the run (or drops the batch).
 * :class:`ThroughputCallback`, :class:`BudgetCallback`: tokens/s, MFU and training seconds
   (validation excluded); the budget callback also stops a ``budget=time`` run.
+* :class:`LearningRateMonitor`: Lightning's, also in a run without a logger.
 * :class:`ProgressBar`: Lightning's bar without a host sync per step.
 * :class:`DeadUnitsCallback`: dead units, sparsity and gate saturation on a fixed probe batch.
 * :class:`FitSignals`: internal; marks when Lightning handles SIGTERM itself (always added).
@@ -26,6 +27,7 @@ from typing import Any
 import lightning.pytorch as pl
 import numpy as np
 import torch
+from lightning.pytorch.callbacks import LearningRateMonitor as _LearningRateMonitor
 from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 
 from glubench.analysis.dead_units import STAT_KEYS, probe_batch, probe_stats
@@ -459,6 +461,24 @@ class BudgetCallback(pl.Callback):
     def on_train_end(self, trainer, pl_module) -> None:
         self.watch.pause()
         self._training = False
+
+
+class LearningRateMonitor(_LearningRateMonitor):
+    """Lightning's ``LearningRateMonitor`` (``lr-AdamW/pg1`` and ``/pg2``: the decayed and the
+    undecayed parameter groups), except that a run without a logger (``logger=none``) logs nothing
+    instead of refusing to start."""
+
+    def on_train_start(self, trainer, *args: Any, **kwargs: Any) -> None:
+        if trainer.loggers:
+            super().on_train_start(trainer, *args, **kwargs)
+
+    def on_train_batch_start(self, trainer, *args: Any, **kwargs: Any) -> None:
+        if trainer.loggers:
+            super().on_train_batch_start(trainer, *args, **kwargs)
+
+    def on_train_epoch_start(self, trainer, *args: Any, **kwargs: Any) -> None:
+        if trainer.loggers:
+            super().on_train_epoch_start(trainer, *args, **kwargs)
 
 
 class ProgressBar(TQDMProgressBar):

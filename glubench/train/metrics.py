@@ -132,7 +132,9 @@ class ThroughputMeter:
 
 
 DENSE_PEAK_FLOPS: dict[str, dict[str, float]] = {
-    "H200": {"bf16": 989e12, "fp32": 67e12},  # Lightning's table lists the sparse bf16 rate (2e15)
+    # Lightning lists the H200's bf16 rates with 2:4 sparsity (2e15, 1.7e15); dense is half.
+    "H200 NVL": {"bf16": 835.5e12, "fp32": 60e12},
+    "H200": {"bf16": 989e12, "fp32": 67e12},
 }
 """Dense peak FLOP/s (vendor datasheets) where Lightning's ``get_available_flops`` has no entry or
 lists a rate with structured sparsity; MFU always divides by the dense peak."""
@@ -150,7 +152,7 @@ def peak_flops(device, precision: str, device_name: str | None = None) -> float 
         return None
     name = (device_name or torch.cuda.get_device_name(device)).upper()
     column = "bf16" if precision.startswith(("bf16", "16")) else "fp32"
-    for key, table in DENSE_PEAK_FLOPS.items():
+    for key, table in DENSE_PEAK_FLOPS.items():  # longest names first
         if key in name:
             return table[column]
     from lightning.fabric.utilities.throughput import get_available_flops
