@@ -159,7 +159,7 @@ def test_bad_input_exits_with_one_line(case_id, bad_dir, tmp_path, monkeypatch, 
     if case_id == "completed-run-in-output-dir":
         (run_dir / "results.json").write_text(json.dumps({"status": "completed", "val_loss": 1.0}))
         before = (run_dir / "results.json").read_bytes()
-    cfg = compose_cfg(overrides)
+    cfg = compose_cfg(["experiment=ci", "logger=none", *overrides])
     with pytest.raises(SystemExit) as exit_info:
         main(cfg)
     err = capsys.readouterr().err.strip()
@@ -180,7 +180,7 @@ def test_bad_input_exits_with_one_line(case_id, bad_dir, tmp_path, monkeypatch, 
 @pytest.mark.parametrize("case_id,overrides,key", SCHEMA_CASES, ids=[c[0] for c in SCHEMA_CASES])
 def test_schema_rejects_while_composing(case_id, overrides, key, compose_cfg):
     with pytest.raises((HydraException, OmegaConfBaseException)) as info:
-        compose_cfg(overrides)
+        compose_cfg(["experiment=ci", "logger=none", *overrides])
     cause = info.value.__cause__
     _report(case_id, overrides, " / ".join(str(info.value).splitlines()[:2]) + (f" / {cause}" if cause else ""))
     assert key in str(info.value)

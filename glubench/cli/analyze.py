@@ -33,15 +33,11 @@ def _compose(overrides: list[str]):
 
 def _probe(cfg, batch: int):
     """Fixed probe token ids ``(B, T)`` from the configured corpus's validation split."""
-    from omegaconf import OmegaConf
-
     from glubench.analysis.dead_units import probe_batch
-    from glubench.data.datamodule import LMDataModule
+    from glubench.data.cache import prepare_splits
 
-    dm = LMDataModule(**OmegaConf.to_container(cfg.data, resolve=True), seq_len=cfg.model.seq_len, seed=cfg.seed)
-    dm.prepare_data()
-    dm.setup()
-    return probe_batch(dm.splits.val, cfg.model.seq_len, batch), dm.splits.vocab_size
+    _, splits = prepare_splits(cfg.data, seq_len=cfg.model.seq_len)
+    return probe_batch(splits.val, cfg.model.seq_len, batch), splits.vocab_size
 
 
 def _split(value: str, valid, key: str) -> list[str]:

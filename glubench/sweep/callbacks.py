@@ -24,6 +24,8 @@ from typing import Any, Optional
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from glubench.train.devices import resolve_accelerator, world_size
+
 CALLBACK_TARGET = "glubench.sweep.callbacks.SweepReport"
 
 log = logging.getLogger(__name__)
@@ -99,7 +101,7 @@ class SweepReport(Callback):
     + job_overhead_s)`` with ``fpt`` = :func:`glubench.nn.flops.flops_per_token`.  On a CPU the
     achieved FLOP/s are measured by a few steps of the first job's model before the sweep starts
     (so a busy machine gives a longer estimate); on a GPU they are the device's dense peak
-    (:func:`glubench.nn.flops.lookup_peak_flops`) times ``gpu_mfu``.
+    (:func:`glubench.train.metrics.peak_flops`) times ``gpu_mfu``.
 
     Args:
         report: run the report at the end.
@@ -169,10 +171,9 @@ class SweepReport(Callback):
         if gpu:
             import torch
 
-            from glubench.nn.flops import lookup_peak_flops
+            from glubench.train.metrics import peak_flops
 
-            name = torch.cuda.get_device_name() if torch.cuda.is_available() else None
-            peak = first.throughput.peak_flops or lookup_peak_flops(name, first.trainer.precision)
+            peak = first.throughput.peak_flops or peak_flops(torch.device("cuda"), str(first.trainer.precision))
             if not peak:
                 raise ValueError("no GPU peak FLOP/s known here (set throughput.peak_flops)")
             train_rate = val_rate = peak * self.gpu_mfu
@@ -190,7 +191,7 @@ class SweepReport(Callback):
             fpt = flops_per_token(counts[key].matmul, mc.n_layers, mc.d_model, mc.seq_len)
             t = cfg.trainer
             tokens = (t.max_steps * t.accumulate_grad_batches * cfg.data.batch_size * mc.seq_len
-                      * _n_devices(t.devices) * t.num_nodes)
+                      * world_size(t))
             n_val = t.max_steps // t.val_check_interval + (1 if t.max_steps % t.val_check_interval else 0)
             total += tokens * fpt / train_rate + n_val * val_tokens * fpt / 3 / val_rate + self.job_overhead_s
         return total, how
@@ -231,34 +232,15 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-def _n_devices(devices: Any) -> int:
-    if isinstance(devices, int):
-        return max(devices, 1)
-    if isinstance(devices, (list, tuple)) or OmegaConf.is_list(devices):
-        return len(devices)
-    return 1  # "auto" and strings: assume one
-
-
 def _uses_gpu(cfg: DictConfig) -> bool:
-    acc = str(cfg.trainer.accelerator)
-    if acc in ("gpu", "cuda"):
-        return True
-    if acc == "auto":
-        import torch
-
-        return torch.cuda.is_available()
-    return False
+    return resolve_accelerator(str(cfg.trainer.accelerator)) == "cuda"
 
 
 def _val_tokens(cfg: DictConfig) -> int:
     """Size of the validation split (prepares the token cache, which the first job needs anyway)."""
-    from glubench.data.datamodule import LMDataModule
+    from glubench.data.cache import prepare_splits
 
-    data = OmegaConf.to_container(cfg.data, resolve=True)
-    dm = LMDataModule(**data, seq_len=cfg.model.seq_len, seed=cfg.seed, num_batches=1)
-    dm.prepare_data()
-    dm.setup()
-    return int(dm.splits.val.size)
+    return int(prepare_splits(cfg.data)[1].val.size)
 
 
 def _measure_cpu_flops(cfg: DictConfig, mc: Any, steps: int = 3) -> tuple[float, float]:

@@ -614,18 +614,18 @@ def _save(fig, path: Path) -> Path:
 
 
 def _wandb_settings(report: Report) -> dict[str, Any]:
-    """project/entity/group/mode for the summary run, from the runs' own ``logger.*`` config."""
+    """project/entity/group/mode for the summary run, from the runs' own ``logger.wandb.*`` config."""
     import os
 
     from glubench.core.secrets import credentials_present
 
     flat = report.runs[0].flat if report.runs else {}
-    mode = flat.get("logger.mode") or os.environ.get("WANDB_MODE")
+    mode = flat.get("logger.wandb.mode") or os.environ.get("WANDB_MODE")
     if not mode:
         mode = "online" if credentials_present() else "offline"
-    project = flat.get("logger.project") or "glubench"
-    group = flat.get("logger.group") or flat.get("experiment_name") or "glubench"
-    return {"project": project, "entity": flat.get("logger.entity"), "group": group, "mode": mode,
+    project = flat.get("logger.wandb.project") or "glubench"
+    group = flat.get("logger.wandb.group") or flat.get("experiment_name") or "glubench"
+    return {"project": project, "entity": flat.get("logger.wandb.entity"), "group": group, "mode": mode,
             "id": summary_run_id(project, group)}
 
 
@@ -641,7 +641,7 @@ def summary_run_id(project: str, group: str) -> str:
 def log_wandb(report: Report, out_dir: Path, plots: list[Path]) -> Optional[Path]:
     """A separate W&B run of the group (``job_type=report``): the summary and comparison tables as
     ``wandb.Table`` plus the plots as images.  Offline unless credentials exist (or
-    ``logger.mode`` / ``$WANDB_MODE`` say otherwise).  Every report of the same project and group
+    ``logger.wandb.mode`` / ``$WANDB_MODE`` say otherwise).  Every report of the same project and group
     logs to the same run (id :func:`summary_run_id`, resumed if it exists).  Returns the run's
     local folder."""
     import wandb
@@ -681,7 +681,7 @@ def use_wandb(report: Report, choice: str) -> bool:
     """``on``/``off``, or ``auto``: on iff the runs themselves logged to W&B (``logger.wandb``)."""
     if choice in ("on", "off"):
         return choice == "on"
-    return any(bool(r.flat.get("logger.wandb")) for r in report.runs)
+    return any(k.startswith("logger.wandb.") for r in report.runs for k in r.flat)
 
 
 def report_sweep(paths: list[Path], out_dir: Optional[Path] = None, plots: bool = True,

@@ -68,10 +68,12 @@ def evaluate(cfg: DictConfig) -> dict:
 
     import torch
 
+    from glubench.core.logging import route_through_root
     from glubench.data.cache import prepare_eval_split
     from glubench.data.windows import ValWindows
     from glubench.train.module import LanguageModel
 
+    route_through_root("lightning", "lightning.pytorch", "lightning.fabric")
     module = LanguageModel.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True)
     seq_len = module.model_cfg.seq_len
     try:
