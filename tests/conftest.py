@@ -99,6 +99,12 @@ def _wandb_rows(run_dir: Path, record_type: str = "history") -> list[dict]:
 
 
 @pytest.fixture(scope="session")
+def wandb_records():
+    """``wandb_records(path)``: the protobuf records of one offline ``.wandb`` file (``run``, ``history``, ...)."""
+    return _wandb_records
+
+
+@pytest.fixture(scope="session")
 def wandb_history():
     """``wandb_history(run_dir, record_type="history")``: the rows (``{key: value}``) an offline W&B run folder
     logged; ``record_type="summary"`` gives its summary updates instead."""

@@ -13,6 +13,7 @@ import logging
 import math
 import shutil
 import sys
+from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
@@ -124,7 +125,10 @@ def _discard_rejected_run_dir() -> None:
             logging.getLogger().removeHandler(handler)
             handler.close()
     shutil.rmtree(out, ignore_errors=True)
-    for parent in (out.parent, out.parent.parent):  # <experiment>/<date>/ folders left empty
+    cwd = Path.cwd().resolve()
+    for parent in out.resolve().parents:  # outputs/<experiment>/<date>/ left empty, up to the launch folder
+        if parent == cwd or cwd not in parent.parents:
+            break
         try:
             parent.rmdir()
         except OSError:

@@ -32,7 +32,7 @@ from glubench.data.tokenizers import build_tokenizer, token_dtype
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 2  # 2: datasets.map pipeline, byte counts and predicted bytes in the sidecar
+CACHE_VERSION = 3  # 3: token_bytes.npy beside the tokens (bits per byte of any subset of windows)
 
 
 @dataclass
@@ -48,6 +48,7 @@ class TokenSplits:
     vocab_size: int
     val_predicted_bytes: int
     meta: dict
+    token_bytes: np.ndarray | None = None  # (vocab_size,) int64 UTF-8 bytes of each token id
 
 
 def cache_key(corpus: Corpus, tokenizer, val_percent: float) -> str:
@@ -193,6 +194,7 @@ def prepare_tokens(corpus: Corpus, tokenizer, cache_dir: Path, val_percent: floa
             meta[split] = stats[split]
         val = np.fromfile(tmp / "val.bin", dtype=stats["val"]["dtype"])
         tb = tokenizer.token_bytes()
+        np.save(tmp / "token_bytes.npy", tb.astype(np.int64))
         meta["val"]["predicted_bytes"] = int(tb[val[1:].astype(np.int64)].sum()) if val.size > 1 else 0
         for split in ("train", "val"):
             s = meta[split]
@@ -235,7 +237,9 @@ def load_tokens(folder: Path, token_bytes: np.ndarray | None = None) -> TokenSpl
         predicted = int(token_bytes[np.asarray(val[1:], dtype=np.int64)].sum()) if val.size > 1 else 0
     else:
         predicted = int(meta["val"]["predicted_bytes"])
-    return TokenSplits(arrays["train"], val, meta["vocab_size"], predicted, meta)
+    tb_path = folder / "token_bytes.npy"
+    stored = np.load(tb_path) if tb_path.exists() else token_bytes
+    return TokenSplits(arrays["train"], val, meta["vocab_size"], predicted, meta, stored)
 
 
 # ---------------------------------------------------------------------------- preparation (rank 0)
@@ -410,29 +414,22 @@ def prepare_splits(data: Mapping[str, Any], *, seq_len: int | None = None,
 
 
 def prepare_eval_split(data: Mapping[str, Any], split: str, tokenizer_data: Mapping[str, Any] | None = None
-                       ) -> tuple[np.ndarray, int, dict]:
+                       ) -> tuple[np.ndarray, np.ndarray, dict]:
     """The ``split`` (``val`` or ``train``) tokens of ``data``'s corpus, read with ``tokenizer_data``'s tokenizer.
 
     ``tokenizer_data`` is the ``data.*`` section a model was trained on (a checkpoint's): its
     tokenizer kind, vocabulary and, for ``bpe``, its training corpus decide the token ids.
 
     Returns:
-        ``(tokens, predicted_bytes, meta)``: the memory-mapped ``(n,)`` token ids, the UTF-8 bytes
-        of every token but the first (the predicted text, for bits per byte) and the cache sidecar.
+        ``(tokens, token_bytes, meta)``: the memory-mapped ``(n,)`` token ids, the ``(vocab_size,)``
+        UTF-8 bytes of each token id (for bits per byte) and the cache sidecar.
     Raises:
         as :func:`token_folder`.
     """
     data, tokenizer_data = _plain(data), _plain(tokenizer_data if tokenizer_data is not None else data)
     cache_dir = Path(os.path.expanduser(data["cache_dir"])) if data.get("cache_dir") else default_cache_dir()
-    spec, tok_spec = data_spec(data), data_spec(tokenizer_data)
     kind, vocab, tok_file = (tokenizer_data.get(k) for k in ("tokenizer", "vocab_size", "tokenizer_file"))
-    folder = prepare_dataset(spec, kind, vocab, cache_dir, tok_file, data.get("num_proc"), tokenizer_spec=tok_spec)
+    folder = prepare_dataset(data_spec(data), kind, vocab, cache_dir, tok_file, data.get("num_proc"),
+                             tokenizer_spec=data_spec(tokenizer_data))
     splits = load_tokens(folder)
-    tokens = splits.val if split == "val" else splits.train
-    if split == "val":
-        return tokens, splits.val_predicted_bytes, splits.meta
-    tok = build_tokenizer(kind, load_corpus_spec(tok_spec, cache_dir), vocab, cache_dir, tok_file)
-    token_bytes = tok.token_bytes()
-    predicted = sum(int(token_bytes[np.asarray(tokens[i:i + (1 << 22)], dtype=np.int64)].sum())
-                    for i in range(1, tokens.size, 1 << 22))
-    return tokens, predicted, splits.meta
+    return (splits.val if split == "val" else splits.train), splits.token_bytes, splits.meta

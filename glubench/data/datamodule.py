@@ -75,7 +75,7 @@ class LMDataModule(_lightning_datamodule_base()):
                                            num_workers=self.num_workers)
 
     def val_dataloader(self):
-        ds = ValWindows(self.splits.val, self.seq_len)
+        ds = ValWindows(self.splits.val, self.seq_len, self.splits.token_bytes)
         if self.trainer is not None and self.trainer.world_size > 1:
             # Shard without padding: DistributedSampler would repeat windows to even out ranks.
             idx = list(range(self.trainer.global_rank, len(ds), self.trainer.world_size))

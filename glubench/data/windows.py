@@ -47,13 +47,16 @@ class ValWindows(torch.utils.data.Dataset):
     """Non-overlapping windows that score every validation token except the first exactly once.
 
     Window ``i`` predicts tokens ``[i·T + 1, (i+1)·T]``; the last window may be shorter and is
-    padded with ``IGNORE_INDEX`` targets.  Item: ``(x, y)`` int64 ``(T,)`` each.
+    padded with ``IGNORE_INDEX`` targets.  Item: ``(x, y)`` int64 ``(T,)`` each, plus, when
+    ``token_bytes`` (``(vocab_size,)`` UTF-8 bytes per token id) is given, the int64 scalar count of
+    UTF-8 bytes the window predicts: bits per byte then stay exact for any subset of windows
+    (``trainer.limit_val_batches``, ranks sharding the split).
     """
 
-    def __init__(self, tokens: np.ndarray, seq_len: int) -> None:
+    def __init__(self, tokens: np.ndarray, seq_len: int, token_bytes: np.ndarray | None = None) -> None:
         if tokens.size < 2:
             raise ValueError(f"the validation split has {tokens.size} tokens; at least 2 are needed")
-        self.tokens, self.seq_len = tokens, seq_len
+        self.tokens, self.seq_len, self.token_bytes = tokens, seq_len, token_bytes
         self.n_predicted = tokens.size - 1
 
     def __len__(self) -> int:
@@ -66,7 +69,9 @@ class ValWindows(torch.utils.data.Dataset):
         x = torch.zeros(T, dtype=torch.long)
         y = torch.full((T,), IGNORE_INDEX, dtype=torch.long)
         x[:n], y[:n] = chunk[:-1], chunk[1:]
-        return x, y
+        if self.token_bytes is None:
+            return x, y
+        return x, y, torch.tensor(int(self.token_bytes[chunk[1:].numpy()].sum()))
 
 
 class StartAt(torch.utils.data.Sampler):

@@ -744,7 +744,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"glubench-report: error: {e}", file=sys.stderr)
         return 2
     print(terminal_text(report))
-    log.info(f"glubench-report: wrote results.csv, summary.md and plots to {args.out or args.paths[0]}")
+    print(f"glubench-report: wrote results.csv, summary.md and plots to {args.out or args.paths[0]}")
     return report.exit_code
 
 

@@ -77,18 +77,18 @@ def evaluate(cfg: DictConfig) -> dict:
     module = LanguageModel.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True)
     seq_len = module.model_cfg.seq_len
     try:
-        tokens, predicted_bytes, meta = prepare_eval_split(data, cfg.split, tokenizer_data=trained_on)
+        tokens, token_bytes, meta = prepare_eval_split(data, cfg.split, tokenizer_data=trained_on)
     except (ValueError, FileNotFoundError) as e:
         raise ConfigError(str(e)) from e
     if tokens.size < 2:
         raise ConfigError(f"split={cfg.split!r} of data.name={data['name']!r} has {tokens.size} tokens; at least 2 "
                           "are needed")
-    loader = torch.utils.data.DataLoader(ValWindows(tokens, seq_len), batch_size=int(data.get("val_batch_size", 32)))
+    loader = torch.utils.data.DataLoader(ValWindows(tokens, seq_len, token_bytes),
+                                         batch_size=int(data.get("val_batch_size", 32)))
     out = output_dir()
     config = redact({**OmegaConf.to_container(cfg, resolve=True), "data": data})
     loggers = build_loggers(cfg, out, config=config, job_type="eval")
     trainer = build_trainer(cfg, out, callbacks=[], loggers=loggers, enable_checkpointing=False)
-    module.test_predicted_bytes = predicted_bytes
     status = "failed"
     try:
         trainer.test(module, dataloaders=loader, verbose=False)
@@ -101,7 +101,7 @@ def evaluate(cfg: DictConfig) -> dict:
         "source": meta.get("source"), "corpus_fingerprint": meta.get("fingerprint"),
         "tokenizer": data["tokenizer"], "vocab_size": meta.get("vocab_size"), "ffn": module.model_cfg.ffn,
         "loss": m.get("test/loss"), "ppl": m.get("test/ppl"), "bpb": m.get("test/bpb"),
-        "tokens": int(m.get("test/tokens", 0)), "predicted_bytes": predicted_bytes,
+        "tokens": int(m.get("test/tokens", 0)),
         "wall_time_s": time.perf_counter() - t_start, "model": hparams["model"], "data": redact(data),
     }
     atomic_write_json(out / EVAL_FILE, record)

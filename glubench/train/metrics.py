@@ -17,10 +17,11 @@ LN2 = math.log(2.0)
 class CorpusNLL(Metric):
     """Total negative log-likelihood and predicted-token count over a whole split.
 
-    ``update(nll_sum, n_tokens)`` adds one batch's *summed* NLL (nats) and its count of
-    predicted (non-padding) tokens; ``compute()`` returns ``{"nll": total, "tokens": count}``
-    (float64 scalars, summed across processes under DDP), from which the mean NLL is
-    ``nll / tokens`` — never a mean of batch means, so it does not depend on the batch size.
+    ``update(nll_sum, n_tokens, n_bytes)`` adds one batch's *summed* NLL (nats), its count of
+    predicted (non-padding) tokens and the UTF-8 bytes of those tokens; ``compute()`` returns
+    ``{"nll", "tokens", "bytes"}`` (float64 scalars, summed across processes under DDP), from which
+    the mean NLL is ``nll / tokens`` — never a mean of batch means, so it does not depend on the
+    batch size — and bits per byte ``nll / ln 2 / bytes``.
     """
 
     full_state_update = False
@@ -30,13 +31,15 @@ class CorpusNLL(Metric):
         super().__init__()
         self.add_state("nll", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("tokens", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("bytes", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
 
-    def update(self, nll_sum: torch.Tensor, n_tokens: torch.Tensor | int) -> None:
+    def update(self, nll_sum: torch.Tensor, n_tokens: torch.Tensor | int, n_bytes: torch.Tensor | int = 0) -> None:
         self.nll += nll_sum.detach().to(torch.float64)
         self.tokens += torch.as_tensor(n_tokens, dtype=torch.float64, device=self.tokens.device)
+        self.bytes += torch.as_tensor(n_bytes, dtype=torch.float64, device=self.bytes.device).sum()
 
     def compute(self) -> dict[str, torch.Tensor]:
-        return {"nll": self.nll, "tokens": self.tokens}
+        return {"nll": self.nll, "tokens": self.tokens, "bytes": self.bytes}
 
 
 def perplexity(mean_nll: float) -> float:

@@ -59,10 +59,12 @@ def _plain(cfg: Any) -> dict:
 class LanguageModel(pl.LightningModule):
     """Trains a :class:`~glubench.nn.transformer.Transformer` with mean next-token cross-entropy.
 
-    Validation and test accumulate the summed NLL and the count of predicted tokens over the
-    whole split (:class:`~glubench.train.metrics.CorpusNLL`), so ``val/loss`` = total NLL /
-    tokens, ``val/ppl`` = exp(val/loss) and ``val/bpb`` = total NLL / ln 2 / predicted UTF-8
-    bytes do not depend on the batch size (``test/*`` likewise).  ``history`` keeps each
+    Validation and test accumulate the summed NLL, the count of predicted tokens and their UTF-8
+    bytes over every window scored (:class:`~glubench.train.metrics.CorpusNLL`), so ``val/loss`` =
+    total NLL / tokens, ``val/ppl`` = exp(val/loss) and ``val/bpb`` = total NLL / ln 2 / predicted
+    bytes do not depend on the batch size (``test/*`` likewise).  The bytes come with the batches
+    (:class:`~glubench.data.windows.ValWindows` with ``token_bytes``); batches without them leave
+    bpb out.  ``history`` keeps each
     validation's ``(step, tokens_seen, val_loss)`` for curves.
 
     The hyperparameters are saved in every checkpoint as plain values, so
@@ -73,24 +75,20 @@ class LanguageModel(pl.LightningModule):
         optim: AdamW and schedule (:class:`~glubench.train.schema.OptimConfig` or its fields;
             missing keys take its defaults).
         max_steps: optimizer steps, the horizon of the cosine schedule.
-        val_predicted_bytes: UTF-8 bytes of the predicted validation tokens (for bpb); 0 leaves
-            bpb out.  ``test_predicted_bytes`` (an attribute) does the same for :meth:`test_step`.
     """
 
-    def __init__(self, model: ModelConfig | dict, optim: OptimConfig | dict | None = None, max_steps: int = 300,
-                 val_predicted_bytes: int = 0) -> None:
+    def __init__(self, model: ModelConfig | dict, optim: OptimConfig | dict | None = None, max_steps: int = 300
+                 ) -> None:
         super().__init__()
         model, optim = _plain(model), _plain(optim if optim is not None else OptimConfig())
         model.pop("_ffn_hidden", None)
-        self.save_hyperparameters({"model": model, "optim": optim, "max_steps": max_steps,
-                                   "val_predicted_bytes": val_predicted_bytes})
+        self.save_hyperparameters({"model": model, "optim": optim, "max_steps": max_steps})
         self.model_cfg = ModelConfig(**model)
         self.optim = OptimConfig(**optim)
         self.model = Transformer(self.model_cfg)
         if self.model_cfg.compile:
             # In place (nn.Module.compile): parameter names and checkpoints stay unchanged.
             self.model.compile(**COMPILE_OPTIONS)
-        self.test_predicted_bytes = 0
         self.corpus_nll = CorpusNLL()
         self.tokens_seen = 0  # training tokens on this process, counted per micro-batch
         self.history: list[dict] = []
@@ -162,22 +160,22 @@ class LanguageModel(pl.LightningModule):
     # ---------------------------------------------------------------------------- validation and test
 
     def _score(self, batch) -> None:
-        x, y = batch
+        x, y, *n_bytes = batch  # (B, T), (B, T), and (B,) predicted UTF-8 bytes when the windows carry them
         logits = self.model(x)
         logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # bf16 sums drift
         nll = F.cross_entropy(logits.flatten(0, 1), y.flatten(), ignore_index=IGNORE_INDEX, reduction="sum")
-        self.corpus_nll.update(nll, (y != IGNORE_INDEX).sum())
+        self.corpus_nll.update(nll, (y != IGNORE_INDEX).sum(), n_bytes[0] if n_bytes else 0)
 
-    def _corpus_metrics(self, prefix: str, predicted_bytes: int) -> dict[str, float] | None:
-        """``<prefix>/loss``, ``/ppl``, ``/bpb`` (if bytes are known) and ``/tokens`` over the whole split."""
+    def _corpus_metrics(self, prefix: str) -> dict[str, float] | None:
+        """``<prefix>/loss``, ``/ppl``, ``/bpb`` (if bytes are known) and ``/tokens`` over every window scored."""
         totals = self.corpus_nll.compute()  # already summed across ranks
-        total_nll, tokens = float(totals["nll"]), float(totals["tokens"])
+        total_nll, tokens, n_bytes = float(totals["nll"]), float(totals["tokens"]), float(totals["bytes"])
         if tokens == 0:
             return None
         loss = total_nll / tokens
         metrics = {f"{prefix}/loss": loss, f"{prefix}/ppl": perplexity(loss)}
-        if predicted_bytes:
-            metrics[f"{prefix}/bpb"] = bits_per_byte(total_nll, predicted_bytes)
+        if n_bytes:
+            metrics[f"{prefix}/bpb"] = bits_per_byte(total_nll, n_bytes)
         return {**metrics, f"{prefix}/tokens": tokens}
 
     def on_validation_epoch_start(self) -> None:
@@ -187,7 +185,7 @@ class LanguageModel(pl.LightningModule):
         self._score(batch)
 
     def on_validation_epoch_end(self) -> None:
-        metrics = self._corpus_metrics("val", self.hparams.val_predicted_bytes)
+        metrics = self._corpus_metrics("val")
         if metrics is None or self.trainer.sanity_checking:
             return
         self.last_val = metrics
@@ -204,7 +202,7 @@ class LanguageModel(pl.LightningModule):
         self._score(batch)
 
     def on_test_epoch_end(self) -> None:
-        metrics = self._corpus_metrics("test", self.test_predicted_bytes)
+        metrics = self._corpus_metrics("test")
         if metrics is not None:
             self.last_test = metrics
             self._log({k: v for k, v in metrics.items() if k != "test/tokens"})

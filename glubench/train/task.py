@@ -163,8 +163,7 @@ def fit(cfg: DictConfig, result: RunResult, model_cfg=None) -> RunResult:
     result.corpus_fingerprint = dm.corpus_fingerprint
     check_splits(model_cfg, dm.splits, cfg.data.name)
 
-    module = LanguageModel(model_cfg, cfg.optim, max_steps=t.max_steps,
-                           val_predicted_bytes=dm.splits.val_predicted_bytes)
+    module = LanguageModel(model_cfg, cfg.optim, max_steps=t.max_steps)
     counts = count_params(module.model)
     fpt = flops_per_token(counts.matmul, model_cfg.n_layers, model_cfg.d_model, model_cfg.seq_len)
     result.params_total, result.params_nonembedding = counts.total, counts.nonembedding

@@ -121,7 +121,7 @@ def test_every_cluster_config_composes(compose_cfg):
 
 
 def _env():
-    return {**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    return {**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
 
 
 def test_local_launcher_multirun_runs_both_variants(tmp_path):

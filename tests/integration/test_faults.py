@@ -29,7 +29,7 @@ from glubench.train.callbacks import NonFiniteGuard
 from glubench.train.faults import AtomicCheckpointIO, Diverged
 
 CONF = str(CONF_DIR)
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CUDA = torch.cuda.is_available()
 VALID_FFNS = ", ".join(FFN_REGISTRY)
 
@@ -294,8 +294,8 @@ def test_printed_config_hides_secrets(tmp_path):
     """``--cfg job --resolve`` prints ``***`` for a value taken from a secret environment variable."""
     secret = "sk-glubench-test-0123456789"
     env = {**os.environ, "PYTHONPATH": str(REPO), "GLUBENCH_TEST_API_KEY": secret}
-    cmd = [sys.executable, "-m", "glubench", "experiment=ci", "logger=wandb", "logger.wandb.project=${oc.env:GLUBENCH_TEST_API_KEY}",
-           "--cfg", "job", "--resolve"]
+    cmd = [sys.executable, "-m", "glubench", "experiment=ci", "logger=wandb",
+           "logger.wandb.project=${oc.env:GLUBENCH_TEST_API_KEY}", "--cfg", "job", "--resolve"]
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "project: ***" in proc.stdout and secret not in proc.stdout + proc.stderr

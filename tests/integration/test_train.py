@@ -106,3 +106,48 @@ def test_bpe_on_a_local_file_trains_and_sizes_the_model(shared_data, tmp_path, m
     m = compose_cfg(["experiment=ci"]).model
     want = count_params(Transformer(ModelConfig(**{**OmegaConf.to_container(m), "vocab_size": 512}))).total
     assert result.params_total == want  # the tokenizer's vocab reached the model
+
+
+def test_flops_budget_gives_cheaper_variant_more_steps(tmp_path, monkeypatch, ci_run):
+    """relu vs swiglu with ffn_multiple_of=64 (hidden 85 -> 64: FFN 3·32·64 vs 2·32·128 weights)."""
+    common = ["budget=flops", "trainer.max_steps=10", "trainer.val_check_interval=10", "optim.warmup_steps=2"]
+    a = ci_run(tmp_path / "a", "model.ffn=relu", *common)
+    b = ci_run(tmp_path / "b", "model.ffn=swiglu", "model.ffn_multiple_of=64", *common)
+    assert b.ffn_hidden == 64
+    # FLOPs per token = 6 x matmul weights + 12 L d T; the two differ only in the FFN, in 2 layers.
+    assert a.flops_per_token - b.flops_per_token == 6 * 2 * (2 * 32 * 128 - 3 * 32 * 64)
+    tokens_per_step = 8 * 32
+    # null value: the relu baseline's 10 steps are the budget, so relu trains exactly 10 steps.
+    assert a.steps == 10 and a.budget["target"] == pytest.approx(10 * tokens_per_step * a.flops_per_token)
+    assert b.steps == math.floor(a.budget["target"] / (tokens_per_step * b.flops_per_token)) > 10
+    for r in (a, b):
+        assert r.budget["mode"] == "flops" and r.budget["tokens"] == r.steps * tokens_per_step == r.tokens_seen
+        assert r.budget["flops"] == pytest.approx(r.tokens_seen * r.flops_per_token)
+        assert r.budget["seconds"] > 0
+    one_step = tokens_per_step * max(a.flops_per_token, b.flops_per_token)
+    assert abs(a.budget["flops"] - b.budget["flops"]) <= one_step
+
+
+def test_time_budget_stops_within_one_step_of_the_limit(tmp_path, monkeypatch, ci_run):
+    r = ci_run(tmp_path, "budget=time", "budget.value=1.5", "trainer.val_check_interval=1000")
+    b = r.budget
+    assert r.status == "completed" and b["mode"] == "time" and b["max_steps"] is None
+    assert r.steps == b["steps"] >= 1 and b["tokens"] == r.steps * 8 * 32
+    assert 0 <= b["stopped_at"] - 1.5 < b["last_step_seconds"]
+    assert b["seconds"] >= b["stopped_at"]
+    assert r.history[-1]["step"] == r.steps  # the final validation still ran
+
+
+def test_callback_in_a_training_run(tmp_path, monkeypatch, ci_run):
+
+    result = ci_run(tmp_path, "model.ffn=reglu", "logger=csv", "diagnostics.dead_units=true",
+                     "diagnostics.every_n_steps=5", "trainer.max_steps=10")
+    d = json.loads((tmp_path / "results.json").read_text())["diagnostics"]["dead_units"]
+    assert [h["step"] for h in d["history"]] == [0, 5, 10]
+    assert len(d["final"]["dead_frac"]) == 2 and len(d["max"]["gate_sat_frac"]) == 2
+    assert d["dead_frac_max"] == max(sum(h["dead_frac"]) / 2 for h in d["history"])
+    assert 0 <= d["dead_frac"] <= 1 and 0 < d["active_frac"] <= 1 and d["probe_ms"] > 0
+    assert math.isfinite(d["overhead_frac"])
+    assert result.diagnostics["dead_units"]["every_n_steps"] == 5
+    header = (tmp_path / "csv" / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert {"act/layer0/dead_frac", "act/layer1/gate_sat_frac", "act/dead_frac"} <= set(header)

@@ -470,8 +470,7 @@ def test_bpb_is_loss_over_ln2_times_tokens_per_byte(shared_data, tmp_path):
     first = tok.tok.decode([int(s.val[0])]).encode()
     assert s.val_predicted_bytes == s.meta["val"]["bytes"] - len(first)  # every byte but the first token's
     torch.manual_seed(0)
-    module = LanguageModel(ModelConfig(vocab_size=s.vocab_size, d_model=32, n_layers=1, n_heads=2, seq_len=64),
-                           val_predicted_bytes=s.val_predicted_bytes)
+    module = LanguageModel(ModelConfig(vocab_size=s.vocab_size, d_model=32, n_layers=1, n_heads=2, seq_len=64))
     trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
     trainer.validate(module, dataloaders=dm.val_dataloader(), verbose=False)
     loss, bpb = module.last_val["val/loss"], module.last_val["val/bpb"]

@@ -276,7 +276,7 @@ def test_report_does_not_import_torch_or_lightning(sweep):
             f"code = main([{str(sweep)!r}, '--wandb', 'off', '--no-plots']); "
             "print('heavy:', sorted(m for m in ('torch', 'lightning', 'pytorch_lightning') if m in sys.modules)); "
             "sys.exit(code)")
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "heavy: []" in proc.stdout

@@ -10,18 +10,19 @@ from glubench.data.windows import IGNORE_INDEX, ValWindows
 from glubench.nn.config import ModelConfig
 from glubench.nn.flops import mfu
 from glubench.train.metrics import ThroughputMeter, bits_per_byte, peak_flops, perplexity
-from glubench.train.schema import OptimConfig
 from glubench.train.module import LanguageModel, lr_lambda
+from glubench.train.schema import OptimConfig
 
 
 def _module():
     torch.manual_seed(0)
     cfg = ModelConfig(vocab_size=50, d_model=16, n_layers=1, n_heads=2, seq_len=8, ffn="swiglu")
-    return LanguageModel(cfg, val_predicted_bytes=1000).double()
+    return LanguageModel(cfg).double()
 
 
 def _validate(module, tokens, batch_size):
-    dl = torch.utils.data.DataLoader(ValWindows(tokens, 8), batch_size=batch_size)
+    token_bytes = np.arange(50) % 4 + 1  # 1..4 bytes per token id, as a BPE vocabulary would have
+    dl = torch.utils.data.DataLoader(ValWindows(tokens, 8, token_bytes), batch_size=batch_size)
     trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False,
                          enable_checkpointing=False, enable_model_summary=False)
     trainer.validate(module, dataloaders=dl, verbose=False)
@@ -47,7 +48,8 @@ def test_val_metrics_are_corpus_level_and_batch_size_free():
         assert r["val/tokens"] == 202
         assert r["val/loss"] == pytest.approx(total / count, abs=1e-6)
         assert r["val/ppl"] == pytest.approx(math.exp(total / count), rel=1e-6)
-        assert r["val/bpb"] == pytest.approx(total / math.log(2) / 1000, rel=1e-9)
+        n_bytes = int((tokens[1:].astype(np.int64) % 4 + 1).sum())  # the bytes of the 202 predicted tokens
+        assert r["val/bpb"] == pytest.approx(total / math.log(2) / n_bytes, rel=1e-9)
     # A mean of batch means would differ here (the last batch is short): make sure it does.
     assert len({round(r["val/loss"], 12) for r in results}) == 1
 

@@ -1,0 +1,51 @@
+"""The package's shape: imports flow one way, the command line loads no torch, the schema covers the Trainer."""
+
+import dataclasses
+import inspect
+import subprocess
+import sys
+
+import pytest
+
+from glubench.train.schema import BUILT_BY_GLUBENCH, TrainerConfig, unknown_keys
+
+REPO = __import__("pathlib").Path(__file__).resolve().parents[2]
+
+
+def test_imports_flow_one_way():
+    """import-linter contracts in pyproject.toml: cli > sweep > train > data > analysis > nn > core, and
+    nn/analysis/core import neither Lightning nor Hydra.  A new cycle or upward import fails here."""
+    from importlinter.cli import lint_imports
+
+    assert lint_imports(config_filename=str(REPO / "pyproject.toml"), no_cache=True) == 0
+
+
+def test_command_line_path_loads_neither_torch_nor_lightning():
+    """What `glubench --help` and a one-line config error import: so they stay fast."""
+    code = ("import sys, glubench.cli.main, glubench.train.validate, glubench.sweep.report; "
+            "print(sorted(m for m in ('torch', 'lightning', 'wandb', 'datasets') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_trainer_schema_lists_every_lightning_trainer_argument():
+    """trainer.<any Trainer flag>=... must work without '+': the schema holds every argument of the installed
+    lightning.Trainer except the three glubench builds itself."""
+    import lightning.pytorch as pl
+
+    wanted = set(inspect.signature(pl.Trainer.__init__).parameters) - {"self", *BUILT_BY_GLUBENCH}
+    declared = {f.name for f in dataclasses.fields(TrainerConfig)} - {"_target_"}
+    assert declared == wanted
+
+
+def test_unknown_keys_name_the_key_and_a_close_match(compose_cfg):
+    cfg = compose_cfg(["experiment=ci", "+trainer.max_step=20", "+optim.lr_decay=2", "+nonsense=1"])
+    found = unknown_keys(cfg)
+    assert "trainer.max_step (did you mean trainer.max_steps?)" in found
+    assert any(f.startswith("optim.lr_decay") for f in found) and "nonsense" in found
+    assert unknown_keys(compose_cfg(["experiment=ci", "+callbacks.mine={_target_: x.Y}"])) == []  # open node
+
+
+@pytest.mark.parametrize("group", ["callbacks", "logger", "debug", "trainer"])
+def test_config_groups_exist(group):
+    assert (REPO / "glubench" / "conf" / group).is_dir()
