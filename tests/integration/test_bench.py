@@ -110,7 +110,7 @@ def test_compile_has_no_recompiles_after_warmup(monkeypatch):
     counters.clear()
     torch.manual_seed(0)
     cfg = ModelConfig(vocab_size=32, d_model=16, n_layers=1, n_heads=2, seq_len=8, ffn="swiglu", compile=True)
-    module = gmodule.LanguageModel(cfg, warmup_steps=1, max_steps=8)
+    module = gmodule.LanguageModel(cfg, {"warmup_steps": 1}, max_steps=8)
     assert list(module.state_dict())[0] == "model.tok_emb.weight"  # compiled in place: names unchanged
     g = torch.Generator().manual_seed(0)
     train = [(torch.randint(0, 32, (4, 8), generator=g),) * 2 for _ in range(8)]
