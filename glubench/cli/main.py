@@ -34,8 +34,9 @@ def main(cfg: DictConfig) -> float | None:
 
     Exit codes: 2 for a bad config (one line on stderr, before any heavy work, and no run folder
     left behind; in a sweep the job fails and the others go on), 1 for a failed or diverged single
-    run (a diverged job in a sweep lets the sweep go on), 130 (Ctrl-C) or 143 (SIGTERM) for an
-    interrupted run.  Messages and a failed job's traceback also reach ``<run dir>/train.log``.
+    run (a diverged job in a sweep lets the sweep go on), 130 (Ctrl-C) or 128 + the signal's number
+    (143 SIGTERM, 138 SIGUSR1, 140 SIGUSR2) for an interrupted run.  Messages and a failed job's
+    traceback also reach ``<run dir>/train.log``.
     """
     try:
         model_cfg = validate_config(cfg)
@@ -55,9 +56,13 @@ def main(cfg: DictConfig) -> float | None:
         result = run(cfg, model_cfg)
     except ConfigError as e:  # rules that need the tokenized data (e.g. seq_len vs a split)
         return _config_error(e)
-    except (KeyboardInterrupt, SystemExit) as e:  # run() has written status "interrupted"
-        log.error(f"glubench: interrupted -> {output_dir() / 'results.json'}")
-        sys.exit(143 if "SIGTERM" in f"{type(e).__name__} {e}" else 130)
+    except (KeyboardInterrupt, SystemExit):  # run() has written status "interrupted" and the checkpoint
+        from glubench.train import faults
+
+        log.error(f"glubench: interrupted{' by ' + faults.RECEIVED if faults.RECEIVED else ''} -> "
+                  f"{output_dir() / 'results.json'}; the same command in the same run dir resumes")
+        faults.forward_preemption()  # under submitit: requeue the job now that everything is saved
+        sys.exit(faults.exit_status())
     except Exception:
         from glubench.sweep.callbacks import collects_job_failures
 

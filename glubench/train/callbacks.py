@@ -73,8 +73,8 @@ class StepCheckpoint(ModelCheckpoint):
 
     Files: ``<run dir>/checkpoints/step-<N>.ckpt`` (no ``=`` in the name, so the path is a plain
     Hydra override value) and ``last.ckpt``, a relative link to the newest, so a save costs one
-    write.  ``every_n_train_steps=None`` saves after each validation (``trainer.val_check_interval``
-    steps, or at the end of each epoch when it is a fraction); ``save_top_k=1`` keeps the newest
+    write.  ``every_n_train_steps=None`` saves after each validation (``ModelCheckpoint``'s own
+    rule with no step or epoch interval given); ``save_top_k=1`` keeps the newest
     ``step-<N>.ckpt`` only, ``-1`` keeps them all.  Files are written by
     :class:`glubench.train.faults.AtomicCheckpointIO` (atomic, loaded weights-only).
     """
@@ -87,8 +87,6 @@ class StepCheckpoint(ModelCheckpoint):
     def setup(self, trainer, pl_module, stage: str) -> None:
         if self.dirpath is None:
             self.dirpath = str(Path(trainer.default_root_dir) / CHECKPOINT_DIR)
-        if not self._every_n_train_steps and isinstance(trainer.val_check_interval, int):
-            self._every_n_train_steps = trainer.val_check_interval
         super().setup(trainer, pl_module, stage)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
@@ -154,9 +152,9 @@ class InterruptCheckpoint(pl.Callback):
 
 
 class FitSignals(pl.Callback):
-    """Marks when Lightning's own SIGTERM handling is active (during ``fit``).
+    """Marks when Lightning's own SIGTERM handling is active (while the Trainer runs).
 
-    See :func:`glubench.train.faults.sigterm_as_interrupt`; the task always adds this callback.
+    See :func:`glubench.train.faults.preemption_as_interrupt`; the task always adds this callback.
     """
 
     def setup(self, trainer, pl_module, stage: str) -> None:

@@ -4,10 +4,10 @@
   or its gradient stops being finite, with the step and the last finite loss.
 - :class:`AtomicCheckpointIO` writes checkpoints through a temp file and ``os.replace`` and
   reads them with ``torch.load(weights_only=True)``.
-- :func:`sigterm_as_interrupt` turns SIGTERM outside ``trainer.fit`` into an exception so the
-  run can still write ``status: "interrupted"`` (inside ``fit`` Lightning handles it itself).
+- :func:`preemption_as_interrupt` stops a run cleanly on SIGTERM, SIGUSR1 or SIGUSR2 (preemption
+  and SLURM's time-limit warning), so it writes ``status: "interrupted"`` and a resumable checkpoint.
 
-Secrets are kept out of logs and files by :mod:`glubench.redaction`.
+Secrets are kept out of logs and files by :mod:`glubench.core.secrets`.
 """
 
 from __future__ import annotations
@@ -63,22 +63,35 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 class Interrupted(KeyboardInterrupt):
-    """SIGTERM received outside ``trainer.fit`` (treated like Ctrl-C)."""
+    """A preemption signal received outside ``trainer.fit`` (treated like Ctrl-C)."""
 
+
+PREEMPTION_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
+"""SIGTERM: preemption (or ``scancel``); SIGUSR1: SLURM's warning before the time limit
+(``--signal=USR1@90``); SIGUSR2: the warning submitit asks SLURM for (``signal_delay_s``)."""
 
 LIGHTNING_OWNS_SIGTERM = False
-"""True while ``trainer.fit`` runs (set by :class:`glubench.train.callbacks.FitSignals`): Lightning turns
-SIGTERM into its own exception then."""
+"""True while the Trainer runs (set by :class:`glubench.train.callbacks.FitSignals`): Lightning turns
+SIGTERM into ``SIGTERMException`` at the next batch boundary then."""
+
+RECEIVED: str | None = None
+"""The name of the first preemption signal this process received (``"SIGUSR1"``), or ``None``."""
+
+_BEFORE: dict[int, Any] = {}  # the handlers installed before ours: submitit's requeue, for one
 
 
 @contextlib.contextmanager
-def sigterm_as_interrupt() -> Iterator[None]:
-    """Within the block, SIGTERM raises :class:`Interrupted` unless Lightning is handling it.
+def preemption_as_interrupt() -> Iterator[None]:
+    """Within the block, SIGTERM, SIGUSR1 and SIGUSR2 stop the run cleanly at the next step boundary.
 
-    During ``trainer.fit`` Lightning finishes the current batch and raises its own
-    ``SIGTERMException`` (a ``SystemExit``); outside ``fit`` (data preparation, final
-    validation) the default action would kill the process before ``results.json`` is written.
-    Only the main thread can install handlers; elsewhere this is a no-op.
+    During ``trainer.fit`` each of them is handed to Lightning's SIGTERM handling: the current
+    batch finishes, ``SIGTERMException`` (a ``SystemExit``) unwinds ``fit``, and
+    :class:`glubench.train.callbacks.InterruptCheckpoint` saves the checkpoint at that step, so a
+    requeued run resumes exactly.  Outside ``fit`` (data preparation, the final validation) they
+    raise :class:`Interrupted` before the default action kills the process without
+    ``results.json``.  The handlers that were there before (submitit's checkpoint-and-requeue) are
+    kept for :func:`forward_preemption`, called once the results are written.  Only the main
+    thread can install handlers; elsewhere this is a no-op.
     """
     import threading
 
@@ -87,13 +100,35 @@ def sigterm_as_interrupt() -> Iterator[None]:
         return
 
     def handler(signum, frame):
+        global RECEIVED
+        RECEIVED = RECEIVED or signal.Signals(signum).name
         if not LIGHTNING_OWNS_SIGTERM:
             raise Interrupted(f"signal {signal.Signals(signum).name}")
+        if signum != signal.SIGTERM:  # Lightning's handler: stop at the next batch boundary
+            signal.getsignal(signal.SIGTERM)(signal.SIGTERM, frame)
 
-    global LIGHTNING_OWNS_SIGTERM
-    previous = signal.signal(signal.SIGTERM, handler)
+    global LIGHTNING_OWNS_SIGTERM, RECEIVED
+    RECEIVED = None
+    _BEFORE.update({s: signal.signal(s, handler) for s in PREEMPTION_SIGNALS})
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for s, before in _BEFORE.items():
+            signal.signal(s, before)
         LIGHTNING_OWNS_SIGTERM = False
+
+
+def forward_preemption() -> None:
+    """Hand the signal received to the handler that was installed before ours, now that the run is saved.
+
+    Under ``hydra/launcher=slurm`` that is submitit's checkpoint-and-requeue (it requeues the job,
+    which resumes from ``checkpoints/last.ckpt``, and exits); elsewhere there is nothing to call.
+    """
+    before = _BEFORE.get(getattr(signal, RECEIVED)) if RECEIVED else None
+    if callable(before):
+        before(getattr(signal, RECEIVED), None)
+
+
+def exit_status() -> int:
+    """The status an interrupted run exits with: 128 + the signal's number (143 for SIGTERM), 130 for Ctrl-C."""
+    return 128 + int(getattr(signal, RECEIVED)) if RECEIVED else 130

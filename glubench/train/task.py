@@ -269,7 +269,7 @@ def run(cfg: DictConfig, model_cfg=None) -> RunResult:
         model_cfg: what :func:`~glubench.train.validate.validate_config` returned for it (validated here if ``None``).
     """
     from glubench.core.secrets import redact, redact_files, redacted_argv
-    from glubench.train.faults import Diverged, sigterm_as_interrupt
+    from glubench.train import faults
 
     model_cfg = model_cfg or validate_config(cfg)
     result = RunResult(status="failed", ffn=cfg.model.ffn, seed=cfg.seed,
@@ -277,25 +277,29 @@ def run(cfg: DictConfig, model_cfg=None) -> RunResult:
     out = output_dir()
     redact_files([*(out / ".hydra").glob("*.yaml"), out.parent / "multirun.yaml"])
     try:
-        with sigterm_as_interrupt(), redacted_argv():
+        with faults.preemption_as_interrupt(), redacted_argv():
             result = fit(cfg, result, model_cfg)
-    except Diverged as e:
+    except faults.Diverged as e:
         result.status, result.error = "diverged", str(e)
     except BaseException as e:
         result.status = "interrupted" if isinstance(e, (KeyboardInterrupt, SystemExit)) else "failed"
-        result.error = f"{type(e).__name__}: {e}"
+        result.error = (f"interrupted by {faults.RECEIVED} at step {result.steps}" if faults.RECEIVED
+                        else f"{type(e).__name__}: {e}")
         raise
     finally:
         if is_global_zero():  # one results.json per run, whatever the number of processes
             result.write(out)
-        _finish_wandb(result.status)
+        _finish_wandb(result.status, preempted=faults.RECEIVED is not None)
     return result
 
 
-def _finish_wandb(status: str) -> None:
+def _finish_wandb(status: str, preempted: bool = False) -> None:
+    """Close this process's W&B run; a preempted one is marked so (W&B expects it to resume)."""
     if "wandb" in sys.modules:
         import wandb
 
         if wandb.run is not None:
             wandb.run.summary.update({"status": status})
+            if preempted:
+                wandb.run.mark_preempting()
             wandb.finish(exit_code=0 if status == "completed" else 1)

@@ -78,7 +78,8 @@ def test_slurm_config_gives_the_expected_submitit_parameters(tmp_path, monkeypat
     executor.update_parameters(**{k if k in base else f"slurm_{k}": v for k, v in params.items()})
     sbatch = executor._executor._make_submission_file_text("python -m glubench", "uid")
     for line in ("--partition=gpu", "--account=proj", "--qos=high", "--gpus-per-node=4", "--ntasks-per-node=4",
-                 "--nodes=1", "--cpus-per-task=8", "--mem=64GB", "--time=240", "@120"):
+                 "--nodes=1", "--cpus-per-task=8", "--mem=64GB", "--time=240", "--signal=USR2@120",
+                 "#SBATCH --requeue\n"):  # the warning before the time limit, and requeue by default
         assert line in sbatch, line
 
 

@@ -328,6 +328,54 @@ def test_sigterm_leaves_results_and_checkpoint(tmp_path):
     assert ckpt["global_step"] == data["steps"]  # saved at the interruption, not only at step 25
 
 
+def _start(run_dir: Path, env: dict) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "glubench", "experiment=ci", "logger=csv", "trainer.max_steps=120",
+           "trainer.val_check_interval=20", "trainer.log_every_n_steps=5", "trainer.deterministic=true",
+           "optim.warmup_steps=5", f"hydra.run.dir={run_dir}"]
+    return subprocess.Popen(cmd, cwd=run_dir.parent, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+
+
+def _signal_after(proc: subprocess.Popen, run_dir: Path, step: int, sig: int) -> tuple[int, str]:
+    """Send ``sig`` once a periodic checkpoint at ``step`` or later exists (training is then under way)."""
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and proc.poll() is None:
+        if any(int(p.stem.split("-")[1]) >= step for p in run_dir.glob("checkpoints/step-*.ckpt")):
+            break
+        time.sleep(0.05)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=180)
+    return proc.returncode, err
+
+
+def test_preempted_twice_finishes_with_the_uninterrupted_numbers(tmp_path):
+    """SLURM's time-limit warning (SIGUSR1), then a preemption (SIGTERM), each followed by the same command in
+    the same run dir (what a requeue does): the third attempt finishes with the uninterrupted run's numbers."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "WANDB_MODE": "offline"}
+    full_dir = tmp_path / "full"
+    full = _start(full_dir, env)
+    assert full.wait(timeout=300) == 0, full.stderr.read()[-3000:]
+    run_dir = tmp_path / "run"
+    steps = []
+    for sig, after, status in ((signal.SIGUSR1, 20, 138), (signal.SIGTERM, 60, 143)):
+        code, err = _signal_after(_start(run_dir, env), run_dir, after, sig)
+        assert code == status, err[-3000:]
+        data = json.loads((run_dir / "results.json").read_text())
+        name = signal.Signals(sig).name
+        assert data["status"] == "interrupted" and f"interrupted by {name}" in data["error"]
+        assert f"glubench: interrupted by {name}" in err
+        ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+        assert ckpt["global_step"] == data["steps"] >= after  # saved at the interrupted step
+        steps.append(data["steps"])
+    assert steps[1] > steps[0]  # the second attempt resumed and went on
+    last = _start(run_dir, env)
+    assert last.wait(timeout=300) == 0, last.stderr.read()[-3000:]
+    done, ref = (json.loads((d / "results.json").read_text()) for d in (run_dir, full_dir))
+    assert done["status"] == "completed" and done["steps"] == 120
+    assert abs(done["val_loss"] - ref["val_loss"]) <= 1e-6
+    assert done["history"] == ref["history"] and [h["step"] for h in ref["history"]] == [20, 40, 60, 80, 100, 120]
+
+
 # ---------------------------------------------------------------------------- files and secrets
 
 
