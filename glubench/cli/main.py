@@ -20,6 +20,7 @@ from omegaconf import DictConfig
 
 import glubench.train.schema  # noqa: F401  (registers the typed schemas)
 from glubench.core.errors import ConfigError
+from glubench.core.io import WriteFailed
 from glubench.core.paths import CONF_DIR
 from glubench.sweep.cluster import check_job_launch
 from glubench.train.task import output_dir, run
@@ -63,6 +64,9 @@ def main(cfg: DictConfig) -> float | None:
                   f"{output_dir() / 'results.json'}; the same command in the same run dir resumes")
         faults.forward_preemption()  # under submitit: requeue the job now that everything is saved
         sys.exit(faults.exit_status())
+    except WriteFailed as e:  # disk full, permission lost: one line, the previous files are intact
+        log.error(f"glubench: error: {e}")
+        sys.exit(1)
     except Exception:
         from glubench.sweep.callbacks import collects_job_failures
 

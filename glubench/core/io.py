@@ -11,23 +11,40 @@ from pathlib import Path
 from typing import BinaryIO
 
 
+class WriteFailed(OSError):
+    """A file could not be written (disk full, permission lost, ...); its previous version is intact.
+
+    ``str()`` is one line naming the file and the reason, for the user.
+    """
+
+    def __str__(self) -> str:
+        return f"cannot write {self.filename}: {self.strerror}; its previous version, if any, is intact"
+
+
 def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
     """Call ``write(f)`` on a temp file beside ``path``, fsync it, then ``os.replace`` it into place.
 
     A reader sees either the old file or the complete new one, never a partial write; the
-    temp file is removed if ``write`` raises.
+    temp file is removed if anything fails.
+
+    Raises:
+        WriteFailed: an ``OSError`` while writing (``ENOSPC``, ``EACCES``, ...), with the same errno.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as e:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError) and not isinstance(e, WriteFailed):
+            raise WriteFailed(e.errno, e.strerror or str(e), str(path)) from e
         raise
 
 

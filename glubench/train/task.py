@@ -20,6 +20,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from glubench.core.errors import ConfigError
+from glubench.core.io import WriteFailed
 from glubench.core.ranks import is_global_zero
 from glubench.train.results import RunResult
 from glubench.train.validate import check_splits, validate_config
@@ -288,7 +289,12 @@ def run(cfg: DictConfig, model_cfg=None) -> RunResult:
         raise
     finally:
         if is_global_zero():  # one results.json per run, whatever the number of processes
-            result.write(out)
+            try:
+                result.write(out)
+            except WriteFailed as e:  # the previous results.json is intact; never mask the run's own error
+                log.error(f"glubench: error: {e}")
+                if sys.exc_info()[0] is None:
+                    raise
         _finish_wandb(result.status, preempted=faults.RECEIVED is not None)
     return result
 

@@ -6,6 +6,7 @@ go through the ``glubench`` console script to prove the exit code and the one-li
 Set ``GLUBENCH_BAD_INPUT_REPORT=path`` to append each case and its message to ``path``.
 """
 
+import errno
 import json
 import os
 import re
@@ -374,6 +375,36 @@ def test_preempted_twice_finishes_with_the_uninterrupted_numbers(tmp_path):
     assert done["status"] == "completed" and done["steps"] == 120
     assert abs(done["val_loss"] - ref["val_loss"]) <= 1e-6
     assert done["history"] == ref["history"] and [h["step"] for h in ref["history"]] == [20, 40, 60, 80, 100, 120]
+
+
+def test_disk_full_keeps_the_previous_checkpoint_and_ends_in_one_line(tmp_path, monkeypatch, compose_cfg, caplog):
+    """The second checkpoint write fails as on a full disk: the first stays loadable, no temp file is left,
+    results.json says failed with the reason, and the command ends with one error line, exit 1."""
+    import glubench.train.faults as faults_module
+
+    real_save, saves = torch.save, []
+
+    def full_disk(obj, f, *args, **kwargs):
+        saves.append(1)
+        if len(saves) >= 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(faults_module.torch, "save", full_disk)
+    monkeypatch.chdir(tmp_path)
+    cfg = compose_cfg(["experiment=ci", "logger=none", "trainer.max_steps=20", "trainer.val_check_interval=5"])
+    with pytest.raises(SystemExit) as info:
+        main(cfg)
+    assert info.value.code == 1
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert [r.getMessage() for r in errors] == [
+        f"glubench: error: cannot write {tmp_path}/checkpoints/step-10.ckpt: No space left on device; its previous "
+        "version, if any, is intact"] and errors[0].exc_info is None  # one line, no traceback
+    monkeypatch.setattr(faults_module.torch, "save", real_save)
+    assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 5
+    assert not list((tmp_path / "checkpoints").glob(".*.tmp"))
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert data["status"] == "failed" and "No space left on device" in data["error"]
 
 
 # ---------------------------------------------------------------------------- files and secrets
