@@ -22,6 +22,7 @@ import glubench.train.schema  # noqa: F401  (registers the typed schemas)
 from glubench.core.errors import ConfigError
 from glubench.core.io import WriteFailed
 from glubench.core.paths import CONF_DIR
+from glubench.core.secrets import redact
 from glubench.sweep.cluster import check_job_launch
 from glubench.train.task import output_dir, run
 from glubench.train.validate import check_output_dir, validate_config
@@ -100,7 +101,7 @@ def eval_main(cfg: DictConfig) -> float | None:
     try:
         record = evaluate(cfg)
     except ConfigError as e:
-        print(f"glubench-eval: error: {e}", file=sys.stderr)
+        print(redact(f"glubench-eval: error: {e}"), file=sys.stderr)
         _discard_rejected_run_dir()
         sys.exit(2)
     return record["loss"]
@@ -111,7 +112,7 @@ def _config_error(e: ConfigError) -> None:
     if _in_multirun():
         log.error(f"glubench: error: {e}")
         return None  # a failed job, not SystemExit: the sweep goes on to its other jobs
-    print(f"glubench: error: {e}", file=sys.stderr)
+    print(redact(f"glubench: error: {e}"), file=sys.stderr)  # the bad value may be a mistyped key
     _discard_rejected_run_dir()
     sys.exit(2)
 

@@ -25,6 +25,27 @@ class MaxLevel(logging.Filter):
         return record.levelno < self.level
 
 
+class Redact(logging.Filter):
+    """Replaces secrets in every record's message by ``***`` (:func:`glubench.core.secrets.redact`)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from glubench.core.secrets import secret_values
+
+        self.secrets = secret_values()  # once: the environment and the command line do not change
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from glubench.core.secrets import redact
+
+        message = record.getMessage()
+        clean = redact(message, self.secrets)
+        if clean != message:
+            record.msg, record.args = clean, ()
+        if record.exc_info and not record.exc_text:  # tracebacks can quote values too
+            record.exc_text = redact(logging.Formatter().formatException(record.exc_info), self.secrets)
+        return True
+
+
 class RankZero(logging.Filter):
     """Passes every record on global rank 0 and only warnings and errors on the other ranks,
     so a multi-GPU job logs each message once."""
@@ -65,6 +86,7 @@ def configure(level: int = logging.INFO) -> None:
     for h in (out, err):
         h.setFormatter(logging.Formatter("%(message)s"))
         h.addFilter(RankZero())
+        h.addFilter(Redact())
         logger.addHandler(h)
     logger.propagate = False
     logger._glubench_configured = True

@@ -1,9 +1,13 @@
 """Secrets never reach logs, results or printed configs.
 
-A secret is the value of any environment variable whose name contains KEY, TOKEN or SECRET
-(``WANDB_API_KEY``, ``HF_TOKEN``, ...), plus the W&B password in ``~/.netrc``.  Every config
-that is logged or written goes through :func:`redact`; :func:`redact_files` cleans the config
-copies Hydra saves; :func:`redacted_argv` hides the command line from W&B's run metadata; and
+A secret is (1) the value of any environment variable whose name contains KEY, TOKEN or SECRET
+(``WANDB_API_KEY``, ``HF_TOKEN``, ...), (2) the W&B password in ``~/.netrc``, (3) the value of a
+command-line override whose key ends in ``key``, ``token``, ``secret`` or ``password``
+(``+logger.api_key=...``), and (4) anything that looks like a credential wherever it appears: a
+W&B API key (40 hex digits) or a Hugging Face token (``hf_`` + 30 or more letters and digits).
+Every config that is logged or written goes through :func:`redact`; :func:`redact_files` cleans
+the config copies Hydra saves; :func:`redacted_argv` hides the command line from W&B's run
+metadata; :class:`glubench.core.logging.Redact` cleans every log line; and
 :func:`redacted_stdout` covers Hydra's own ``--cfg job --resolve`` printout.
 No Lightning import here, so the CLI can use it before any heavy work.
 """
@@ -19,18 +23,35 @@ from pathlib import Path
 from typing import Any
 
 SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET", re.IGNORECASE)
+SECRET_KEY = re.compile(r"(?:^|[._])(?:[a-z0-9]+_)*(?:key|token|secret|password)$", re.IGNORECASE)
+"""A config key whose value is a secret: ``api_key``, ``hf_token``, ``client_secret`` (not ``max_tokens``)."""
+LOOKS_SECRET = re.compile(r"(?<![0-9A-Za-z])(?:[0-9a-f]{40}|hf_[A-Za-z0-9]{30,})(?![0-9A-Za-z])")
+"""A W&B API key (40 lowercase hex digits) or a Hugging Face token."""
 MIN_SECRET_LEN = 8  # shorter values (TOKENIZERS_PARALLELISM=false, ...) are not secrets and would over-redact
 REDACTED = "***"
 
 
-def secret_values(environ: dict[str, str] | None = None) -> list[str]:
-    """Values to hide: env vars whose name contains KEY, TOKEN or SECRET, plus the W&B netrc password.
+def _typed_secrets(argv: list[str]) -> set[str]:
+    """Values of ``key=value`` command-line overrides whose key names a secret (``+logger.api_key=...``)."""
+    found = set()
+    for arg in argv:
+        key, eq, value = arg.lstrip("+~").partition("=")
+        value = value.strip("'\"")
+        if eq and SECRET_KEY.search(key) and len(value) >= MIN_SECRET_LEN:
+            found.add(value)
+    return found
+
+
+def secret_values(environ: dict[str, str] | None = None, argv: list[str] | None = None) -> list[str]:
+    """Values to hide: env vars whose name contains KEY, TOKEN or SECRET, the W&B netrc password, and
+    the values of command-line overrides whose key names a secret (default: ``sys.argv``).
 
     Values shorter than :data:`MIN_SECRET_LEN` characters are ignored.  Longest first, so
     that a secret containing another is replaced whole.
     """
     env = os.environ if environ is None else environ
     values = {v for k, v in env.items() if SECRET_NAME.search(k) and len(v) >= MIN_SECRET_LEN}
+    values |= _typed_secrets(sys.argv[1:] if argv is None else argv)
     with contextlib.suppress(Exception):
         import netrc
 
@@ -41,22 +62,22 @@ def secret_values(environ: dict[str, str] | None = None) -> list[str]:
 
 
 def redact(obj: Any, secrets: list[str] | None = None) -> Any:
-    """A copy of ``obj`` (nested dicts/lists/strings) with every secret value replaced by ``***``.
-
-    Dict keys are redacted too; non-string leaves are returned unchanged.
+    """A copy of ``obj`` (nested dicts/lists/strings) with every secret replaced by ``***``: the
+    :func:`secret_values`, anything :data:`LOOKS_SECRET`, and string values under a key :data:`SECRET_KEY`
+    matches.  Dict keys are redacted too; non-string leaves are returned unchanged.
     """
     secrets = secret_values() if secrets is None else secrets
-    if not secrets:
-        return obj
 
-    def clean(x: Any) -> Any:
+    def clean(x: Any, key: str = "") -> Any:
         if isinstance(x, str):
+            if key and SECRET_KEY.search(key) and len(x) >= MIN_SECRET_LEN:
+                return REDACTED
             for s in secrets:
                 if s in x:
                     x = x.replace(s, REDACTED)
-            return x
+            return LOOKS_SECRET.sub(REDACTED, x)
         if isinstance(x, dict):
-            return {clean(k): clean(v) for k, v in x.items()}
+            return {clean(k): clean(v, str(k)) for k, v in x.items()}
         if isinstance(x, (list, tuple)):
             return type(x)(clean(v) for v in x)
         return x
@@ -73,8 +94,6 @@ def redact_files(paths: list[Path], secrets: list[str] | None = None) -> None:
     from glubench.core.io import atomic_write_bytes
 
     secrets = secret_values() if secrets is None else secrets
-    if not secrets:
-        return
     for path in paths:
         try:
             text = Path(path).read_text("utf-8")
@@ -124,7 +143,7 @@ def redacted_stdout(secrets: list[str] | None = None) -> Iterator[None]:
     """
     secrets = secret_values() if secrets is None else secrets
     saved = sys.stdout
-    sys.stdout = _RedactingStream(saved, secrets) if secrets else saved
+    sys.stdout = _RedactingStream(saved, secrets)
     try:
         yield
     finally:

@@ -302,6 +302,38 @@ def test_printed_config_hides_secrets(tmp_path):
     assert "project: ***" in proc.stdout and secret not in proc.stdout + proc.stderr
 
 
+def test_credentials_typed_on_the_command_line_reach_no_sink(tmp_path):
+    """A W&B key and a Hugging Face token typed literally (no environment variable), and a value under a
+    *_key name: never in results.json, Hydra's config copies, W&B's files, train.log, the CSV, the console
+    or the --cfg printout."""
+    wandb_key = "0123456789abcdef0123456789abcdef01234567"  # 40 hex digits: what a W&B API key looks like
+    hf_token = "hf_" + "A1b2C3d4" * 5
+    named = "plain-password-1234"  # no pattern; secret only because its key says so
+    env = {**os.environ, "PYTHONPATH": str(REPO), "WANDB_MODE": "offline"}
+
+    def glubench(*args):
+        return subprocess.run([sys.executable, "-m", "glubench", "experiment=ci", *args], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=300)
+
+    run_dir = tmp_path / "run"
+    ok = glubench("logger=both", f"logger.wandb.tags=[{wandb_key},{hf_token}]", f"hydra.run.dir={run_dir}")
+    assert ok.returncode == 0, ok.stderr[-3000:]
+    files = [p for p in run_dir.rglob("*") if p.is_file()]
+    assert {p.name for p in files} >= {"results.json", "config.yaml", "overrides.yaml", "hydra.yaml", "train.log",
+                                        "metrics.csv"} and any(p.suffix == ".wandb" for p in files)
+    for secret in (wandb_key, hf_token):
+        assert secret not in ok.stdout + ok.stderr
+        assert not [p for p in files if secret.encode() in p.read_bytes()], secret
+    assert json.loads((run_dir / "results.json").read_text())["config"]["logger"]["wandb"]["tags"] == ["***", "***"]
+    rejected = glubench(f"+logger.api_key={wandb_key}", f"+my_api_key={named}")  # keys nothing reads
+    assert rejected.returncode == 2 and "***" in rejected.stderr
+    assert wandb_key not in rejected.stderr + rejected.stdout and named not in rejected.stderr + rejected.stdout
+    assert not (tmp_path / "outputs").exists()
+    printed = glubench(f"logger.wandb.tags=[{wandb_key}]", f"+my_token={named}", "--cfg", "job", "--resolve")
+    assert printed.returncode == 0 and "  - ***\n" in printed.stdout and "my_token: ***" in printed.stdout
+    assert wandb_key not in printed.stdout and named not in printed.stdout
+
+
 # ---------------------------------------------------------------------------- interruption
 
 
