@@ -21,13 +21,16 @@ documents go to validation by a stable hash of their id (:func:`in_val_split`).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
+import re
 import sys
 import sysconfig
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
 from typing import Any, Optional
 
@@ -82,34 +85,23 @@ class Corpus:
     def iter_train_texts(self, batch_size: int = 1000, max_bytes: int | None = None) -> Iterable[list[str]]:
         """Batches of training rows as stored (no separator appended), e.g. to train a tokenizer.
 
-        For a streamed corpus this reads the stream's training documents until ``max_bytes``
-        UTF-8 bytes (default: ``max_tokens``, i.e. at least the token budget's text).
+        A streamed corpus yields its training documents until ``max_bytes`` UTF-8 bytes
+        (default: ``max_tokens``, i.e. at least the token budget's text).
         """
-        if self.stream is not None:
-            limit = max_bytes if max_bytes is not None else self.max_tokens
-            seen, batch = 0, []
-            val_percent = self.info["val_percent"]
-            for doc_id, text in self.stream():
-                if in_val_split(doc_id, val_percent):
-                    continue
-                batch.append(text)
+        if self.stream is None and not isinstance(self.load().train, (list, tuple)):
+            return (batch["text"] for batch in self.train.iter(batch_size=batch_size))
+        rows = iter(self.train) if self.stream is None else self._stream_train(
+            max_bytes if max_bytes is not None else self.max_tokens)
+        return iter(lambda: list(islice(rows, batch_size)), [])  # lists of batch_size rows until none is left
+
+    def _stream_train(self, limit: int | None) -> Iterable[str]:
+        seen = 0
+        for doc_id, text in self.stream():
+            if not in_val_split(doc_id, self.info["val_percent"]):
+                yield text
                 seen += len(text.encode("utf-8"))
-                if len(batch) == batch_size:
-                    yield batch
-                    batch = []
                 if limit is not None and seen >= limit:
-                    break
-            if batch:
-                yield batch
-            return
-        self.load()
-        rows = self.train
-        if isinstance(rows, (list, tuple)):
-            for i in range(0, len(rows), batch_size):
-                yield list(rows[i : i + batch_size])
-        else:
-            for batch in rows.iter(batch_size=batch_size):
-                yield batch["text"]
+                    return
 
 
 # ---------------------------------------------------------------------------- the split
@@ -119,14 +111,6 @@ def in_val_split(doc_id: str, val_percent: float) -> bool:
     """Stable split: a document is in validation iff ``sha256(id) mod 10000 < 100·val_percent``."""
     bucket = int(hashlib.sha256(doc_id.encode("utf-8")).hexdigest()[:8], 16) % 10_000
     return bucket < round(val_percent * 100)
-
-
-def split_documents(docs: Iterable[tuple[str, str]], val_percent: float) -> tuple[list[str], list[str]]:
-    """Split ``(doc_id, text)`` pairs by :func:`in_val_split`, keeping their order."""
-    train, val = [], []
-    for doc_id, text in docs:
-        (val if in_val_split(doc_id, val_percent) else train).append(text)
-    return train, val
 
 
 def paragraph_ids(lines: Sequence[str]) -> np.ndarray:
@@ -148,23 +132,8 @@ def paragraph_ids(lines: Sequence[str]) -> np.ndarray:
     return np.cumsum(starts) - 1
 
 
-def val_mask(ids: Sequence[str] | np.ndarray, val_percent: float) -> np.ndarray:
-    """``(n,)`` bool: :func:`in_val_split` of each id (ids repeated in a row are hashed once)."""
-    out = np.zeros(len(ids), dtype=bool)
-    cache: dict[str, bool] = {}
-    for i, doc_id in enumerate(ids):
-        key = str(doc_id)
-        hit = cache.get(key)
-        if hit is None:
-            if len(cache) > 4096:
-                cache.clear()
-            hit = cache[key] = in_val_split(key, val_percent)
-        out[i] = hit
-    return out
-
-
 def hash_split_dataset(ds, val_percent: float, id_column: str | None, by_paragraph: bool):
-    """Split a :class:`datasets.Dataset` into ``(train, val)`` by a stable hash of document ids.
+    """Split a :class:`datasets.Dataset` into ``(train, val)`` by :func:`in_val_split` of document ids.
 
     Ids are ``id_column`` values, else ``"p<paragraph>"`` (line rows, :func:`paragraph_ids`),
     else ``"r<row index>"``.
@@ -177,8 +146,27 @@ def hash_split_dataset(ds, val_percent: float, id_column: str | None, by_paragra
         ids = [f"p{i}" for i in paragraph_ids(ds.data.column("text"))]
     else:
         ids = [f"r{i}" for i in range(len(ds))]
-    mask = val_mask(ids, val_percent)
+    in_val = functools.lru_cache(maxsize=4096)(lambda doc_id: in_val_split(doc_id, val_percent))  # paragraphs repeat
+    mask = np.fromiter(map(in_val, ids), dtype=bool, count=len(ids))
     return ds.select(np.flatnonzero(~mask)), ds.select(np.flatnonzero(mask))
+
+
+def _text_only(ds, column: str):
+    """``ds`` with ``column`` as its ``"text"`` column (other columns stay)."""
+    if column not in ds.column_names:
+        raise ValueError(f"data.text_column={column!r} is not a column of the data; columns: {ds.column_names}")
+    if column != "text":
+        ds = ds.rename_column(column, "text") if "text" not in ds.column_names else ds.map(
+            lambda b: {"text": b[column]}, batched=True)
+    return ds
+
+
+def _train_val(train, val, spec: DataSpec, id_column: str | None, by_paragraph: bool = False):
+    """``(train, val)`` with their text as ``"text"``: ``val`` if given, else a hash split of ``train``."""
+    train = _text_only(train, spec.text_column)
+    if val is not None:
+        return train, _text_only(val, spec.text_column)
+    return hash_split_dataset(train, spec.val_percent, id_column, by_paragraph)
 
 
 # ---------------------------------------------------------------------------- local files
@@ -204,10 +192,6 @@ class DataSpec:
     streaming: bool = False
     max_tokens: Optional[int] = None
     val_percent: float = 5.0
-
-
-def _local_cache(cache_dir: Path) -> str:
-    return str(Path(cache_dir) / "hf-local")
 
 
 def load_local_files(spec: DataSpec, cache_dir: Path) -> Corpus:
@@ -244,13 +228,10 @@ def load_local_files(spec: DataSpec, cache_dir: Path) -> Corpus:
         kwargs = dict(sample_by="line", keep_linebreaks=True) if fmt == "text" else {}
         # The files were hashed above; rebuild datasets' Arrow copy so that it can never be an
         # older version of a file edited in place (datasets keys local files by path and mtime).
-        dd = datasets.load_dataset(fmt, data_files=data_files, cache_dir=_local_cache(cache_dir),
+        dd = datasets.load_dataset(fmt, data_files=data_files, cache_dir=str(Path(cache_dir) / "hf-local"),
                                    download_mode="force_redownload", **kwargs)
-        dd = {k: _text_only(v, spec.text_column, "data.text_column") for k, v in dd.items()}
-        if val_paths:
-            return dd["train"], dd["validation"]
-        return hash_split_dataset(dd["train"], spec.val_percent, spec.id_column if fmt != "text" else None,
-                                  by_paragraph=fmt == "text")
+        return _train_val(dd["train"], dd.get("validation"), spec, None if fmt == "text" else spec.id_column,
+                          by_paragraph=fmt == "text")
 
     return Corpus(
         name=spec.name, train=None, val=None, fingerprint=fingerprint,
@@ -264,24 +245,14 @@ def load_local_files(spec: DataSpec, cache_dir: Path) -> Corpus:
     )
 
 
-def _text_only(ds, column: str, key: str):
-    """Keep only ``column`` renamed to ``"text"`` (plus nothing else), checking it exists."""
-    if column not in ds.column_names:
-        raise ValueError(f"{key}={column!r} is not a column of the data; columns: {ds.column_names}")
-    if column != "text":
-        ds = ds.rename_column(column, "text") if "text" not in ds.column_names else ds.map(
-            lambda b: {"text": b[column]}, batched=True)
-    return ds
-
-
 # ---------------------------------------------------------------------------- Hub datasets
 
 
 def hf_offline() -> bool:
     """Whether ``HF_DATASETS_OFFLINE`` / ``HF_HUB_OFFLINE`` asks for no network access."""
-    for var in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE"):
-        if os.environ.get(var, "").strip().lower() in ("1", "on", "yes", "true"):
-            return True
+    if any(os.environ.get(var, "").strip().lower() in ("1", "on", "yes", "true")
+           for var in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE")):
+        return True
     try:
         import datasets
 
@@ -305,24 +276,22 @@ def _unavailable(spec: DataSpec, err: BaseException) -> CorpusUnavailable:
 def _load_hub(spec: DataSpec, **kwargs):
     import datasets
 
-    path = os.path.expanduser(spec.local_dir) if spec.local_dir else spec.hub_id
-    if spec.local_dir and not os.path.isdir(path):
-        raise FileNotFoundError(f"data.local_dir={spec.local_dir!r}: no such directory")
+    if spec.local_dir:
+        path = os.path.expanduser(spec.local_dir)
+        if not os.path.isdir(path):
+            raise FileNotFoundError(f"data.local_dir={spec.local_dir!r}: no such directory")
+        return datasets.load_dataset(path, spec.hub_config, revision=None, **kwargs)
     try:
-        return datasets.load_dataset(path, spec.hub_config, revision=None if spec.local_dir else spec.revision,
-                                     **kwargs)
-    except (FileNotFoundError, ConnectionError, OSError, ValueError) as e:
-        if spec.local_dir:
-            raise
-        raise _unavailable(spec, e) from e
-    except Exception as e:  # huggingface_hub raises its own HTTP / offline errors
-        if spec.local_dir or type(e).__module__.split(".")[0] not in ("huggingface_hub", "requests", "httpx",
-                                                                         "datasets", "fsspec", "urllib3"):
-            raise
-        raise _unavailable(spec, e) from e
+        return datasets.load_dataset(spec.hub_id, spec.hub_config, revision=spec.revision, **kwargs)
+    except Exception as e:
+        # Not reachable or not cached; huggingface_hub & co. raise their own HTTP / offline errors.
+        if isinstance(e, (OSError, ValueError)) or type(e).__module__.split(".")[0] in (
+                "huggingface_hub", "requests", "httpx", "datasets", "fsspec", "urllib3"):
+            raise _unavailable(spec, e) from e
+        raise
 
 
-def load_hub(spec: DataSpec, cache_dir: Path) -> Corpus:
+def load_hub(spec: DataSpec) -> Corpus:
     """A Hub dataset (``data.hub_id``/``hub_config``/``revision``) or a local snapshot (``data.local_dir``).
 
     Non-streamed data is loaded (downloaded or taken from the HF cache) now, since its
@@ -346,55 +315,40 @@ def load_hub(spec: DataSpec, cache_dir: Path) -> Corpus:
             raise ValueError("data.val_split must be null with data.streaming=true (the stream is split by hash)")
         ds = _load_hub(spec, split=spec.train_split, streaming=True)
 
-        def stream():
+        def stream():  # by batches: a row at a time is ten times slower
             row = 0
             for batch in ds.iter(batch_size=1000):
                 texts = batch[spec.text_column]
-                ids = batch[spec.id_column] if spec.id_column else range(row, row + len(texts))
-                for doc_id, text in zip(ids, texts):
-                    yield (str(doc_id) if spec.id_column else f"r{doc_id}"), text
+                ids = map(str, batch[spec.id_column]) if spec.id_column else (f"r{row + i}" for i in range(len(texts)))
+                yield from zip(ids, texts)
                 row += len(texts)
 
-        revision = spec.revision or "main (unpinned)"
-        info.update(revision=revision, streaming=True, max_tokens=spec.max_tokens,
+        info["revision"] = revision = spec.revision or "main (unpinned)"
+        info.update(streaming=True, max_tokens=spec.max_tokens,
                     fingerprint_kind="identity of the stream (pin data.revision to freeze it)")
-        return Corpus(name=spec.name, train=None, val=None,
-                      fingerprint=sha256_text(*ident, f"revision={revision}", "streaming",
-                                              f"max_tokens={spec.max_tokens}"),
-                      source=f"{origin}, streamed, first {spec.max_tokens:,} tokens", separator=spec.doc_separator,
-                      info=info, stream=stream, max_tokens=spec.max_tokens)
-
-    dd = _load_hub(spec)
-    for split in (spec.train_split, spec.val_split):
-        if split and split not in dd:
-            raise ValueError(f"data.{'train' if split == spec.train_split else 'val'}_split={split!r} is not a split "
-                             f"of {origin}; splits: {', '.join(dd)}")
-    train = _text_only(dd[spec.train_split], spec.text_column, "data.text_column")
-    if spec.val_split:
-        val = _text_only(dd[spec.val_split], spec.text_column, "data.text_column")
+        rows = dict(train=None, val=None, stream=stream, max_tokens=spec.max_tokens,
+                    source=f"{origin}, streamed, first {spec.max_tokens:,} tokens")
+        extra = ["streaming", f"max_tokens={spec.max_tokens}"]
     else:
-        train, val = hash_split_dataset(dd[spec.train_split], spec.val_percent, spec.id_column, by_paragraph=False)
-        train = _text_only(train, spec.text_column, "data.text_column")
-        val = _text_only(val, spec.text_column, "data.text_column")
-    fps = [dd[s]._fingerprint for s in (spec.train_split, spec.val_split) if s]
-    revision = spec.revision or _resolved_revision(dd[spec.train_split])
-    info.update(revision=revision, datasets_fingerprints=fps)
-    return Corpus(name=spec.name, train=train, val=val,
-                  fingerprint=sha256_text(*ident, f"revision={revision}", *fps),
-                  source=origin, separator=spec.doc_separator, info=info)
+        dd = _load_hub(spec)
+        for key in ("train_split", "val_split"):
+            if getattr(spec, key) and getattr(spec, key) not in dd:
+                raise ValueError(f"data.{key}={getattr(spec, key)!r} is not a split of {origin}; "
+                                 f"splits: {', '.join(dd)}")
+        train, val = _train_val(dd[spec.train_split], dd[spec.val_split] if spec.val_split else None, spec,
+                                spec.id_column)
+        extra = [dd[s]._fingerprint for s in (spec.train_split, spec.val_split) if s]
+        info["revision"] = revision = spec.revision or _resolved_revision(dd[spec.train_split])
+        info["datasets_fingerprints"] = extra
+        rows = dict(train=train, val=val, source=origin)
+    return Corpus(name=spec.name, fingerprint=sha256_text(*ident, f"revision={revision}", *extra),
+                  separator=spec.doc_separator, info=info, **rows)
 
 
 def _resolved_revision(ds) -> str:
     """The dataset's commit as far as the datasets cache knows it (for the sidecar), else 'unknown'."""
-    try:
-        for f in ds.cache_files:
-            parts = Path(f["filename"]).parts
-            for p in parts:
-                if len(p) == 40 and all(c in "0123456789abcdef" for c in p):
-                    return p
-    except (AttributeError, KeyError, TypeError):
-        pass
-    return "unknown"
+    return next((part for f in ds.cache_files for part in Path(f["filename"]).parts
+                 if re.fullmatch("[0-9a-f]{40}", part)), "unknown")
 
 
 # ---------------------------------------------------------------------------- pydocs
@@ -427,19 +381,19 @@ def pydocs_documents() -> list[tuple[str, str]]:
             if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
                 doc = ast.get_docstring(node)
                 if doc and len(doc) >= 40:
-                    name = getattr(node, "name", "<module>")
-                    docs.append((f"{rel.as_posix()}:{name}:{node.lineno if hasattr(node, 'lineno') else 0}", doc))
+                    where = f"{getattr(node, 'name', '<module>')}:{getattr(node, 'lineno', 0)}"
+                    docs.append((f"{rel.as_posix()}:{where}", doc))
     return docs
 
 
-def load_pydocs(cache_dir: Path, val_percent: float, cache_version: int = 1) -> Corpus:
+def load_pydocs(cache_dir: Path, val_percent: float) -> Corpus:
     """The default corpus (about 2 MB of English prose), cached as JSON per Python build.
 
     Raises:
         ValueError: if the interpreter ships no documentation (an empty corpus).
     """
     version = f"{sys.version} {sysconfig.get_paths()['stdlib']}"
-    path = Path(cache_dir) / "corpora" / f"pydocs-{sha256_text(version, str(cache_version))[:16]}.json"
+    path = Path(cache_dir) / "corpora" / f"pydocs-{sha256_text(version, '1')[:16]}.json"  # 1: pydocs_documents' rules
     if path.exists():
         docs = [tuple(d) for d in json.loads(path.read_text("utf-8"))]
     else:
@@ -447,11 +401,12 @@ def load_pydocs(cache_dir: Path, val_percent: float, cache_version: int = 1) -> 
         atomic_write_json(path, docs)
     if not docs:
         raise ValueError("data.name='pydocs': this Python ships no documentation to build the corpus from")
-    train, val = split_documents(docs, val_percent)
-    text_hash = sha256_text(*(f"{i}\0{t}" for i, t in docs))
+    train, val = [], []
+    for doc_id, text in docs:
+        (val if in_val_split(doc_id, val_percent) else train).append(text)
     return Corpus(
         name="pydocs", train=train, val=val,
-        fingerprint=sha256_text(text_hash, sys.version),
+        fingerprint=sha256_text(sha256_text(*(f"{i}\0{t}" for i, t in docs)), sys.version),
         source=f"python {sys.version.split()[0]} pydoc_data.topics + stdlib docstrings",
         info={"kind": "pydocs", "split": "hash of document id", "val_percent": val_percent},
     )
@@ -475,7 +430,7 @@ def load_corpus_spec(spec: DataSpec, cache_dir: Path) -> Corpus:
     if spec.val_files:
         raise ValueError("data.val_files needs data.files (the training files)")
     if spec.local_dir or spec.hub_id:
-        return load_hub(spec, cache_dir)
+        return load_hub(spec)
     if spec.name == "text":
         raise ValueError("data.files is required for data.name='text' (a path, a glob or a list)")
     raise ValueError(f"data.name={spec.name!r} has no source: set data.files, data.local_dir or data.hub_id "
