@@ -60,26 +60,21 @@ def cache_key(corpus: Corpus, tokenizer, val_percent: float) -> str:
     )[:24]
 
 
-class _Encode:
-    """The ``datasets.map`` function on Arrow batches (picklable): rows -> token ids and UTF-8 bytes.
+def _encode(batch, tokenizer, separator: str):
+    """The ``datasets.map`` function on Arrow batches: rows -> token ids and UTF-8 bytes.
 
-    Works on whole Arrow columns (one flat id array plus offsets per batch) because building
+    Returns whole Arrow columns (one flat id array plus offsets per batch) because building
     one Python list per row costs more than byte-tokenizing it.
     """
+    import pyarrow as pa
 
-    def __init__(self, tokenizer, separator: str) -> None:
-        self.tokenizer, self.separator = tokenizer, separator
-
-    def __call__(self, batch):
-        import pyarrow as pa
-
-        texts = [t + self.separator for t in batch.column("text").to_pylist()]
-        values, lengths = self.tokenizer.encode_flat(texts)
-        offsets = np.zeros(len(lengths) + 1, dtype=np.int32)
-        np.cumsum(lengths, out=offsets[1:])
-        n_bytes = np.fromiter((len(t.encode("utf-8")) for t in texts), dtype=np.int64, count=len(texts))
-        return pa.table({"ids": pa.ListArray.from_arrays(pa.array(offsets), pa.array(values)),
-                         "n_bytes": pa.array(n_bytes)})
+    texts = [t + separator for t in batch.column("text").to_pylist()]
+    values, lengths = tokenizer.encode_flat(texts)
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int32)
+    np.cumsum(lengths, out=offsets[1:])
+    n_bytes = np.fromiter((len(t.encode("utf-8")) for t in texts), dtype=np.int64, count=len(texts))
+    return pa.table({"ids": pa.ListArray.from_arrays(pa.array(offsets), pa.array(values)),
+                     "n_bytes": pa.array(n_bytes)})
 
 
 def _tokenize_rows(rows, tokenizer, separator: str, tmp: Path, split: str, num_proc: int | None) -> dict:
@@ -92,23 +87,22 @@ def _tokenize_rows(rows, tokenizer, separator: str, tmp: Path, split: str, num_p
     dtype = token_dtype(tokenizer.vocab_size)
     stats = {"tokens": 0, "bytes": 0, "documents": len(rows), "dtype": dtype.name}
     with open(tmp / f"{split}.bin", "wb") as f:
-        if len(rows):
-            features = datasets.Features({"ids": datasets.Sequence(datasets.Value(dtype.name)),
-                                          "n_bytes": datasets.Value("int64")})
-            # data.num_proc, else one process per core (<= 8) for large splits
-            nproc = int(num_proc) if num_proc else 1 if len(rows) < 50_000 else min(8, os.cpu_count() or 1)
-            out = rows.with_format("arrow").map(
-                _Encode(tokenizer, separator), batched=True, batch_size=1000, remove_columns=rows.column_names,
-                features=features, num_proc=nproc if nproc > 1 else None, load_from_cache_file=False,
-                cache_file_name=str(tmp / f"{split}-map.arrow"), new_fingerprint=f"{tmp.name}-{split}",
-                desc=f"tokenizing {split}",
-            )
-            for chunk in out.data.column("ids").chunks:
-                flat = np.asarray(chunk.flatten().to_numpy(zero_copy_only=False), dtype=dtype)
-                flat.tofile(f)
-                stats["tokens"] += int(flat.size)
-            stats["bytes"] = int(pc.sum(out.data.column("n_bytes")).as_py() or 0)
-            del out
+        if not len(rows):
+            return stats
+        # data.num_proc, else one process per core (<= 8) for large splits
+        nproc = int(num_proc) if num_proc else 1 if len(rows) < 50_000 else min(8, os.cpu_count() or 1)
+        out = rows.with_format("arrow").map(
+            _encode, fn_kwargs=dict(tokenizer=tokenizer, separator=separator), batched=True, batch_size=1000,
+            remove_columns=rows.column_names, num_proc=nproc if nproc > 1 else None, load_from_cache_file=False,
+            features=datasets.Features({"ids": datasets.Sequence(datasets.Value(dtype.name)),
+                                        "n_bytes": datasets.Value("int64")}),
+            cache_file_name=str(tmp / f"{split}-map.arrow"), new_fingerprint=f"{tmp.name}-{split}",
+            desc=f"tokenizing {split}")
+        for chunk in out.data.column("ids").chunks:
+            flat = np.asarray(chunk.flatten().to_numpy(zero_copy_only=False), dtype=dtype)
+            flat.tofile(f)
+            stats["tokens"] += int(flat.size)
+        stats["bytes"] = int(pc.sum(out.data.column("n_bytes")).as_py() or 0)
     return stats
 
 
@@ -234,11 +228,6 @@ def request_key(spec: DataSpec, tokenizer: str, vocab_size: int, tokenizer_file:
     return sha256_text(*parts)[:24]
 
 
-def _file_stats(corpus: Corpus) -> list:
-    paths = corpus.info.get("files", []) + corpus.info.get("val_files", [])
-    return [[p, os.stat(p).st_size, os.stat(p).st_mtime_ns] for p in paths]
-
-
 def prepare_dataset(spec: DataSpec, tokenizer: str, vocab_size: int, cache_dir: Path,
                     tokenizer_file: str | None = None, num_proc: int | None = None,
                     tokenizer_spec: DataSpec | None = None) -> Path:
@@ -259,8 +248,9 @@ def prepare_dataset(spec: DataSpec, tokenizer: str, vocab_size: int, cache_dir: 
         tok_corpus = corpus if tokenizer_spec in (None, spec) else load_corpus_spec(tokenizer_spec, cache_dir)
         tok = build_tokenizer(tokenizer, tok_corpus, vocab_size, cache_dir, tokenizer_file)
         folder = prepare_tokens(corpus, tok, cache_dir, spec.val_percent, num_proc)
-        atomic_write_json(cache_dir / "prepared" / f"{key}.json",
-                          {"folder": str(folder), "files": _file_stats(corpus)})
+        files = corpus.info.get("files", []) + corpus.info.get("val_files", [])
+        atomic_write_json(cache_dir / "prepared" / f"{key}.json", {
+            "folder": str(folder), "files": [[p, os.stat(p).st_size, os.stat(p).st_mtime_ns] for p in files]})
     return folder
 
 
@@ -323,24 +313,22 @@ def prepare_splits(data: Mapping[str, Any], *, seq_len: int | None = None, prepa
         prepare: ``True``: load, tokenize and write the cache here (:func:`prepare_dataset`);
             ``False``: wait for the process that does (:func:`wait_for_prepared`); ``None``:
             prepare on local rank 0 (``LOCAL_RANK`` / ``SLURM_LOCALID``), wait on the others.
-        tokenizer_data: the ``data.*`` section whose tokenizer reads ``data``'s corpus (default:
-            ``data``): a checkpoint's, so that ``glubench-eval`` reads another corpus with the
-            vocabulary the model learned (its kind, vocabulary and, for ``bpe``, training corpus).
+        tokenizer_data: the ``data.*`` section whose tokenizer (kind, vocabulary and, for ``bpe``, training
+            corpus) reads ``data``'s corpus, default ``data``: ``glubench-eval`` passes the checkpoint's.
 
     Returns:
         ``(folder, splits)``: the cache folder and its memory-mapped :class:`TokenSplits`.
     Raises:
-        ConfigError: bad data files; ValueError, CorpusUnavailable, TokenizerUnavailable: see
-            :func:`glubench.data.sources.load_corpus_spec`, :func:`glubench.data.tokenizers.build_tokenizer`
-            and :func:`load_tokens`; TimeoutError: a waiting rank saw nothing prepared in time.
+        ConfigError, ValueError, CorpusUnavailable, TokenizerUnavailable: see :func:`load_tokens`,
+            :func:`~glubench.data.sources.load_corpus_spec`, :func:`~glubench.data.tokenizers.build_tokenizer`;
+            TimeoutError: a waiting rank saw nothing prepared in time.
     """
     data = _plain(data)
     tok = data if tokenizer_data is None else _plain(tokenizer_data)
     cache_dir = Path(os.path.expanduser(data["cache_dir"])) if data.get("cache_dir") else default_cache_dir()
-    args = (data_spec(data), tok.get("tokenizer", "bytes"), tok.get("vocab_size", 4096), cache_dir,
-            tok.get("tokenizer_file"))
+    args = (data_spec(data), tok["tokenizer"], tok["vocab_size"], cache_dir, tok.get("tokenizer_file"))
     if prepare if prepare is not None else local_rank() == 0:
         folder = prepare_dataset(*args, num_proc=data.get("num_proc"), tokenizer_spec=data_spec(tok))
     else:
         folder = wait_for_prepared(*args, tokenizer_spec=data_spec(tok))
-    return folder, load_tokens(folder, seq_len=seq_len, name=data.get("name", "pydocs"))
+    return folder, load_tokens(folder, seq_len=seq_len, name=data["name"])

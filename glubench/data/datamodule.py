@@ -6,31 +6,20 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import lightning.pytorch as pl
 import torch
 
 from glubench.data.cache import TokenSplits, load_tokens, prepare_splits
 from glubench.data.windows import StartAt, TrainBatches, ValWindows
 
 
-def _lightning_datamodule_base():
-    import lightning.pytorch as pl
+class LMDataModule(pl.LightningDataModule):
+    """Serves the token cache of ``data``, the whole ``data.*`` section as a dict
+    (:class:`glubench.train.schema.DataConfig`), saved in every checkpoint for ``glubench-eval``.
 
-    return pl.LightningDataModule
-
-
-class LMDataModule(_lightning_datamodule_base()):
-    """Lightning data module: prepares the token cache (local rank 0), memory-maps it, serves batches.
-
-    Args:
-        data: the whole ``data.*`` section as a plain dict (:class:`glubench.train.schema.DataConfig`
-            holds every key and its default); saved in every checkpoint (``datamodule_hyper_parameters``),
-            where ``glubench-eval`` reads the corpus and tokenizer.
-        seq_len: ``model.seq_len``.
-        num_batches: optimizer steps × gradient-accumulation micro-batches.
-        seed: the run seed (training windows).
-
-    :meth:`prepare_data` does all the writing (Lightning calls it on local rank 0 only);
-    :meth:`setup` memory-maps the folder it prepared, or, if it did not run, goes through
+    ``seq_len`` is ``model.seq_len``, ``num_batches`` optimizer steps × gradient-accumulation
+    micro-batches.  :meth:`prepare_data` does all the writing (Lightning calls it on local rank 0
+    only); :meth:`setup` memory-maps the folder it prepared, or, if it did not run, goes through
     :func:`glubench.data.cache.prepare_splits` (local rank 0 prepares, the other ranks wait).
     """
 

@@ -52,15 +52,13 @@ def expand_files(files: Any, key: str = "data.files") -> list[Path]:
     paths: list[Path] = []
     for pattern in patterns:
         text = os.path.expanduser(str(pattern))
-        if not glob.has_magic(text):
-            if not os.path.lexists(text):
-                raise ConfigError(f"{key}={str(pattern)!r}: no such file")
-            paths.append(Path(text))
-            continue
-        matches = sorted(glob.glob(text, recursive=True))
+        if glob.has_magic(text):
+            matches, why = sorted(glob.glob(text, recursive=True)), "the pattern matches no file"
+        else:
+            matches, why = [text] if os.path.lexists(text) else [], "no such file"
         if not matches:
-            raise ConfigError(f"{key}={str(pattern)!r}: the pattern matches no file")
-        paths.extend(Path(m) for m in matches)
+            raise ConfigError(f"{key}={str(pattern)!r}: {why}")
+        paths.extend(map(Path, matches))
     return paths
 
 

@@ -1,22 +1,19 @@
 """Corpus loaders: the embedded pydocs corpus, local files and Hugging Face Hub datasets.
 
-Everything except pydocs loads through :func:`datasets.load_dataset`: a Hub id (or a local
-snapshot of a Hub repo, ``data.local_dir``), or the ``text`` / ``json`` / ``parquet`` builders
-for local files (``data.files``, ``data.val_files``).  A loader returns a :class:`Corpus`
-whose ``fingerprint`` identifies the text exactly (content hashes for local files, the
-datasets fingerprint and revision for Hub data) and keys every cache built from it.
-
-Rows and documents:
+Everything except pydocs loads through :func:`datasets.load_dataset` (a Hub id, a local snapshot
+``data.local_dir``, or the ``text`` / ``json`` / ``parquet`` builders for ``data.files`` /
+``data.val_files``) into a :class:`Corpus` whose ``fingerprint`` identifies the text exactly
+(content hashes for local files, the datasets fingerprint and revision for Hub data) and keys
+every cache built from it.  Rows and documents:
 
 * local text files are read line by line with their line breaks kept, so concatenating the
   rows gives back the file (``separator=""``); a *document* (the unit of the hash split) is
   a paragraph: lines up to and including the blank lines that follow them;
 * json / parquet files and Hub datasets: one row is one document, and ``data.doc_separator``
-  (default ``"\\n\\n"``) is appended to each row; Hub datasets whose rows are lines
-  (wikitext) set it to ``""``.
+  (default ``"\\n\\n"``; ``""`` for Hub datasets whose rows are lines, wikitext) is appended to each row.
 
-If the source has no validation split (``data.val_split: null``, or no ``data.val_files``),
-documents go to validation by a stable hash of their id (:func:`in_val_split`).
+Without a validation split (``data.val_split: null``, no ``data.val_files``), documents go to
+validation by a stable hash of their id (:func:`in_val_split`).
 """
 
 from __future__ import annotations
@@ -48,21 +45,16 @@ class CorpusUnavailable(RuntimeError):
     """A corpus that cannot be loaded here (offline and not cached); the message says how to fix it."""
 
 
-# ---------------------------------------------------------------------------- the corpus
-
-
 @dataclass
 class Corpus:
     """A text corpus split into train and validation rows.
 
     ``train`` / ``val`` are sequences of strings (pydocs, tests), :class:`datasets.Dataset`
-    objects with a ``"text"`` column, or ``None`` until :meth:`load` runs ``loader`` (local
-    files and Hub data load lazily, so a warm token cache never reads the text).  For a
-    streamed corpus ``stream`` yields ``(doc_id, text)`` and train/val are decided by
-    :func:`in_val_split` while tokenizing, up to ``max_tokens``.
-
-    ``fingerprint`` is the sha256 of everything that identifies the rows (text or content
-    hashes, revision, row and document rules); ``separator`` is appended to every row.
+    objects with a ``"text"`` column, or ``None`` until :meth:`load` runs ``loader`` (so a warm
+    token cache never reads the text).  A streamed corpus's ``stream`` yields ``(doc_id, text)``,
+    split by :func:`in_val_split` while tokenizing, up to ``max_tokens``.  ``fingerprint`` is the
+    sha256 of everything that identifies the rows (text or content hashes, revision, row and
+    document rules); ``separator`` is appended to every row.
     """
 
     name: str
@@ -82,25 +74,24 @@ class Corpus:
             self.train, self.val = self.loader()
         return self
 
-    def iter_train_texts(self, batch_size: int = 1000, max_bytes: int | None = None) -> Iterable[list[str]]:
+    def iter_train_texts(self, batch_size: int = 1000) -> Iterable[list[str]]:
         """Batches of training rows as stored (no separator appended), e.g. to train a tokenizer.
 
-        A streamed corpus yields its training documents until ``max_bytes`` UTF-8 bytes
-        (default: ``max_tokens``, i.e. at least the token budget's text).
+        A streamed corpus yields its training documents until ``max_tokens`` UTF-8 bytes (at
+        least the token budget's text).
         """
         if self.stream is None and not isinstance(self.load().train, (list, tuple)):
             return (batch["text"] for batch in self.train.iter(batch_size=batch_size))
-        rows = iter(self.train) if self.stream is None else self._stream_train(
-            max_bytes if max_bytes is not None else self.max_tokens)
+        rows = iter(self.train) if self.stream is None else self._stream_train()
         return iter(lambda: list(islice(rows, batch_size)), [])  # lists of batch_size rows until none is left
 
-    def _stream_train(self, limit: int | None) -> Iterable[str]:
+    def _stream_train(self) -> Iterable[str]:
         seen = 0
         for doc_id, text in self.stream():
             if not in_val_split(doc_id, self.info["val_percent"]):
                 yield text
                 seen += len(text.encode("utf-8"))
-                if limit is not None and seen >= limit:
+                if self.max_tokens is not None and seen >= self.max_tokens:
                     return
 
 
@@ -124,20 +115,14 @@ def paragraph_ids(lines: Sequence[str]) -> np.ndarray:
 
     arr = pa.array(lines, type=pa.large_string()) if not isinstance(lines, (pa.Array, pa.ChunkedArray)) else lines
     blank = np.asarray(pc.match_substring_regex(arr, r"^\s*$").to_numpy(zero_copy_only=False), dtype=bool)
-    if blank.size == 0:
-        return np.zeros(0, dtype=np.int64)
     starts = ~blank
     starts[1:] &= blank[:-1]
-    starts[0] = True
+    starts[:1] = True
     return np.cumsum(starts) - 1
 
 
-def hash_split_dataset(ds, val_percent: float, id_column: str | None, by_paragraph: bool):
-    """Split a :class:`datasets.Dataset` into ``(train, val)`` by :func:`in_val_split` of document ids.
-
-    Ids are ``id_column`` values, else ``"p<paragraph>"`` (line rows, :func:`paragraph_ids`),
-    else ``"r<row index>"``.
-    """
+def _hash_split(ds, val_percent: float, id_column: str | None, by_paragraph: bool):
+    """``(train, val)`` by :func:`in_val_split` of ``id_column``, else ``p<paragraph>``, else ``r<row index>``."""
     if id_column:
         if id_column not in ds.column_names:
             raise ValueError(f"data.id_column={id_column!r} is not a column; columns: {ds.column_names}")
@@ -166,7 +151,7 @@ def _train_val(train, val, spec: DataSpec, id_column: str | None, by_paragraph: 
     train = _text_only(train, spec.text_column)
     if val is not None:
         return train, _text_only(val, spec.text_column)
-    return hash_split_dataset(train, spec.val_percent, id_column, by_paragraph)
+    return _hash_split(train, spec.val_percent, id_column, by_paragraph)
 
 
 # ---------------------------------------------------------------------------- local files
@@ -194,16 +179,8 @@ class DataSpec:
     val_percent: float = 5.0
 
 
-def load_local_files(spec: DataSpec, cache_dir: Path) -> Corpus:
-    """``data.files`` (+ ``data.val_files``) through the datasets ``text``/``json``/``parquet`` builder.
-
-    The files are checked and hashed now (:func:`glubench.data.files.check_data_file`, at most
-    once per process for an unchanged file); the rows load lazily.
-
-    Raises:
-        ConfigError: missing files, a folder, bad text, several formats (the message names the
-            key, the file and the byte offset).
-    """
+def _load_files(spec: DataSpec, cache_dir: Path) -> Corpus:
+    """``data.files`` (+ ``data.val_files``): checked and hashed now, rows loaded lazily."""
     paths = expand_files(spec.files, "data.files")
     val_paths = expand_files(spec.val_files, "data.val_files") if spec.val_files else []
     fmt = infer_format(paths + val_paths, spec.format)
@@ -214,17 +191,13 @@ def load_local_files(spec: DataSpec, cache_dir: Path) -> Corpus:
     # so data=text and a Hub config pointed at the same files share one token cache.
     shape = ("text",) if fmt == "text" else (f"text_column={spec.text_column}", f"id_column={spec.id_column}",
                                              f"separator={separator!r}")
-    fingerprint = sha256_text(
-        f"loader={LOADER_VERSION}", f"format={fmt}", *shape,
-        "files", *hashes[: len(paths)], "val_files", *hashes[len(paths):],
-    )
+    fingerprint = sha256_text(f"loader={LOADER_VERSION}", f"format={fmt}", *shape, "files", *hashes[: len(paths)],
+                              "val_files", *hashes[len(paths):])
 
     def loader():
         import datasets
 
-        data_files = {"train": [str(p) for p in paths]}
-        if val_paths:
-            data_files["validation"] = [str(p) for p in val_paths]
+        data_files = {k: [str(p) for p in g] for k, g in (("train", paths), ("validation", val_paths)) if g}
         kwargs = dict(sample_by="line", keep_linebreaks=True) if fmt == "text" else {}
         # The files were hashed above; rebuild datasets' Arrow copy so that it can never be an
         # older version of a file edited in place (datasets keys local files by path and mtime).
@@ -253,12 +226,9 @@ def hf_offline() -> bool:
     if any(os.environ.get(var, "").strip().lower() in ("1", "on", "yes", "true")
            for var in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE")):
         return True
-    try:
-        import datasets
+    import datasets
 
-        return bool(datasets.config.HF_HUB_OFFLINE)
-    except (ImportError, AttributeError):
-        return False
+    return bool(getattr(datasets.config, "HF_HUB_OFFLINE", False))
 
 
 def _unavailable(spec: DataSpec, err: BaseException) -> CorpusUnavailable:
@@ -273,7 +243,7 @@ def _unavailable(spec: DataSpec, err: BaseException) -> CorpusUnavailable:
     )
 
 
-def _load_hub(spec: DataSpec, **kwargs):
+def _hub_dataset(spec: DataSpec, **kwargs):
     import datasets
 
     if spec.local_dir:
@@ -291,16 +261,8 @@ def _load_hub(spec: DataSpec, **kwargs):
         raise
 
 
-def load_hub(spec: DataSpec) -> Corpus:
-    """A Hub dataset (``data.hub_id``/``hub_config``/``revision``) or a local snapshot (``data.local_dir``).
-
-    Non-streamed data is loaded (downloaded or taken from the HF cache) now, since its
-    datasets fingerprint keys the caches; a streamed corpus is read only while tokenizing.
-
-    Raises:
-        CorpusUnavailable: the dataset cannot be reached and is not cached (the message names
-            the dataset and how to point at a local copy).
-    """
+def _load_hub(spec: DataSpec) -> Corpus:
+    """Loaded now unless streamed, since the datasets fingerprint keys the caches."""
     origin = f"local snapshot {spec.local_dir}" if spec.local_dir else f"hf://{spec.hub_id}"
     origin += f" ({spec.hub_config})" if spec.hub_config else ""
     ident = (f"loader={LOADER_VERSION}", f"hub={spec.hub_id}", f"config={spec.hub_config}",
@@ -313,7 +275,7 @@ def load_hub(spec: DataSpec) -> Corpus:
     if spec.streaming:
         if spec.val_split:
             raise ValueError("data.val_split must be null with data.streaming=true (the stream is split by hash)")
-        ds = _load_hub(spec, split=spec.train_split, streaming=True)
+        ds = _hub_dataset(spec, split=spec.train_split, streaming=True)
 
         def stream():  # by batches: a row at a time is ten times slower
             row = 0
@@ -330,7 +292,7 @@ def load_hub(spec: DataSpec) -> Corpus:
                     source=f"{origin}, streamed, first {spec.max_tokens:,} tokens")
         extra = ["streaming", f"max_tokens={spec.max_tokens}"]
     else:
-        dd = _load_hub(spec)
+        dd = _hub_dataset(spec)
         for key in ("train_split", "val_split"):
             if getattr(spec, key) and getattr(spec, key) not in dd:
                 raise ValueError(f"data.{key}={getattr(spec, key)!r} is not a split of {origin}; "
@@ -338,17 +300,14 @@ def load_hub(spec: DataSpec) -> Corpus:
         train, val = _train_val(dd[spec.train_split], dd[spec.val_split] if spec.val_split else None, spec,
                                 spec.id_column)
         extra = [dd[s]._fingerprint for s in (spec.train_split, spec.val_split) if s]
-        info["revision"] = revision = spec.revision or _resolved_revision(dd[spec.train_split])
+        # Else the dataset's commit as far as the datasets cache knows it (for the sidecar).
+        info["revision"] = revision = spec.revision or next(
+            (part for f in dd[spec.train_split].cache_files for part in Path(f["filename"]).parts
+             if re.fullmatch("[0-9a-f]{40}", part)), "unknown")
         info["datasets_fingerprints"] = extra
         rows = dict(train=train, val=val, source=origin)
     return Corpus(name=spec.name, fingerprint=sha256_text(*ident, f"revision={revision}", *extra),
                   separator=spec.doc_separator, info=info, **rows)
-
-
-def _resolved_revision(ds) -> str:
-    """The dataset's commit as far as the datasets cache knows it (for the sidecar), else 'unknown'."""
-    return next((part for f in ds.cache_files for part in Path(f["filename"]).parts
-                 if re.fullmatch("[0-9a-f]{40}", part)), "unknown")
 
 
 # ---------------------------------------------------------------------------- pydocs
@@ -357,13 +316,9 @@ def _resolved_revision(ds) -> str:
 _SKIP_DIRS = {"test", "tests", "idlelib", "lib2to3", "site-packages", "dist-packages", "__pycache__"}
 
 
-def pydocs_documents() -> list[tuple[str, str]]:
-    """The running interpreter's own English documentation, as ``(doc_id, text)`` pairs.
-
-    The ``pydoc_data.topics`` reference texts (sorted by topic) followed by the docstrings of
-    every standard-library module, class and function, read with :mod:`ast` from the source
-    files in sorted path order (never imported); test packages and IDLE are skipped.
-    """
+def _pydocs_documents() -> list[tuple[str, str]]:
+    """``(doc_id, text)``: the ``pydoc_data.topics`` texts by topic, then the docstrings of every stdlib module,
+    class and function (read with :mod:`ast` in sorted path order, never imported; no tests, no IDLE)."""
     import ast
     from pydoc_data.topics import topics
 
@@ -386,18 +341,14 @@ def pydocs_documents() -> list[tuple[str, str]]:
     return docs
 
 
-def load_pydocs(cache_dir: Path, val_percent: float) -> Corpus:
-    """The default corpus (about 2 MB of English prose), cached as JSON per Python build.
-
-    Raises:
-        ValueError: if the interpreter ships no documentation (an empty corpus).
-    """
+def _load_pydocs(cache_dir: Path, val_percent: float) -> Corpus:
+    """The default corpus: the interpreter's own English documentation (about 2 MB), cached as JSON per build."""
     version = f"{sys.version} {sysconfig.get_paths()['stdlib']}"
     path = Path(cache_dir) / "corpora" / f"pydocs-{sha256_text(version, '1')[:16]}.json"  # 1: pydocs_documents' rules
     if path.exists():
         docs = [tuple(d) for d in json.loads(path.read_text("utf-8"))]
     else:
-        docs = pydocs_documents()
+        docs = _pydocs_documents()
         atomic_write_json(path, docs)
     if not docs:
         raise ValueError("data.name='pydocs': this Python ships no documentation to build the corpus from")
@@ -418,19 +369,25 @@ def load_pydocs(cache_dir: Path, val_percent: float) -> Corpus:
 def load_corpus_spec(spec: DataSpec, cache_dir: Path) -> Corpus:
     """Load the corpus that ``spec`` describes: local files, a local Hub snapshot, the Hub, or pydocs.
 
-    ``data.files`` wins over ``data.local_dir``, which wins over ``data.hub_id``.
+    ``data.files`` wins over ``data.local_dir``, which wins over ``data.hub_id``.  Local files are
+    checked and hashed now (at most once per process for an unchanged file) and their rows load
+    lazily; non-streamed Hub data loads now (downloaded or from the HF cache); a stream is read
+    only while tokenizing.
 
     Raises:
-        ValueError: nothing to load from; CorpusUnavailable: see :func:`load_hub`.
+        ConfigError: missing files, a folder, bad text, several formats (the message names the
+            key, the file and the byte offset); ValueError: nothing to load from, an unknown split
+            or column, no documentation in this Python (pydocs); CorpusUnavailable: a Hub dataset
+            neither reachable nor cached (the message names it and how to point at a local copy).
     """
     if spec.name == "pydocs" and not (spec.files or spec.local_dir or spec.hub_id):
-        return load_pydocs(cache_dir, spec.val_percent)
+        return _load_pydocs(cache_dir, spec.val_percent)
     if spec.files:
-        return load_local_files(spec, cache_dir)
+        return _load_files(spec, cache_dir)
     if spec.val_files:
         raise ValueError("data.val_files needs data.files (the training files)")
     if spec.local_dir or spec.hub_id:
-        return load_hub(spec)
+        return _load_hub(spec)
     if spec.name == "text":
         raise ValueError("data.files is required for data.name='text' (a path, a glob or a list)")
     raise ValueError(f"data.name={spec.name!r} has no source: set data.files, data.local_dir or data.hub_id "
