@@ -466,7 +466,8 @@ def test_bpb_is_loss_over_ln2_times_tokens_per_byte(shared_data, tmp_path):
     dm = _prepared(["data=text", f"data.files={path}", "data.tokenizer=bpe", "data.vocab_size=300",
                     "data.val_batch_size=64"], tmp_path, seq_len=64)
     s = dm.splits
-    tok = gt.BPETokenizer.train_or_load(dm_corpus := gs.load_corpus_spec(gd.data_spec(dm.data), tmp_path), 300, tmp_path)
+    dm_corpus = gs.load_corpus_spec(gd.data_spec(dm.data), tmp_path)
+    tok = gt.BPETokenizer.train_or_load(dm_corpus, 300, tmp_path)
     first = tok.tok.decode([int(s.val[0])]).encode()
     assert s.val_predicted_bytes == s.meta["val"]["bytes"] - len(first)  # every byte but the first token's
     torch.manual_seed(0)
