@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     cold = prepared()
     warm = prepared()
-    dm = LMDataModule(**data, seq_len=model_cfg.seq_len, num_batches=args.batches, seed=cfg.seed)
+    dm = LMDataModule(data, seq_len=model_cfg.seq_len, num_batches=args.batches, seed=cfg.seed)
     dm.setup()  # the warm cache again
     rates = []
     for _ in range(args.repeats):
@@ -74,9 +74,9 @@ def main(argv: list[str] | None = None) -> dict:
         "bytes_per_token": meta["train"]["bytes_per_token"],
         "prepare_cold_s": cold,
         "prepare_warm_s": warm,
-        "batch_size": dm.batch_size,
+        "batch_size": dm.data["batch_size"],
         "seq_len": dm.seq_len,
-        "num_workers": dm.num_workers,
+        "num_workers": dm.data["num_workers"],
         "dataloader_tokens_per_sec_median": statistics.median(rates),
         "dataloader_tokens_per_sec": rates,
     }

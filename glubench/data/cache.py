@@ -6,8 +6,8 @@ Path of the data: :mod:`glubench.data.sources` (documents, split by a stable has
 :class:`glubench.data.datamodule.LMDataModule`.
 
 Every command that needs the tokens calls :func:`prepare_splits` with the ``data.*`` config
-section: local rank 0 prepares the cache, the other ranks wait for it, and all memory-map it.
-No torch, no lightning here.
+section: local rank 0 prepares the cache, the other ranks wait for it, and all memory-map it
+(:func:`load_tokens`).  No torch, no lightning here.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +48,7 @@ class TokenSplits:
     vocab_size: int
     val_predicted_bytes: int
     meta: dict
-    token_bytes: np.ndarray | None = None  # (vocab_size,) int64 UTF-8 bytes of each token id
+    token_bytes: np.ndarray  # (vocab_size,) int64 UTF-8 bytes of each token id
 
 
 def cache_key(corpus: Corpus, tokenizer, val_percent: float) -> str:
@@ -60,39 +60,25 @@ def cache_key(corpus: Corpus, tokenizer, val_percent: float) -> str:
     )[:24]
 
 
-class _Encode:
-    """The ``datasets.map`` function on Arrow batches (picklable): rows -> token ids and UTF-8 bytes.
+def _encode(batch, tokenizer, separator: str):
+    """The ``datasets.map`` function on Arrow batches: rows -> token ids and UTF-8 bytes.
 
-    Works on whole Arrow columns (one flat id array plus offsets per batch) because building
+    Returns whole Arrow columns (one flat id array plus offsets per batch) because building
     one Python list per row costs more than byte-tokenizing it.
     """
+    import pyarrow as pa
 
-    def __init__(self, tokenizer, separator: str) -> None:
-        self.tokenizer, self.separator = tokenizer, separator
-
-    def __call__(self, batch):
-        import pyarrow as pa
-
-        sep = self.separator
-        texts = [t + sep for t in batch.column("text").to_pylist()] if sep else batch.column("text").to_pylist()
-        values, lengths = self.tokenizer.encode_flat(texts)
-        offsets = np.zeros(len(lengths) + 1, dtype=np.int32)
-        np.cumsum(lengths, out=offsets[1:])
-        n_bytes = np.fromiter((len(t.encode("utf-8")) for t in texts), dtype=np.int64, count=len(texts))
-        return pa.table({"ids": pa.ListArray.from_arrays(pa.array(offsets), pa.array(values)),
-                         "n_bytes": pa.array(n_bytes)})
+    texts = [t + separator for t in batch.column("text").to_pylist()]
+    values, lengths = tokenizer.encode_flat(texts)
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int32)
+    np.cumsum(lengths, out=offsets[1:])
+    n_bytes = np.fromiter((len(t.encode("utf-8")) for t in texts), dtype=np.int64, count=len(texts))
+    return pa.table({"ids": pa.ListArray.from_arrays(pa.array(offsets), pa.array(values)),
+                     "n_bytes": pa.array(n_bytes)})
 
 
-def auto_num_proc(n_rows: int, num_proc: int | None) -> int:
-    """``data.num_proc`` if set, else one process per core (≤ 8) for large splits, else 1."""
-    if num_proc:
-        return max(1, int(num_proc))
-    return 1 if n_rows < 50_000 else max(1, min(8, os.cpu_count() or 1))
-
-
-def _tokenize_rows(rows, tokenizer, separator: str, out_path: Path, tmp: Path, num_proc: int | None,
-                   split: str) -> dict:
-    """Tokenize ``rows`` (strings or a ``text`` Dataset) with ``datasets.map`` into ``out_path``."""
+def _tokenize_rows(rows, tokenizer, separator: str, tmp: Path, split: str, num_proc: int | None) -> dict:
+    """Tokenize ``rows`` (strings or a ``text`` Dataset) with ``datasets.map`` into ``tmp/<split>.bin``."""
     import datasets
     import pyarrow.compute as pc
 
@@ -100,23 +86,23 @@ def _tokenize_rows(rows, tokenizer, separator: str, out_path: Path, tmp: Path, n
         rows = datasets.Dataset.from_dict({"text": list(rows)})
     dtype = token_dtype(tokenizer.vocab_size)
     stats = {"tokens": 0, "bytes": 0, "documents": len(rows), "dtype": dtype.name}
-    with open(out_path, "wb") as f:
-        if len(rows):
-            features = datasets.Features({"ids": datasets.Sequence(datasets.Value(dtype.name)),
-                                          "n_bytes": datasets.Value("int64")})
-            nproc = auto_num_proc(len(rows), num_proc)
-            out = rows.with_format("arrow").map(
-                _Encode(tokenizer, separator), batched=True, batch_size=1000, remove_columns=rows.column_names,
-                features=features, num_proc=nproc if nproc > 1 else None, load_from_cache_file=False,
-                cache_file_name=str(tmp / f"{split}-map.arrow"), new_fingerprint=f"{tmp.name}-{split}",
-                desc=f"tokenizing {split}",
-            )
-            for chunk in out.data.column("ids").chunks:
-                flat = np.asarray(chunk.flatten().to_numpy(zero_copy_only=False), dtype=dtype)
-                flat.tofile(f)
-                stats["tokens"] += int(flat.size)
-            stats["bytes"] = int(pc.sum(out.data.column("n_bytes")).as_py() or 0)
-            del out
+    with open(tmp / f"{split}.bin", "wb") as f:
+        if not len(rows):
+            return stats
+        # data.num_proc, else one process per core (<= 8) for large splits
+        nproc = int(num_proc) if num_proc else 1 if len(rows) < 50_000 else min(8, os.cpu_count() or 1)
+        out = rows.with_format("arrow").map(
+            _encode, fn_kwargs=dict(tokenizer=tokenizer, separator=separator), batched=True, batch_size=1000,
+            remove_columns=rows.column_names, num_proc=nproc if nproc > 1 else None, load_from_cache_file=False,
+            features=datasets.Features({"ids": datasets.Sequence(datasets.Value(dtype.name)),
+                                        "n_bytes": datasets.Value("int64")}),
+            cache_file_name=str(tmp / f"{split}-map.arrow"), new_fingerprint=f"{tmp.name}-{split}",
+            desc=f"tokenizing {split}")
+        for chunk in out.data.column("ids").chunks:
+            flat = np.asarray(chunk.flatten().to_numpy(zero_copy_only=False), dtype=dtype)
+            flat.tofile(f)
+            stats["tokens"] += int(flat.size)
+        stats["bytes"] = int(pc.sum(out.data.column("n_bytes")).as_py() or 0)
     return stats
 
 
@@ -125,30 +111,25 @@ def _tokenize_stream(corpus: Corpus, tokenizer, tmp: Path, val_percent: float, b
     dtype = token_dtype(tokenizer.vocab_size)
     stats = {s: {"tokens": 0, "bytes": 0, "documents": 0, "dtype": dtype.name} for s in ("train", "val")}
     pending: dict[str, list[str]] = {"train": [], "val": []}
-    with open(tmp / "train.bin", "wb") as ftrain, open(tmp / "val.bin", "wb") as fval:
-        files = {"train": ftrain, "val": fval}
 
-        def flush(split: str) -> None:
-            texts = pending[split]
-            if not texts:
-                return
-            values, _ = tokenizer.encode_flat(texts)
-            np.asarray(values, dtype=dtype).tofile(files[split])
-            stats[split]["tokens"] += int(values.size)
-            stats[split]["bytes"] += sum(len(t.encode("utf-8")) for t in texts)
-            stats[split]["documents"] += len(texts)
-            pending[split] = []
+    def flush(split: str) -> None:
+        texts, pending[split] = pending[split], []
+        values, _ = tokenizer.encode_flat(texts)
+        with open(tmp / f"{split}.bin", "ab") as f:
+            np.asarray(values, dtype=dtype).tofile(f)
+        stats[split]["tokens"] += int(values.size)
+        stats[split]["bytes"] += sum(len(t.encode("utf-8")) for t in texts)
+        stats[split]["documents"] += len(texts)
 
-        budget = corpus.max_tokens
-        for doc_id, text in corpus.stream():
-            split = "val" if in_val_split(doc_id, val_percent) else "train"
-            pending[split].append(text + corpus.separator)
-            if len(pending[split]) >= batch_docs:
-                flush(split)
-                if budget and stats["train"]["tokens"] + stats["val"]["tokens"] >= budget:
-                    break
-        flush("train")
-        flush("val")
+    for doc_id, text in corpus.stream():
+        split = "val" if in_val_split(doc_id, val_percent) else "train"
+        pending[split].append(text + corpus.separator)
+        if len(pending[split]) >= batch_docs:
+            flush(split)
+            if corpus.max_tokens and stats["train"]["tokens"] + stats["val"]["tokens"] >= corpus.max_tokens:
+                break
+    flush("train")
+    flush("val")
     return stats
 
 
@@ -170,34 +151,22 @@ def prepare_tokens(corpus: Corpus, tokenizer, cache_dir: Path, val_percent: floa
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}."))
     try:
-        meta = {
-            "cache_version": CACHE_VERSION,
-            "corpus": corpus.name,
-            "source": corpus.source,
-            "fingerprint": corpus.fingerprint,
-            "revision": corpus.info.get("revision"),
-            "corpus_info": corpus.info,
-            "val_percent": val_percent,
-            "separator": corpus.separator,
-            "tokenizer": tokenizer.kind,
-            "vocab_size": tokenizer.vocab_size,
-            "tokenizer_file_hash": tokenizer.file_hash,
-        }
+        meta = dict(cache_version=CACHE_VERSION, corpus=corpus.name, source=corpus.source,
+                    fingerprint=corpus.fingerprint, revision=corpus.info.get("revision"), corpus_info=corpus.info,
+                    val_percent=val_percent, separator=corpus.separator, tokenizer=tokenizer.kind,
+                    vocab_size=tokenizer.vocab_size, tokenizer_file_hash=tokenizer.file_hash)
         if corpus.stream is not None:
             stats = _tokenize_stream(corpus, tokenizer, tmp, val_percent)
         else:
             corpus.load()
-            stats = {split: _tokenize_rows(rows, tokenizer, corpus.separator, tmp / f"{split}.bin", tmp,
-                                           num_proc, split)
+            stats = {split: _tokenize_rows(rows, tokenizer, corpus.separator, tmp, split, num_proc)
                      for split, rows in (("train", corpus.train), ("val", corpus.val))}
-        for split in ("train", "val"):
-            meta[split] = stats[split]
+        meta.update(stats)
         val = np.fromfile(tmp / "val.bin", dtype=stats["val"]["dtype"])
         tb = tokenizer.token_bytes()
         np.save(tmp / "token_bytes.npy", tb.astype(np.int64))
         meta["val"]["predicted_bytes"] = int(tb[val[1:].astype(np.int64)].sum()) if val.size > 1 else 0
-        for split in ("train", "val"):
-            s = meta[split]
+        for s in stats.values():
             s["bytes_per_token"] = s["bytes"] / s["tokens"] if s["tokens"] else None
         for p in tmp.glob("*.arrow"):  # datasets.map's intermediate files
             p.unlink()
@@ -212,14 +181,17 @@ def prepare_tokens(corpus: Corpus, tokenizer, cache_dir: Path, val_percent: floa
     return final
 
 
-def load_tokens(folder: Path, token_bytes: np.ndarray | None = None) -> TokenSplits:
-    """Memory-map a folder written by :func:`prepare_tokens`.
+def load_tokens(folder: Path, *, seq_len: int | None = None, name: str = "pydocs") -> TokenSplits:
+    """Memory-map a folder written by :func:`prepare_tokens`; check it can serve ``seq_len``-token windows.
 
-    ``val_predicted_bytes`` comes from the sidecar, or is recomputed from ``token_bytes``
-    (``(vocab_size,)`` bytes per token id) when given.
+    Args:
+        folder: the token-cache folder (from :func:`prepare_splits` or :func:`prepare_tokens`).
+        seq_len: ``model.seq_len``; ``None`` skips the window checks (only preparing, no training).
+        name: ``data.name``, for the messages.
 
     Raises:
-        ValueError: a ``.bin`` file whose size disagrees with the sidecar (a damaged cache).
+        ValueError: a ``.bin`` file whose size disagrees with the sidecar (a damaged cache); with
+            ``seq_len``: fewer than 2 validation tokens, or fewer than ``seq_len + 1`` training tokens.
     """
     folder = Path(folder)
     meta = json.loads((folder / "meta.json").read_text())
@@ -230,39 +202,30 @@ def load_tokens(folder: Path, token_bytes: np.ndarray | None = None) -> TokenSpl
         if path.stat().st_size != n * dtype.itemsize:
             raise ValueError(f"token cache {path} holds {path.stat().st_size} bytes, the sidecar says "
                              f"{n} x {dtype.itemsize}; delete {folder} to rebuild it")
-        arrays[split] = (np.memmap(path, dtype=dtype, mode="r", shape=(n,)) if n
-                         else np.zeros(0, dtype=dtype))
-    val = arrays["val"]
-    if token_bytes is not None:
-        predicted = int(token_bytes[np.asarray(val[1:], dtype=np.int64)].sum()) if val.size > 1 else 0
-    else:
-        predicted = int(meta["val"]["predicted_bytes"])
-    tb_path = folder / "token_bytes.npy"
-    stored = np.load(tb_path) if tb_path.exists() else token_bytes
-    return TokenSplits(arrays["train"], val, meta["vocab_size"], predicted, meta, stored)
+        arrays[split] = np.memmap(path, dtype=dtype, mode="r", shape=(n,)) if n else np.zeros(0, dtype=dtype)
+    train, val = arrays["train"], arrays["val"]
+    if seq_len is not None and val.size < 2:
+        raise ValueError(f"data.name={name!r}: the validation split has {val.size} tokens; "
+                         "raise data.val_percent or give data.val_files")
+    if seq_len is not None and train.size < seq_len + 1:
+        raise ValueError(f"data.name={name!r}: the train split has {train.size} tokens, "
+                         f"fewer than one window (model.seq_len={seq_len} + 1); use more text or a "
+                         "smaller model.seq_len")
+    return TokenSplits(train, val, meta["vocab_size"], int(meta["val"]["predicted_bytes"]), meta,
+                       np.load(folder / "token_bytes.npy"))
 
 
 # ---------------------------------------------------------------------------- preparation (rank 0)
 
 
-SPEC_KEYS = tuple(f for f in DataSpec.__dataclass_fields__)
-
-
 def request_key(spec: DataSpec, tokenizer: str, vocab_size: int, tokenizer_file: str | None,
                 tokenizer_spec: DataSpec | None = None) -> str:
     """Hash of the data *settings* (not the content) plus the working directory (relative paths)."""
-    from dataclasses import asdict
-
     parts = [json.dumps(asdict(spec), sort_keys=True, default=str), tokenizer, str(vocab_size), str(tokenizer_file),
              os.getcwd()]
     if tokenizer_spec not in (None, spec):
         parts.append(json.dumps(asdict(tokenizer_spec), sort_keys=True, default=str))
     return sha256_text(*parts)[:24]
-
-
-def _file_stats(corpus: Corpus) -> list:
-    paths = corpus.info.get("files", []) + corpus.info.get("val_files", [])
-    return [[p, os.stat(p).st_size, os.stat(p).st_mtime_ns] for p in paths]
 
 
 def prepare_dataset(spec: DataSpec, tokenizer: str, vocab_size: int, cache_dir: Path,
@@ -271,12 +234,9 @@ def prepare_dataset(spec: DataSpec, tokenizer: str, vocab_size: int, cache_dir: 
     """Load the corpus, build the tokenizer and the token cache; return the token folder.
 
     ``tokenizer_spec`` names the corpus whose train split trains a ``bpe`` tokenizer (default:
-    ``spec`` itself); ``glubench-eval`` passes the checkpoint's training corpus so that another
-    corpus is read with the vocabulary the model learned.
-
-    Serialized across processes by a file lock per data setting, and recorded in a manifest
-    (``<cache_dir>/prepared/<key>.json``) that :func:`wait_for_prepared` reads on the ranks
-    that do not prepare.
+    ``spec`` itself).  Serialized across processes by a file lock per data setting, and
+    recorded in a manifest (``<cache_dir>/prepared/<key>.json``) that :func:`wait_for_prepared`
+    reads on the ranks that do not prepare.
     """
     from filelock import FileLock
 
@@ -288,14 +248,15 @@ def prepare_dataset(spec: DataSpec, tokenizer: str, vocab_size: int, cache_dir: 
         tok_corpus = corpus if tokenizer_spec in (None, spec) else load_corpus_spec(tokenizer_spec, cache_dir)
         tok = build_tokenizer(tokenizer, tok_corpus, vocab_size, cache_dir, tokenizer_file)
         folder = prepare_tokens(corpus, tok, cache_dir, spec.val_percent, num_proc)
-        atomic_write_json(cache_dir / "prepared" / f"{key}.json",
-                          {"folder": str(folder), "files": _file_stats(corpus)})
+        files = corpus.info.get("files", []) + corpus.info.get("val_files", [])
+        atomic_write_json(cache_dir / "prepared" / f"{key}.json", {
+            "folder": str(folder), "files": [[p, os.stat(p).st_size, os.stat(p).st_mtime_ns] for p in files]})
     return folder
 
 
 def wait_for_prepared(spec: DataSpec, tokenizer: str, vocab_size: int, cache_dir: Path,
                       tokenizer_file: str | None = None, timeout_s: float = 6 * 3600,
-                      poll_s: float = 2.0) -> Path:
+                      poll_s: float = 2.0, tokenizer_spec: DataSpec | None = None) -> Path:
     """On a rank that does not prepare: wait for :func:`prepare_dataset`'s manifest, return the folder.
 
     A manifest whose local files changed size or mtime since it was written is ignored
@@ -306,7 +267,8 @@ def wait_for_prepared(spec: DataSpec, tokenizer: str, vocab_size: int, cache_dir
     """
     import time
 
-    path = Path(cache_dir) / "prepared" / f"{request_key(spec, tokenizer, vocab_size, tokenizer_file)}.json"
+    key = request_key(spec, tokenizer, vocab_size, tokenizer_file, tokenizer_spec)
+    path = Path(cache_dir) / "prepared" / f"{key}.json"
     deadline = time.monotonic() + timeout_s
     while True:
         try:
@@ -325,111 +287,48 @@ def wait_for_prepared(spec: DataSpec, tokenizer: str, vocab_size: int, cache_dir
 # ---------------------------------------------------------------------------- from the data.* config
 
 
-def _plain(data: Mapping[str, Any] | Any) -> dict:
+def _plain(data: Mapping[str, Any]) -> dict:
     """``data`` as a plain dict of resolved values (a DictConfig's lists become lists, so that
     :func:`request_key` hashes the same settings the same way whatever the caller passed)."""
-    if isinstance(data, dict):
-        return data
     from omegaconf import DictConfig, OmegaConf
 
-    if isinstance(data, DictConfig):
-        return OmegaConf.to_container(data, resolve=True)
-    return dict(data)
+    return OmegaConf.to_container(data, resolve=True) if isinstance(data, DictConfig) else dict(data)
 
 
 def data_spec(data: Mapping[str, Any]) -> DataSpec:
     """The :class:`DataSpec` of a ``data.*`` section; keys that do not shape the corpus (batch
     sizes, workers, keys added by other features) are ignored."""
-    return DataSpec(**{k: v for k, v in _plain(data).items() if k in SPEC_KEYS})
+    keys = {f.name for f in fields(DataSpec)}
+    return DataSpec(**{k: v for k, v in _plain(data).items() if k in keys})
 
 
-def token_folder(data: Mapping[str, Any], *, prepare: bool | None = None) -> Path:
-    """The token-cache folder of the ``data.*`` section ``data``, prepared here or by another rank.
+def prepare_splits(data: Mapping[str, Any], *, seq_len: int | None = None, prepare: bool | None = None,
+                   tokenizer_data: Mapping[str, Any] | None = None) -> tuple[Path, TokenSplits]:
+    """The one way to get the tokens of a ``data.*`` config section: prepare (local rank 0) or
+    wait for (other ranks) the token cache, then memory-map and check it (:func:`load_tokens`).
 
     Args:
-        data: the ``data.*`` config section (dict or DictConfig; :class:`glubench.train.schema.DataConfig`).
+        data: the ``data.*`` section (DictConfig or dict; :class:`glubench.train.schema.DataConfig`).
+        seq_len: ``model.seq_len`` to check the splits against; ``None``: no checks.
         prepare: ``True``: load, tokenize and write the cache here (:func:`prepare_dataset`);
             ``False``: wait for the process that does (:func:`wait_for_prepared`); ``None``:
             prepare on local rank 0 (``LOCAL_RANK`` / ``SLURM_LOCALID``), wait on the others.
-
-    Raises:
-        ConfigError: bad data files; ValueError, CorpusUnavailable, TokenizerUnavailable: see
-            :func:`glubench.data.sources.load_corpus_spec` and :func:`glubench.data.tokenizers.build_tokenizer`;
-            TimeoutError: a waiting rank saw nothing prepared in time.
-    """
-    data = _plain(data)
-    spec = data_spec(data)
-    tokenizer, vocab_size = data.get("tokenizer", "bytes"), data.get("vocab_size", 4096)
-    tokenizer_file = data.get("tokenizer_file")
-    cache_dir = Path(os.path.expanduser(data["cache_dir"])) if data.get("cache_dir") else default_cache_dir()
-    if prepare is None:
-        prepare = local_rank() == 0
-    if prepare:
-        return prepare_dataset(spec, tokenizer, vocab_size, cache_dir, tokenizer_file, data.get("num_proc"))
-    return wait_for_prepared(spec, tokenizer, vocab_size, cache_dir, tokenizer_file)
-
-
-def open_splits(folder: Path, *, seq_len: int | None = None, name: str = "pydocs") -> TokenSplits:
-    """Memory-map the token cache in ``folder`` and check it can serve ``seq_len``-token windows.
-
-    Args:
-        folder: a folder from :func:`token_folder`.
-        seq_len: ``model.seq_len``; ``None`` skips the checks (only preparing, no training).
-        name: ``data.name``, for the messages.
-
-    Raises:
-        ValueError: fewer than 2 validation tokens, or fewer than ``seq_len + 1`` training tokens.
-    """
-    splits = load_tokens(folder)
-    if seq_len is None:
-        return splits
-    if splits.val.size < 2:
-        raise ValueError(f"data.name={name!r}: the validation split has {splits.val.size} tokens; "
-                         "raise data.val_percent or give data.val_files")
-    if splits.train.size < seq_len + 1:
-        raise ValueError(f"data.name={name!r}: the train split has {splits.train.size} tokens, "
-                         f"fewer than one window (model.seq_len={seq_len} + 1); use more text or a "
-                         "smaller model.seq_len")
-    return splits
-
-
-def prepare_splits(data: Mapping[str, Any], *, seq_len: int | None = None,
-                   prepare: bool | None = None) -> tuple[Path, TokenSplits]:
-    """The one way to get the tokens of a ``data.*`` config section: prepare (local rank 0) or
-    wait for (other ranks) the token cache, then memory-map and check it.
-
-    Args:
-        data: the ``data.*`` section (``cfg.data`` as a DictConfig, or a plain dict).
-        seq_len: ``model.seq_len`` to check the splits against; ``None``: no checks.
-        prepare: see :func:`token_folder` (default: local rank 0 prepares).
+        tokenizer_data: the ``data.*`` section whose tokenizer (kind, vocabulary and, for ``bpe``, training
+            corpus) reads ``data``'s corpus, default ``data``: ``glubench-eval`` passes the checkpoint's.
 
     Returns:
         ``(folder, splits)``: the cache folder and its memory-mapped :class:`TokenSplits`.
     Raises:
-        see :func:`token_folder` and :func:`open_splits`.
+        ConfigError, ValueError, CorpusUnavailable, TokenizerUnavailable: see :func:`load_tokens`,
+            :func:`~glubench.data.sources.load_corpus_spec`, :func:`~glubench.data.tokenizers.build_tokenizer`;
+            TimeoutError: a waiting rank saw nothing prepared in time.
     """
     data = _plain(data)
-    folder = token_folder(data, prepare=prepare)
-    return folder, open_splits(folder, seq_len=seq_len, name=data.get("name", "pydocs"))
-
-
-def prepare_eval_split(data: Mapping[str, Any], split: str, tokenizer_data: Mapping[str, Any] | None = None
-                       ) -> tuple[np.ndarray, np.ndarray, dict]:
-    """The ``split`` (``val`` or ``train``) tokens of ``data``'s corpus, read with ``tokenizer_data``'s tokenizer.
-
-    ``tokenizer_data`` is the ``data.*`` section a model was trained on (a checkpoint's): its
-    tokenizer kind, vocabulary and, for ``bpe``, its training corpus decide the token ids.
-
-    Returns:
-        ``(tokens, token_bytes, meta)``: the memory-mapped ``(n,)`` token ids, the ``(vocab_size,)``
-        UTF-8 bytes of each token id (for bits per byte) and the cache sidecar.
-    Raises:
-        as :func:`token_folder`.
-    """
-    data, tokenizer_data = _plain(data), _plain(tokenizer_data if tokenizer_data is not None else data)
+    tok = data if tokenizer_data is None else _plain(tokenizer_data)
     cache_dir = Path(os.path.expanduser(data["cache_dir"])) if data.get("cache_dir") else default_cache_dir()
-    kind, vocab, tok_file = (tokenizer_data.get(k) for k in ("tokenizer", "vocab_size", "tokenizer_file"))
-    folder = prepare_dataset(data_spec(data), kind, vocab, cache_dir, tok_file, data.get("num_proc"),
-                             tokenizer_spec=data_spec(tokenizer_data))
-    splits = load_tokens(folder)
-    return (splits.val if split == "val" else splits.train), splits.token_bytes, splits.meta
+    args = (data_spec(data), tok["tokenizer"], tok["vocab_size"], cache_dir, tok.get("tokenizer_file"))
+    if prepare if prepare is not None else local_rank() == 0:
+        folder = prepare_dataset(*args, num_proc=data.get("num_proc"), tokenizer_spec=data_spec(tok))
+    else:
+        folder = wait_for_prepared(*args, tokenizer_spec=data_spec(tok))
+    return folder, load_tokens(folder, seq_len=seq_len, name=data["name"])

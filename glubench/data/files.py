@@ -1,19 +1,11 @@
 """The rules for local data files (``data.files``, ``data.val_files``), in one place.
 
-* :func:`expand_files`: a path, a glob or a list of either -> the files, in order;
-* :func:`infer_format`: ``data.format`` or the one format the extensions imply;
-* :func:`check_text_file`: a plain text file is readable, non-empty UTF-8 with no NUL byte;
-  returns its sha256, read in the same single pass;
-* :func:`content_sha256`: the sha256 of any other data file (json, parquet, compressed text);
-* :func:`check_data_file`: whichever of the two a file of a given format needs.
-
 Each failure raises :class:`~glubench.core.errors.ConfigError` naming the key, the file and,
 for bad text, the byte offset.  A file's hash is computed once per process: it is cached by
 (absolute path, size, mtime in ns), so validating the config and then loading the corpus (or
 preparing twice) reads each file once.  Across processes, freshness stays content-based: the
-hash keys the token cache.
-
-No torch, no datasets: this module is imported while the config is validated.
+hash keys the token cache.  No torch, no datasets: this module is imported while the config
+is validated.
 """
 
 from __future__ import annotations
@@ -60,15 +52,13 @@ def expand_files(files: Any, key: str = "data.files") -> list[Path]:
     paths: list[Path] = []
     for pattern in patterns:
         text = os.path.expanduser(str(pattern))
-        if not glob.has_magic(text):
-            if not os.path.lexists(text):
-                raise ConfigError(f"{key}={str(pattern)!r}: no such file")
-            paths.append(Path(text))
-            continue
-        matches = sorted(glob.glob(text, recursive=True))
+        if glob.has_magic(text):
+            matches, why = sorted(glob.glob(text, recursive=True)), "the pattern matches no file"
+        else:
+            matches, why = [text] if os.path.lexists(text) else [], "no such file"
         if not matches:
-            raise ConfigError(f"{key}={str(pattern)!r}: the pattern matches no file")
-        paths.extend(Path(m) for m in matches)
+            raise ConfigError(f"{key}={str(pattern)!r}: {why}")
+        paths.extend(map(Path, matches))
     return paths
 
 
@@ -93,125 +83,83 @@ def infer_format(paths: Sequence[Path], fmt: str | None, key: str = "data.files"
     return kinds.pop() if kinds else "text"
 
 
-def _stat_key(path: Path) -> tuple[str, int, int]:
-    st = os.stat(path)
-    return str(Path(path).resolve()), st.st_size, st.st_mtime_ns
-
-
-def _cached(path: Path, need_text: bool) -> str | None:
-    try:
-        hit = _HASHES.get(_stat_key(path))
-    except OSError:
-        return None
-    if hit is None or (need_text and not hit[1]):
-        return None
-    return hit[0]
-
-
-def _remember(path: Path, before: tuple[str, int, int], sha: str, text_ok: bool) -> None:
-    # A file rewritten while it was read has a hash of neither version: do not keep it.
-    try:
-        if _stat_key(path) == before:
-            _HASHES[before] = (sha, text_ok)
-    except OSError:
-        pass
-
-
-def _check_exists(path: Path, key: str) -> None:
+def _sha256(path: Path, key: str, text: bool) -> str:
+    """The file's sha256, checked as UTF-8 text if ``text``; cached per process (see the module)."""
+    path = Path(path)
     if not path.exists():
         raise ConfigError(f"{key}: {path} does not exist")
     if path.is_dir():
         raise ConfigError(f"{key}: {path} is a folder; give files or a glob such as '{path}/*.txt'")
-
-
-def check_text_file(path: Path, key: str = "data.files") -> str:
-    """Check that ``path`` is a readable, non-empty UTF-8 text file; return the sha256 of its bytes.
-
-    Reads the file once, in :data:`CHUNK_BYTES` chunks through an incremental UTF-8 decoder
-    (memory stays flat), hashing the same chunks.  A file already checked in this process
-    with the same size and mtime is not read again.
-
-    Returns:
-        the hex sha256 (64 characters) of the file's bytes.
-    Raises:
-        ConfigError: the file is missing, a folder, unreadable, empty or only whitespace,
-            binary (the first NUL byte's offset) or not UTF-8 (the first bad byte and its
-            offset, or a truncated final character).
-    """
-    path = Path(path)
-    _check_exists(path, key)
-    hit = _cached(path, need_text=True)
-    if hit is not None:
-        return hit
     decoder = codecs.getincrementaldecoder("utf-8")()
     h, offset, blank = hashlib.sha256(), 0, True
     try:
-        before = _stat_key(path)
-        with open(path, "rb") as f:
-            while chunk := f.read(CHUNK_BYTES):
-                nul = chunk.find(b"\0")
-                if nul >= 0:
-                    raise ConfigError(f"{key}: {path} is binary, not text (NUL byte at byte offset {offset + nul})")
-                # Bytes of a character split across chunks wait in the decoder: e.start counts from them.
-                pending = len(decoder.getstate()[0])
-                try:
-                    decoder.decode(chunk)
-                except UnicodeDecodeError as e:
-                    raise ConfigError(f"{key}: {path} is not UTF-8 text (byte 0x{e.object[e.start]:02x} at byte "
-                                      f"offset {offset - pending + e.start})") from None
-                h.update(chunk)
-                blank = blank and not chunk.strip()
-                offset += len(chunk)
-            try:
-                decoder.decode(b"", final=True)
-            except UnicodeDecodeError as e:
-                raise ConfigError(f"{key}: {path} is not UTF-8 text (truncated character at byte offset "
-                                  f"{offset - len(e.object) + e.start})") from None
-    except OSError as e:
-        raise ConfigError(f"{key}: {path} cannot be read ({e.strerror or e})") from None
-    if blank:
-        raise ConfigError(f"{key}: {path} is empty" + (" (only whitespace)" if offset else ""))
-    sha = h.hexdigest()
-    _remember(path, before, sha, text_ok=True)
-    return sha
-
-
-def content_sha256(path: Path, key: str = "data.files") -> str:
-    """The hex sha256 of a non-empty data file's bytes (json, parquet, compressed text), cached like
-    :func:`check_text_file`; the content itself is checked by the datasets builder that reads it.
-
-    Raises:
-        ConfigError: the file is missing, a folder, empty or unreadable.
-    """
-    path = Path(path)
-    _check_exists(path, key)
-    hit = _cached(path, need_text=False)
-    if hit is not None:
-        return hit
-    h = hashlib.sha256()
-    try:
-        before = _stat_key(path)
+        st = os.stat(path)
+        before = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+        hit = _HASHES.get(before)
+        if hit is not None and (hit[1] or not text):
+            return hit[0]
         if before[1] == 0:
             raise ConfigError(f"{key}: {path} is empty")
         with open(path, "rb") as f:
             while chunk := f.read(CHUNK_BYTES):
                 h.update(chunk)
+                if text:
+                    nul = chunk.find(b"\0")
+                    if nul >= 0:
+                        raise ConfigError(f"{key}: {path} is binary, not text (NUL byte at byte offset {offset + nul})")
+                    # Bytes of a character split across chunks wait in the decoder: e.start counts from them.
+                    pending = len(decoder.getstate()[0])
+                    try:
+                        decoder.decode(chunk)
+                    except UnicodeDecodeError as e:
+                        raise ConfigError(f"{key}: {path} is not UTF-8 text (byte 0x{e.object[e.start]:02x} at "
+                                          f"byte offset {offset - pending + e.start})") from None
+                    blank = blank and not chunk.strip()
+                offset += len(chunk)
+            end = os.fstat(f.fileno())
+        if text:
+            try:
+                decoder.decode(b"", final=True)
+            except UnicodeDecodeError as e:
+                raise ConfigError(f"{key}: {path} is not UTF-8 text (truncated character at byte offset "
+                                  f"{offset - len(e.object) + e.start})") from None
+            if blank:
+                raise ConfigError(f"{key}: {path} is empty (only whitespace)")
+        if (end.st_size, end.st_mtime_ns) == before[1:]:  # a file rewritten while it was read: hash of neither
+            _HASHES[before] = (h.hexdigest(), text)
     except OSError as e:
         raise ConfigError(f"{key}: {path} cannot be read ({e.strerror or e})") from None
-    sha = h.hexdigest()
-    _remember(path, before, sha, text_ok=False)
-    return sha
+    return h.hexdigest()
+
+
+def check_text_file(path: Path, key: str = "data.files") -> str:
+    """Check that ``path`` is a readable, non-empty UTF-8 text file; return the hex sha256 of its bytes.
+
+    Reads the file once, in :data:`CHUNK_BYTES` chunks through an incremental UTF-8 decoder
+    (memory stays flat), hashing the same chunks.
+
+    Raises:
+        ConfigError: the file is missing, a folder, unreadable, empty or only whitespace,
+            binary (the first NUL byte's offset) or not UTF-8 (the first bad byte and its
+            offset, or a truncated final character).
+    """
+    return _sha256(path, key, text=True)
+
+
+def content_sha256(path: Path, key: str = "data.files") -> str:
+    """The hex sha256 of a non-empty data file's bytes (json, parquet, compressed text); the
+    content itself is checked by the datasets builder that reads it.
+
+    Raises:
+        ConfigError: the file is missing, a folder, empty or unreadable.
+    """
+    return _sha256(path, key, text=False)
 
 
 def check_data_file(path: Path, fmt: str, key: str = "data.files") -> str:
-    """Check one file of format ``fmt`` (from :func:`infer_format`) and return its sha256.
-
-    Plain text files get :func:`check_text_file`; compressed text, json and parquet files
-    :func:`content_sha256`.
+    """The sha256 of one file of format ``fmt`` (:func:`infer_format`), checked as text if it is plain text.
 
     Raises:
-        ConfigError: see those two functions.
+        ConfigError: see :func:`check_text_file` and :func:`content_sha256`.
     """
-    if fmt == "text" and Path(path).suffix not in COMPRESSED:
-        return check_text_file(path, key)
-    return content_sha256(path, key)
+    return _sha256(path, key, text=fmt == "text" and Path(path).suffix not in COMPRESSED)

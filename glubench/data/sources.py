@@ -1,33 +1,33 @@
 """Corpus loaders: the embedded pydocs corpus, local files and Hugging Face Hub datasets.
 
-Everything except pydocs loads through :func:`datasets.load_dataset`: a Hub id (or a local
-snapshot of a Hub repo, ``data.local_dir``), or the ``text`` / ``json`` / ``parquet`` builders
-for local files (``data.files``, ``data.val_files``).  A loader returns a :class:`Corpus`
-whose ``fingerprint`` identifies the text exactly (content hashes for local files, the
-datasets fingerprint and revision for Hub data) and keys every cache built from it.
-
-Rows and documents:
+Everything except pydocs loads through :func:`datasets.load_dataset` (a Hub id, a local snapshot
+``data.local_dir``, or the ``text`` / ``json`` / ``parquet`` builders for ``data.files`` /
+``data.val_files``) into a :class:`Corpus` whose ``fingerprint`` identifies the text exactly
+(content hashes for local files, the datasets fingerprint and revision for Hub data) and keys
+every cache built from it.  Rows and documents:
 
 * local text files are read line by line with their line breaks kept, so concatenating the
   rows gives back the file (``separator=""``); a *document* (the unit of the hash split) is
   a paragraph: lines up to and including the blank lines that follow them;
 * json / parquet files and Hub datasets: one row is one document, and ``data.doc_separator``
-  (default ``"\\n\\n"``) is appended to each row; Hub datasets whose rows are lines
-  (wikitext) set it to ``""``.
+  (default ``"\\n\\n"``; ``""`` for Hub datasets whose rows are lines, wikitext) is appended to each row.
 
-If the source has no validation split (``data.val_split: null``, or no ``data.val_files``),
-documents go to validation by a stable hash of their id (:func:`in_val_split`).
+Without a validation split (``data.val_split: null``, no ``data.val_files``), documents go to
+validation by a stable hash of their id (:func:`in_val_split`).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
+import re
 import sys
 import sysconfig
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
 from typing import Any, Optional
 
@@ -45,21 +45,16 @@ class CorpusUnavailable(RuntimeError):
     """A corpus that cannot be loaded here (offline and not cached); the message says how to fix it."""
 
 
-# ---------------------------------------------------------------------------- the corpus
-
-
 @dataclass
 class Corpus:
     """A text corpus split into train and validation rows.
 
     ``train`` / ``val`` are sequences of strings (pydocs, tests), :class:`datasets.Dataset`
-    objects with a ``"text"`` column, or ``None`` until :meth:`load` runs ``loader`` (local
-    files and Hub data load lazily, so a warm token cache never reads the text).  For a
-    streamed corpus ``stream`` yields ``(doc_id, text)`` and train/val are decided by
-    :func:`in_val_split` while tokenizing, up to ``max_tokens``.
-
-    ``fingerprint`` is the sha256 of everything that identifies the rows (text or content
-    hashes, revision, row and document rules); ``separator`` is appended to every row.
+    objects with a ``"text"`` column, or ``None`` until :meth:`load` runs ``loader`` (so a warm
+    token cache never reads the text).  A streamed corpus's ``stream`` yields ``(doc_id, text)``,
+    split by :func:`in_val_split` while tokenizing, up to ``max_tokens``.  ``fingerprint`` is the
+    sha256 of everything that identifies the rows (text or content hashes, revision, row and
+    document rules); ``separator`` is appended to every row.
     """
 
     name: str
@@ -79,37 +74,25 @@ class Corpus:
             self.train, self.val = self.loader()
         return self
 
-    def iter_train_texts(self, batch_size: int = 1000, max_bytes: int | None = None) -> Iterable[list[str]]:
+    def iter_train_texts(self, batch_size: int = 1000) -> Iterable[list[str]]:
         """Batches of training rows as stored (no separator appended), e.g. to train a tokenizer.
 
-        For a streamed corpus this reads the stream's training documents until ``max_bytes``
-        UTF-8 bytes (default: ``max_tokens``, i.e. at least the token budget's text).
+        A streamed corpus yields its training documents until ``max_tokens`` UTF-8 bytes (at
+        least the token budget's text).
         """
-        if self.stream is not None:
-            limit = max_bytes if max_bytes is not None else self.max_tokens
-            seen, batch = 0, []
-            val_percent = self.info["val_percent"]
-            for doc_id, text in self.stream():
-                if in_val_split(doc_id, val_percent):
-                    continue
-                batch.append(text)
+        if self.stream is None and not isinstance(self.load().train, (list, tuple)):
+            return (batch["text"] for batch in self.train.iter(batch_size=batch_size))
+        rows = iter(self.train) if self.stream is None else self._stream_train()
+        return iter(lambda: list(islice(rows, batch_size)), [])  # lists of batch_size rows until none is left
+
+    def _stream_train(self) -> Iterable[str]:
+        seen = 0
+        for doc_id, text in self.stream():
+            if not in_val_split(doc_id, self.info["val_percent"]):
+                yield text
                 seen += len(text.encode("utf-8"))
-                if len(batch) == batch_size:
-                    yield batch
-                    batch = []
-                if limit is not None and seen >= limit:
-                    break
-            if batch:
-                yield batch
-            return
-        self.load()
-        rows = self.train
-        if isinstance(rows, (list, tuple)):
-            for i in range(0, len(rows), batch_size):
-                yield list(rows[i : i + batch_size])
-        else:
-            for batch in rows.iter(batch_size=batch_size):
-                yield batch["text"]
+                if self.max_tokens is not None and seen >= self.max_tokens:
+                    return
 
 
 # ---------------------------------------------------------------------------- the split
@@ -119,14 +102,6 @@ def in_val_split(doc_id: str, val_percent: float) -> bool:
     """Stable split: a document is in validation iff ``sha256(id) mod 10000 < 100·val_percent``."""
     bucket = int(hashlib.sha256(doc_id.encode("utf-8")).hexdigest()[:8], 16) % 10_000
     return bucket < round(val_percent * 100)
-
-
-def split_documents(docs: Iterable[tuple[str, str]], val_percent: float) -> tuple[list[str], list[str]]:
-    """Split ``(doc_id, text)`` pairs by :func:`in_val_split`, keeping their order."""
-    train, val = [], []
-    for doc_id, text in docs:
-        (val if in_val_split(doc_id, val_percent) else train).append(text)
-    return train, val
 
 
 def paragraph_ids(lines: Sequence[str]) -> np.ndarray:
@@ -140,35 +115,14 @@ def paragraph_ids(lines: Sequence[str]) -> np.ndarray:
 
     arr = pa.array(lines, type=pa.large_string()) if not isinstance(lines, (pa.Array, pa.ChunkedArray)) else lines
     blank = np.asarray(pc.match_substring_regex(arr, r"^\s*$").to_numpy(zero_copy_only=False), dtype=bool)
-    if blank.size == 0:
-        return np.zeros(0, dtype=np.int64)
     starts = ~blank
     starts[1:] &= blank[:-1]
-    starts[0] = True
+    starts[:1] = True
     return np.cumsum(starts) - 1
 
 
-def val_mask(ids: Sequence[str] | np.ndarray, val_percent: float) -> np.ndarray:
-    """``(n,)`` bool: :func:`in_val_split` of each id (ids repeated in a row are hashed once)."""
-    out = np.zeros(len(ids), dtype=bool)
-    cache: dict[str, bool] = {}
-    for i, doc_id in enumerate(ids):
-        key = str(doc_id)
-        hit = cache.get(key)
-        if hit is None:
-            if len(cache) > 4096:
-                cache.clear()
-            hit = cache[key] = in_val_split(key, val_percent)
-        out[i] = hit
-    return out
-
-
-def hash_split_dataset(ds, val_percent: float, id_column: str | None, by_paragraph: bool):
-    """Split a :class:`datasets.Dataset` into ``(train, val)`` by a stable hash of document ids.
-
-    Ids are ``id_column`` values, else ``"p<paragraph>"`` (line rows, :func:`paragraph_ids`),
-    else ``"r<row index>"``.
-    """
+def _hash_split(ds, val_percent: float, id_column: str | None, by_paragraph: bool):
+    """``(train, val)`` by :func:`in_val_split` of ``id_column``, else ``p<paragraph>``, else ``r<row index>``."""
     if id_column:
         if id_column not in ds.column_names:
             raise ValueError(f"data.id_column={id_column!r} is not a column; columns: {ds.column_names}")
@@ -177,8 +131,27 @@ def hash_split_dataset(ds, val_percent: float, id_column: str | None, by_paragra
         ids = [f"p{i}" for i in paragraph_ids(ds.data.column("text"))]
     else:
         ids = [f"r{i}" for i in range(len(ds))]
-    mask = val_mask(ids, val_percent)
+    in_val = functools.lru_cache(maxsize=4096)(lambda doc_id: in_val_split(doc_id, val_percent))  # paragraphs repeat
+    mask = np.fromiter(map(in_val, ids), dtype=bool, count=len(ids))
     return ds.select(np.flatnonzero(~mask)), ds.select(np.flatnonzero(mask))
+
+
+def _text_only(ds, column: str):
+    """``ds`` with ``column`` as its ``"text"`` column (other columns stay)."""
+    if column not in ds.column_names:
+        raise ValueError(f"data.text_column={column!r} is not a column of the data; columns: {ds.column_names}")
+    if column != "text":
+        ds = ds.rename_column(column, "text") if "text" not in ds.column_names else ds.map(
+            lambda b: {"text": b[column]}, batched=True)
+    return ds
+
+
+def _train_val(train, val, spec: DataSpec, id_column: str | None, by_paragraph: bool = False):
+    """``(train, val)`` with their text as ``"text"``: ``val`` if given, else a hash split of ``train``."""
+    train = _text_only(train, spec.text_column)
+    if val is not None:
+        return train, _text_only(val, spec.text_column)
+    return _hash_split(train, spec.val_percent, id_column, by_paragraph)
 
 
 # ---------------------------------------------------------------------------- local files
@@ -206,20 +179,8 @@ class DataSpec:
     val_percent: float = 5.0
 
 
-def _local_cache(cache_dir: Path) -> str:
-    return str(Path(cache_dir) / "hf-local")
-
-
-def load_local_files(spec: DataSpec, cache_dir: Path) -> Corpus:
-    """``data.files`` (+ ``data.val_files``) through the datasets ``text``/``json``/``parquet`` builder.
-
-    The files are checked and hashed now (:func:`glubench.data.files.check_data_file`, at most
-    once per process for an unchanged file); the rows load lazily.
-
-    Raises:
-        ConfigError: missing files, a folder, bad text, several formats (the message names the
-            key, the file and the byte offset).
-    """
+def _load_files(spec: DataSpec, cache_dir: Path) -> Corpus:
+    """``data.files`` (+ ``data.val_files``): checked and hashed now, rows loaded lazily."""
     paths = expand_files(spec.files, "data.files")
     val_paths = expand_files(spec.val_files, "data.val_files") if spec.val_files else []
     fmt = infer_format(paths + val_paths, spec.format)
@@ -230,27 +191,20 @@ def load_local_files(spec: DataSpec, cache_dir: Path) -> Corpus:
     # so data=text and a Hub config pointed at the same files share one token cache.
     shape = ("text",) if fmt == "text" else (f"text_column={spec.text_column}", f"id_column={spec.id_column}",
                                              f"separator={separator!r}")
-    fingerprint = sha256_text(
-        f"loader={LOADER_VERSION}", f"format={fmt}", *shape,
-        "files", *hashes[: len(paths)], "val_files", *hashes[len(paths):],
-    )
+    fingerprint = sha256_text(f"loader={LOADER_VERSION}", f"format={fmt}", *shape, "files", *hashes[: len(paths)],
+                              "val_files", *hashes[len(paths):])
 
     def loader():
         import datasets
 
-        data_files = {"train": [str(p) for p in paths]}
-        if val_paths:
-            data_files["validation"] = [str(p) for p in val_paths]
+        data_files = {k: [str(p) for p in g] for k, g in (("train", paths), ("validation", val_paths)) if g}
         kwargs = dict(sample_by="line", keep_linebreaks=True) if fmt == "text" else {}
         # The files were hashed above; rebuild datasets' Arrow copy so that it can never be an
         # older version of a file edited in place (datasets keys local files by path and mtime).
-        dd = datasets.load_dataset(fmt, data_files=data_files, cache_dir=_local_cache(cache_dir),
+        dd = datasets.load_dataset(fmt, data_files=data_files, cache_dir=str(Path(cache_dir) / "hf-local"),
                                    download_mode="force_redownload", **kwargs)
-        dd = {k: _text_only(v, spec.text_column, "data.text_column") for k, v in dd.items()}
-        if val_paths:
-            return dd["train"], dd["validation"]
-        return hash_split_dataset(dd["train"], spec.val_percent, spec.id_column if fmt != "text" else None,
-                                  by_paragraph=fmt == "text")
+        return _train_val(dd["train"], dd.get("validation"), spec, None if fmt == "text" else spec.id_column,
+                          by_paragraph=fmt == "text")
 
     return Corpus(
         name=spec.name, train=None, val=None, fingerprint=fingerprint,
@@ -264,30 +218,17 @@ def load_local_files(spec: DataSpec, cache_dir: Path) -> Corpus:
     )
 
 
-def _text_only(ds, column: str, key: str):
-    """Keep only ``column`` renamed to ``"text"`` (plus nothing else), checking it exists."""
-    if column not in ds.column_names:
-        raise ValueError(f"{key}={column!r} is not a column of the data; columns: {ds.column_names}")
-    if column != "text":
-        ds = ds.rename_column(column, "text") if "text" not in ds.column_names else ds.map(
-            lambda b: {"text": b[column]}, batched=True)
-    return ds
-
-
 # ---------------------------------------------------------------------------- Hub datasets
 
 
 def hf_offline() -> bool:
     """Whether ``HF_DATASETS_OFFLINE`` / ``HF_HUB_OFFLINE`` asks for no network access."""
-    for var in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE"):
-        if os.environ.get(var, "").strip().lower() in ("1", "on", "yes", "true"):
-            return True
-    try:
-        import datasets
+    if any(os.environ.get(var, "").strip().lower() in ("1", "on", "yes", "true")
+           for var in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE")):
+        return True
+    import datasets
 
-        return bool(datasets.config.HF_HUB_OFFLINE)
-    except (ImportError, AttributeError):
-        return False
+    return bool(getattr(datasets.config, "HF_HUB_OFFLINE", False))
 
 
 def _unavailable(spec: DataSpec, err: BaseException) -> CorpusUnavailable:
@@ -302,36 +243,26 @@ def _unavailable(spec: DataSpec, err: BaseException) -> CorpusUnavailable:
     )
 
 
-def _load_hub(spec: DataSpec, **kwargs):
+def _hub_dataset(spec: DataSpec, **kwargs):
     import datasets
 
-    path = os.path.expanduser(spec.local_dir) if spec.local_dir else spec.hub_id
-    if spec.local_dir and not os.path.isdir(path):
-        raise FileNotFoundError(f"data.local_dir={spec.local_dir!r}: no such directory")
+    if spec.local_dir:
+        path = os.path.expanduser(spec.local_dir)
+        if not os.path.isdir(path):
+            raise FileNotFoundError(f"data.local_dir={spec.local_dir!r}: no such directory")
+        return datasets.load_dataset(path, spec.hub_config, revision=None, **kwargs)
     try:
-        return datasets.load_dataset(path, spec.hub_config, revision=None if spec.local_dir else spec.revision,
-                                     **kwargs)
-    except (FileNotFoundError, ConnectionError, OSError, ValueError) as e:
-        if spec.local_dir:
-            raise
-        raise _unavailable(spec, e) from e
-    except Exception as e:  # huggingface_hub raises its own HTTP / offline errors
-        if spec.local_dir or type(e).__module__.split(".")[0] not in ("huggingface_hub", "requests", "httpx",
-                                                                         "datasets", "fsspec", "urllib3"):
-            raise
-        raise _unavailable(spec, e) from e
+        return datasets.load_dataset(spec.hub_id, spec.hub_config, revision=spec.revision, **kwargs)
+    except Exception as e:
+        # Not reachable or not cached; huggingface_hub & co. raise their own HTTP / offline errors.
+        if isinstance(e, (OSError, ValueError)) or type(e).__module__.split(".")[0] in (
+                "huggingface_hub", "requests", "httpx", "datasets", "fsspec", "urllib3"):
+            raise _unavailable(spec, e) from e
+        raise
 
 
-def load_hub(spec: DataSpec, cache_dir: Path) -> Corpus:
-    """A Hub dataset (``data.hub_id``/``hub_config``/``revision``) or a local snapshot (``data.local_dir``).
-
-    Non-streamed data is loaded (downloaded or taken from the HF cache) now, since its
-    datasets fingerprint keys the caches; a streamed corpus is read only while tokenizing.
-
-    Raises:
-        CorpusUnavailable: the dataset cannot be reached and is not cached (the message names
-            the dataset and how to point at a local copy).
-    """
+def _load_hub(spec: DataSpec) -> Corpus:
+    """Loaded now unless streamed, since the datasets fingerprint keys the caches."""
     origin = f"local snapshot {spec.local_dir}" if spec.local_dir else f"hf://{spec.hub_id}"
     origin += f" ({spec.hub_config})" if spec.hub_config else ""
     ident = (f"loader={LOADER_VERSION}", f"hub={spec.hub_id}", f"config={spec.hub_config}",
@@ -344,57 +275,39 @@ def load_hub(spec: DataSpec, cache_dir: Path) -> Corpus:
     if spec.streaming:
         if spec.val_split:
             raise ValueError("data.val_split must be null with data.streaming=true (the stream is split by hash)")
-        ds = _load_hub(spec, split=spec.train_split, streaming=True)
+        ds = _hub_dataset(spec, split=spec.train_split, streaming=True)
 
-        def stream():
+        def stream():  # by batches: a row at a time is ten times slower
             row = 0
             for batch in ds.iter(batch_size=1000):
                 texts = batch[spec.text_column]
-                ids = batch[spec.id_column] if spec.id_column else range(row, row + len(texts))
-                for doc_id, text in zip(ids, texts):
-                    yield (str(doc_id) if spec.id_column else f"r{doc_id}"), text
+                ids = map(str, batch[spec.id_column]) if spec.id_column else (f"r{row + i}" for i in range(len(texts)))
+                yield from zip(ids, texts)
                 row += len(texts)
 
-        revision = spec.revision or "main (unpinned)"
-        info.update(revision=revision, streaming=True, max_tokens=spec.max_tokens,
+        info["revision"] = revision = spec.revision or "main (unpinned)"
+        info.update(streaming=True, max_tokens=spec.max_tokens,
                     fingerprint_kind="identity of the stream (pin data.revision to freeze it)")
-        return Corpus(name=spec.name, train=None, val=None,
-                      fingerprint=sha256_text(*ident, f"revision={revision}", "streaming",
-                                              f"max_tokens={spec.max_tokens}"),
-                      source=f"{origin}, streamed, first {spec.max_tokens:,} tokens", separator=spec.doc_separator,
-                      info=info, stream=stream, max_tokens=spec.max_tokens)
-
-    dd = _load_hub(spec)
-    for split in (spec.train_split, spec.val_split):
-        if split and split not in dd:
-            raise ValueError(f"data.{'train' if split == spec.train_split else 'val'}_split={split!r} is not a split "
-                             f"of {origin}; splits: {', '.join(dd)}")
-    train = _text_only(dd[spec.train_split], spec.text_column, "data.text_column")
-    if spec.val_split:
-        val = _text_only(dd[spec.val_split], spec.text_column, "data.text_column")
+        rows = dict(train=None, val=None, stream=stream, max_tokens=spec.max_tokens,
+                    source=f"{origin}, streamed, first {spec.max_tokens:,} tokens")
+        extra = ["streaming", f"max_tokens={spec.max_tokens}"]
     else:
-        train, val = hash_split_dataset(dd[spec.train_split], spec.val_percent, spec.id_column, by_paragraph=False)
-        train = _text_only(train, spec.text_column, "data.text_column")
-        val = _text_only(val, spec.text_column, "data.text_column")
-    fps = [dd[s]._fingerprint for s in (spec.train_split, spec.val_split) if s]
-    revision = spec.revision or _resolved_revision(dd[spec.train_split])
-    info.update(revision=revision, datasets_fingerprints=fps)
-    return Corpus(name=spec.name, train=train, val=val,
-                  fingerprint=sha256_text(*ident, f"revision={revision}", *fps),
-                  source=origin, separator=spec.doc_separator, info=info)
-
-
-def _resolved_revision(ds) -> str:
-    """The dataset's commit as far as the datasets cache knows it (for the sidecar), else 'unknown'."""
-    try:
-        for f in ds.cache_files:
-            parts = Path(f["filename"]).parts
-            for p in parts:
-                if len(p) == 40 and all(c in "0123456789abcdef" for c in p):
-                    return p
-    except (AttributeError, KeyError, TypeError):
-        pass
-    return "unknown"
+        dd = _hub_dataset(spec)
+        for key in ("train_split", "val_split"):
+            if getattr(spec, key) and getattr(spec, key) not in dd:
+                raise ValueError(f"data.{key}={getattr(spec, key)!r} is not a split of {origin}; "
+                                 f"splits: {', '.join(dd)}")
+        train, val = _train_val(dd[spec.train_split], dd[spec.val_split] if spec.val_split else None, spec,
+                                spec.id_column)
+        extra = [dd[s]._fingerprint for s in (spec.train_split, spec.val_split) if s]
+        # Else the dataset's commit as far as the datasets cache knows it (for the sidecar).
+        info["revision"] = revision = spec.revision or next(
+            (part for f in dd[spec.train_split].cache_files for part in Path(f["filename"]).parts
+             if re.fullmatch("[0-9a-f]{40}", part)), "unknown")
+        info["datasets_fingerprints"] = extra
+        rows = dict(train=train, val=val, source=origin)
+    return Corpus(name=spec.name, fingerprint=sha256_text(*ident, f"revision={revision}", *extra),
+                  separator=spec.doc_separator, info=info, **rows)
 
 
 # ---------------------------------------------------------------------------- pydocs
@@ -403,13 +316,9 @@ def _resolved_revision(ds) -> str:
 _SKIP_DIRS = {"test", "tests", "idlelib", "lib2to3", "site-packages", "dist-packages", "__pycache__"}
 
 
-def pydocs_documents() -> list[tuple[str, str]]:
-    """The running interpreter's own English documentation, as ``(doc_id, text)`` pairs.
-
-    The ``pydoc_data.topics`` reference texts (sorted by topic) followed by the docstrings of
-    every standard-library module, class and function, read with :mod:`ast` from the source
-    files in sorted path order (never imported); test packages and IDLE are skipped.
-    """
+def _pydocs_documents() -> list[tuple[str, str]]:
+    """``(doc_id, text)``: the ``pydoc_data.topics`` texts by topic, then the docstrings of every stdlib module,
+    class and function (read with :mod:`ast` in sorted path order, never imported; no tests, no IDLE)."""
     import ast
     from pydoc_data.topics import topics
 
@@ -427,31 +336,28 @@ def pydocs_documents() -> list[tuple[str, str]]:
             if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
                 doc = ast.get_docstring(node)
                 if doc and len(doc) >= 40:
-                    name = getattr(node, "name", "<module>")
-                    docs.append((f"{rel.as_posix()}:{name}:{node.lineno if hasattr(node, 'lineno') else 0}", doc))
+                    where = f"{getattr(node, 'name', '<module>')}:{getattr(node, 'lineno', 0)}"
+                    docs.append((f"{rel.as_posix()}:{where}", doc))
     return docs
 
 
-def load_pydocs(cache_dir: Path, val_percent: float, cache_version: int = 1) -> Corpus:
-    """The default corpus (about 2 MB of English prose), cached as JSON per Python build.
-
-    Raises:
-        ValueError: if the interpreter ships no documentation (an empty corpus).
-    """
+def _load_pydocs(cache_dir: Path, val_percent: float) -> Corpus:
+    """The default corpus: the interpreter's own English documentation (about 2 MB), cached as JSON per build."""
     version = f"{sys.version} {sysconfig.get_paths()['stdlib']}"
-    path = Path(cache_dir) / "corpora" / f"pydocs-{sha256_text(version, str(cache_version))[:16]}.json"
+    path = Path(cache_dir) / "corpora" / f"pydocs-{sha256_text(version, '1')[:16]}.json"  # 1: pydocs_documents' rules
     if path.exists():
         docs = [tuple(d) for d in json.loads(path.read_text("utf-8"))]
     else:
-        docs = pydocs_documents()
+        docs = _pydocs_documents()
         atomic_write_json(path, docs)
     if not docs:
         raise ValueError("data.name='pydocs': this Python ships no documentation to build the corpus from")
-    train, val = split_documents(docs, val_percent)
-    text_hash = sha256_text(*(f"{i}\0{t}" for i, t in docs))
+    train, val = [], []
+    for doc_id, text in docs:
+        (val if in_val_split(doc_id, val_percent) else train).append(text)
     return Corpus(
         name="pydocs", train=train, val=val,
-        fingerprint=sha256_text(text_hash, sys.version),
+        fingerprint=sha256_text(sha256_text(*(f"{i}\0{t}" for i, t in docs)), sys.version),
         source=f"python {sys.version.split()[0]} pydoc_data.topics + stdlib docstrings",
         info={"kind": "pydocs", "split": "hash of document id", "val_percent": val_percent},
     )
@@ -463,19 +369,25 @@ def load_pydocs(cache_dir: Path, val_percent: float, cache_version: int = 1) -> 
 def load_corpus_spec(spec: DataSpec, cache_dir: Path) -> Corpus:
     """Load the corpus that ``spec`` describes: local files, a local Hub snapshot, the Hub, or pydocs.
 
-    ``data.files`` wins over ``data.local_dir``, which wins over ``data.hub_id``.
+    ``data.files`` wins over ``data.local_dir``, which wins over ``data.hub_id``.  Local files are
+    checked and hashed now (at most once per process for an unchanged file) and their rows load
+    lazily; non-streamed Hub data loads now (downloaded or from the HF cache); a stream is read
+    only while tokenizing.
 
     Raises:
-        ValueError: nothing to load from; CorpusUnavailable: see :func:`load_hub`.
+        ConfigError: missing files, a folder, bad text, several formats (the message names the
+            key, the file and the byte offset); ValueError: nothing to load from, an unknown split
+            or column, no documentation in this Python (pydocs); CorpusUnavailable: a Hub dataset
+            neither reachable nor cached (the message names it and how to point at a local copy).
     """
     if spec.name == "pydocs" and not (spec.files or spec.local_dir or spec.hub_id):
-        return load_pydocs(cache_dir, spec.val_percent)
+        return _load_pydocs(cache_dir, spec.val_percent)
     if spec.files:
-        return load_local_files(spec, cache_dir)
+        return _load_files(spec, cache_dir)
     if spec.val_files:
         raise ValueError("data.val_files needs data.files (the training files)")
     if spec.local_dir or spec.hub_id:
-        return load_hub(spec, cache_dir)
+        return _load_hub(spec)
     if spec.name == "text":
         raise ValueError("data.files is required for data.name='text' (a path, a glob or a list)")
     raise ValueError(f"data.name={spec.name!r} has no source: set data.files, data.local_dir or data.hub_id "

@@ -11,9 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from glubench.core.io import atomic_write_bytes, sha256_text
-from glubench.data.sources import Corpus
-
-# ---------------------------------------------------------------------------- tokenizers
+from glubench.data.sources import Corpus, hf_offline
 
 
 class TokenizerUnavailable(RuntimeError):
@@ -26,16 +24,15 @@ def token_dtype(vocab_size: int) -> np.dtype:
 
 
 class _Tokenizer:
-    """Shared interface: ``kind``, ``vocab_size``, ``file_hash`` (sha256 of the tokenizer's
-    files, "" when it has none), :meth:`encode_batch` and :meth:`token_bytes`."""
+    """Shared interface: ``kind``, ``vocab_size``, ``file_hash`` (sha256 of the tokenizer's files,
+    "" when it has none), :meth:`encode_flat` and :meth:`token_bytes` (``(vocab_size,)`` int64
+    UTF-8 byte length of each token id); ``tok`` is the library's tokenizer, if any.
+    Subclasses implement ``encode_batch(texts)``: each text's ids, no special tokens added."""
 
     kind = ""
-    vocab_size = 0
-    file_hash = ""
 
-    def encode_batch(self, texts: Sequence[str]) -> list:
-        """Token ids of each text (no special tokens added): a list of int sequences."""
-        raise NotImplementedError
+    def __init__(self, tok=None, vocab_size: int = 256, file_hash: str = "") -> None:
+        self.tok, self.vocab_size, self.file_hash = tok, vocab_size, file_hash
 
     def encode_flat(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """All texts' ids concatenated ``(n_tokens,)`` and each text's token count ``(n_texts,)``."""
@@ -45,20 +42,11 @@ class _Tokenizer:
         values = np.fromiter((i for e in encs for i in e), dtype=dtype, count=int(lengths.sum()))
         return values, lengths
 
-    def token_bytes(self) -> np.ndarray:
-        """``(vocab_size,)`` int64 UTF-8 byte length of each token id."""
-        raise NotImplementedError
-
 
 class ByteTokenizer(_Tokenizer):
     """UTF-8 bytes as tokens: vocab 256, one byte per token."""
 
     kind = "bytes"
-    vocab_size = 256
-    file_hash = ""
-
-    def encode_batch(self, texts: Sequence[str]) -> list:
-        return [np.frombuffer(t.encode("utf-8"), dtype=np.uint8).astype(np.uint16) for t in texts]
 
     def encode_flat(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         raw = [t.encode("utf-8") for t in texts]
@@ -78,38 +66,25 @@ class BPETokenizer(_Tokenizer):
 
     kind = "bpe"
 
-    def __init__(self, tokenizer, file_hash: str) -> None:
-        self.tok = tokenizer
-        self.vocab_size = tokenizer.get_vocab_size()
-        self.file_hash = file_hash
-
-    @staticmethod
-    def path_for(corpus: Corpus, vocab_size: int, cache_dir: Path) -> Path:
-        """Where the BPE trained on ``corpus``'s train split lives (keyed by corpus and split rule)."""
-        split = f"{corpus.info.get('split')}:{corpus.info.get('val_percent')}"
-        key = sha256_text(corpus.fingerprint, split, str(vocab_size))[:16]
-        return Path(cache_dir) / "tokenizers" / f"bpe-{key}-{vocab_size}.json"
-
     @classmethod
     def train_or_load(cls, corpus: Corpus, vocab_size: int, cache_dir: Path) -> BPETokenizer:
-        """Load the cached BPE for this corpus and vocab, training (and caching) it if absent."""
+        """Load the cached BPE for this corpus (and split rule) and vocab, training and caching it if absent."""
         from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-        path = cls.path_for(corpus, vocab_size, cache_dir)
+        split = f"{corpus.info.get('split')}:{corpus.info.get('val_percent')}"
+        key = sha256_text(corpus.fingerprint, split, str(vocab_size))[:16]
+        path = Path(cache_dir) / "tokenizers" / f"bpe-{key}-{vocab_size}.json"
         if not path.exists():
             tok = Tokenizer(models.BPE())
             tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
             tok.decoder = decoders.ByteLevel()
-            trainer = trainers.BpeTrainer(
-                vocab_size=vocab_size,
-                initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                special_tokens=[],
-                show_progress=False,
-            )
+            trainer = trainers.BpeTrainer(vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                          special_tokens=[], show_progress=False)
             tok.train_from_iterator(corpus.iter_train_texts(), trainer=trainer)
             atomic_write_bytes(path, tok.to_str().encode("utf-8"))
         raw = path.read_bytes()
-        return cls(Tokenizer.from_str(raw.decode("utf-8")), hashlib.sha256(raw).hexdigest())
+        tok = Tokenizer.from_str(raw.decode("utf-8"))
+        return cls(tok, tok.get_vocab_size(), hashlib.sha256(raw).hexdigest())
 
     def encode_batch(self, texts: Sequence[str]) -> list:
         return [e.ids for e in self.tok.encode_batch(list(texts), add_special_tokens=False)]
@@ -145,11 +120,6 @@ class GPT2Tokenizer(_Tokenizer):
 
     kind = "gpt2"
 
-    def __init__(self, enc, file_hash: str) -> None:
-        self.enc = enc
-        self.vocab_size = enc.n_vocab
-        self.file_hash = file_hash
-
     @classmethod
     def load(cls, tokenizer_file: str | None = None) -> GPT2Tokenizer:
         """Raises:
@@ -165,8 +135,7 @@ class GPT2Tokenizer(_Tokenizer):
         how = ("put vocab.bpe and encoder.json (GPT-2's BPE files) in a folder and set data.tokenizer_file=DIR, "
                "or pre-fill $TIKTOKEN_CACHE_DIR on a machine with network access")
         if tokenizer_file:
-            folder = Path(os.path.expanduser(tokenizer_file))
-            files = {name: folder / name for name in GPT2_URLS}
+            files = {name: Path(os.path.expanduser(tokenizer_file)) / name for name in GPT2_URLS}
             missing = [str(p) for p in files.values() if not p.is_file()]
             if missing:
                 raise TokenizerUnavailable(f"data.tokenizer_file={tokenizer_file!r}: missing {', '.join(missing)}; "
@@ -178,9 +147,7 @@ class GPT2Tokenizer(_Tokenizer):
             enc = tiktoken.Encoding(name="gpt2-local", pat_str=r50k_pat_str, mergeable_ranks=ranks,
                                     special_tokens={"<|endoftext|>": len(ranks)})
             file_hash = sha256_text(*(hashlib.sha256(p.read_bytes()).hexdigest() for p in files.values()))
-            return cls(enc, file_hash)
-        from glubench.data.sources import hf_offline
-
+            return cls(enc, enc.n_vocab, file_hash)
         cached = all((_tiktoken_cache_dir() / hashlib.sha1(u.encode()).hexdigest()).exists()
                      for u in GPT2_URLS.values())
         if hf_offline() and not cached:
@@ -191,18 +158,18 @@ class GPT2Tokenizer(_Tokenizer):
         except Exception as e:  # requests/HTTP errors: no network, no cache
             raise TokenizerUnavailable(f"data.tokenizer='gpt2': tiktoken could not load GPT-2's BPE files "
                                        f"({type(e).__name__}: {e}); {how}") from None
-        return cls(enc, "tiktoken:gpt2")  # tiktoken checks the official files' sha256 itself
+        return cls(enc, enc.n_vocab, "tiktoken:gpt2")  # tiktoken checks the official files' sha256 itself
 
     def encode_batch(self, texts: Sequence[str]) -> list:
-        return self.enc.encode_ordinary_batch(list(texts))
+        return self.tok.encode_ordinary_batch(list(texts))
 
     def token_bytes(self) -> np.ndarray:
-        out = np.zeros(self.vocab_size, dtype=np.int64)
+        out = np.zeros(self.vocab_size, dtype=np.int64)  # 0: a gap in the id space, never produced
         for i in range(self.vocab_size):
             try:
-                out[i] = len(self.enc.decode_single_token_bytes(i))
-            except KeyError:  # a gap in the id space: never produced
-                out[i] = 0
+                out[i] = len(self.tok.decode_single_token_bytes(i))
+            except KeyError:
+                pass
         return out
 
 

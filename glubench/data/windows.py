@@ -22,14 +22,10 @@ class TrainBatches(torch.utils.data.Dataset):
     def __init__(self, tokens: np.ndarray, seq_len: int, batch_size: int, num_batches: int,
                  seed: int, rank: int = 0, world_size: int = 1) -> None:
         if tokens.size < seq_len + 1:
-            raise ValueError(
-                f"model.seq_len={seq_len} needs at least {seq_len + 1} training tokens, "
-                f"but the train split has {tokens.size}"
-            )
+            raise ValueError(f"model.seq_len={seq_len} needs at least {seq_len + 1} training tokens, "
+                             f"but the train split has {tokens.size}")
         self.tokens, self.seq_len, self.batch_size = tokens, seq_len, batch_size
         self.num_batches, self.seed, self.rank, self.world_size = num_batches, seed, rank, world_size
-        if not 0 <= rank < world_size:
-            raise ValueError(f"rank={rank} must be in [0, world_size={world_size})")
         self._arange = np.arange(seq_len + 1)
 
     def __len__(self) -> int:

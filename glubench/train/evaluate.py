@@ -69,7 +69,7 @@ def evaluate(cfg: DictConfig) -> dict:
     import torch
 
     from glubench.core.logging import route_through_root
-    from glubench.data.cache import prepare_eval_split
+    from glubench.data.cache import prepare_splits
     from glubench.data.windows import ValWindows
     from glubench.train.module import LanguageModel
 
@@ -77,7 +77,8 @@ def evaluate(cfg: DictConfig) -> dict:
     module = LanguageModel.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True)
     seq_len = module.model_cfg.seq_len
     try:
-        tokens, token_bytes, meta = prepare_eval_split(data, cfg.split, tokenizer_data=trained_on)
+        splits = prepare_splits(data, prepare=True, tokenizer_data=trained_on)[1]
+        tokens, token_bytes, meta = getattr(splits, cfg.split), splits.token_bytes, splits.meta
     except (ValueError, FileNotFoundError) as e:
         raise ConfigError(str(e)) from e
     if tokens.size < 2:

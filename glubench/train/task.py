@@ -154,14 +154,14 @@ def fit(cfg: DictConfig, result: RunResult, model_cfg=None) -> RunResult:
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     t = cfg.trainer
     data = OmegaConf.to_container(cfg.data, resolve=True)
-    dm = LMDataModule(**data, seq_len=model_cfg.seq_len, seed=cfg.seed,
+    dm = LMDataModule(data, seq_len=model_cfg.seq_len, seed=cfg.seed,
                       num_batches=t.max_steps * t.accumulate_grad_batches)
     try:
         dm.prepare_data()
         dm.setup()
     except (ValueError, FileNotFoundError) as e:  # data errors name their key (data.files, data.val_percent)
         raise ConfigError(str(e)) from e
-    result.corpus_fingerprint = dm.corpus_fingerprint
+    result.corpus_fingerprint = dm.splits.meta["fingerprint"]
     check_splits(model_cfg, dm.splits, cfg.data.name)
 
     module = LanguageModel(model_cfg, cfg.optim, max_steps=t.max_steps)

@@ -112,7 +112,7 @@ def test_bpe_token_bytes_are_exact(tmp_path):
     corpus = _corpus()
     bpe = BPETokenizer.train_or_load(corpus, 300, tmp_path)
     folder = prepare_tokens(corpus, bpe, tmp_path, 5.0)
-    splits = load_tokens(folder, bpe.token_bytes())
+    splits = load_tokens(folder)
     text = "".join(d + gs.DOC_SEPARATOR for d in corpus.val)
     first = bpe.tok.decode([int(splits.val[0])])
     assert splits.val_predicted_bytes == len(text.encode()) - len(first.encode())
@@ -149,7 +149,7 @@ def test_shared_tinyshakespeare_loads(shared_data, tmp_path):
     corpus = _load_text(str(shared_data / "tinyshakespeare" / "input.txt"), tmp_path)
     assert len(corpus.train) > 1000 and 0 < len(corpus.val) < len(corpus.train)
     folder = prepare_tokens(corpus, ByteTokenizer(), tmp_path, 5.0)
-    splits = load_tokens(folder, ByteTokenizer().token_bytes())
+    splits = load_tokens(folder)
     assert splits.train.size + splits.val.size > 1_000_000
 
 
@@ -311,7 +311,7 @@ from glubench.data.sources import CorpusUnavailable, paragraph_ids  # noqa: E402
 def _dm(overrides, cache, **kw) -> LMDataModule:
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose(config_name="config", overrides=[f"data.cache_dir={cache}", *overrides])
-    return LMDataModule(**OmegaConf.to_container(cfg.data, resolve=True), seq_len=kw.pop("seq_len", 32), **kw)
+    return LMDataModule(OmegaConf.to_container(cfg.data, resolve=True), seq_len=kw.pop("seq_len", 32), **kw)
 
 
 def _prepared(overrides, cache, **kw) -> LMDataModule:
@@ -429,7 +429,7 @@ def test_warm_cache_reads_each_text_file_at_most_once_tokenizes_nothing_and_othe
     assert other_rank._folder == first._folder and np.array_equal(other_rank.splits.val, first.splits.val)
     assert len(opened) == 1
     # A vocab change is a miss (and would need preparing): a waiting rank times out instead.
-    spec = _dm([*ov, "data.vocab_size=401"], tmp_path).spec
+    spec = gd.data_spec(_dm([*ov, "data.vocab_size=401"], tmp_path).data)
     with pytest.raises(TimeoutError, match="no prepared token cache"):
         wait_for_prepared(spec, "bpe", 401, tmp_path, timeout_s=0.1, poll_s=0.05)
     monkeypatch.undo()
@@ -466,7 +466,8 @@ def test_bpb_is_loss_over_ln2_times_tokens_per_byte(shared_data, tmp_path):
     dm = _prepared(["data=text", f"data.files={path}", "data.tokenizer=bpe", "data.vocab_size=300",
                     "data.val_batch_size=64"], tmp_path, seq_len=64)
     s = dm.splits
-    tok = gt.BPETokenizer.train_or_load(dm_corpus := gs.load_corpus_spec(dm.spec, tmp_path), 300, tmp_path)
+    dm_corpus = gs.load_corpus_spec(gd.data_spec(dm.data), tmp_path)
+    tok = gt.BPETokenizer.train_or_load(dm_corpus, 300, tmp_path)
     first = tok.tok.decode([int(s.val[0])]).encode()
     assert s.val_predicted_bytes == s.meta["val"]["bytes"] - len(first)  # every byte but the first token's
     torch.manual_seed(0)
