@@ -42,7 +42,7 @@ def prepare(overrides: list[str], out=sys.stdout) -> dict:
     cfg = compose(overrides)
     validate_config(cfg)
     t0 = time.perf_counter()
-    folder, splits = prepare_splits(cfg.data, prepare=True)  # this command is the preparing process
+    folder, splits = prepare_splits(cfg.data)
     seconds = time.perf_counter() - t0
     meta = dict(splits.meta)
     meta["prepare_seconds"] = seconds

@@ -26,7 +26,6 @@ import numpy as np
 
 from glubench.core.io import atomic_write_json, sha256_text
 from glubench.core.paths import default_cache_dir
-from glubench.core.ranks import local_rank
 from glubench.data.sources import Corpus, DataSpec, in_val_split, load_corpus_spec
 from glubench.data.tokenizers import build_tokenizer, token_dtype
 
@@ -230,58 +229,34 @@ def request_key(spec: DataSpec, tokenizer: str, vocab_size: int, tokenizer_file:
 
 def prepare_dataset(spec: DataSpec, tokenizer: str, vocab_size: int, cache_dir: Path,
                     tokenizer_file: str | None = None, num_proc: int | None = None,
-                    tokenizer_spec: DataSpec | None = None) -> Path:
-    """Load the corpus, build the tokenizer and the token cache; return the token folder.
+                    tokenizer_spec: DataSpec | None = None, timeout_s: float = 6 * 3600) -> Path:
+    """Load the corpus, build the tokenizer and the token cache if absent; return the token folder.
 
+    Every process (every rank, every sweep) goes through here, one at a time per data setting (a
+    cross-process file lock): the first builds the cache, the others find it.  Freshness has one
+    rule, the content: the folder is named by the corpus fingerprint (sha256 of every input
+    file, hashed once per process), so a file edited in place, whatever its size and mtime, names
+    a new folder in every process that reads it, and no process can pick up a stale one.
     ``tokenizer_spec`` names the corpus whose train split trains a ``bpe`` tokenizer (default:
-    ``spec`` itself).  Serialized across processes by a file lock per data setting, and
-    recorded in a manifest (``<cache_dir>/prepared/<key>.json``) that :func:`wait_for_prepared`
-    reads on the ranks that do not prepare.
+    ``spec`` itself).
+
+    Raises:
+        TimeoutError: another process held the lock for ``timeout_s`` (a preparation that hung).
     """
-    from filelock import FileLock
+    from filelock import FileLock, Timeout
 
     cache_dir = Path(cache_dir)
     key = request_key(spec, tokenizer, vocab_size, tokenizer_file, tokenizer_spec)
     (cache_dir / "locks").mkdir(parents=True, exist_ok=True)
-    with FileLock(str(cache_dir / "locks" / f"{key}.lock")):
-        corpus = load_corpus_spec(spec, cache_dir)
-        tok_corpus = corpus if tokenizer_spec in (None, spec) else load_corpus_spec(tokenizer_spec, cache_dir)
-        tok = build_tokenizer(tokenizer, tok_corpus, vocab_size, cache_dir, tokenizer_file)
-        folder = prepare_tokens(corpus, tok, cache_dir, spec.val_percent, num_proc)
-        files = corpus.info.get("files", []) + corpus.info.get("val_files", [])
-        atomic_write_json(cache_dir / "prepared" / f"{key}.json", {
-            "folder": str(folder), "files": [[p, os.stat(p).st_size, os.stat(p).st_mtime_ns] for p in files]})
-    return folder
-
-
-def wait_for_prepared(spec: DataSpec, tokenizer: str, vocab_size: int, cache_dir: Path,
-                      tokenizer_file: str | None = None, timeout_s: float = 6 * 3600,
-                      poll_s: float = 2.0, tokenizer_spec: DataSpec | None = None) -> Path:
-    """On a rank that does not prepare: wait for :func:`prepare_dataset`'s manifest, return the folder.
-
-    A manifest whose local files changed size or mtime since it was written is ignored
-    (the preparing rank will replace it).
-
-    Raises:
-        TimeoutError: nothing prepared within ``timeout_s``.
-    """
-    import time
-
-    key = request_key(spec, tokenizer, vocab_size, tokenizer_file, tokenizer_spec)
-    path = Path(cache_dir) / "prepared" / f"{key}.json"
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            m = json.loads(path.read_text())
-            fresh = all(os.stat(p).st_size == size and os.stat(p).st_mtime_ns == mtime for p, size, mtime in m["files"])
-            if fresh and (Path(m["folder"]) / "meta.json").exists():
-                return Path(m["folder"])
-        except (OSError, ValueError, KeyError):
-            pass
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"no prepared token cache appeared in {cache_dir} within {timeout_s:.0f} s "
-                               "(run `glubench-data prepare` first, or check the preparing rank's log)")
-        time.sleep(poll_s)
+    try:
+        with FileLock(str(cache_dir / "locks" / f"{key}.lock"), timeout=timeout_s):
+            corpus = load_corpus_spec(spec, cache_dir)
+            tok_corpus = corpus if tokenizer_spec in (None, spec) else load_corpus_spec(tokenizer_spec, cache_dir)
+            tok = build_tokenizer(tokenizer, tok_corpus, vocab_size, cache_dir, tokenizer_file)
+            return prepare_tokens(corpus, tok, cache_dir, spec.val_percent, num_proc)
+    except Timeout:
+        raise TimeoutError(f"the token cache in {cache_dir} stayed locked by another process for {timeout_s:.0f} s "
+                           "(check that process's log, or run `glubench-data prepare` first)") from None
 
 
 # ---------------------------------------------------------------------------- from the data.* config
@@ -302,17 +277,14 @@ def data_spec(data: Mapping[str, Any]) -> DataSpec:
     return DataSpec(**{k: v for k, v in _plain(data).items() if k in keys})
 
 
-def prepare_splits(data: Mapping[str, Any], *, seq_len: int | None = None, prepare: bool | None = None,
+def prepare_splits(data: Mapping[str, Any], *, seq_len: int | None = None,
                    tokenizer_data: Mapping[str, Any] | None = None) -> tuple[Path, TokenSplits]:
-    """The one way to get the tokens of a ``data.*`` config section: prepare (local rank 0) or
-    wait for (other ranks) the token cache, then memory-map and check it (:func:`load_tokens`).
+    """The one way to get the tokens of a ``data.*`` config section: prepare the token cache or find
+    it (:func:`prepare_dataset`, one process at a time), then memory-map and check it (:func:`load_tokens`).
 
     Args:
         data: the ``data.*`` section (DictConfig or dict; :class:`glubench.train.schema.DataConfig`).
         seq_len: ``model.seq_len`` to check the splits against; ``None``: no checks.
-        prepare: ``True``: load, tokenize and write the cache here (:func:`prepare_dataset`);
-            ``False``: wait for the process that does (:func:`wait_for_prepared`); ``None``:
-            prepare on local rank 0 (``LOCAL_RANK`` / ``SLURM_LOCALID``), wait on the others.
         tokenizer_data: the ``data.*`` section whose tokenizer (kind, vocabulary and, for ``bpe``, training
             corpus) reads ``data``'s corpus, default ``data``: ``glubench-eval`` passes the checkpoint's.
 
@@ -321,14 +293,11 @@ def prepare_splits(data: Mapping[str, Any], *, seq_len: int | None = None, prepa
     Raises:
         ConfigError, ValueError, CorpusUnavailable, TokenizerUnavailable: see :func:`load_tokens`,
             :func:`~glubench.data.sources.load_corpus_spec`, :func:`~glubench.data.tokenizers.build_tokenizer`;
-            TimeoutError: a waiting rank saw nothing prepared in time.
+            TimeoutError: see :func:`prepare_dataset`.
     """
     data = _plain(data)
     tok = data if tokenizer_data is None else _plain(tokenizer_data)
     cache_dir = Path(os.path.expanduser(data["cache_dir"])) if data.get("cache_dir") else default_cache_dir()
-    args = (data_spec(data), tok["tokenizer"], tok["vocab_size"], cache_dir, tok.get("tokenizer_file"))
-    if prepare if prepare is not None else local_rank() == 0:
-        folder = prepare_dataset(*args, num_proc=data.get("num_proc"), tokenizer_spec=data_spec(tok))
-    else:
-        folder = wait_for_prepared(*args, tokenizer_spec=data_spec(tok))
+    folder = prepare_dataset(data_spec(data), tok["tokenizer"], tok["vocab_size"], cache_dir,
+                             tok.get("tokenizer_file"), data.get("num_proc"), tokenizer_spec=data_spec(tok))
     return folder, load_tokens(folder, seq_len=seq_len, name=data["name"])

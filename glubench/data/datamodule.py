@@ -1,4 +1,4 @@
-"""The LightningDataModule: prepares the token cache (local rank 0), memory-maps it, serves batches."""
+"""The LightningDataModule: prepares or finds the token cache, memory-maps it, serves batches."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 
-from glubench.data.cache import TokenSplits, load_tokens, prepare_splits
+from glubench.data.cache import TokenSplits, prepare_splits
 from glubench.data.windows import StartAt, TrainBatches, ValWindows
 
 
@@ -18,9 +18,9 @@ class LMDataModule(pl.LightningDataModule):
     (:class:`glubench.train.schema.DataConfig`), saved in every checkpoint for ``glubench-eval``.
 
     ``seq_len`` is ``model.seq_len``, ``num_batches`` optimizer steps × gradient-accumulation
-    micro-batches.  :meth:`prepare_data` does all the writing (Lightning calls it on local rank 0
-    only); :meth:`setup` memory-maps the folder it prepared, or, if it did not run, goes through
-    :func:`glubench.data.cache.prepare_splits` (local rank 0 prepares, the other ranks wait).
+    micro-batches.  :meth:`setup` goes through :func:`glubench.data.cache.prepare_splits` on every
+    rank: the first process to take the cache's lock builds it, the others find it (the same
+    content hashes name the same folder in every process).
     """
 
     def __init__(self, data: Mapping[str, Any], seq_len: int, num_batches: int = 1, seed: int = 0) -> None:
@@ -28,18 +28,12 @@ class LMDataModule(pl.LightningDataModule):
         self.data = dict(data)
         self.save_hyperparameters(self.data)
         self.seq_len, self.num_batches, self.seed = seq_len, num_batches, seed
+        self.folder: Path | None = None  # the token cache folder, once set up
         self.splits: TokenSplits | None = None
-        self._folder: Path | None = None
-
-    def prepare_data(self) -> None:
-        if self._folder is None:
-            self._folder = prepare_splits(self.data, prepare=True)[0]
 
     def setup(self, stage: str | None = None) -> None:
-        if self.splits is None and self._folder is None:  # prepare_data did not run in this process
-            self._folder, self.splits = prepare_splits(self.data, seq_len=self.seq_len)
-        elif self.splits is None:
-            self.splits = load_tokens(self._folder, seq_len=self.seq_len, name=self.data["name"])
+        if self.splits is None:
+            self.folder, self.splits = prepare_splits(self.data, seq_len=self.seq_len)
 
     def train_dataloader(self):
         t = self.trainer

@@ -77,7 +77,7 @@ def evaluate(cfg: DictConfig) -> dict:
     module = LanguageModel.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True)
     seq_len = module.model_cfg.seq_len
     try:
-        splits = prepare_splits(data, prepare=True, tokenizer_data=trained_on)[1]
+        splits = prepare_splits(data, tokenizer_data=trained_on)[1]
         tokens, token_bytes, meta = getattr(splits, cfg.split), splits.token_bytes, splits.meta
     except (ValueError, FileNotFoundError) as e:
         raise ConfigError(str(e)) from e

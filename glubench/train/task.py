@@ -157,7 +157,6 @@ def fit(cfg: DictConfig, result: RunResult, model_cfg=None) -> RunResult:
     dm = LMDataModule(data, seq_len=model_cfg.seq_len, seed=cfg.seed,
                       num_batches=t.max_steps * t.accumulate_grad_batches)
     try:
-        dm.prepare_data()
         dm.setup()
     except (ValueError, FileNotFoundError) as e:  # data errors name their key (data.files, data.val_percent)
         raise ConfigError(str(e)) from e

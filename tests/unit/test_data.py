@@ -303,7 +303,7 @@ from hydra import compose, initialize_config_dir  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
 from glubench.core.paths import CONF_DIR  # noqa: E402
-from glubench.data.cache import prepare_dataset, wait_for_prepared  # noqa: E402
+from glubench.data.cache import prepare_dataset  # noqa: E402
 from glubench.data.datamodule import LMDataModule  # noqa: E402
 from glubench.data.sources import CorpusUnavailable, paragraph_ids  # noqa: E402
 
@@ -316,7 +316,6 @@ def _dm(overrides, cache, **kw) -> LMDataModule:
 
 def _prepared(overrides, cache, **kw) -> LMDataModule:
     dm = _dm(overrides, cache, **kw)
-    dm.prepare_data()
     dm.setup()
     return dm
 
@@ -331,7 +330,7 @@ def test_text_and_hub_config_on_local_files_give_identical_tokens(shared_data, t
     raw = path.read_bytes()
     text = _prepared(["data=text", f"data.files={path}"], tmp_path)
     hub = _prepared(["data=tinyshakespeare", f"data.files={path}"], tmp_path)
-    assert hub._folder == text._folder  # one cache for one content
+    assert hub.folder == text.folder  # one cache for one content
     assert np.array_equal(hub.splits.train, text.splits.train) and np.array_equal(hub.splits.val, text.splits.val)
     # Byte tokens are the file's bytes: nothing lost or added by rows, paragraphs or the split.
     assert text.splits.train.size + text.splits.val.size == len(raw)
@@ -401,11 +400,11 @@ def test_uncached_hub_dataset_offline_fails_fast_naming_it(tmp_path, monkeypatch
     dm = _dm(["data=wikitext2"], tmp_path / "cache")
     with pytest.raises(CorpusUnavailable, match=r"'Salesforce/wikitext' \(config 'wikitext-2-raw-v1'\).*"
                                                 r"data\.local_dir=DIR.*data\.files=PATH"):
-        dm.prepare_data()
+        dm.setup()
     assert not (tmp_path / "cache" / "tokens").exists()  # no silent fallback to another corpus
 
 
-def test_warm_cache_reads_each_text_file_at_most_once_tokenizes_nothing_and_other_ranks_wait(
+def test_warm_cache_reads_each_text_file_at_most_once_tokenizes_nothing_and_other_ranks_find_it(
         shared_data, tmp_path, monkeypatch):
     path = shared_data / "wikitext-2-tokenized" / "valid.txt"
     ov = ["data=text", f"data.files={path}", "data.tokenizer=bpe", "data.vocab_size=400"]
@@ -419,21 +418,18 @@ def test_warm_cache_reads_each_text_file_at_most_once_tokenizes_nothing_and_othe
     opened = _count_opens(monkeypatch, path)
     gf.clear_hash_cache()  # as in a new process: the content hash that keys the cache is taken once
     second = _prepared(ov, tmp_path)
-    assert second._folder == first._folder
+    assert second.folder == first.folder
     assert len(opened) == 1
     third = _prepared(ov, tmp_path)  # same process, file unchanged: its hash is not recomputed
-    assert third._folder == first._folder and len(opened) == 1
-    monkeypatch.setenv("LOCAL_RANK", "1")  # a rank that does not prepare: setup() reads rank 0's manifest
+    assert third.folder == first.folder and len(opened) == 1
+    monkeypatch.setenv("LOCAL_RANK", "1")  # another rank: the same locked path, finding the same folder
     other_rank = _dm(ov, tmp_path)
     other_rank.setup()
-    assert other_rank._folder == first._folder and np.array_equal(other_rank.splits.val, first.splits.val)
+    assert other_rank.folder == first.folder and np.array_equal(other_rank.splits.val, first.splits.val)
     assert len(opened) == 1
-    # A vocab change is a miss (and would need preparing): a waiting rank times out instead.
-    spec = gd.data_spec(_dm([*ov, "data.vocab_size=401"], tmp_path).data)
-    with pytest.raises(TimeoutError, match="no prepared token cache"):
-        wait_for_prepared(spec, "bpe", 401, tmp_path, timeout_s=0.1, poll_s=0.05)
     monkeypatch.undo()
-    assert prepare_dataset(spec, "bpe", 401, tmp_path) != first._folder
+    spec = gd.data_spec(_dm([*ov, "data.vocab_size=401"], tmp_path).data)
+    assert prepare_dataset(spec, "bpe", 401, tmp_path) != first.folder  # a vocab change is a new cache
 
 
 def test_prepare_splits_takes_the_data_section_as_dictconfig_or_dict(shared_data, tmp_path):
@@ -446,8 +442,8 @@ def test_prepare_splits_takes_the_data_section_as_dictconfig_or_dict(shared_data
     assert again == folder and (folder / "meta.json").is_file()
     assert splits.train.size + splits.val.size == path.stat().st_size  # bytes tokenizer: one token a byte
     assert np.array_equal(same.val, splits.val)
-    # A ListConfig and a list of the same files are the same setting: one manifest for the waiting ranks.
-    assert [json.loads(p.read_text())["folder"] for p in (tmp_path / "prepared").glob("*.json")] == [str(folder)]
+    # A ListConfig and a list of the same files are the same setting: one lock, so processes queue on it.
+    assert len(list((tmp_path / "locks").glob("*.lock"))) == 1
     with pytest.raises(ValueError) as e:
         gd.prepare_splits(cfg.data, seq_len=2_000_000)
     assert str(e.value) == (f"data.name='text': the train split has {splits.train.size} tokens, fewer than one "
@@ -495,7 +491,6 @@ def test_corpus_smaller_than_one_window_errors_clearly(tmp_path):
     small = tmp_path / "small.txt"
     small.write_text("".join(f"Paragraph {i} is short.\n\n" for i in range(60)))
     dm = _dm(["data=text", f"data.files={small}", "data.val_percent=50"], tmp_path, seq_len=2048)
-    dm.prepare_data()
     with pytest.raises(ValueError, match=r"train split has \d+ tokens, fewer than one window "
                                          r"\(model.seq_len=2048 \+ 1\)"):
         dm.setup()
@@ -545,3 +540,52 @@ def test_gpt2_vocab_reaches_the_model_config():
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose(config_name="config", overrides=["data.tokenizer=gpt2"])
     assert validate_config(cfg).vocab_size == 50257
+
+
+_PREPARE = """
+import hashlib, json, logging, sys
+logging.basicConfig(level=logging.INFO, format="%(message)s")
+from glubench.data.cache import prepare_splits
+folder, splits = prepare_splits(json.loads(sys.argv[1]))
+tokens = bytes(splits.train.astype("uint8")) + bytes(splits.val.astype("uint8"))
+print(json.dumps({"folder": str(folder), "sha": hashlib.sha256(tokens).hexdigest(), "n": len(tokens),
+                  "old": tokens.count(b"old"), "new": tokens.count(b"new")}))
+"""
+
+
+def test_processes_started_together_on_a_file_edited_in_place_share_one_new_cache(tmp_path):
+    """A corpus file edited in place (same size, mtime restored): 4 processes started at the same instant, with
+    no parent preparing first, all memory-map the same new cache, built once, holding the new text."""
+    import os
+    import subprocess
+    import sys
+
+    path = tmp_path / "corpus.txt"
+    old = "".join(f"Paragraph {i} says something old.\n\n" for i in range(400))
+    path.write_text(old)
+    data = {"name": "text", "files": str(path), "val_percent": 10.0, "tokenizer": "bytes", "vocab_size": 256,
+            "cache_dir": str(tmp_path / "cache")}
+    env = {**os.environ, "PYTHONPATH": str(CONF_DIR.parents[1])}
+
+    def start():
+        return subprocess.Popen([sys.executable, "-c", _PREPARE, json.dumps(data)], env=env, text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+    first = start()
+    before = json.loads(first.communicate(timeout=300)[0].strip().splitlines()[-1])
+    stat = path.stat()
+    new = old.replace("old", "new")
+    assert len(new) == len(old)
+    path.write_text(new)
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # the size/mtime shortcut would call this unchanged
+    procs = [start() for _ in range(4)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [e[-2000:] for _, e in outs]
+    seen = [json.loads(out.strip().splitlines()[-1]) for out, _ in outs]
+    assert len({s["folder"] for s in seen}) == 1 and seen[0]["folder"] != before["folder"]
+    assert len({s["sha"] for s in seen}) == 1
+    # bytes tokenizer: the cache holds exactly the new text's bytes (train and validation paragraphs)
+    assert (before["n"], before["old"], before["new"]) == (len(old), 400, 0)
+    assert (seen[0]["n"], seen[0]["old"], seen[0]["new"]) == (len(new), 0, 400)
+    tokenized = sum(err.count("(tokenizer=bytes, vocab 256) into") for _, err in outs)  # the miss line
+    assert tokenized == 1  # one process built it; the others waited on the lock and found it
