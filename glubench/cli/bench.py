@@ -13,15 +13,14 @@ from __future__ import annotations
 import argparse
 import gc
 import logging
-import math
 import os
 import platform
 import resource
-import statistics
 import sys
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from statistics import median, quantiles
 
 import torch
 import torch.nn.functional as F
@@ -40,11 +39,10 @@ from glubench.train.module import COMPILE_OPTIONS, LanguageModel, build_optimize
 from glubench.train.schema import OptimConfig
 
 CONTENDERS = ("lightning", "plain", "plain-split", "hf")
-HF_PEERS = {"gelu": "hf-gpt2", "swiglu": "hf-llama"}
-"""glubench variant -> the Hugging Face model that is its peer."""
+HF_PEERS = {"gelu": "hf-gpt2", "swiglu": "hf-llama"}  # glubench variant -> its Hugging Face peer
+# ratio -> the issue's target (framework overhead <= 3%; glubench >= the Hugging Face peer)
 TARGETS = {"lightning / plain": 0.97, "plain / hf-gpt2": 1.0, "plain / hf-llama": 1.0,
            "lightning / hf-gpt2": 1.0, "lightning / hf-llama": 1.0}
-"""Ratio -> the issue's target (framework overhead <= 3%; glubench >= the Hugging Face peer)."""
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +97,6 @@ class BenchConfig:
                            n_heads=self.n_heads, seq_len=self.seq_len, ffn=ffn)
 
 
-
 def _rss_bytes() -> int:
     """Current resident set size (Linux ``/proc``; elsewhere the peak so far)."""
     try:
@@ -150,12 +147,11 @@ def summarize(step_seconds: list[float], tokens_per_step: int) -> dict[str, floa
         raise ValueError("no measured steps")
     total = sum(step_seconds)
     ms = sorted(1e3 * s for s in step_seconds)
-    q = statistics.quantiles(ms, n=4, method="inclusive") if len(ms) > 1 else [ms[0]] * 3
+    q = quantiles(ms, n=4, method="inclusive") if len(ms) > 1 else [ms[0]] * 3
     return {"tokens_per_sec": tokens_per_step * len(step_seconds) / total,
-            "tokens_per_sec_median_step": tokens_per_step / (statistics.median(ms) / 1e3),
-            "step_ms_median": statistics.median(ms), "step_ms_p25": q[0], "step_ms_p75": q[2],
+            "tokens_per_sec_median_step": tokens_per_step / (median(ms) / 1e3),
+            "step_ms_median": median(ms), "step_ms_p25": q[0], "step_ms_p75": q[2],
             "measured_steps": len(step_seconds), "measured_seconds": total}
-
 
 
 def make_batches(cfg: BenchConfig, device: torch.device, n: int = 4) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -277,13 +273,6 @@ def run_lightning(cfg: BenchConfig, ffn: str, batches, device: torch.device) -> 
     return marks
 
 
-
-def device_label(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
-
-
 def plan(cfg: BenchConfig, have_hf: bool) -> list[tuple[str, str]]:
     """The ``(ffn, contender)`` pairs one repeat runs, in order."""
     pairs = []
@@ -322,11 +311,6 @@ def run_one(cfg: BenchConfig, ffn: str, contender: str, batches, device: torch.d
             "dynamo_unique_graphs": counters["stats"]["unique_graphs"] if cfg.compile else None}
 
 
-def _median(values: list[float]) -> float | None:
-    values = [v for v in values if v is not None and math.isfinite(v)]
-    return statistics.median(values) if values else None
-
-
 def aggregate(cfg: BenchConfig, runs: list[dict], fpt: dict[str, float], peak: float | None) -> dict:
     """Median over repeats per (ffn, contender), and tokens/s ratios paired within each repeat then medianed.
 
@@ -339,10 +323,10 @@ def aggregate(cfg: BenchConfig, runs: list[dict], fpt: dict[str, float], peak: f
     rows = []
     for (ffn, contender), rs in groups.items():
         tps = [r["tokens_per_sec"] for r in rs]
-        rows.append({"ffn": ffn, "contender": contender, "repeats": len(rs), "tokens_per_sec": _median(tps),
+        rows.append({"ffn": ffn, "contender": contender, "repeats": len(rs), "tokens_per_sec": median(tps),
                      "tokens_per_sec_min": min(tps), "tokens_per_sec_max": max(tps),
-                     **{k: _median([r[k] for r in rs]) for k in ("step_ms_median", "step_ms_p25", "step_ms_p75")},
-                     "peak_mem_mib": max(r["peak_mem_mib"] for r in rs), "mfu": mfu(_median(tps), fpt[ffn], peak)})
+                     **{k: median([r[k] for r in rs]) for k in ("step_ms_median", "step_ms_p25", "step_ms_p75")},
+                     "peak_mem_mib": max(r["peak_mem_mib"] for r in rs), "mfu": mfu(median(tps), fpt[ffn], peak)})
     ratios = []
     for ffn in cfg.ffns:
         peer = HF_PEERS.get(ffn)  # None: no runs match, no ratio
@@ -353,7 +337,7 @@ def aggregate(cfg: BenchConfig, runs: list[dict], fpt: dict[str, float], peak: f
                     by_rep.setdefault(r["repeat"], {})[r["contender"]] = r["tokens_per_sec_median_step"]
             paired = [d[num] / d[den] for d in by_rep.values() if len(d) == 2]
             if paired:
-                ratios.append({"ffn": ffn, "ratio": f"{num} / {den}", "median": statistics.median(paired),
+                ratios.append({"ffn": ffn, "ratio": f"{num} / {den}", "median": median(paired),
                                "min": min(paired), "max": max(paired), "n": len(paired)})
     return {"rows": rows, "ratios": ratios}
 
@@ -422,7 +406,9 @@ def benchmark(cfg: BenchConfig, out: Path | None = None) -> dict:
         fpt[ffn] = flops_per_token(count_params(Transformer(mc)).matmul, mc.n_layers, mc.d_model, mc.seq_len)
     versions = {"python": platform.python_version(), "torch": torch.__version__, "lightning": lightning.__version__,
                 "transformers": getattr(transformers, "__version__", None)}
-    meta = {"device": device_label(device), "precision": precision, "compile": cfg.compile, "peak_flops": peak,
+    label = (torch.cuda.get_device_name(device) if device.type == "cuda"
+             else f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)")
+    meta = {"device": label, "precision": precision, "compile": cfg.compile, "peak_flops": peak,
             "flops_per_token": fpt, "hf_available": have_hf, "versions": versions,
             "config": asdict(cfg), "command": " ".join(sys.argv), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     result = {"meta": meta, "runs": [], "summary": {"rows": [], "ratios": []}}
