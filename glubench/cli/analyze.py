@@ -138,6 +138,8 @@ def plot_partitions(parts: list, titles: list[str], path: Path) -> None:
     import matplotlib.pyplot as plt
     from matplotlib.collections import PolyCollection
 
+    from glubench.core.io import atomic_write
+
     fig, axes = plt.subplots(1, len(parts), figsize=(5.2 * len(parts), 5.2))
     for ax, part, title in zip(np.atleast_1d(axes), parts, titles):
         colours = np.random.default_rng(0).uniform(0.25, 1.0, (len(part.polygons), 3))
@@ -145,10 +147,8 @@ def plot_partitions(parts: list, titles: list[str], path: Path) -> None:
         ax.set(xlim=(-1, 1), ylim=(-1, 1), aspect="equal", xlabel="input 1", ylabel="input 2")
         ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=120)
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120))
     plt.close(fig)
-    tmp.replace(path)
 
 
 def load_run(run_dir: Path):
