@@ -11,28 +11,22 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import os
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
+from glubench.cli.data import compose
+
 SMALL_MLP_WIDTHS = (16, 16)
 
 log = logging.getLogger(__name__)
 
 
-def _compose(overrides: list[str]):
-    from hydra import compose, initialize_config_dir
-
-    from glubench.core.paths import CONF_DIR
-
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose(config_name="config", overrides=overrides)
-
-
 def _probe(cfg, batch: int):
-    """Fixed probe token ids ``(B, T)`` from the configured corpus's validation split."""
+    """Fixed probe token ids ``(B, T)`` from the configured corpus's validation split, and the vocabulary size."""
     from glubench.analysis.dead_units import probe_batch
     from glubench.data.cache import prepare_splits
 
@@ -48,7 +42,8 @@ def _split(value: str, valid, key: str) -> list[str]:
     return names
 
 
-# ---------------------------------------------------------------------------- init
+def _g(values) -> str:
+    return " ".join(f"{v:.3g}" for v in values)
 
 
 def cmd_init(args) -> int:
@@ -61,7 +56,7 @@ def cmd_init(args) -> int:
 
     ffns = _split(args.ffn, list(FFN_VARIANTS), "--ffn")
     inits = _split(args.init, INIT_SCHEMES, "--init")
-    cfg = _compose(args.overrides)
+    cfg = compose(args.overrides)
     try:
         model_config(cfg)
     except ConfigError as e:
@@ -81,26 +76,23 @@ def cmd_init(args) -> int:
     print(f"Transformer at initialization on {probe.numel():,} real tokens ({cfg.data.name}, validation split), "
           f"d_model={cfg.model.d_model} n_layers={cfg.model.n_layers}.  Per layer: resid = Var of the residual "
           "stream entering the block; z = Var of the FFN pre-activations x·W1 (gated: the gate x·W).")
-    rows = []
+    rows, rms_lines = [], []
     for ffn in ffns:
         for init in inits:
             cfg.model.ffn, cfg.model.init = ffn, init
-            mc = model_config(cfg, vocab_size=vocab)
             torch.manual_seed(args.seed)
-            prof = transformer_profile(Transformer(mc), probe)
+            prof = transformer_profile(Transformer(model_config(cfg, vocab_size=vocab)), probe)
             rows.append({"ffn": ffn, "init": init, "layers": prof})
-            resid = " ".join(f"{p['resid_var']:.3g}" for p in prof)
-            z = " ".join(f"{p['ffn_z_var']:.3g}" for p in prof if "ffn_z_var" in p)
-            print(f"  {ffn:9s} {init:13s} resid: {resid:40s} z: {z}")
+            z = _g(p["ffn_z_var"] for p in prof if "ffn_z_var" in p)
+            print(f"  {ffn:9s} {init:13s} resid: {_g(p['resid_var'] for p in prof):40s} z: {z}")
+            out = [p["ffn_out_rms"] for p in prof if "ffn_out_rms" in p]
+            rms_lines.append(f"  {ffn:9s} {init:13s} {sum(out) / len(out):14.4g}  {_g(out):30s} "
+                             f"{_g(p['resid_rms'] for p in prof)}")
     print("\nRMS at initialization: ffn_out = sqrt(mean(FFN(x)²)), what each FFN adds to the residual stream; "
           "resid = RMS of the residual stream entering each block (last: after the final block).  "
           f"scaled_normal/normal use model.init_std={cfg.model.init_std}.")
     print(f"  {'ffn':9s} {'init':13s} {'ffn_out (mean)':>14s}  {'ffn_out per layer':30s} resid per layer")
-    for r in rows:
-        out = [p["ffn_out_rms"] for p in r["layers"] if "ffn_out_rms" in p]
-        per = " ".join(f"{x:.3g}" for x in out)
-        resid = " ".join(f"{p['resid_rms']:.3g}" for p in r["layers"])
-        print(f"  {r['ffn']:9s} {r['init']:13s} {sum(out) / len(out):14.4g}  {per:30s} {resid}")
+    print("\n".join(rms_lines))
     if args.json:
         from glubench.core.io import atomic_write_json
 
@@ -109,35 +101,29 @@ def cmd_init(args) -> int:
     return 0
 
 
-# ---------------------------------------------------------------------------- regions
-
-
 def tiny_2d_mlp(seed: int, steps: int):
-    """A 2-16-16-1 ReLU MLP (He init) before and after ``steps`` Adam steps fitting
-    ``sin(πu)·cos(πv)`` on [-1, 1]²; returns the two weight lists ``[(W, b), ...]`` of the hidden layers."""
+    """A 2-16-16-1 ReLU MLP (He init) before and after ``steps`` Adam steps fitting ``sin(πu)·cos(πv)`` on
+    [-1, 1]²: the hidden layers' ``[(W, b), ...]`` (float64 arrays) before and after, and the last MSE."""
     import torch
 
     torch.manual_seed(seed)
-    widths = (2, *SMALL_MLP_WIDTHS)
-    net = torch.nn.Sequential()
-    for a, b in zip(widths[:-1], widths[1:]):
-        lin = torch.nn.Linear(a, b)
-        torch.nn.init.normal_(lin.weight, std=math.sqrt(2 / a))
-        torch.nn.init.normal_(lin.bias, std=0.1)
-        net.extend([lin, torch.nn.ReLU()])
-    net.append(torch.nn.Linear(widths[-1], 1))
+    hidden = []
+    for a, b in zip((2, *SMALL_MLP_WIDTHS), SMALL_MLP_WIDTHS):
+        hidden.append(torch.nn.Linear(a, b))
+        torch.nn.init.normal_(hidden[-1].weight, std=math.sqrt(2 / a))
+        torch.nn.init.normal_(hidden[-1].bias, std=0.1)
+    net = torch.nn.Sequential(*(m for lin in hidden for m in (lin, torch.nn.ReLU())),
+                              torch.nn.Linear(SMALL_MLP_WIDTHS[-1], 1))
 
     def weights():
-        return [(m.weight.detach().double().numpy().copy(), m.bias.detach().double().numpy().copy())
-                for m in list(net)[:-1] if isinstance(m, torch.nn.Linear)]
+        return [(lin.weight.detach().double().numpy(), lin.bias.detach().double().numpy()) for lin in hidden]
 
     before = weights()
     opt = torch.optim.Adam(net.parameters(), lr=1e-2)
     g = torch.Generator().manual_seed(seed)
     for _ in range(steps):
         x = torch.rand(256, 2, generator=g) * 2 - 1
-        y = torch.sin(math.pi * x[:, :1]) * torch.cos(math.pi * x[:, 1:])
-        loss = torch.nn.functional.mse_loss(net(x), y)
+        loss = torch.nn.functional.mse_loss(net(x), torch.sin(math.pi * x[:, :1]) * torch.cos(math.pi * x[:, 1:]))
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -152,23 +138,17 @@ def plot_partitions(parts: list, titles: list[str], path: Path) -> None:
     import matplotlib.pyplot as plt
     from matplotlib.collections import PolyCollection
 
+    from glubench.core.io import atomic_write
+
     fig, axes = plt.subplots(1, len(parts), figsize=(5.2 * len(parts), 5.2))
     for ax, part, title in zip(np.atleast_1d(axes), parts, titles):
-        rng = np.random.default_rng(0)
-        coll = PolyCollection(part.polygons, facecolors=rng.uniform(0.25, 1.0, (len(part.polygons), 3)),
-                              edgecolors="k", linewidths=0.3)
-        ax.add_collection(coll)
-        ax.set_xlim(-1, 1)
-        ax.set_ylim(-1, 1)
-        ax.set_aspect("equal")
+        colours = np.random.default_rng(0).uniform(0.25, 1.0, (len(part.polygons), 3))
+        ax.add_collection(PolyCollection(part.polygons, facecolors=colours, edgecolors="k", linewidths=0.3))
+        ax.set(xlim=(-1, 1), ylim=(-1, 1), aspect="equal", xlabel="input 1", ylabel="input 2")
         ax.set_title(title, fontsize=9)
-        ax.set_xlabel("input 1")
-        ax.set_ylabel("input 2")
     fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=120)
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120))
     plt.close(fig)
-    tmp.replace(path)
 
 
 def load_run(run_dir: Path):
@@ -196,65 +176,49 @@ def load_run(run_dir: Path):
 
 
 def cmd_regions(args) -> int:
-    import os
-
     import torch
 
+    from glubench.analysis import regions as R
     from glubench.analysis.ffn_regions import PATTERN_VARIANTS, region_counts
-    from glubench.analysis.regions import (
-        count_in_plane,
-        count_on_segment,
-        max_regions_one_layer,
-        mlp_layers,
-        montufar_lower_bound,
-        serra_upper_bound,
-    )
     from glubench.core.io import atomic_write_json
     from glubench.nn.transformer import Transformer
 
     out = Path(args.out or f"regions-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
     out.mkdir(parents=True, exist_ok=True)
-    summary: dict = {}
 
     # 1) the tiny 2-input MLP: exact partition of [-1, 1]², before and after training
     before, after, loss = tiny_2d_mlp(args.seed, args.mlp_steps)
     square = np.array([[-1.0, -1.0], [1.0, -1.0], [1.0, 1.0], [-1.0, 1.0]])
-    widths = list(SMALL_MLP_WIDTHS)
-    upper, lower = serra_upper_bound(2, widths), montufar_lower_bound(2, widths)
-    parts, titles, mlp_rows = [], [], []
+    widths, arch = list(SMALL_MLP_WIDTHS), "2-" + "-".join(map(str, SMALL_MLP_WIDTHS))
+    mlp = {"widths": widths, "input_dim": 2, "domain": "[-1,1]^2", "rows": [],
+           "bound_one_layer_2d": R.max_regions_one_layer(widths[0], 2),
+           "serra_upper_bound_2d": R.serra_upper_bound(2, widths),
+           "montufar_max_lower_bound_2d": R.montufar_lower_bound(2, widths),
+           "bound_line": math.prod(n + 1 for n in widths)}
+    parts, titles = [], []
     for label, wb in (("init", before), (f"trained {args.mlp_steps} steps (mse {loss:.3g})", after)):
-        layers = mlp_layers([w for w, _ in wb], [b for _, b in wb])
-        part = count_in_plane(layers, np.zeros(2), np.eye(2)[0], np.eye(2)[1], square)
-        diag = count_on_segment(layers, square[0], square[2])
-        parts.append(part)
-        titles.append(f"2-{'-'.join(map(str, widths))} ReLU MLP, {label}\n{part.counts[-1]} regions in [-1,1]² "
-                      f"(layer 1: {part.counts[0]}); upper bound {upper}")
-        mlp_rows.append({"state": label.split()[0], "plane_cumulative": part.counts, "diagonal_cumulative": diag})
-    png = out / "partition.png"
-    plot_partitions(parts, titles, png)
-    summary["small_mlp"] = {"widths": widths, "input_dim": 2, "domain": "[-1,1]^2", "rows": mlp_rows,
-                            "bound_one_layer_2d": max_regions_one_layer(widths[0], 2),
-                            "serra_upper_bound_2d": upper, "montufar_max_lower_bound_2d": lower,
-                            "bound_line": math.prod(n + 1 for n in widths)}
-    print(f"Small MLP 2-{'-'.join(map(str, widths))} (exact cells in [-1,1]², PNG: {png})")
-    print(f"  bounds for input dim 2: one layer of {widths[0]}: {max_regions_one_layer(widths[0], 2)}; whole net: "
-          f"Serra et al. 2018 upper {upper}, Montúfar et al. 2014 lower bound on the maximum {lower}; "
-          f"on a line: at most {math.prod(n + 1 for n in widths)}")
-    for r in mlp_rows:
+        layers = R.mlp_layers([w for w, _ in wb], [b for _, b in wb])
+        parts.append(R.count_in_plane(layers, np.zeros(2), np.eye(2)[0], np.eye(2)[1], square))
+        titles.append(f"{arch} ReLU MLP, {label}\n{parts[-1].counts[-1]} regions in [-1,1]² "
+                      f"(layer 1: {parts[-1].counts[0]}); upper bound {mlp['serra_upper_bound_2d']}")
+        mlp["rows"].append({"state": label.split()[0], "plane_cumulative": parts[-1].counts,
+                            "diagonal_cumulative": R.count_on_segment(layers, square[0], square[2])})
+    plot_partitions(parts, titles, out / "partition.png")
+    print(f"Small MLP {arch} (exact cells in [-1,1]², PNG: {out / 'partition.png'})")
+    print(f"  bounds for input dim 2: one layer of {widths[0]}: {mlp['bound_one_layer_2d']}; whole net: "
+          f"Serra et al. 2018 upper {mlp['serra_upper_bound_2d']}, Montúfar et al. 2014 lower bound on the maximum "
+          f"{mlp['montufar_max_lower_bound_2d']}; on a line: at most {mlp['bound_line']}")
+    for r in mlp["rows"]:
         print(f"  {r['state']:8s} plane: after layer 1 {r['plane_cumulative'][0]:4d}, after layer 2 "
               f"{r['plane_cumulative'][1]:5d};  diagonal segment: {r['diagonal_cumulative']}")
 
     # 2) a trained transformer: load a run, or train a tiny ReLU one briefly
-    if args.run_dir:
-        mc, trained, seed, run_cfg = load_run(Path(args.run_dir))
-        run_dir = Path(args.run_dir)
-    else:
+    run_dir = Path(args.run_dir) if args.run_dir else out / "run"
+    if not args.run_dir:
         from glubench.train.task import run
 
-        overrides = ["experiment=ci", "model.ffn=relu", "logger=none", f"trainer.max_steps={args.steps}",
-                     f"trainer.val_check_interval={args.steps}", *args.overrides]
-        cfg = _compose(overrides)
-        run_dir = out / "run"
+        cfg = compose(["experiment=ci", "model.ffn=relu", "logger=none", f"trainer.max_steps={args.steps}",
+                       f"trainer.val_check_interval={args.steps}", *args.overrides])
         run_dir.mkdir(exist_ok=True)
         cwd = os.getcwd()
         os.chdir(run_dir)  # outside a Hydra job, train writes into the current directory
@@ -264,7 +228,7 @@ def cmd_regions(args) -> int:
             os.chdir(cwd)
         if res.status != "completed":
             raise SystemExit(f"glubench-analyze: error: the training run {res.status}: {res.error}")
-        mc, trained, seed, run_cfg = load_run(run_dir)
+    mc, trained, seed, run_cfg = load_run(run_dir)
     if mc.ffn not in PATTERN_VARIANTS:
         raise SystemExit(f"glubench-analyze: error: model.ffn={mc.ffn!r}: linear regions need one of "
                          f"{', '.join(PATTERN_VARIANTS)}")
@@ -273,12 +237,10 @@ def cmd_regions(args) -> int:
     probe, _ = _probe(run_cfg, args.batch)  # the run's own corpus and tokenizer
     counts = {"before": region_counts(initial, probe, args.paths, args.seed),
               "after": region_counts(trained, probe, args.paths, args.seed)}
-    summary["transformer"] = {"run_dir": str(run_dir), "ffn": mc.ffn, "d_model": mc.d_model,
-                              "n_layers": mc.n_layers, "ffn_hidden": mc.ffn_hidden, **counts}
     print(f"\nTransformer ffn={mc.ffn} d_model={mc.d_model} n_layers={mc.n_layers} ffn_hidden={mc.ffn_hidden} "
           f"({run_dir}); mean over {args.paths} random token pairs (segments) / triples (triangles)")
     print(f"  {'layer':>5s} {'segment before':>15s} {'segment after':>14s} {'plane before':>13s} {'plane after':>12s}"
-          f"  (max on a segment {mc.ffn_hidden + 1}, in a plane {max_regions_one_layer(mc.ffn_hidden, 2)})")
+          f"  (max on a segment {mc.ffn_hidden + 1}, in a plane {R.max_regions_one_layer(mc.ffn_hidden, 2)})")
     for b, a in zip(counts["before"]["per_layer"], counts["after"]["per_layer"]):
         print(f"  {b['layer']:5d} {b['segment_mean']:15.1f} {a['segment_mean']:14.1f} {b['plane_mean']:13.1f}"
               f" {a['plane_mean']:12.1f}")
@@ -288,7 +250,9 @@ def cmd_regions(args) -> int:
               f"before {sb['segment_mean']:.1f} "
               f"(cumulative by layer {[round(c, 1) for c in sb['per_layer_cumulative']]}), "
               f"after {sa['segment_mean']:.1f} ({[round(c, 1) for c in sa['per_layer_cumulative']]})")
-    atomic_write_json(out / "regions.json", summary)
+    atomic_write_json(out / "regions.json", {"small_mlp": mlp, "transformer": {
+        "run_dir": str(run_dir), "ffn": mc.ffn, "d_model": mc.d_model, "n_layers": mc.n_layers,
+        "ffn_hidden": mc.ffn_hidden, **counts}})
     log.info("wrote %s", out / "regions.json")
     return 0
 
@@ -321,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     pr.add_argument("overrides", nargs="*", help="Hydra overrides for the training run (no --run-dir)")
     args = p.parse_args(argv)
     for key in ("batch", "paths", "steps", "mlp_steps", "he_width"):
-        if getattr(args, key, 1) is not None and getattr(args, key, 1) <= 0:
+        if getattr(args, key, 1) <= 0:
             p.error(f"--{key.replace('_', '-')}={getattr(args, key)} must be a positive integer")
     return cmd_init(args) if args.cmd == "init" else cmd_regions(args)
 

@@ -29,8 +29,8 @@ def compose(overrides: list[str]):
         return hydra_compose(config_name="config", overrides=overrides)
 
 
-def prepare(overrides: list[str], out=sys.stdout) -> dict:
-    """Prepare the token cache for ``overrides``; returns the sidecar (``meta.json``) plus timing.
+def prepare(overrides: list[str]) -> dict:
+    """Prepare the token cache for ``overrides`` and print its counts; returns the sidecar (``meta.json``) plus timing.
 
     Raises:
         ConfigError: a bad data key or file (before any heavy work); CorpusUnavailable /
@@ -43,17 +43,14 @@ def prepare(overrides: list[str], out=sys.stdout) -> dict:
     validate_config(cfg)
     t0 = time.perf_counter()
     folder, splits = prepare_splits(cfg.data)
-    seconds = time.perf_counter() - t0
-    meta = dict(splits.meta)
-    meta["prepare_seconds"] = seconds
-    meta["folder"] = str(folder)
+    meta = {**splits.meta, "prepare_seconds": time.perf_counter() - t0, "folder": str(folder)}
     print(f"glubench-data: {meta['corpus']} ({meta['source']}), tokenizer={meta['tokenizer']} "
-          f"vocab={meta['vocab_size']}, {seconds:.1f}s -> {folder}", file=out)
+          f"vocab={meta['vocab_size']}, {meta['prepare_seconds']:.1f}s -> {folder}")
     for split in ("train", "val"):
         s = meta[split]
         bpt = f"{s['bytes'] / s['tokens']:.3f}" if s["tokens"] else "n/a"
         print(f"glubench-data:   {split:5s} tokens={s['tokens']:,} bytes={s['bytes']:,} bytes/token={bpt} "
-              f"documents={s['documents']:,} ({s['dtype']})", file=out)
+              f"documents={s['documents']:,} ({s['dtype']})")
     return meta
 
 
@@ -75,14 +72,12 @@ def main(argv: list[str] | None = None) -> int:
     from glubench.data.tokenizers import TokenizerUnavailable
 
     configure()
+    usage_errors = (ConfigError, HydraException, OmegaConfBaseException)
     try:
         prepare(argv[1:])
-    except (ConfigError, HydraException, OmegaConfBaseException) as e:
+    except (*usage_errors, CorpusUnavailable, TokenizerUnavailable, FileNotFoundError, ValueError) as e:
         print(f"glubench-data: error: {e}", file=sys.stderr)
-        return 2
-    except (CorpusUnavailable, TokenizerUnavailable, FileNotFoundError, ValueError) as e:
-        print(f"glubench-data: error: {e}", file=sys.stderr)
-        return 1
+        return 2 if isinstance(e, usage_errors) else 1
     return 0
 
 
