@@ -1,15 +1,16 @@
 """Linear-region counts of a trained glubench transformer's FFNs (see :mod:`glubench.analysis.regions`).
 
 * **Per layer** (exact for the real model): layer ``i``'s FFN is a one-hidden-layer network on its
-  own input (the LayerNorm output).  Segments join the FFN inputs of two probe tokens; planes go
+  own input (the norm's output).  Segments join the FFN inputs of two probe tokens; planes go
   through the inputs of three.  Counted: distinct activation patterns of the hidden units
   (``relu``) or of the gate (``reglu``, ``relu2``: there the pieces are quadratic, not linear, but
   the patterns are well defined).
 * **FFN stack** (a piecewise-linear surrogate, ``relu`` only): the composition of the FFN residual
-  blocks ``x -> x + W2 relu(W1 LN_i(x))`` with attention left out and each LayerNorm
-  linearised as ``γ ⊙ (x - mean x) / σ̄_i`` with ``σ̄_i`` its mean scale over the probe tokens (the real
-  LayerNorm divides by the scale of each ``x``, which is not piecewise linear).  Segments join
-  the residual states of two probe tokens at the input of block 0's FFN.
+  blocks ``x -> x + W2 relu(W1 LN_i(x))`` with attention left out and each norm linearised with
+  its scale frozen at ``σ̄_i``, the mean over the probe tokens (the real norm divides by the scale
+  of each ``x``, which is not piecewise linear): LayerNorm as ``γ ⊙ (x - mean x) / σ̄_i + β`` with
+  σ the standard deviation, RMSNorm (Zhang & Sennrich 2019, eq. 4) as ``γ ⊙ x / σ̄_i`` with σ the
+  root mean square.  Segments join the residual states of two probe tokens at the input of block 0's FFN.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ TRIANGLE = np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
 
 
 def _capture(model, idx: torch.Tensor) -> dict:
-    """FFN inputs (after LayerNorm) and residual states before each FFN, plus each LN's scale, ``(N, C)``."""
+    """FFN inputs (after the norm) and residual states before each FFN, ``(N, C)``, plus each norm's scale."""
     rec: dict = {}
 
     def ln_hook(i: int):
@@ -33,12 +34,18 @@ def _capture(model, idx: torch.Tensor) -> dict:
             x = a[0].detach().double().flatten(0, 1)
             rec[("resid", i)] = x
             rec[("ffn_in", i)] = o.detach().double().flatten(0, 1)
-            rec[("sigma", i)] = float(torch.sqrt(x.var(dim=-1, unbiased=False) + m.eps).mean())
+            second = x.square().mean(dim=-1) if _is_rms(m) else x.var(dim=-1, unbiased=False)
+            rec[("sigma", i)] = float(torch.sqrt(second + m.eps).mean())
 
         return hook
 
     run_with_hooks(model, idx, [(block.ln_ffn, ln_hook(i)) for i, block in enumerate(model.blocks)])
     return rec
+
+
+def _is_rms(norm) -> bool:
+    """RMSNorm (no mean subtraction, no bias), else LayerNorm: the two values of ``model.norm``."""
+    return isinstance(norm, torch.nn.RMSNorm)
 
 
 def _np(t) -> np.ndarray:
@@ -60,8 +67,11 @@ def stack_layers(model, sigmas: list[float]) -> list[ReluLayer]:
         ln, ffn = block.ln_ffn, block.ffn
         C = ln.normalized_shape[0]
         gamma = _np(ln.weight) if ln.weight is not None else np.ones(C)
-        beta = _np(ln.bias) if ln.bias is not None else np.zeros(C)
-        L = (np.diag(gamma) @ (np.eye(C) - 1.0 / C)) / sigma  # x -> γ ⊙ (x - mean x) / σ̄
+        if _is_rms(ln):
+            beta, L = np.zeros(C), np.diag(gamma) / sigma  # x -> γ ⊙ x / σ̄
+        else:
+            beta = _np(ln.bias) if ln.bias is not None else np.zeros(C)
+            L = (np.diag(gamma) @ (np.eye(C) - 1.0 / C)) / sigma  # x -> γ ⊙ (x - mean x) / σ̄
         W1, W2 = _np(ffn.w_in.weight), _np(ffn.w_out.weight)
         c = W1 @ beta + (_np(ffn.w_in.bias) if ffn.w_in.bias is not None else 0.0)
         e = _np(ffn.w_out.bias) if ffn.w_out.bias is not None else None

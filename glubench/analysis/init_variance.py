@@ -43,7 +43,7 @@ def he_relu_stack(width: int = 2048, depth: int = 6, n: int = 2048, seed: int = 
 def transformer_profile(model: torch.nn.Module, idx: torch.Tensor) -> list[dict[str, float]]:
     """Per layer of a :class:`glubench.nn.transformer.Transformer` on token ids ``idx (B, T)``: the variance of the
     residual stream entering the block (``resid_var``) and entering its FFN sublayer
-    (``resid_ffn_var``), of the FFN input after LayerNorm (``ffn_in_var``), of the FFN
+    (``resid_ffn_var``), of the FFN input after the norm (``ffn_in_var``), of the FFN
     pre-activations ``x W1`` or the gate ``x W`` (``ffn_z_var``) and of the FFN output
     (``ffn_out_var``); a last entry holds the final residual stream (``layer = n_layers``).
     Variances are over all tokens and channels (population variance, fp64 accumulation).

@@ -17,6 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 INIT_SCHEMES = ("scaled_normal", "normal", "kaiming", "fan_in")
+NORMS = ("layernorm", "rmsnorm")
+POSITIONS = ("learned", "rope")
 
 
 @dataclass(frozen=True)
@@ -127,6 +129,11 @@ class ModelConfig:
             see :meth:`glubench.nn.transformer.Transformer.reset_parameters`.
         init_std: the std of ``normal`` and ``scaled_normal`` (ignored by the fan-in rules).
         dropout: dropout probability on attention and residual outputs (0 in the paper).
+        norm: ``layernorm`` (Ba et al. 2016) or ``rmsnorm`` (Zhang & Sennrich 2019, a gain and no bias
+            whatever ``bias`` says) for every norm in the model.
+        pos: ``learned`` (absolute position embedding added to the token embedding) or ``rope``
+            (rotary embedding of queries and keys, Su et al. 2021; no position parameters).
+            ``norm=rmsnorm, pos=rope, bias=false`` is the Llama-family block (Touvron et al. 2023).
         compile: wrap the Transformer with ``torch.compile`` (static shapes) when
             :class:`glubench.train.module.LanguageModel` builds it; the Transformer itself ignores it.
 
@@ -134,7 +141,7 @@ class ModelConfig:
     :attr:`ffn_hidden`, the FFN hidden width after parameter matching.
 
     Raises:
-        ValueError: on an unknown variant or init, or inconsistent sizes.
+        ValueError: on an unknown variant, init, norm or pos, or inconsistent sizes.
     """
 
     vocab_size: int = 256
@@ -149,6 +156,8 @@ class ModelConfig:
     init: str = "scaled_normal"
     init_std: float = 0.02
     dropout: float = 0.0
+    norm: str = "layernorm"
+    pos: str = "learned"
     compile: bool = False
 
     def __post_init__(self) -> None:
@@ -165,6 +174,12 @@ class ModelConfig:
             raise ValueError(f"model.d_ff={self.d_ff} must be a positive integer or null")
         if self.init not in INIT_SCHEMES:
             raise ValueError(f"model.init={self.init!r} is not known; valid: {', '.join(INIT_SCHEMES)}")
+        for key, valid in (("norm", NORMS), ("pos", POSITIONS)):
+            if getattr(self, key) not in valid:
+                raise ValueError(f"model.{key}={getattr(self, key)!r} is not known; valid: {', '.join(valid)}")
+        if self.pos == "rope" and self.head_dim % 2:
+            raise ValueError(f"model.pos='rope' rotates pairs of channels: the head size "
+                             f"model.d_model/model.n_heads={self.head_dim} must be even")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"model.dropout={self.dropout} must be in [0, 1)")
         variant = get_variant(self.ffn)
@@ -194,6 +209,8 @@ class ModelConfig:
 __all__ = [
     "FFN_VARIANTS",
     "INIT_SCHEMES",
+    "NORMS",
+    "POSITIONS",
     "PAPER_VARIANTS",
     "FFNVariant",
     "ModelConfig",

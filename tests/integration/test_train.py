@@ -58,6 +58,15 @@ def test_end_to_end_writes_results(tmp_path, monkeypatch, ci_run):
     assert RunResult.read(tmp_path / "results.json").val_loss == result.val_loss
 
 
+def test_llama_block_trains(tmp_path, ci_run):
+    """model=llama_tiny (RMSNorm, rotary positions, no biases) at nano's sizes trains end to end."""
+    result = ci_run(tmp_path, "model=llama_tiny", "model.d_model=32", "model.n_layers=2", "model.n_heads=2",
+                    "model.seq_len=32", "trainer.max_steps=4", "trainer.val_check_interval=4", "optim.warmup_steps=1")
+    assert result.status == "completed" and math.isfinite(result.val_loss)
+    model = json.loads((tmp_path / "results.json").read_text())["config"]["model"]
+    assert (model["norm"], model["pos"], model["bias"], model["d_model"]) == ("rmsnorm", "rope", False, 32)
+
+
 def test_same_seed_same_losses(tmp_path, monkeypatch, ci_run):
     a = ci_run(tmp_path / "a", "trainer.max_steps=10", "trainer.deterministic=true")
     b = ci_run(tmp_path / "b", "trainer.max_steps=10", "trainer.deterministic=true")

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from glubench.analysis.ffn_regions import region_counts
+from glubench.analysis.ffn_regions import _capture, region_counts, stack_layers
 from glubench.analysis.hooks import run_with_hooks
 from glubench.analysis.init_variance import he_relu_stack, transformer_profile
 from glubench.analysis.regions import count_on_segment, mlp_layers
@@ -114,10 +114,49 @@ def test_transformer_profile_matches_direct_computation():
         assert prof[0]["ffn_in_var"] == pytest.approx(float(u.var(unbiased=False)), rel=1e-5)
 
 
-@pytest.mark.parametrize("ffn", ["relu", "reglu"])
-def test_region_counts_on_a_transformer(ffn):
+def test_transformer_profile_of_a_rope_model():
+    """pos=rope: the residual stream entering block 0 is the token embedding alone; the FFN input is RMSNorm's."""
     torch.manual_seed(0)
-    model = Transformer(ModelConfig(vocab_size=16, d_model=8, n_layers=2, n_heads=2, seq_len=8, ffn=ffn, d_ff=24))
+    model = tiny(norm="rmsnorm", pos="rope")
+    idx = torch.randint(0, 16, (3, 8))
+    prof = transformer_profile(model, idx)
+    with torch.no_grad():
+        x = model.tok_emb(idx)
+        assert prof[0]["resid_var"] == pytest.approx(float(x.var(unbiased=False)), rel=1e-5)
+        x = x + model.blocks[0].attn(model.blocks[0].ln_attn(x), (model.rope_cos, model.rope_sin))
+        u = x / torch.sqrt(x.square().mean(-1, keepdim=True) + 1e-5)  # RMSNorm with its initial gain 1
+        assert prof[0]["ffn_in_var"] == pytest.approx(float(u.var(unbiased=False)), rel=1e-5)
+
+
+@pytest.mark.parametrize("norm", ["layernorm", "rmsnorm"])
+def test_stack_surrogate_is_the_norm_at_its_own_scale(norm):
+    """With σ̄ set to one state's own scale (LayerNorm: its std; RMSNorm: its root mean square, no mean removed),
+    the linearised norm is exact there: the surrogate's pre-activations are ``W1 · ln_ffn(x) + b1``."""
+    torch.manual_seed(0)
+    model = tiny("relu", norm=norm, bias=True).double()
+    ln = model.blocks[0].ln_ffn
+    with torch.no_grad():
+        for p in ln.parameters():
+            p.uniform_(0.5, 1.5)
+    x = 2.0 + torch.randn(8, dtype=torch.float64)  # a mean far from 0: centring matters
+    centred = x - x.mean() if norm == "layernorm" else x
+    sigma = float(torch.sqrt(centred.square().mean() + 1e-5))
+    layer = stack_layers(model, [sigma, sigma])[0]
+    with torch.no_grad():
+        want = model.blocks[0].ffn.w_in(ln(x)).numpy()
+    np.testing.assert_allclose(layer.A @ x.numpy() + layer.c, want, rtol=1e-10, atol=1e-12)
+    # σ̄ as region_counts measures it: that scale averaged over the probe tokens' residual states
+    rec = _capture(model, torch.randint(0, 16, (2, 8)))
+    r = rec[("resid", 0)]
+    r = r - r.mean(-1, keepdim=True) if norm == "layernorm" else r
+    assert rec[("sigma", 0)] == pytest.approx(float(torch.sqrt(r.square().mean(-1) + 1e-5).mean()), rel=1e-12)
+
+
+@pytest.mark.parametrize("ffn,norm", [("relu", "layernorm"), ("reglu", "layernorm"), ("relu", "rmsnorm")])
+def test_region_counts_on_a_transformer(ffn, norm):
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(vocab_size=16, d_model=8, n_layers=2, n_heads=2, seq_len=8, ffn=ffn, d_ff=24,
+                                    norm=norm, pos="rope" if norm == "rmsnorm" else "learned"))
     out = region_counts(model, torch.randint(0, 16, (2, 8)), n_paths=3)
     h = model.cfg.ffn_hidden
     for layer in out["per_layer"]:

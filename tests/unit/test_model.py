@@ -166,3 +166,143 @@ def test_flops_formula_matches_flop_counter(ffn):
     measured = counter.get_total_flops() / (B * T)
     analytic = flops_per_token(count_params(model).matmul, cfg.n_layers, cfg.d_model, T)
     assert analytic == pytest.approx(measured, rel=0.05)
+
+
+# --- the Llama-family block: model.norm=rmsnorm, model.pos=rope ---
+
+
+def test_norm_and_pos_values_are_checked():
+    with pytest.raises(ValueError) as e:
+        small(norm="x")
+    assert str(e.value) == "model.norm='x' is not known; valid: layernorm, rmsnorm"
+    with pytest.raises(ValueError) as e:
+        small(pos="alibi")
+    assert str(e.value) == "model.pos='alibi' is not known; valid: learned, rope"
+    with pytest.raises(ValueError, match="model.d_model/model.n_heads=3 must be even"):
+        small(pos="rope", d_model=12, n_heads=4)
+    assert small(pos="learned", d_model=12, n_heads=4).head_dim == 3  # odd heads only matter for rope
+
+
+def test_rmsnorm_output_is_the_formula_and_gains_start_at_one():
+    """Zhang & Sennrich 2019, eq. 4: ``x / sqrt(mean(x²) + eps) · g``, with no mean subtraction and no bias."""
+    torch.manual_seed(0)
+    model = Transformer(small(norm="rmsnorm", bias=True))  # bias=true: Linears only, RMSNorm has a gain only
+    norms = [model.ln_f] + [m for b in model.blocks for m in (b.ln_attn, b.ln_ffn)]
+    for norm in norms:
+        assert [k for k, _ in norm.named_parameters()] == ["weight"]
+        assert torch.equal(norm.weight, torch.ones(32))
+    norm = model.blocks[1].ln_ffn
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 2.0)
+    x = 3.0 + 2.0 * torch.randn(4, 5, 32)  # a non-zero mean: LayerNorm would remove it, RMSNorm must not
+    want = torch.stack([
+        torch.stack([x[b, t] / math.sqrt(sum(v * v for v in x[b, t].tolist()) / 32 + 1e-5) for t in range(5)])
+        for b in range(4)
+    ]) * norm.weight.detach()
+    torch.testing.assert_close(norm(x), want, rtol=1e-5, atol=1e-6)
+    model.reset_parameters()
+    assert torch.equal(norm.weight, torch.ones(32))
+
+
+def test_rope_scores_depend_only_on_the_offset():
+    """RoFormer eq. 34: with the same q and k at every position, ``q_i · k_j`` after rotation is a Toeplitz matrix,
+    equals ``q · k`` at i = j, and is ``Σ_p (q_2p k_2p + q_2p+1 k_2p+1) cos((j-i)θ_p) + (q_2p+1 k_2p - q_2p k_2p+1)
+    sin((j-i)θ_p)`` with ``θ_p = 10000^(-2p/D)``."""
+    from glubench.nn.transformer import apply_rope, rope_angles
+
+    torch.manual_seed(0)
+    T, D = 12, 8
+    q0, k0 = torch.randn(D, dtype=torch.float64), torch.randn(D, dtype=torch.float64)
+    cos, sin = rope_angles(T, D)
+    q = apply_rope(q0.expand(1, 1, T, D), cos.double(), sin.double())[0, 0]  # (T, D)
+    k = apply_rope(k0.expand(1, 1, T, D), cos.double(), sin.double())[0, 0]
+    S = q @ k.T  # (T, T)
+    for i in range(T - 1):
+        for j in range(T - 1):
+            assert S[i + 1, j + 1].item() == pytest.approx(S[i, j].item(), abs=1e-5)
+    torch.testing.assert_close(S.diagonal(), (q0 @ k0).expand(T), rtol=0, atol=1e-6)
+    for i, j in [(0, 5), (7, 2), (11, 0)]:
+        want = 0.0
+        for p in range(D // 2):
+            theta = 10000.0 ** (-2 * p / D)
+            a, b, c, d = q0[2 * p].item(), q0[2 * p + 1].item(), k0[2 * p].item(), k0[2 * p + 1].item()
+            want += (a * c + b * d) * math.cos((j - i) * theta) + (b * c - a * d) * math.sin((j - i) * theta)
+        assert S[i, j].item() == pytest.approx(want, abs=1e-5)
+    assert not torch.allclose(S[0, 1], S[0, 2])  # the rotation does act: the score varies with the offset
+
+
+def test_rope_attention_matches_complex_rotation():
+    """The attention module rotates q and k as complex numbers ``(x_2p + i·x_2p+1)·e^{i·m·θ_p}`` (RoFormer §3.2)
+    before a causal softmax; checked against that spelling, written out here."""
+    torch.manual_seed(0)
+    cfg = small(pos="rope", norm="rmsnorm")  # C 32, H 4, T 16
+    model = Transformer(cfg)
+    attn, B, T, C, H = model.blocks[0].attn, 2, 10, 32, 4
+    x = torch.randn(B, T, C)
+    got = attn(x, (model.rope_cos[:T], model.rope_sin[:T]))
+    q, k, v = (t.view(B, T, H, C // H).transpose(1, 2) for t in attn.qkv(x).split(C, dim=2))
+    theta = torch.tensor([10000.0 ** (-2 * p / (C // H)) for p in range(C // H // 2)])
+    turn = torch.polar(torch.ones(T, C // H // 2), torch.arange(T)[:, None] * theta)  # e^{i m θ_p}, (T, D/2)
+
+    def rotate(t):
+        return torch.view_as_real(torch.view_as_complex(t.reshape(B, H, T, -1, 2).contiguous()) * turn).flatten(-2)
+
+    scores = rotate(q) @ rotate(k).transpose(-1, -2) / math.sqrt(C // H)
+    scores = scores.masked_fill(torch.ones(T, T, dtype=torch.bool).triu(1), float("-inf"))
+    want = attn.proj((scores.softmax(-1) @ v).transpose(1, 2).reshape(B, T, C))
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_rope_model_is_causal_and_has_no_position_parameters():
+    torch.manual_seed(0)
+    model = Transformer(small("swiglu", pos="rope", norm="rmsnorm")).eval()
+    assert model.pos_emb is None
+    assert not any("pos" in k or "rope" in k for k in model.state_dict())  # the angles are not checkpointed
+    assert model.rope_cos.shape == model.rope_sin.shape == (16, 4)  # (seq_len, head_dim/2)
+    idx = torch.randint(0, 64, (2, 16))
+    logits = model(idx)
+    idx2 = idx.clone()
+    idx2[:, 10:] = (idx2[:, 10:] + 1) % 64  # change the future only
+    torch.testing.assert_close(model(idx2)[:, :10], logits[:, :10])
+    assert not torch.allclose(model(idx2)[:, 10:], logits[:, 10:])
+    # Order matters: with one layer and no positions, the last token attends to the prefix as a set, so
+    # swapping its first two tokens would leave its logits unchanged; the rotation makes them differ.
+    one = Transformer(small("swiglu", pos="rope", norm="rmsnorm", n_layers=1)).eval()
+    idx[:, 0], idx[:, 1] = 1, 2
+    swapped = idx[:, [1, 0, *range(2, 16)]]
+    assert not torch.allclose(one(swapped)[:, -1], one(idx)[:, -1])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert model(idx).dtype == torch.bfloat16  # the float32 angles do not promote q, k out of bf16
+
+
+@pytest.mark.parametrize("ffn", ["relu", "swiglu"])
+def test_llama_block_counts_by_hand(ffn):
+    """norm=rmsnorm, pos=rope, bias=false: one gain vector per norm, no position embedding."""
+    cfg = small(ffn, norm="rmsnorm", pos="rope")
+    c = count_params(Transformer(cfg))
+    d, L, V, h = 32, 2, 64, cfg.ffn_hidden
+    ffn_params = (3 if cfg.gated else 2) * d * h
+    assert c.ffn_per_layer == ffn_params and c.ffn_total == L * ffn_params
+    assert c.nonembedding == L * (3 * d * d + d * d + ffn_params + 2 * d) + d  # qkv, proj, ffn, two gains; final gain
+    assert c.total == c.nonembedding + V * d  # the token embedding only (tied to the head)
+    assert c.matmul == L * (4 * d * d + ffn_params) + d * V
+    learned = count_params(Transformer(small(ffn)))
+    assert learned.total - c.total == 16 * d  # tiny's block differs by the position embedding only (bias=false)
+    assert learned.ffn_per_layer == c.ffn_per_layer and learned.matmul == c.matmul
+
+
+def test_llama_tiny_preset_matches_tiny_sizes_and_ffn(compose_cfg):
+    from glubench.train.validate import model_config
+
+    for ffn in ("relu", "swiglu", "geglu"):
+        tiny = model_config(compose_cfg(["model=tiny", f"model.ffn={ffn}"]))
+        llama = model_config(compose_cfg(["model=llama_tiny", f"model.ffn={ffn}"]))
+        assert (llama.norm, llama.pos, llama.bias) == ("rmsnorm", "rope", False)
+        assert (tiny.norm, tiny.pos) == ("layernorm", "learned")
+        sizes = ("vocab_size", "d_model", "n_layers", "n_heads", "seq_len", "d_ff", "ffn_hidden", "init", "init_std")
+        assert [getattr(llama, k) for k in sizes] == [getattr(tiny, k) for k in sizes]
+        assert llama.d_model == 128 and llama.n_layers == 4 and llama.n_heads == 4 and llama.seq_len == 128
+        assert llama.ffn_hidden == (round(2 * 512 / 3) if ffn != "relu" else 512)  # 341 gated, 512 relu
+        a, b = count_params(Transformer(tiny)), count_params(Transformer(llama))
+        assert a.ffn_per_layer == b.ffn_per_layer
+        assert a.total - b.total == 128 * 128  # seq_len × d_model of position embedding
