@@ -246,7 +246,7 @@ def cmd_regions(args) -> int:
               f" {a['plane_mean']:12.1f}")
     if counts["after"]["stack"]:
         sb, sa = counts["before"]["stack"], counts["after"]["stack"]
-        print(f"  FFN stack (surrogate: LayerNorm scale frozen, attention left out), pieces on a segment: "
+        print(f"  FFN stack (surrogate: each norm's scale frozen, attention left out), pieces on a segment: "
               f"before {sb['segment_mean']:.1f} "
               f"(cumulative by layer {[round(c, 1) for c in sb['per_layer_cumulative']]}), "
               f"after {sa['segment_mean']:.1f} ({[round(c, 1) for c in sa['per_layer_cumulative']]})")
