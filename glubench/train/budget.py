@@ -16,7 +16,7 @@ from glubench.core.errors import ConfigError
 from glubench.nn.config import ffn_params
 from glubench.nn.flops import flops_per_token
 
-BUDGET_MODES = ("tokens", "flops", "time")
+BUDGET_MODES = ("tokens", "flops", "time", "tokens_per_param")
 
 # time mode: the step cap handed to Lightning and the data module; the clock stops first.
 TIME_MODE_MAX_STEPS = 10**9
@@ -45,7 +45,7 @@ class BudgetPlan:
 
 def plan_budget(mode: str, value: float | None, *, max_steps: int, tokens_per_step: int,
                 flops_per_token: float, reference_flops_per_token: float | None = None,
-                warmup_steps: int = 0) -> BudgetPlan:
+                warmup_steps: int = 0, params: int | None = None) -> BudgetPlan:
     """Resolve a budget to optimizer steps (rounded down: a run never exceeds its budget).
 
     - ``tokens``: ``value`` tokens, or ``max_steps`` steps when ``value`` is ``None``.
@@ -55,6 +55,9 @@ def plan_budget(mode: str, value: float | None, *, max_steps: int, tokens_per_st
       non-gated baseline), so cheaper variants get more steps and dearer ones fewer.
       Two variants' FLOPs then differ by less than one step's FLOPs of the dearer one.
     - ``time``: ``value`` training seconds; ``max_steps`` becomes :data:`TIME_MODE_MAX_STEPS`.
+    - ``tokens_per_param``: ``value`` × ``params`` training tokens (``params``: the model's
+      non-embedding parameters, Kaplan et al. 2020's N), so the budget grows with the model, as
+      a compute ladder needs (Hoffmann et al. 2022 find ~20 tokens per parameter compute-optimal).
 
     Raises:
         ConfigError: unknown mode, a missing or non-positive value, or a budget that does not
@@ -68,7 +71,13 @@ def plan_budget(mode: str, value: float | None, *, max_steps: int, tokens_per_st
         if value is None:
             raise ConfigError("budget.value=null: budget.mode=time needs the training seconds, e.g. budget.value=60")
         return BudgetPlan(mode, value, float(value), TIME_MODE_MAX_STEPS, tokens_per_step, flops_per_token)
-    if mode == "tokens":
+    if mode == "tokens_per_param":
+        if value is None:
+            raise ConfigError("budget.value=null: budget.mode=tokens_per_param needs the tokens per parameter, "
+                              "e.g. budget.value=20")
+        target = float(value) * params
+        steps = math.floor(target / tokens_per_step)
+    elif mode == "tokens":
         target = float(value) if value is not None else float(max_steps * tokens_per_step)
         steps = math.floor(target / tokens_per_step)
     else:
@@ -100,13 +109,16 @@ def realised(plan: BudgetPlan, tokens: int, steps: int, seconds: float, stopped_
     return out
 
 
-def plan_from_config(cfg, model_cfg, matmul_params: int, world_size: int) -> BudgetPlan:
+def plan_from_config(cfg, model_cfg, matmul_params: int, world_size: int, nonembedding_params: int = 0
+                     ) -> BudgetPlan:
     """:func:`plan_budget` for a composed config, its model and the number of processes.
 
     Args:
         cfg: the run config (``budget.*``, ``trainer.*``, ``data.batch_size``, ``optim.warmup_steps``).
         model_cfg: the :class:`~glubench.nn.transformer.ModelConfig` (FFN widths after matching).
         matmul_params: the model's per-token matmul weights (``count_params(model).matmul``).
+        nonembedding_params: its non-embedding parameters (``count_params(model).nonembedding``), for
+            ``budget.mode=tokens_per_param``.
         world_size: processes training together (``trainer.world_size``).
 
     The reference for ``budget=flops`` with no value is the non-gated baseline of width
@@ -121,5 +133,5 @@ def plan_from_config(cfg, model_cfg, matmul_params: int, world_size: int) -> Bud
         cfg.budget.mode, cfg.budget.value, max_steps=t.max_steps, tokens_per_step=tps,
         flops_per_token=flops_per_token(matmul_params, mc.n_layers, mc.d_model, mc.seq_len),
         reference_flops_per_token=flops_per_token(ref_matmul, mc.n_layers, mc.d_model, mc.seq_len),
-        warmup_steps=cfg.optim.warmup_steps,
+        warmup_steps=cfg.optim.warmup_steps, params=nonembedding_params,
     )

@@ -178,7 +178,7 @@ def fit(cfg: DictConfig, result: RunResult, model_cfg=None) -> RunResult:
     trainer = build_trainer(cfg, out, callbacks, loggers)
 
     # The budget fixes the steps here, once: the schedule, the data and the Trainer all use them.
-    plan = plan_from_config(cfg, model_cfg, counts.matmul, trainer.world_size)
+    plan = plan_from_config(cfg, model_cfg, counts.matmul, trainer.world_size, counts.nonembedding)
     trainer.fit_loop.epoch_loop.max_steps = module.max_steps = plan.max_steps
     dm.num_batches = plan.max_steps * t.accumulate_grad_batches
     budget_cb = _callback(trainer, BudgetCallback)

@@ -135,6 +135,9 @@ def _check_trainer(t: DictConfig, steps_from_max_steps: bool) -> None:
         if not 0.0 < v <= 1.0:
             raise ConfigError(f"trainer.val_check_interval={v} must be a positive number of steps or a fraction "
                               "of the epoch in (0, 1]")
+        if t.check_val_every_n_epoch is None:
+            raise ConfigError(f"trainer.val_check_interval={v} is a fraction of an epoch, which Lightning counts only "
+                              "with trainer.check_val_every_n_epoch set (e.g. 1)")
     else:
         _positive_ints([("trainer.val_check_interval", v)])
         # Other budgets set the steps later (glubench.train.budget.plan_budget checks them).
@@ -225,6 +228,9 @@ def validate_config(cfg: DictConfig) -> ModelConfig:
         raise ConfigError(f"budget.value={b.value} must be positive or null")
     if b.mode == "time" and b.value is None:
         raise ConfigError("budget.value=null: budget=time needs the training seconds, e.g. budget.value=60")
+    if b.mode == "tokens_per_param" and b.value is None:
+        raise ConfigError("budget.value=null: budget=tokens_per_param needs the tokens per parameter, "
+                          "e.g. budget.value=20")
     steps_from_max_steps = b.mode == "tokens" and b.value is None
     _check_trainer(t, steps_from_max_steps)
     if not (math.isfinite(o.lr) and o.lr > 0):
