@@ -179,13 +179,8 @@ def _field(result: RunResult, name: str) -> Any:
 
 @dataclass
 class Report:
-    """A whole sweep: groups of completed runs (sorted by mean val loss) and the runs that did not complete.
-
-    ``problems``: runs whose status is not ``completed`` and job folders with no ``results.json``
-    whose job log has content (status ``missing``: killed).  ``not_started``: job folders with no
-    ``results.json`` and no job log with content (the job never began, e.g. a rejected config);
-    listed but not failures.
-    """
+    """A whole sweep: groups of completed runs (sorted by mean val loss) and the runs that did not complete:
+    ``problems`` (status not ``completed``, or ``missing``: killed) and ``not_started`` (not failures)."""
 
     keys: list[str]
     groups: list[Group]
@@ -319,20 +314,11 @@ def build_report(paths: list[Path], tuned: tuple[str, ...] = ()) -> Report:
     return Report(keys, groups, problems, runs, [Path(p) for p in paths], list(tuned), not_started)
 
 
-# ---------------------------------------------------------------------------------------------------- formatting
-
-
 def _fmt(x: Optional[float], spec: str, scale: float = 1, unit: str = "") -> str:
     """``x * scale`` formatted by ``spec``, then ``unit``; ``—`` for ``None`` or a non-finite float."""
     if x is None or (isinstance(x, float) and not math.isfinite(x)):
         return "—"
     return format(x * scale, spec) + unit
-
-
-def _distinct(g: Group, key: str) -> str:
-    """The distinct values of a config key over a group's runs (a tuned key: one per variant)."""
-    vals = sorted({r.flat.get(key) for r in g.runs}, key=str)
-    return ", ".join(f"{v:.3g}" if isinstance(v, float) else str(v) for v in vals)
 
 
 def summary_rows(report: Report) -> tuple[list[str], list[list[str]]]:
@@ -346,7 +332,9 @@ def summary_rows(report: Report) -> tuple[list[str], list[list[str]]]:
         ("", lambda g: "★" if g.best else ""),
         ("variant", lambda g: g.ffn),
         *((k, lambda g, k=k: str(g.values[k])) for k in report.keys[1:]),
-        *((f"{k} (tuned)", lambda g, k=k: _distinct(g, k)) for k in report.tuned),
+        *((f"{k} (tuned)", lambda g, k=k: ", ".join(  # its distinct values: one per variant
+            f"{v:.3g}" if isinstance(v, float) else str(v) for v in sorted({r.flat.get(k) for r in g.runs}, key=str)))
+          for k in report.tuned),
         ("FFN hidden", lambda g: _fmt(g.first("ffn_hidden"), ",")),
         ("FFN params", lambda g: _fmt(g.first("params_ffn"), ",")),
         ("params vs baseline", lambda g: _fmt(g.params_vs_baseline, "+.2f", 100, "%")),
@@ -451,13 +439,10 @@ def terminal_text(report: Report) -> str:
     return "\n\n".join(parts)
 
 
-# ---------------------------------------------------------------------------------------------------- files
-
-
 def write_csv(report: Report, path: Path) -> None:
     """One row per run (completed or not): every results.json field, ``config.*`` flattened, ``history`` as JSON."""
-    names = [f.name for f in fields(RunResult) if f.name not in ("config", "versions", "history", "budget",
-                                                                 "diagnostics")]
+    nested = ("config", "versions", "history", "budget", "diagnostics")
+    names = [f.name for f in fields(RunResult) if f.name not in nested]
     rows = []
     for r in report.runs:
         d = asdict(r.result)
@@ -499,9 +484,8 @@ def write_plots(report: Report, out_dir: Path) -> list[Path]:
             if g.n > 1:
                 ax.fill_between(xs, [min(at[x]) for x in xs], [max(at[x]) for x in xs], color=c, alpha=0.2,
                                 linewidth=0)
-    ax.set_xlabel("tokens seen")
-    ax.set_ylabel("validation loss (nats/token)")
-    ax.set_title(f"{report.experiment}: validation loss (mean over seeds; shaded: min–max)")
+    ax.set(xlabel="tokens seen", ylabel="validation loss (nats/token)",
+           title=f"{report.experiment}: validation loss (mean over seeds; shaded: min–max)")
     ax.grid(alpha=0.3)
     if ax.lines:  # no run recorded a validation history: an empty plot, without an empty legend
         ax.legend(fontsize=8)
@@ -522,28 +506,19 @@ def write_plots(report: Report, out_dir: Path) -> list[Path]:
             lo, hi = min(m - e for m, e in zip(means, errs)), max(m + e for m, e in zip(means, errs))
             pad = 0.15 * (hi - lo) + 1e-3
             ax.set_ylim(lo - pad, hi + pad)
-        ax.set_ylabel(ylabel)
-        ax.set_title(f"{report.experiment}: {title}")
+        ax.set(ylabel=ylabel, title=f"{report.experiment}: {title}")
         ax.grid(axis="y", alpha=0.3)
     for name, fig in figs.items():
         atomic_write(out_dir / name, lambda f, fig=fig: fig.savefig(f, format="png", dpi=110))
     return [out_dir / name for name in figs]
 
 
-def summary_run_id(project: str, group: str) -> str:
-    """The W&B run id of a group's summary run: ``summary-`` + 12 hex digits of sha256(project, group).
-
-    Deterministic, so every report of the same group resumes one run instead of adding one; hex
-    digits and ``-`` are within W&B's allowed run-id characters whatever the group is called.
-    """
-    return "summary-" + sha256_text(str(project), str(group))[:12]
-
-
 def log_wandb(report: Report, out_dir: Path, plots: list[Path]) -> Optional[Path]:
-    """A separate W&B run of the group (``job_type=report``, id :func:`summary_run_id`, resumed if it
-    exists): the summary, comparison and problem tables as ``wandb.Table`` plus the plots as images.
-    Project, entity, group and mode come from the runs' ``logger.wandb.*``; the mode otherwise from
-    ``$WANDB_MODE``, else online iff credentials exist.  Returns the run's local folder."""
+    """A separate W&B run of the group (``job_type=report``): the summary, comparison and problem tables
+    as ``wandb.Table`` plus the plots as images.  Project, entity, group and mode come from the runs'
+    ``logger.wandb.*``; the mode otherwise from ``$WANDB_MODE``, else online iff credentials exist.
+    The run id is ``summary-`` + 12 hex digits of sha256(project, group): every report of a group
+    resumes one run.  Returns the run's local folder."""
     import os
 
     import wandb
@@ -556,9 +531,9 @@ def log_wandb(report: Report, out_dir: Path, plots: list[Path]) -> Optional[Path
     project = flat.get("logger.wandb.project") or "glubench"
     group = flat.get("logger.wandb.group") or flat.get("experiment_name") or "glubench"
     with redacted_argv():  # W&B records the command line, which may hold a secret override
-        run = wandb.init(project=project, entity=flat.get("logger.wandb.entity"), group=group,
-                         id=summary_run_id(project, group), resume="allow", name=f"summary-{group}",
-                         job_type="report", dir=str(out_dir), mode=mode, reinit="finish_previous")
+        run = wandb.init(project=project, entity=flat.get("logger.wandb.entity"), group=group, mode=mode,
+                         id="summary-" + sha256_text(str(project), str(group))[:12], resume="allow",
+                         name=f"summary-{group}", job_type="report", dir=str(out_dir), reinit="finish_previous")
     # A later report may cover other paths: update rather than pass config= (a resumed run's
     # config keys may not change value otherwise).
     run.config.update(redact({"grouped_by": report.keys, "paths": [str(p) for p in report.paths]}),
@@ -579,17 +554,11 @@ def log_wandb(report: Report, out_dir: Path, plots: list[Path]) -> Optional[Path
     return folder
 
 
-def use_wandb(report: Report, choice: str) -> bool:
-    """``on``/``off``, or ``auto``: on iff the runs themselves logged to W&B (``logger.wandb``)."""
-    if choice in ("on", "off"):
-        return choice == "on"
-    return any(k.startswith("logger.wandb.") for r in report.runs for k in r.flat)
-
-
 def report_sweep(paths: list[Path], out_dir: Optional[Path] = None, plots: bool = True,
                  wandb_choice: str = "auto", tuned: tuple[str, ...] = ()) -> Report:
-    """Build the report for ``paths`` and write results.csv, summary.md, the plots and (optionally)
-    a W&B summary run into ``out_dir`` (default: the single PATH).
+    """Build the report for ``paths`` and write results.csv, summary.md, the plots and a W&B summary run
+    (``wandb_choice``: ``on``, ``off`` or ``auto``: iff the runs logged to W&B) into ``out_dir`` (default:
+    the single PATH).
 
     Raises:
         FileNotFoundError: a path does not exist.
@@ -607,7 +576,8 @@ def report_sweep(paths: list[Path], out_dir: Optional[Path] = None, plots: bool 
     write_csv(report, out_dir / "results.csv")
     written = write_plots(report, out_dir) if plots else []
     atomic_write_text(out_dir / "summary.md", summary_markdown(report, [p.name for p in written]))
-    if use_wandb(report, wandb_choice):
+    runs_logged = any(k.startswith("logger.wandb.") for r in report.runs for k in r.flat)
+    if wandb_choice == "on" or (wandb_choice == "auto" and runs_logged):
         try:
             log_wandb(report, out_dir, written)
         except Exception as e:  # noqa: BLE001 - the files above are the report; W&B is a copy
@@ -616,12 +586,9 @@ def report_sweep(paths: list[Path], out_dir: Optional[Path] = None, plots: bool 
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    """``glubench-report PATH... [--out DIR] [--tuned KEY]... [--no-plots] [--wandb auto|on|off]``.
-
-    Exit status: 0, or 1 when any run failed, was interrupted or left no results.json (they are
-    listed in the report; a job that never started is listed but is not a failure), or 2 on bad
-    arguments.
-    """
+    """``glubench-report PATH... [--out DIR] [--tuned KEY]... [--no-plots] [--wandb auto|on|off]``; returns
+    the exit status: 1 when any run failed, was interrupted or left no results.json (a job that never
+    started is listed, not a failure), 2 on bad arguments, else 0."""
     from glubench.core.logging import configure
 
     configure()
