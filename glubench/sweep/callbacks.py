@@ -1,18 +1,14 @@
 """Hydra glue for sweeps: check every job and estimate the total time before a multirun starts,
 run :mod:`glubench.sweep.report` when it ends, and make failed jobs results rather than aborts.
 
-Why a callback: with Hydra 1.3's BasicLauncher, a job's ``Exception`` is caught and the other jobs
-run, but BasicSweeper then re-raises the first failure, so ``on_multirun_end`` never runs and no
-report is written (``SystemExit`` and ``KeyboardInterrupt`` abort the sweep).  So, when this callback
-is configured (``hydra.callbacks.glubench_report`` in ``conf/config.yaml``), the job function
-(:func:`glubench.cli.main.main`) records a failure in its ``results.json`` and returns instead of
-raising; :meth:`SweepReport.on_multirun_end` reads every ``results.json``, prints the table and
-exits with status 1 if any job failed.  Without the callback, jobs raise as in plain Hydra.
+Why: Hydra 1.3's BasicSweeper re-raises the first failed job after the others ran, so
+``on_multirun_end`` never runs.  With :class:`SweepReport` configured (``hydra.callbacks.glubench_report``),
+the job function (:func:`glubench.cli.main.main`) records a failure in its ``results.json`` and returns;
+the report at the end lists it and the command exits with status 1.  Without it, jobs raise as in Hydra.
 """
 
 from __future__ import annotations
 
-import itertools
 import logging
 import math
 import sys
@@ -25,8 +21,6 @@ from omegaconf import DictConfig, OmegaConf
 
 from glubench.train.devices import resolve_accelerator, world_size
 
-CALLBACK_TARGET = "glubench.sweep.callbacks.SweepReport"
-
 log = logging.getLogger(__name__)
 
 
@@ -37,20 +31,17 @@ def collects_job_failures() -> bool:
 
     if not HydraConfig.initialized() or (hc := HydraConfig.get()).mode != RunMode.MULTIRUN:
         return False
-    return any(OmegaConf.select(cb, "_target_") == CALLBACK_TARGET for cb in (hc.callbacks or {}).values())
+    return any(OmegaConf.select(cb, "_target_") == f"{__name__}.SweepReport" for cb in (hc.callbacks or {}).values())
 
 
 def job_overrides(config: DictConfig) -> Optional[list[list[str]]]:
-    """The override list of every job Hydra's BasicSweeper will launch, in its order (``None`` for
-    another sweeper).
-
-    As the BasicSweeper does: ``hydra.sweeper.params`` then the command-line overrides, parsed by
-    Hydra's parser; a later override of a key replaces the earlier one in its place; the jobs are
-    the Cartesian product of each key's values, the first key varying slowest.
+    """The override list of every job Hydra's BasicSweeper will launch, in its order (``None`` for another
+    sweeper): its params, then the command line, expanded by the BasicSweeper's own code.
 
     Raises:
         ConfigError: a sweep that cannot be enumerated (``interval(...)``: only a search sweeper can).
     """
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
@@ -63,31 +54,20 @@ def job_overrides(config: DictConfig) -> Optional[list[list[str]]]:
     args += list(OmegaConf.to_container(config.hydra.overrides.task, resolve=False))
     gh = GlobalHydra.instance()  # the config loader expands glob(...) sweeps over config groups
     parser = OverridesParser.create(config_loader=gh.config_loader() if gh.is_initialized() else None)
-    choices: dict[str, list[str]] = {}
-    for o in parser.parse_overrides(args):
-        key = o.get_key_element()
-        if not o.is_sweep_override():
-            choices[key] = [f"{key}={o.get_value_element_as_str()}"]
-        elif o.is_discrete_sweep():
-            choices[key] = [f"{key}={v}" for v in o.sweep_string_iterator()]
-        else:
+    overrides = parser.parse_overrides(args)
+    for o in overrides:
+        if o.is_sweep_override() and not o.is_discrete_sweep():
             raise ConfigError(f"{o.input_line}: the basic sweeper runs only choice and range sweeps, not "
                               f"{o.value_type.name if o.value_type else 'this'} (use a search sweeper)")
-    return [list(job) for job in itertools.product(*choices.values())]
+    return BasicSweeper.split_arguments(overrides, max_batch_size=None)[0]
 
 
 class SweepReport(Callback):
-    """Before a multirun: validate every job's config and log an estimated total time.  After it:
-    write the report (:func:`glubench.sweep.report.report_sweep`) into the sweep dir, print the table,
-    and exit with status 1 if any job failed.
-
-    Args:
-        report: run the report at the end.
-        estimate: log the estimated total time (:meth:`estimate_seconds`) at the start.
-        plots: write the PNG plots.
-        wandb: ``auto`` (a W&B summary run iff the jobs logged to W&B), ``on`` or ``off``.
-        gpu_mfu: assumed model FLOPs utilisation on a GPU, for the estimate only.
-        job_overhead_s: assumed seconds per job outside training and validation (setup, checkpoint).
+    """Before a multirun: validate every job's config and log an estimated total time.  After it: write
+    the report (:func:`glubench.sweep.report.report_sweep`; ``plots``, ``wandb``: ``auto``, ``on``, ``off``)
+    into the sweep dir, print the table, and exit with status 1 if any job failed.  For the estimate only:
+    ``gpu_mfu``, the assumed model FLOPs utilisation on a GPU, and ``job_overhead_s``, the assumed seconds
+    per job outside training and validation (setup, checkpoint).
     """
 
     def __init__(self, report: bool = True, estimate: bool = True, plots: bool = True, wandb: str = "auto",
@@ -98,8 +78,7 @@ class SweepReport(Callback):
 
     def on_multirun_start(self, config: DictConfig, config_name: Optional[str] = None, **kwargs: Any) -> None:
         self.t_start = time.perf_counter()
-        jobs = job_overrides(config)
-        if jobs is None:
+        if (jobs := job_overrides(config)) is None:
             return
         from hydra import compose
 
@@ -125,20 +104,11 @@ class SweepReport(Callback):
                 log.warning(f"glubench: (no time estimate: {type(e).__name__}: {e})")
 
     def estimate_seconds(self, cfgs: list[DictConfig], model_cfgs: list[Any]) -> tuple[float, str]:
-        """Estimated seconds for all jobs and a short description of the method.
-
-        ``Σ_jobs (train_tokens·fpt/train_flops + n_val·val_tokens·(fpt/3)/val_flops + job_overhead_s)``
-        with ``fpt`` = :func:`glubench.nn.flops.flops_per_token`.  On a CPU the achieved FLOP/s are
-        measured by a few steps of the first job's model (a busy machine gives a longer estimate); on
-        a GPU they are the device's dense peak (:func:`glubench.train.metrics.peak_flops`) times ``gpu_mfu``.
-
-        Args:
-            cfgs: the composed job configs.
-            model_cfgs: each job's validated model config (what
-                :func:`glubench.train.validate.validate_config` returned for it), in the order of ``cfgs``.
-
-        Raises:
-            ValueError: no GPU peak FLOP/s is known, or ``cfgs`` and ``model_cfgs`` differ in length.
+        """Seconds for the jobs ``cfgs`` (``model_cfgs``: what :func:`glubench.train.validate.validate_config`
+        returned for each) and how: ``Σ_jobs (train_tokens·fpt/train_flops + n_val·val_tokens·(fpt/3)/val_flops
+        + job_overhead_s)``, ``fpt`` = :func:`glubench.nn.flops.flops_per_token`, the FLOP/s measured by a few
+        steps of the first job's model on a CPU, or the dense peak (:func:`glubench.train.metrics.peak_flops`)
+        times ``gpu_mfu`` on a GPU.  ValueError when no GPU peak is known or the two lists differ in length.
         """
         import torch
 
@@ -211,10 +181,7 @@ def _val_tokens(cfg: DictConfig) -> int:
 
 
 def _measure_cpu_flops(cfg: DictConfig, mc: Any, steps: int = 3) -> tuple[float, float]:
-    """Achieved FLOP/s of ``cfg``'s model (``mc``: its validated model config) on this CPU, as
-    (training step, validation forward): ``steps`` AdamW steps on random tokens and ``steps`` no-grad
-    forwards at the validation batch size, each after one warm-up; a forward is a third of a
-    training step's FLOPs (:func:`glubench.nn.flops.flops_per_token`)."""
+    """(training, validation) FLOP/s of model config ``mc`` on this CPU, timed on random tokens."""
     import torch
     import torch.nn.functional as F
 
@@ -249,11 +216,8 @@ def _measure_cpu_flops(cfg: DictConfig, mc: Any, steps: int = 3) -> tuple[float,
 
 
 class SweepDirCallback(Callback):
-    """Hydra callback: create ``hydra.sweep.dir`` when a multirun starts.
-
-    The Optuna sweeper opens its sqlite storage (``<sweep dir>/optuna.db``) before the launcher
-    creates the sweep dir; without this, sqlite fails with "unable to open database file".
-    """
+    """Hydra callback: create ``hydra.sweep.dir`` when a multirun starts, for the Optuna sweeper, which opens
+    ``<sweep dir>/optuna.db`` before the launcher creates the dir ("unable to open database file")."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         Path(str(config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)

@@ -1,17 +1,12 @@
 """Cluster jobs: the SLURM/submitit launcher rules and how the ranks of a multi-device job start.
 
-One process per device, started *outside* the Python job:
-
-- ``hydra/launcher=slurm`` (Hydra's submitit plugin) submits one array task per variant with
-  ``tasks_per_node = gpus_per_node = trainer.devices``; ``srun`` starts one process per GPU, each runs
-  the same pickled Hydra job (same output dir), and Lightning's ``SLURMEnvironment`` reads the ranks.
-- ``hydra/launcher=local`` (submitit's local executor) does the same on one machine;
-  :func:`export_submitit_ranks` turns submitit's rank variables into the ones Lightning reads.
-- A single run (``glubench trainer=ddp``, no ``--multirun``) uses Lightning's own launcher, which
-  re-runs the command for ranks ≥ 1 with the parent's ``hydra.run.dir``.
-- A basic-launcher ``--multirun`` with ``trainer.devices > 1`` under DDP/FSDP is refused
-  (:func:`check_multirun_strategy`): each rank's re-run of ``sys.argv`` would start a new sweep.
-
+One process per device, started *outside* the Python job: ``hydra/launcher=slurm`` (Hydra's submitit
+plugin) submits one array task per variant with ``tasks_per_node = gpus_per_node = trainer.devices``,
+``srun`` starts one process per GPU running the same pickled Hydra job, and Lightning's
+``SLURMEnvironment`` reads the ranks; ``hydra/launcher=local`` does the same on one machine
+(:func:`export_submitit_ranks`).  A single run (``glubench trainer=ddp``) uses Lightning's own launcher,
+which re-runs the command for ranks ≥ 1 with the parent's ``hydra.run.dir``; in a basic-launcher
+``--multirun`` that re-run would start a new sweep, so it is refused (:func:`check_multirun_strategy`).
 Only global rank 0 writes ``results.json`` and logs to W&B (:func:`glubench.core.ranks.is_global_zero`).
 """
 
@@ -35,9 +30,8 @@ def _as_int(value: Any) -> int | None:
 
 
 def check_launcher(launcher: Any, trainer: Any) -> None:
-    """For a submitit launcher (``launcher``: ``hydra.launcher``; others pass), enforce
-    ``tasks_per_node == gpus_per_node == trainer.devices`` (Lightning needs one process per device,
-    which submitit starts; SLURM gives each node ``gpus_per_node`` GPUs) and ``nodes == trainer.num_nodes``.
+    """For a submitit ``hydra.launcher`` (others pass), enforce ``tasks_per_node == gpus_per_node ==
+    trainer.devices`` (one process per device, started by submitit) and ``nodes == trainer.num_nodes``.
 
     Raises:
         ConfigError: naming the keys that disagree and which one to change.
@@ -65,12 +59,9 @@ def check_launcher(launcher: Any, trainer: Any) -> None:
 
 
 def check_multirun_strategy(trainer: Any, multirun: bool, launcher_target: str) -> None:
-    """Refuse a multi-process strategy with ``devices > 1`` in a basic-launcher ``--multirun``, unless the
-    ranks were started outside Lightning (``LOCAL_RANK``, ``SLURM_PROCID`` or ``TORCHELASTIC_RUN_ID`` set).
-
-    Raises:
-        ConfigError: with the launcher to use instead.
-    """
+    """Refuse (ConfigError naming the launcher to use) a multi-process strategy with ``devices > 1`` in a
+    basic-launcher ``--multirun``, unless the ranks were started outside Lightning (``LOCAL_RANK``,
+    ``SLURM_PROCID`` or ``TORCHELASTIC_RUN_ID`` set)."""
     strategy = str(trainer.strategy)
     devices = _as_int(trainer.devices)
     many = devices is None or devices > 1 or _as_int(trainer.num_nodes) != 1
@@ -114,11 +105,8 @@ class LauncherCheck(Callback):
 
 
 def check_job_launch(cfg: Any) -> None:
-    """Per-job checks inside Hydra: the launcher rule, the multirun/DDP rule; then join submitit's ranks.
-
-    Raises:
-        ConfigError: as :func:`check_launcher` / :func:`check_multirun_strategy`.
-    """
+    """Per-job checks inside Hydra (:func:`check_launcher`, :func:`check_multirun_strategy`: ConfigError),
+    then join submitit's ranks."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 

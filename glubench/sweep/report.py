@@ -1,15 +1,11 @@
 """Aggregate a sweep: ``results.json`` files -> results.csv, summary.md, statistics, plots, W&B summary.
 
-Hydra-free: it reads the files any glubench run writes (:class:`glubench.train.results.RunResult`), so
-it works on any folder of runs, during or after a sweep.  ``glubench-report PATH...`` is the
-command line; :class:`glubench.sweep.callbacks.SweepReport` calls :func:`report_sweep` at the end of a
-multirun.
-
-Runs are grouped by every config key whose value differs between runs, except the seed (and
-``model.ffn`` is always a grouping key), so seeds are replicates and any other swept key (a
-learning rate, a width) gets its own rows.  Each variant is compared with the ``relu`` group
-that has the same values of the other keys: the difference of mean final validation loss with
-a Welch t 95% confidence interval (Welch 1947; Satterthwaite degrees of freedom).
+Hydra-free: it reads the files any glubench run writes (:class:`glubench.train.results.RunResult`), during
+or after a sweep.  ``glubench-report PATH...`` is the command line; :class:`glubench.sweep.callbacks.SweepReport`
+calls :func:`report_sweep` at the end of a multirun.  Runs are grouped by every config key whose value
+differs between runs (``model.ffn`` always), except the seed: seeds are replicates.  Each variant is compared
+with the ``relu`` group that has the same values of the other keys: the difference of mean final validation
+loss with a Welch t 95% confidence interval (Welch 1947; Satterthwaite degrees of freedom).
 """
 
 from __future__ import annotations
@@ -20,7 +16,9 @@ import io
 import json
 import logging
 import math
+import os
 import sys
+import warnings
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Optional
@@ -87,8 +85,6 @@ def welch(a: list[float], b: list[float], confidence: float = CONFIDENCE) -> Wel
     const_a, const_b = len(set(a)) == 1, len(set(b)) == 1
     if const_a and const_b:  # se = 0: scipy would give t = ±inf and a zero-width interval
         return Welch(diff, note="n/a: zero variance on both sides")
-    import warnings
-
     from scipy import stats  # not at module level: scipy takes a while to import
 
     with warnings.catch_warnings():
@@ -105,8 +101,7 @@ def _mean(xs: list[float]) -> float:
     return sum(xs) / len(xs)
 
 
-def _std(xs: list[float]) -> Optional[float]:
-    """Sample standard deviation; ``None`` for fewer than two values."""
+def _std(xs: list[float]) -> Optional[float]:  # sample standard deviation
     if len(xs) < 2:
         return None
     m = _mean(xs)
@@ -116,16 +111,12 @@ def _std(xs: list[float]) -> Optional[float]:
 @dataclass
 class Group:
     """Completed runs that share every swept value except the seed (``values``: grouping key -> value).
-
-    :meth:`mean`, :meth:`std` and :meth:`first` read a :class:`RunResult` field by name, dotted into
-    its dicts (``budget.tokens``, ``diagnostics.dead_units.dead_frac``); losses in nats per token.
-    """
+    Its methods read a :class:`RunResult` field by name, dotted into its dicts (``budget.tokens``)."""
 
     values: dict[str, Any]
     runs: list[Run]
     params_vs_baseline: Optional[float] = None  # FFN params relative to the matching relu group
     vs_baseline: Optional[Welch] = None
-    best: bool = False
 
     @property
     def ffn(self) -> str:
@@ -145,24 +136,17 @@ class Group:
         return len(self.runs)
 
     @property
-    def losses(self) -> list[float]:
-        return [r.result.val_loss for r in self.runs]
-
-    @property
     def loss_mean(self) -> float:
-        return _mean(self.losses)
+        return _mean(self.finite("val_loss"))
 
-    def _finite(self, name: str) -> list[float]:
+    def finite(self, name: str) -> list[float]:
+        """The finite values of ``name`` over the runs (those that measured it)."""
         return [float(x) for r in self.runs if (x := _field(r.result, name)) is not None and math.isfinite(x)]
 
     def mean(self, name: str) -> Optional[float]:
-        """Mean over the runs that measured ``name`` (``None`` if none did)."""
-        xs = self._finite(name)
+        """Mean of :meth:`finite` (``None`` if no run measured ``name``)."""
+        xs = self.finite(name)
         return _mean(xs) if xs else None
-
-    def std(self, name: str) -> Optional[float]:
-        """Sample std over the runs that measured ``name`` (``None`` below two)."""
-        return _std(self._finite(name))
 
     def first(self, name: str) -> Any:
         """The first run's value of a per-variant constant (``ffn_hidden``, ``params_ffn``), skipping ``None``."""
@@ -212,15 +196,13 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def _missing_run(job_dir: Path) -> Run:
-    """A Hydra job folder without ``results.json``: ``missing`` (killed) if its job log has content, since
-    Hydra writes ``.hydra/config.yaml`` before the job runs and the log as it runs; else ``not_started``."""
+    """A Hydra job folder without results.json: ``missing`` (killed) if the job began (its log has content)."""
     from omegaconf import OmegaConf
 
-    cfg: dict[str, Any] = {}
     try:
         cfg = OmegaConf.to_container(OmegaConf.load(job_dir / ".hydra" / "config.yaml"), resolve=False)
     except Exception:  # noqa: BLE001 - a corrupt config still leaves a row that names the folder
-        pass
+        cfg = {}
     model = cfg.get("model") if isinstance(cfg.get("model"), dict) else {}
     if any(p.is_file() and p.stat().st_size > 0 for p in job_dir.glob("*.log")):
         status, error = "missing", f"no {RESULTS_FILE} in {job_dir} (killed before it could be written?)"
@@ -232,11 +214,8 @@ def _missing_run(job_dir: Path) -> Run:
 
 
 def load_runs(paths: list[Path]) -> list[Run]:
-    """Every ``results.json`` under ``paths`` (recursively), plus Hydra job folders that lack one.
-
-    Raises:
-        FileNotFoundError: a path does not exist.
-    """
+    """Every ``results.json`` under ``paths`` (recursively), plus Hydra job folders that lack one;
+    FileNotFoundError if a path does not exist."""
     runs, seen = [], set()
     for root in map(Path, paths):
         if not root.exists():
@@ -248,8 +227,7 @@ def load_runs(paths: list[Path]) -> list[Run]:
                 runs.append(Run(f.parent, result, flatten(result.config)))
         for hydra_dir in sorted(root.rglob(".hydra")) if root.is_dir() else []:
             job = hydra_dir.parent
-            if (hydra_dir / "config.yaml").exists() and not (job / RESULTS_FILE).exists() \
-                    and (job / RESULTS_FILE).resolve() not in seen and job != root:
+            if (hydra_dir / "config.yaml").exists() and not (job / RESULTS_FILE).exists() and job != root:
                 runs.append(_missing_run(job))
     return runs
 
@@ -277,8 +255,6 @@ def group_runs(runs: list[Run], keys: list[str]) -> list[Group]:
         values = {k: r.flat.get(k, r.result.ffn if k == VARIANT_KEY else None) for k in keys}
         buckets.setdefault(_hashable(values), Group(values, [])).runs.append(r)
     groups = sorted(buckets.values(), key=lambda g: (g.loss_mean, g.label))
-    if groups:
-        groups[0].best = True
     for g in groups:
         base = next((b for b in groups if b.ffn == BASELINE and b.others == g.others), None)
         if base is None:
@@ -286,16 +262,13 @@ def group_runs(runs: list[Run], keys: list[str]) -> list[Group]:
         p, pb = g.first("params_ffn"), base.first("params_ffn")
         g.params_vs_baseline = (p - pb) / pb if p is not None and pb else None
         if g is not base:
-            g.vs_baseline = welch(g.losses, base.losses)
+            g.vs_baseline = welch(g.finite("val_loss"), base.finite("val_loss"))
     return groups
 
 
 def build_report(paths: list[Path], tuned: tuple[str, ...] = ()) -> Report:
-    """Load, group and compare every run under ``paths``.
-
-    ``tuned`` names config keys tuned separately for each variant (``optim.lr`` after a
-    per-variant search): not grouping keys, so each variant keeps one row, is compared with
-    ``relu`` at its own tuned value, and the table shows the value next to the variant.
+    """Load, group and compare every run under ``paths``.  ``tuned``: config keys tuned per variant
+    (``optim.lr`` after a per-variant search), shown in the table but not grouped by.
 
     Raises:
         FileNotFoundError: a path does not exist.
@@ -322,14 +295,12 @@ def _fmt(x: Optional[float], spec: str, scale: float = 1, unit: str = "") -> str
 
 
 def summary_rows(report: Report) -> tuple[list[str], list[list[str]]]:
-    """The Table-1-style table as (header, rows of strings), best row first and starred.
-
-    With ``diagnostics.dead_units=true`` runs, two more columns: the dead-unit fraction (mean over
-    layers) at the end of training and its maximum over training, in percent.
-    """
+    """The Table-1-style table as (header, rows of strings), best row first and starred; with
+    ``diagnostics.dead_units=true`` runs, also the dead-unit fraction (mean over layers, %) at the end of
+    training and its maximum over training."""
     dead = "diagnostics.dead_units."
     cols = [
-        ("", lambda g: "★" if g.best else ""),
+        ("", lambda g: "★" if g is report.groups[0] else ""),
         ("variant", lambda g: g.ffn),
         *((k, lambda g, k=k: str(g.values[k])) for k in report.keys[1:]),
         *((f"{k} (tuned)", lambda g, k=k: ", ".join(  # its distinct values: one per variant
@@ -339,7 +310,7 @@ def summary_rows(report: Report) -> tuple[list[str], list[list[str]]]:
         ("FFN params", lambda g: _fmt(g.first("params_ffn"), ",")),
         ("params vs baseline", lambda g: _fmt(g.params_vs_baseline, "+.2f", 100, "%")),
         ("val loss (mean ± std)",
-         lambda g: f"{g.loss_mean:.4f} " + ("(n=1)" if g.n == 1 else f"± {g.std('val_loss'):.4f}")),
+         lambda g: f"{g.loss_mean:.4f} " + ("(n=1)" if g.n == 1 else f"± {_std(g.finite('val_loss')):.4f}")),
         ("val ppl", lambda g: _fmt(math.exp(g.loss_mean) if g.loss_mean < 700 else None, ".3f")),
         ("val bpb", lambda g: _fmt(g.mean("val_bpb"), ".4f")),
         ("n seeds", lambda g: str(g.n)),
@@ -389,9 +360,9 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
 
 def summary_markdown(report: Report, plots: list[str] = ()) -> str:
     """The whole ``summary.md``: the table, the comparison with relu, the runs that did not complete."""
-    n_ok = sum(g.n for g in report.groups)
     parts = [f"# glubench results: {report.experiment}",
-             f"{len(report.runs)} runs under {', '.join(map(str, report.paths))}: {n_ok} completed, "
+             f"{len(report.runs)} runs under {', '.join(map(str, report.paths))}: "
+             f"{sum(g.n for g in report.groups)} completed, "
              f"{len(report.problems)} did not complete{' (listed below)' if report.problems else ''}"
              + (f", {len(report.not_started)} never started (listed below; not failures)" if report.not_started
                 else "") + f".  Grouped by {', '.join(report.keys)}; seeds are replicates."]
@@ -451,13 +422,9 @@ def write_csv(report: Report, path: Path) -> None:
                      **{f"versions.{k}": v for k, v in d["versions"].items()},
                      **{f"config.{k}": json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in r.flat.items()}})
     seen = dict.fromkeys(k for row in rows for k in row)  # first-seen order
-
-    def keys(prefix: str) -> list[str]:
-        return [k for k in seen if k.startswith(prefix)]
-
+    budget, versions, config = ([k for k in seen if k.startswith(p)] for p in ("budget.", "versions.", "config."))
     buf = io.StringIO()
-    w = csv.DictWriter(buf, ["run_dir", *names, *keys("budget."), *sorted(keys("versions.")), "history",
-                             *sorted(keys("config."))])
+    w = csv.DictWriter(buf, ["run_dir", *names, *budget, *sorted(versions), "history", *sorted(config)])
     w.writeheader()
     w.writerows(rows)  # None is written as an empty cell
     atomic_write_text(path, buf.getvalue())
@@ -499,7 +466,7 @@ def write_plots(report: Report, out_dir: Path) -> list[Path]:
             continue
         figs[name] = Figure(figsize=(max(6, 0.9 * len(shown) + 2), 4.5), layout="constrained")
         ax = figs[name].add_subplot()
-        means, errs = [g.mean(attr) for g in shown], [g.std(attr) or 0.0 for g in shown]
+        means, errs = [g.mean(attr) for g in shown], [_std(g.finite(attr)) or 0.0 for g in shown]
         ax.bar(range(len(shown)), means, yerr=errs, capsize=4, color=[colors[g.label] for g in shown])
         ax.set_xticks(range(len(shown)), [g.label for g in shown], rotation=30, ha="right")
         if attr == "val_loss":  # bars from 0 would hide differences of a few hundredths
@@ -519,8 +486,6 @@ def log_wandb(report: Report, out_dir: Path, plots: list[Path]) -> Optional[Path
     ``logger.wandb.*``; the mode otherwise from ``$WANDB_MODE``, else online iff credentials exist.
     The run id is ``summary-`` + 12 hex digits of sha256(project, group): every report of a group
     resumes one run.  Returns the run's local folder."""
-    import os
-
     import wandb
 
     from glubench.core.secrets import credentials_present, redact, redacted_argv
@@ -565,9 +530,8 @@ def report_sweep(paths: list[Path], out_dir: Optional[Path] = None, plots: bool 
         ValueError: nothing to report, or several paths and no ``out_dir``.
     """
     paths = [Path(p) for p in paths]
-    for p in paths:
-        if not p.exists():
-            raise FileNotFoundError(f"PATH={p} does not exist")
+    if missing := [p for p in paths if not p.exists()]:
+        raise FileNotFoundError(f"PATH={missing[0]} does not exist")
     if out_dir is None and (len(paths) != 1 or not paths[0].is_dir()):
         raise ValueError("--out DIR is required unless exactly one sweep folder is given")
     report = build_report(paths, tuned)
@@ -592,10 +556,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     from glubench.core.logging import configure
 
     configure()
-    parser = argparse.ArgumentParser(
-        prog="glubench-report",
-        description="Aggregate glubench runs: results.csv, summary.md (table + Welch t CIs vs relu), PNG plots "
-                    "and a W&B summary run.  Exit 1 if any run failed.")
+    parser = argparse.ArgumentParser(prog="glubench-report", description=(
+        "Aggregate glubench runs: results.csv, summary.md (table + Welch t CIs vs relu), PNG plots and a W&B "
+        "summary run.  Exit 1 if any run failed."))
     parser.add_argument("paths", nargs="+", type=Path, help="sweep folders (searched recursively) or results.json")
     parser.add_argument("--out", type=Path, default=None, help="where to write (default: the single PATH)")
     parser.add_argument("--tuned", action="append", default=[], metavar="KEY",

@@ -1,15 +1,10 @@
 """Tuned comparisons: one Optuna LR study per FFN variant, then the best LR re-run over seeds.
 
-``glubench experiment=tuned_variants_cpu`` (any config with ``tune.variants`` set) runs this driver
-instead of one training job.  It launches children, each composed by Hydra from the driver's own
-command-line overrides: per variant, ``glubench --multirun hparams_search=lr_optuna model.ffn=<v>``
-(Hydra's Optuna sweeper; study in ``<dir>/search/<v>``), whose ``optimization_results.yaml`` gives
-the best ``optim.lr``; then ``glubench --multirun model.ffn=<v> optim.lr=<best> seed=<seeds>`` into
-``<dir>/tuned/<v>``; with ``tune.shared_lr=true`` also the shared ``optim.lr`` into
-``<dir>/shared/<v>``, so the report can say whether tuning changed the ranking.
-
-A finished step is never redone: rerunning with ``tune.dir=<dir>`` skips searches and seed runs
-already complete (an interrupted study is moved to ``search/<v>.interrupted-<time>`` and redone).
+``glubench experiment=tuned_variants_cpu`` (any config with ``tune.variants``) runs this driver instead of
+one training job.  Per variant it launches ``glubench --multirun hparams_search=lr_optuna model.ffn=<v>``
+(Hydra's Optuna sweeper, into ``<dir>/search/<v>``), then ``model.ffn=<v> optim.lr=<best> seed=<seeds>``
+into ``<dir>/tuned/<v>`` and, with ``tune.shared_lr=true``, the shared ``optim.lr`` into ``<dir>/shared/<v>``
+(did tuning change the ranking?).  Rerunning with ``tune.dir=<dir>`` redoes only unfinished steps.
 """
 
 from __future__ import annotations
@@ -31,16 +26,11 @@ log = logging.getLogger(__name__)
 
 
 def _completed_results(folder: Path) -> list[RunResult]:
-    results = [RunResult.read(p) for p in sorted(folder.glob(f"*/{RESULTS_FILE}"))]
-    return [r for r in results if r.status == "completed"]
+    return [r for p in sorted(folder.glob(f"*/{RESULTS_FILE}")) if (r := RunResult.read(p)).status == "completed"]
 
 
 def _glubench(args: list[str], log_file: Path) -> None:
-    """Run ``python -m glubench --multirun ARGS``, appending its output to ``log_file``.
-
-    Raises:
-        RuntimeError: the child exited with a non-zero status (the message names its log).
-    """
+    """Run ``python -m glubench --multirun ARGS``, appending its output to ``log_file``; raise on failure."""
     cmd = [sys.executable, "-m", "glubench", "--multirun", *args]
     log.info("glubench tune: " + " ".join(cmd[1:]))
     log_file.parent.mkdir(parents=True, exist_ok=True)
@@ -48,14 +38,6 @@ def _glubench(args: list[str], log_file: Path) -> None:
         proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT)
     if proc.returncode != 0:
         raise RuntimeError(f"exit {proc.returncode}: {' '.join(cmd[1:])} (log: {log_file})")
-
-
-def best_lr(study_dir: Path) -> tuple[float, float]:
-    """``(optim.lr, val_loss)`` of the best trial, from the Optuna sweeper's ``optimization_results.yaml``."""
-    from omegaconf import OmegaConf
-
-    res = OmegaConf.load(study_dir / "optimization_results.yaml")
-    return float(res.best_params["optim.lr"]), float(res.best_value)
 
 
 def at_bound(lr: float, lr_range) -> str | None:
@@ -72,15 +54,14 @@ def ranking(results: dict[str, list[RunResult]]) -> list[str]:
 
 
 def run_tuned_variants(cfg, overrides: list[str]) -> dict:
-    """Search, re-run and report for every variant in ``cfg.tune.variants``; returns the ``tuned.json`` record.
-
-    Args:
-        cfg: the composed config (``tune.*``, ``optim.lr`` for the shared LR, ``experiment_name``).
-        overrides: the command-line overrides the driver was started with; every child gets them.
+    """Search, re-run and report for every variant in ``cfg.tune.variants`` (``optim.lr``: the shared LR);
+    every child gets the driver's command-line ``overrides``.  Returns the ``tuned.json`` record.
 
     Raises:
         RuntimeError: a child sweep failed (its log is named); finished work is kept.
     """
+    from omegaconf import OmegaConf
+
     from glubench.sweep.report import report_sweep
 
     t = cfg.tune
@@ -110,7 +91,8 @@ def run_tuned_variants(cfg, overrides: list[str]) -> dict:
             _glubench([*search, "hparams_search=lr_optuna", f"model.ffn={v}", f"hydra.sweeper.n_trials={t.n_trials}",
                        f"optim.lr=tag(log, interval({lo!r}, {hi!r}))", f"hydra.sweep.dir={study}"],
                       root / "logs" / f"search_{v}.log")
-        lr, search_loss = best_lr(study)
+        best = OmegaConf.load(study / "optimization_results.yaml")  # the Optuna sweeper's result
+        lr, search_loss = float(best.best_params["optim.lr"]), float(best.best_value)
         if edge := at_bound(lr, t.lr_range):
             log.warning(f"glubench tune: warning: the tuned optim.lr={lr:.3g} for {v} is within a factor "
                         f"{EDGE_FACTOR} of the {edge} bound of tune.lr_range={list(t.lr_range)}; the best LR may "
