@@ -1,27 +1,21 @@
 """Cluster jobs: the SLURM/submitit launcher rules and how the ranks of a multi-device job start.
 
-Design (one process per device, started *outside* the Python job):
-
-- On SLURM, ``hydra/launcher=slurm`` (Hydra's submitit plugin) submits one array task per
-  variant with ``tasks_per_node = gpus_per_node = trainer.devices``; ``srun`` starts one
-  process per GPU, each runs the same pickled Hydra job (same output dir), and Lightning's
-  ``SLURMEnvironment`` reads the ranks from SLURM's variables, so nothing re-launches.
-- With ``hydra/launcher=local`` (submitit's local executor) the same holds on one machine:
-  submitit starts ``tasks_per_node`` processes and :func:`export_submitit_ranks` turns its
-  rank variables into the ones Lightning's default environment reads (``LOCAL_RANK`` etc.).
-- A single run (``glubench trainer=ddp``, no ``--multirun``) uses Lightning's own launcher,
-  which re-runs the command for ranks ≥ 1 with the parent's ``hydra.run.dir``.
-- A ``--multirun`` with Hydra's basic launcher and ``trainer.devices > 1`` under DDP/FSDP is
-  refused (:func:`check_multirun_strategy`): Lightning's re-run of ``sys.argv`` would start
-  a new sweep in each child rank, in new timestamped dirs, with duplicate W&B runs.
-
-Only global rank 0 writes ``results.json`` and logs to W&B (:func:`is_global_zero`).
+One process per device, started *outside* the Python job: ``hydra/launcher=slurm`` (Hydra's submitit
+plugin) submits one array task per variant with ``tasks_per_node = gpus_per_node = trainer.devices``,
+``srun`` starts one process per GPU running the same pickled Hydra job, and Lightning's
+``SLURMEnvironment`` reads the ranks; ``hydra/launcher=local`` does the same on one machine
+(:func:`export_submitit_ranks`).  A single run (``glubench trainer=ddp``) uses Lightning's own launcher,
+which re-runs the command for ranks ≥ 1 with the parent's ``hydra.run.dir``; in a basic-launcher
+``--multirun`` that re-run would start a new sweep, so it is refused (:func:`check_multirun_strategy`).
+Only global rank 0 writes ``results.json`` and logs to W&B (:func:`glubench.core.ranks.is_global_zero`).
 """
 
 from __future__ import annotations
 
 import os
 from typing import Any
+
+from hydra.experimental.callback import Callback
 
 from glubench.train.validate import ConfigError
 
@@ -36,11 +30,8 @@ def _as_int(value: Any) -> int | None:
 
 
 def check_launcher(launcher: Any, trainer: Any) -> None:
-    """Enforce ``tasks_per_node == gpus_per_node == trainer.devices`` for a submitit launcher.
-
-    Lightning needs one process per device; SLURM/submitit create them
-    (``tasks_per_node``) and SLURM gives each node ``gpus_per_node`` GPUs.  Also
-    ``nodes == trainer.num_nodes``.  ``launcher`` is ``hydra.launcher``; other launchers pass.
+    """For a submitit ``hydra.launcher`` (others pass), enforce ``tasks_per_node == gpus_per_node ==
+    trainer.devices`` (one process per device, started by submitit) and ``nodes == trainer.num_nodes``.
 
     Raises:
         ConfigError: naming the keys that disagree and which one to change.
@@ -48,65 +39,45 @@ def check_launcher(launcher: Any, trainer: Any) -> None:
     target = str(launcher.get("_target_", "")) if launcher is not None else ""
     if "submitit" not in target:
         return
-    slurm = "SlurmLauncher" in target
     devices = _as_int(trainer.devices)
+    tasks, gpus, nodes = (launcher.get(k) for k in ("tasks_per_node", "gpus_per_node", "nodes"))
+    slurm = "SlurmLauncher" in target
     if devices is None or devices < 1:
-        raise ConfigError(
-            f"trainer.devices={trainer.devices!r} must be a positive integer under hydra/launcher="
-            f"{'slurm' if slurm else 'local'} (one process per device is started by the launcher)"
-        )
-    tasks = _as_int(launcher.get("tasks_per_node"))
-    if tasks != devices:
-        raise ConfigError(
-            f"hydra.launcher.tasks_per_node={launcher.get('tasks_per_node')} must equal trainer.devices={devices} "
-            f"(Lightning needs one process per device): set hydra.launcher.tasks_per_node={devices} "
-            f"or trainer.devices={launcher.get('tasks_per_node')}"
-        )
-    gpus = _as_int(launcher.get("gpus_per_node"))
-    uses_gpu = str(trainer.accelerator) in ("gpu", "cuda", "auto")
-    if slurm and uses_gpu and gpus != devices:
-        raise ConfigError(
-            f"hydra.launcher.gpus_per_node={launcher.get('gpus_per_node')} must equal trainer.devices={devices} "
-            f"= hydra.launcher.tasks_per_node: set hydra.launcher.gpus_per_node={devices} "
-            f"(or trainer.accelerator=cpu for a CPU-only job)"
-        )
-    nodes = _as_int(launcher.get("nodes"))
-    if nodes != _as_int(trainer.num_nodes):
-        raise ConfigError(
-            f"hydra.launcher.nodes={launcher.get('nodes')} must equal trainer.num_nodes={trainer.num_nodes}: "
-            f"set trainer.num_nodes={launcher.get('nodes')}"
-        )
+        raise ConfigError(f"trainer.devices={trainer.devices!r} must be a positive integer under hydra/launcher="
+                          f"{'slurm' if slurm else 'local'} (one process per device is started by the launcher)")
+    if _as_int(tasks) != devices:
+        raise ConfigError(f"hydra.launcher.tasks_per_node={tasks} must equal trainer.devices={devices} (Lightning "
+                          f"needs one process per device): set hydra.launcher.tasks_per_node={devices} "
+                          f"or trainer.devices={tasks}")
+    if slurm and str(trainer.accelerator) in ("gpu", "cuda", "auto") and _as_int(gpus) != devices:
+        raise ConfigError(f"hydra.launcher.gpus_per_node={gpus} must equal trainer.devices={devices} "
+                          f"= hydra.launcher.tasks_per_node: set hydra.launcher.gpus_per_node={devices} "
+                          "(or trainer.accelerator=cpu for a CPU-only job)")
+    if _as_int(nodes) != _as_int(trainer.num_nodes):
+        raise ConfigError(f"hydra.launcher.nodes={nodes} must equal trainer.num_nodes={trainer.num_nodes}: "
+                          f"set trainer.num_nodes={nodes}")
 
 
 def check_multirun_strategy(trainer: Any, multirun: bool, launcher_target: str) -> None:
-    """Refuse a multi-process strategy with ``devices > 1`` in a basic-launcher ``--multirun``.
-
-    Raises:
-        ConfigError: with the launcher to use instead.
-    """
+    """Refuse (ConfigError naming the launcher to use) a multi-process strategy with ``devices > 1`` in a
+    basic-launcher ``--multirun``, unless the ranks were started outside Lightning (``LOCAL_RANK``,
+    ``SLURM_PROCID`` or ``TORCHELASTIC_RUN_ID`` set)."""
     strategy = str(trainer.strategy)
     devices = _as_int(trainer.devices)
     many = devices is None or devices > 1 or _as_int(trainer.num_nodes) != 1
+    external = any(k in os.environ for k in ("LOCAL_RANK", "SLURM_PROCID", "TORCHELASTIC_RUN_ID"))
     if (multirun and many and strategy.startswith(MULTI_PROCESS_STRATEGIES) and not strategy.endswith("spawn")
-            and "submitit" not in launcher_target and not externally_launched()):
+            and "submitit" not in launcher_target and not external):
         raise ConfigError(
             f"trainer.strategy={strategy} with trainer.devices={trainer.devices} cannot run under the basic "
             "--multirun launcher (each rank would start the sweep again): add hydra/launcher=local "
-            "(one machine) or hydra/launcher=slurm, or run the variants one at a time without --multirun"
-        )
-
-
-def externally_launched() -> bool:
-    """Whether this process is one rank of a job whose ranks were started outside Lightning."""
-    return any(k in os.environ for k in ("LOCAL_RANK", "SLURM_PROCID", "TORCHELASTIC_RUN_ID"))
+            "(one machine) or hydra/launcher=slurm, or run the variants one at a time without --multirun")
 
 
 def export_submitit_ranks() -> None:
     """In a multi-task submitit *local* job, export ``LOCAL_RANK``, ``NODE_RANK``, ``WORLD_SIZE``,
-    ``MASTER_ADDR`` and ``MASTER_PORT`` so Lightning joins the existing processes.
-
-    No-op outside submitit, for single-task jobs, and on SLURM (Lightning's ``SLURMEnvironment``
-    reads SLURM's own variables there).
+    ``MASTER_ADDR`` and ``MASTER_PORT`` so Lightning joins the existing processes.  No-op outside
+    submitit, for single-task jobs, and on SLURM (Lightning reads SLURM's own variables there).
     """
     if "SUBMITIT_LOCAL_JOB_ID" not in os.environ or "SLURM_PROCID" in os.environ:
         return
@@ -122,13 +93,7 @@ def export_submitit_ranks() -> None:
     rank_zero_only.rank = env.global_rank  # read from the environment at import, before this ran
 
 
-def _hydra_callback_base():
-    from hydra.experimental.callback import Callback
-
-    return Callback
-
-
-class LauncherCheck(_hydra_callback_base()):
+class LauncherCheck(Callback):
     """Hydra callback: runs :func:`check_launcher` once before a sweep submits any job."""
 
     def on_multirun_start(self, config, **kwargs) -> None:
@@ -140,11 +105,8 @@ class LauncherCheck(_hydra_callback_base()):
 
 
 def check_job_launch(cfg: Any) -> None:
-    """Per-job checks inside Hydra: the launcher rule, the multirun/DDP rule; then join submitit's ranks.
-
-    Raises:
-        ConfigError: as :func:`check_launcher` / :func:`check_multirun_strategy`.
-    """
+    """Per-job checks inside Hydra (:func:`check_launcher`, :func:`check_multirun_strategy`: ConfigError),
+    then join submitit's ranks."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 

@@ -1,15 +1,11 @@
 """Aggregate a sweep: ``results.json`` files -> results.csv, summary.md, statistics, plots, W&B summary.
 
-Hydra-free: it reads the files any glubench run writes (:class:`glubench.train.results.RunResult`), so
-it works on any folder of runs, during or after a sweep.  ``glubench-report PATH...`` is the
-command line; :class:`glubench.sweep.callbacks.SweepReport` calls :func:`report_sweep` at the end of a
-multirun.
-
-Runs are grouped by every config key whose value differs between runs, except the seed (and
-``model.ffn`` is always a grouping key), so seeds are replicates and any other swept key (a
-learning rate, a width) gets its own rows.  Each variant is compared with the ``relu`` group
-that has the same values of the other keys: the difference of mean final validation loss with
-a Welch t 95% confidence interval (Welch 1947; Satterthwaite degrees of freedom).
+Hydra-free: it reads the files any glubench run writes (:class:`glubench.train.results.RunResult`), during
+or after a sweep.  ``glubench-report PATH...`` is the command line; :class:`glubench.sweep.callbacks.SweepReport`
+calls :func:`report_sweep` at the end of a multirun.  Runs are grouped by every config key whose value
+differs between runs (``model.ffn`` always), except the seed: seeds are replicates.  Each variant is compared
+with the ``relu`` group that has the same values of the other keys: the difference of mean final validation
+loss with a Welch t 95% confidence interval (Welch 1947; Satterthwaite degrees of freedom).
 """
 
 from __future__ import annotations
@@ -20,7 +16,9 @@ import io
 import json
 import logging
 import math
+import os
 import sys
+import warnings
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Optional
@@ -47,19 +45,12 @@ class Run:
     result: RunResult
     flat: dict[str, Any]
 
-    @property
-    def name(self) -> str:
-        return self.path.name
-
 
 @dataclass
 class Welch:
-    """Difference of means ``a - b`` with a Welch t confidence interval.
-
-    ``low``/``high`` bound the ``confidence`` interval; ``p`` is the two-sided p-value of
-    "no difference".  When either side has fewer than two values (no variance estimate) the
-    interval cannot be computed: every field except ``diff`` is ``None`` and ``note`` says why.
-    """
+    """Difference of means ``a - b`` with a Welch t confidence interval (``low``, ``high``) and the
+    two-sided p-value of "no difference".  With fewer than two values on a side, or no variance on
+    either, every field but ``diff`` is ``None`` and ``note`` says why."""
 
     diff: float
     low: Optional[float] = None
@@ -71,19 +62,16 @@ class Welch:
     @property
     def significant(self) -> Optional[bool]:
         """``True`` when the interval excludes 0, ``None`` when it could not be computed."""
-        if self.low is None or self.high is None:
-            return None
-        return self.low > 0 or self.high < 0
+        return None if self.low is None or self.high is None else self.low > 0 or self.high < 0
 
 
 def welch(a: list[float], b: list[float], confidence: float = CONFIDENCE) -> Welch:
     """Welch's unequal-variance t interval for ``mean(a) - mean(b)`` (values in any one unit, e.g. nats/token).
 
-    Computed by :func:`scipy.stats.ttest_ind` with ``equal_var=False``: standard error
-    ``se = sqrt(s_a²/n_a + s_b²/n_b)`` (sample variances, ddof=1), Welch–Satterthwaite degrees
-    of freedom ``df = se⁴ / ((s_a²/n_a)²/(n_a-1) + (s_b²/n_b)²/(n_b-1))`` and the interval
-    ``diff ± t_{df, (1+confidence)/2} · se`` (Welch 1947, Biometrika 34;
-    Satterthwaite 1946, Biometrics Bulletin 2).  ``p`` is the two-sided p-value.
+    By :func:`scipy.stats.ttest_ind` with ``equal_var=False``: ``se = sqrt(s_a²/n_a + s_b²/n_b)``
+    (sample variances), Welch–Satterthwaite ``df = se⁴ / ((s_a²/n_a)²/(n_a-1) + (s_b²/n_b)²/(n_b-1))``
+    and ``diff ± t_{df, (1+confidence)/2} · se`` (Welch 1947, Biometrika 34; Satterthwaite 1946,
+    Biometrics Bulletin 2).
 
     Raises:
         ValueError: if ``a`` or ``b`` is empty.
@@ -97,8 +85,6 @@ def welch(a: list[float], b: list[float], confidence: float = CONFIDENCE) -> Wel
     const_a, const_b = len(set(a)) == 1, len(set(b)) == 1
     if const_a and const_b:  # se = 0: scipy would give t = ±inf and a zero-width interval
         return Welch(diff, note="n/a: zero variance on both sides")
-    import warnings
-
     from scipy import stats  # not at module level: scipy takes a while to import
 
     with warnings.catch_warnings():
@@ -115,34 +101,22 @@ def _mean(xs: list[float]) -> float:
     return sum(xs) / len(xs)
 
 
-def _var(xs: list[float]) -> float:
+def _std(xs: list[float]) -> Optional[float]:  # sample standard deviation
+    if len(xs) < 2:
+        return None
     m = _mean(xs)
-    return sum((x - m) ** 2 for x in xs) / (len(xs) - 1)
-
-
-def _std(xs: list[float]) -> Optional[float]:
-    return math.sqrt(_var(xs)) if len(xs) > 1 else None
-
-
-def _finite(xs) -> list[float]:
-    return [float(x) for x in xs if x is not None and math.isfinite(x)]
+    return math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1))
 
 
 @dataclass
 class Group:
-    """Runs that share every swept value except the seed.
-
-    ``values`` maps each grouping key to this group's value; ``runs`` are its completed runs.
-    Aggregates are over those runs: ``loss_mean``/``loss_std`` (nats per token; sample std),
-    ``ppl`` = exp(``loss_mean``), ``bpb`` mean (bits per byte), ``tokens_per_sec`` and ``mfu``
-    means (``None`` where no run measured them).
-    """
+    """Completed runs that share every swept value except the seed (``values``: grouping key -> value).
+    Its methods read a :class:`RunResult` field by name, dotted into its dicts (``budget.tokens``)."""
 
     values: dict[str, Any]
     runs: list[Run]
     params_vs_baseline: Optional[float] = None  # FFN params relative to the matching relu group
     vs_baseline: Optional[Welch] = None
-    best: bool = False
 
     @property
     def ffn(self) -> str:
@@ -162,58 +136,35 @@ class Group:
         return len(self.runs)
 
     @property
-    def losses(self) -> list[float]:
-        return [r.result.val_loss for r in self.runs]
-
-    @property
     def loss_mean(self) -> float:
-        return _mean(self.losses)
+        return _mean(self.finite("val_loss"))
 
-    @property
-    def loss_std(self) -> Optional[float]:
-        return _std(self.losses)
+    def finite(self, name: str) -> list[float]:
+        """The finite values of ``name`` over the runs (those that measured it)."""
+        return [float(x) for r in self.runs if (x := _field(r.result, name)) is not None and math.isfinite(x)]
 
-    @property
-    def ppl(self) -> float:
-        return math.exp(self.loss_mean) if self.loss_mean < 700 else math.inf
-
-    def mean_of(self, name: str) -> Optional[float]:
-        xs = _finite(getattr(r.result, name) for r in self.runs)
+    def mean(self, name: str) -> Optional[float]:
+        """Mean of :meth:`finite` (``None`` if no run measured ``name``)."""
+        xs = self.finite(name)
         return _mean(xs) if xs else None
-
-    def std_of(self, name: str) -> Optional[float]:
-        xs = _finite(getattr(r.result, name) for r in self.runs)
-        return _std(xs) if xs else None
-
-    @property
-    def seeds(self) -> list[int]:
-        return sorted(r.result.seed for r in self.runs)
-
-    def budget_mean(self, name: str) -> Optional[float]:
-        """Mean over runs of a realised budget quantity (``tokens``, ``flops``, ``seconds``), or ``None``."""
-        xs = _finite((r.result.budget or {}).get(name) for r in self.runs)
-        return _mean(xs) if xs else None
-
-    def values_of(self, key: str) -> str:
-        """The distinct values of a config key over this group's runs (a tuned key: one per variant)."""
-        vals = sorted({r.flat.get(key) for r in self.runs}, key=str)
-        return ", ".join(f"{v:.3g}" if isinstance(v, float) else str(v) for v in vals)
 
     def first(self, name: str) -> Any:
-        """The value of a per-variant constant (``ffn_hidden``, ``params_ffn``) from the first run."""
-        return next((getattr(r.result, name) for r in self.runs if getattr(r.result, name) is not None), None)
+        """The first run's value of a per-variant constant (``ffn_hidden``, ``params_ffn``), skipping ``None``."""
+        return next((x for r in self.runs if (x := _field(r.result, name)) is not None), None)
+
+
+def _field(result: RunResult, name: str) -> Any:
+    head, *keys = name.split(".")
+    value = getattr(result, head)
+    for k in keys:
+        value = (value or {}).get(k)
+    return value
 
 
 @dataclass
 class Report:
-    """A whole sweep: groups of completed runs (sorted by mean val loss) and the runs that did not complete.
-
-    ``problems`` holds runs whose status is not ``completed`` (``failed``, ``interrupted``,
-    ``diverged``) and job folders with no ``results.json`` whose job log has content (status
-    ``missing``: killed).  ``not_started`` holds job folders with no ``results.json`` and no job
-    log with content (status ``not_started``: the job never began, e.g. a rejected config);
-    they are listed but are not failures.
-    """
+    """A whole sweep: groups of completed runs (sorted by mean val loss) and the runs that did not complete:
+    ``problems`` (status not ``completed``, or ``missing``: killed) and ``not_started`` (not failures)."""
 
     keys: list[str]
     groups: list[Group]
@@ -230,43 +181,30 @@ class Report:
 
     @property
     def experiment(self) -> str:
-        names = sorted({str(r.flat.get("experiment_name", "?")) for r in self.runs})
-        return ", ".join(names) or "?"
+        return ", ".join(sorted({str(r.flat.get("experiment_name", "?")) for r in self.runs})) or "?"
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     """``{"model": {"ffn": "relu"}}`` -> ``{"model.ffn": "relu"}`` (lists are kept as values)."""
     out: dict[str, Any] = {}
     for k, v in d.items():
-        key = f"{prefix}{k}"
         if isinstance(v, dict):
-            out.update(flatten(v, key + "."))
+            out.update(flatten(v, f"{prefix}{k}."))
         else:
-            out[key] = v
+            out[f"{prefix}{k}"] = v
     return out
 
 
-def _job_started(job_dir: Path) -> bool:
-    """Whether the job in a Hydra job folder began: a job log (``<job name>.log``) with content.
-
-    Hydra writes ``.hydra/config.yaml`` before the job runs and its job log as the job runs; a
-    folder with no log, or only empty ones, is a job that never began.
-    """
-    return any(p.is_file() and p.stat().st_size > 0 for p in job_dir.glob("*.log"))
-
-
 def _missing_run(job_dir: Path) -> Run:
-    """A job folder Hydra created whose ``results.json`` never appeared: status ``missing`` when the
-    job began (killed, out of memory), ``not_started`` when it never did (see :func:`_job_started`)."""
+    """A Hydra job folder without results.json: ``missing`` (killed) if the job began (its log has content)."""
     from omegaconf import OmegaConf
 
-    cfg: dict[str, Any] = {}
     try:
         cfg = OmegaConf.to_container(OmegaConf.load(job_dir / ".hydra" / "config.yaml"), resolve=False)
     except Exception:  # noqa: BLE001 - a corrupt config still leaves a row that names the folder
-        pass
+        cfg = {}
     model = cfg.get("model") if isinstance(cfg.get("model"), dict) else {}
-    if _job_started(job_dir):
+    if any(p.is_file() and p.stat().st_size > 0 for p in job_dir.glob("*.log")):
         status, error = "missing", f"no {RESULTS_FILE} in {job_dir} (killed before it could be written?)"
     else:
         status, error = NOT_STARTED, f"no {RESULTS_FILE} and no job log in {job_dir} (never started: config rejected?)"
@@ -276,28 +214,21 @@ def _missing_run(job_dir: Path) -> Run:
 
 
 def load_runs(paths: list[Path]) -> list[Run]:
-    """Every ``results.json`` under ``paths`` (recursively), plus Hydra job folders that lack one.
-
-    Raises:
-        FileNotFoundError: a path does not exist.
-    """
+    """Every ``results.json`` under ``paths`` (recursively), plus Hydra job folders that lack one;
+    FileNotFoundError if a path does not exist."""
     runs, seen = [], set()
     for root in map(Path, paths):
         if not root.exists():
             raise FileNotFoundError(f"PATH={root} does not exist")
-        files = [root] if root.is_file() else sorted(root.rglob(RESULTS_FILE))
-        for f in files:
-            if f.resolve() in seen:
-                continue
-            seen.add(f.resolve())
-            result = RunResult.read(f)
-            runs.append(Run(f.parent, result, flatten(result.config)))
-        if root.is_dir():
-            for hydra_dir in sorted(root.rglob(".hydra")):
-                job = hydra_dir.parent
-                if (hydra_dir / "config.yaml").exists() and not (job / RESULTS_FILE).exists() \
-                        and (job / RESULTS_FILE).resolve() not in seen and job != root:
-                    runs.append(_missing_run(job))
+        for f in [root] if root.is_file() else sorted(root.rglob(RESULTS_FILE)):
+            if f.resolve() not in seen:
+                seen.add(f.resolve())
+                result = RunResult.read(f)
+                runs.append(Run(f.parent, result, flatten(result.config)))
+        for hydra_dir in sorted(root.rglob(".hydra")) if root.is_dir() else []:
+            job = hydra_dir.parent
+            if (hydra_dir / "config.yaml").exists() and not (job / RESULTS_FILE).exists() and job != root:
+                runs.append(_missing_run(job))
     return runs
 
 
@@ -307,9 +238,7 @@ def _hashable(v: Any) -> str:
 
 def swept_keys(runs: list[Run], ignore: tuple[str, ...] = REPLICATE_KEYS) -> list[str]:
     """Config keys whose value differs between ``runs`` (``model.ffn`` always first), minus ``ignore``."""
-    keys: set[str] = set()
-    for r in runs:
-        keys.update(r.flat)
+    keys = {k for r in runs for k in r.flat}
     differing = sorted(k for k in keys if k not in ignore and k != VARIANT_KEY
                        and len({_hashable(r.flat.get(k)) for r in runs}) > 1)
     return [VARIANT_KEY, *differing]
@@ -322,15 +251,10 @@ def _completed(r: Run) -> bool:
 def group_runs(runs: list[Run], keys: list[str]) -> list[Group]:
     """Completed runs with a finite val loss, grouped by the values of ``keys``, best (lowest) first."""
     buckets: dict[str, Group] = {}
-    for r in runs:
-        if not _completed(r):
-            continue
+    for r in filter(_completed, runs):
         values = {k: r.flat.get(k, r.result.ffn if k == VARIANT_KEY else None) for k in keys}
-        g = buckets.setdefault(_hashable(values), Group(values, []))
-        g.runs.append(r)
+        buckets.setdefault(_hashable(values), Group(values, [])).runs.append(r)
     groups = sorted(buckets.values(), key=lambda g: (g.loss_mean, g.label))
-    if groups:
-        groups[0].best = True
     for g in groups:
         base = next((b for b in groups if b.ffn == BASELINE and b.others == g.others), None)
         if base is None:
@@ -338,16 +262,13 @@ def group_runs(runs: list[Run], keys: list[str]) -> list[Group]:
         p, pb = g.first("params_ffn"), base.first("params_ffn")
         g.params_vs_baseline = (p - pb) / pb if p is not None and pb else None
         if g is not base:
-            g.vs_baseline = welch(g.losses, base.losses)
+            g.vs_baseline = welch(g.finite("val_loss"), base.finite("val_loss"))
     return groups
 
 
 def build_report(paths: list[Path], tuned: tuple[str, ...] = ()) -> Report:
-    """Load, group and compare every run under ``paths``.
-
-    ``tuned`` names config keys tuned separately for each variant (``optim.lr`` after a
-    per-variant search): they are not grouping keys, so each variant keeps one row and is
-    compared with ``relu`` at its own tuned value, and the table shows them next to the variant.
+    """Load, group and compare every run under ``paths``.  ``tuned``: config keys tuned per variant
+    (``optim.lr`` after a per-variant search), shown in the table but not grouped by.
 
     Raises:
         FileNotFoundError: a path does not exist.
@@ -359,78 +280,60 @@ def build_report(paths: list[Path], tuned: tuple[str, ...] = ()) -> Report:
     # Keys come from the completed runs only: a missing run's partial config must not split groups.
     keys = swept_keys([r for r in runs if _completed(r)] or runs, ignore=(*REPLICATE_KEYS, *tuned))
     groups = group_runs(runs, keys)
-    left = [r for r in runs if not _in_groups(r, groups)]
+    grouped = {id(r) for g in groups for r in g.runs}
+    left = [r for r in runs if id(r) not in grouped]
     problems = [r for r in left if r.result.status != NOT_STARTED]
     not_started = [r for r in left if r.result.status == NOT_STARTED]
     return Report(keys, groups, problems, runs, [Path(p) for p in paths], list(tuned), not_started)
 
 
-def _in_groups(run: Run, groups: list[Group]) -> bool:
-    return any(run is x for g in groups for x in g.runs)
-
-
-# ---------------------------------------------------------------------------------------------------- formatting
-
-
-def _fmt(x: Optional[float], spec: str, none: str = "—") -> str:
-    return none if x is None or (isinstance(x, float) and not math.isfinite(x)) else format(x, spec)
-
-
-def _int(x: Optional[int]) -> str:
-    return "—" if x is None else f"{x:,}"
-
-
-def _dead(g: Group, key: str) -> Optional[float]:
-    """Mean over the group's runs of ``diagnostics.dead_units[key]`` (``None`` when no run measured it)."""
-    xs = _finite((r.result.diagnostics or {}).get("dead_units", {}).get(key) for r in g.runs)
-    return _mean(xs) if xs else None
+def _fmt(x: Optional[float], spec: str, scale: float = 1, unit: str = "") -> str:
+    """``x * scale`` formatted by ``spec``, then ``unit``; ``—`` for ``None`` or a non-finite float."""
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "—"
+    return format(x * scale, spec) + unit
 
 
 def summary_rows(report: Report) -> tuple[list[str], list[list[str]]]:
-    """The Table-1-style table as (header, rows of strings), best row first and starred.
-
-    With ``diagnostics.dead_units=true`` runs, two more columns: the dead-unit fraction (mean over
-    layers) at the end of training and its maximum over training, in percent.
-    """
-    extra = report.keys[1:]
-    header = ["", "variant", *extra, *(f"{k} (tuned)" for k in report.tuned), "FFN hidden", "FFN params",
-              "params vs baseline", "val loss (mean ± std)", "val ppl", "val bpb", "n seeds", "tokens/s", "MFU",
-              "budget", "train tokens", "train FLOPs", "train s"]
-    dead = any(_dead(g, "dead_frac") is not None for g in report.groups)
-    if dead:
-        header += ["dead units (end)", "dead units (max)"]
-    rows = []
-    for g in report.groups:
-        std = g.loss_std
-        loss = f"{g.loss_mean:.4f} ± {std:.4f}" if std is not None else f"{g.loss_mean:.4f} (n=1)"
-        mfu = g.mean_of("mfu")
-        rows.append([
-            "★" if g.best else "", g.ffn, *(str(g.values[k]) for k in extra), *(g.values_of(k) for k in report.tuned),
-            _int(g.first("ffn_hidden")), _int(g.first("params_ffn")),
-            _fmt(None if g.params_vs_baseline is None else 100 * g.params_vs_baseline, "+.2f") + (
-                "%" if g.params_vs_baseline is not None else ""),
-            loss, _fmt(g.ppl, ".3f"), _fmt(g.mean_of("val_bpb"), ".4f"), str(g.n),
-            _fmt(g.mean_of("train_tokens_per_sec"), ",.0f"), _fmt(None if mfu is None else 100 * mfu, ".1f") + (
-                "%" if mfu is not None else ""),
-            str(g.first("budget").get("mode", "—")) if g.first("budget") else "—",
-            _fmt(g.budget_mean("tokens"), ",.0f"), _fmt(g.budget_mean("flops"), ".3g"),
-            _fmt(g.budget_mean("seconds"), ".1f"),
-        ])
-        if dead:
-            rows[-1] += [_fmt(None if (d := _dead(g, k)) is None else 100 * d, ".1f") + ("%" if d is not None else "")
-                         for k in ("dead_frac", "dead_frac_max")]
-    return header, rows
+    """The Table-1-style table as (header, rows of strings), best row first and starred; with
+    ``diagnostics.dead_units=true`` runs, also the dead-unit fraction (mean over layers, %) at the end of
+    training and its maximum over training."""
+    dead = "diagnostics.dead_units."
+    cols = [
+        ("", lambda g: "★" if g is report.groups[0] else ""),
+        ("variant", lambda g: g.ffn),
+        *((k, lambda g, k=k: str(g.values[k])) for k in report.keys[1:]),
+        *((f"{k} (tuned)", lambda g, k=k: ", ".join(  # its distinct values: one per variant
+            f"{v:.3g}" if isinstance(v, float) else str(v) for v in sorted({r.flat.get(k) for r in g.runs}, key=str)))
+          for k in report.tuned),
+        ("FFN hidden", lambda g: _fmt(g.first("ffn_hidden"), ",")),
+        ("FFN params", lambda g: _fmt(g.first("params_ffn"), ",")),
+        ("params vs baseline", lambda g: _fmt(g.params_vs_baseline, "+.2f", 100, "%")),
+        ("val loss (mean ± std)",
+         lambda g: f"{g.loss_mean:.4f} " + ("(n=1)" if g.n == 1 else f"± {_std(g.finite('val_loss')):.4f}")),
+        ("val ppl", lambda g: _fmt(math.exp(g.loss_mean) if g.loss_mean < 700 else None, ".3f")),
+        ("val bpb", lambda g: _fmt(g.mean("val_bpb"), ".4f")),
+        ("n seeds", lambda g: str(g.n)),
+        ("tokens/s", lambda g: _fmt(g.mean("train_tokens_per_sec"), ",.0f")),
+        ("MFU", lambda g: _fmt(g.mean("mfu"), ".1f", 100, "%")),
+        ("budget", lambda g: str((g.first("budget") or {}).get("mode", "—"))),
+        ("train tokens", lambda g: _fmt(g.mean("budget.tokens"), ",.0f")),
+        ("train FLOPs", lambda g: _fmt(g.mean("budget.flops"), ".3g")),
+        ("train s", lambda g: _fmt(g.mean("budget.seconds"), ".1f")),
+    ]
+    if any(g.mean(dead + "dead_frac") is not None for g in report.groups):
+        cols += [(f"dead units ({when})", lambda g, k=k: _fmt(g.mean(dead + k), ".1f", 100, "%"))
+                 for when, k in (("end", "dead_frac"), ("max", "dead_frac_max"))]
+    return [h for h, _ in cols], [[cell(g) for _, cell in cols] for g in report.groups]
 
 
 def comparison_rows(report: Report) -> tuple[list[str], list[list[str]]]:
     """Each variant vs its ``relu`` group: Δ mean val loss, 95% CI, p, significance."""
     extra = report.keys[1:]
-    header = ["variant", *extra, f"Δ val loss vs {BASELINE}", f"{int(CONFIDENCE * 100)}% CI (Welch t)", "p",
-              "significant"]
+    header = ["variant", *extra, f"Δ val loss vs {BASELINE}", f"{CONFIDENCE:.0%} CI (Welch t)", "p", "significant"]
     rows = []
     for g in report.groups:
-        w = g.vs_baseline
-        if w is None:
+        if (w := g.vs_baseline) is None:
             continue
         if w.significant is None:
             ci, p, sig = w.note, "—", "n/a"
@@ -443,59 +346,53 @@ def comparison_rows(report: Report) -> tuple[list[str], list[list[str]]]:
 
 def problem_rows(report: Report, runs: Optional[list[Run]] = None) -> tuple[list[str], list[list[str]]]:
     """(header, rows) listing ``runs`` (default: ``report.problems``): folder, variant, seed, status, error."""
-    header = ["run", "variant", "seed", "status", "error"]
     rows = [[str(r.path), r.result.ffn, str(r.result.seed), r.result.status,
-             (r.result.error or ("val loss not finite" if r.result.status == "diverged" else "")).replace("|", "/")
-             .replace("\n", " ")[:300]] for r in (report.problems if runs is None else runs)]
-    return header, rows
+             (r.result.error or ("val loss not finite" if r.result.status == "diverged" else ""))
+             .replace("|", "/").replace("\n", " ")[:300]] for r in (report.problems if runs is None else runs)]
+    return ["run", "variant", "seed", "status", "error"], rows
 
 
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     """A GitHub-flavoured markdown table."""
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
-    lines += ["| " + " | ".join(cells) + " |" for cells in rows]
-    return "\n".join(lines)
+    return "\n".join(lines + ["| " + " | ".join(cells) + " |" for cells in rows])
 
 
 def summary_markdown(report: Report, plots: list[str] = ()) -> str:
     """The whole ``summary.md``: the table, the comparison with relu, the runs that did not complete."""
-    n_ok = sum(g.n for g in report.groups)
-    out = io.StringIO()
-    out.write(f"# glubench results: {report.experiment}\n\n")
-    out.write(f"{len(report.runs)} runs under {', '.join(map(str, report.paths))}: {n_ok} completed, "
-              f"{len(report.problems)} did not complete{' (listed below)' if report.problems else ''}"
-              + (f", {len(report.not_started)} never started (listed below; not failures)" if report.not_started
-                 else "") + ".  "
-              f"Grouped by {', '.join(report.keys)}; seeds are replicates.\n\n")
+    parts = [f"# glubench results: {report.experiment}",
+             f"{len(report.runs)} runs under {', '.join(map(str, report.paths))}: "
+             f"{sum(g.n for g in report.groups)} completed, "
+             f"{len(report.problems)} did not complete{' (listed below)' if report.problems else ''}"
+             + (f", {len(report.not_started)} never started (listed below; not failures)" if report.not_started
+                else "") + f".  Grouped by {', '.join(report.keys)}; seeds are replicates."]
     if report.groups:
-        out.write(markdown_table(*summary_rows(report)) + "\n\n")
-        out.write("Sorted by mean final validation loss (nats per token; ★ = lowest).  val ppl = exp(mean val "
+        parts += [markdown_table(*summary_rows(report)),
+                  "Sorted by mean final validation loss (nats per token; ★ = lowest).  val ppl = exp(mean val "
                   "loss); val bpb = bits per UTF-8 byte; ± is the sample std over seeds; FFN params = one layer's "
                   f"FFN; params vs baseline compares with the `{BASELINE}` row; tokens/s = training throughput "
                   "(mean over seeds); MFU is blank when the device peak is unknown (CPU); budget = what was held "
                   "equal (`tokens`, `flops` or `time`), then the tokens, training FLOPs (analytic) and training "
                   "seconds (validation excluded) actually spent, mean over seeds"
                   + (f"; {', '.join(report.tuned)} (tuned) = the value each variant's own search chose"
-                     if report.tuned else "") + ".\n\n")
+                     if report.tuned else "") + "."]
     cmp_header, cmp = comparison_rows(report)
     if cmp:
-        k = len(cmp)
-        out.write(f"## Difference from {BASELINE}\n\n" + markdown_table(cmp_header, cmp) + "\n\n")
-        out.write(f"Δ = mean val loss of the variant minus that of `{BASELINE}` (negative = better).  "
-                  f"{int(CONFIDENCE * 100)}% confidence interval of Welch's unequal-variance t test over seeds; "
-                  f"significant means the interval excludes 0 ({k} comparisons, not corrected for multiplicity).  "
-                  "With fewer than 2 seeds per variant there is no variance estimate, so no interval.\n\n")
+        parts += [f"## Difference from {BASELINE}", markdown_table(cmp_header, cmp),
+                  f"Δ = mean val loss of the variant minus that of `{BASELINE}` (negative = better).  "
+                  f"{CONFIDENCE:.0%} confidence interval of Welch's unequal-variance t test over seeds; "
+                  f"significant means the interval excludes 0 ({len(cmp)} comparisons, not corrected for "
+                  "multiplicity).  With fewer than 2 seeds per variant there is no variance estimate, so no interval."]
     elif report.groups:
-        out.write(f"No comparison with `{BASELINE}`: no completed `{BASELINE}` run with the same settings.\n\n")
+        parts.append(f"No comparison with `{BASELINE}`: no completed `{BASELINE}` run with the same settings.")
     if report.problems:
-        out.write("## Runs that did not complete\n\n" + markdown_table(*problem_rows(report)) + "\n\n")
+        parts += ["## Runs that did not complete", markdown_table(*problem_rows(report))]
     if report.not_started:
-        out.write("## Runs that never started\n\n" + markdown_table(*problem_rows(report, report.not_started))
-                  + "\n\nA job folder with its config but no job log: the job never began (e.g. its config was "
-                  "rejected).  Not counted as a failure.\n\n")
-    if plots:
-        out.write("## Plots\n\n" + "\n".join(f"![{p}]({p})" for p in plots) + "\n")
-    return out.getvalue()
+        parts += ["## Runs that never started", markdown_table(*problem_rows(report, report.not_started)),
+                  "A job folder with its config but no job log: the job never began (e.g. its config was "
+                  "rejected).  Not counted as a failure."]
+    text = "\n\n".join(parts) + "\n\n"
+    return text + "## Plots\n\n" + "\n".join(f"![{p}]({p})" for p in plots) + "\n" if plots else text
 
 
 def terminal_text(report: Report) -> str:
@@ -503,8 +400,7 @@ def terminal_text(report: Report) -> str:
     parts = [f"glubench-report: {report.experiment}"]
     if report.groups:
         parts.append(markdown_table(*summary_rows(report)))
-    cmp = comparison_rows(report)
-    if cmp[1]:
+    if (cmp := comparison_rows(report))[1]:
         parts.append(markdown_table(*cmp))
     if report.problems:
         parts.append(f"{len(report.problems)} run(s) did not complete:\n" + markdown_table(*problem_rows(report)))
@@ -514,44 +410,24 @@ def terminal_text(report: Report) -> str:
     return "\n\n".join(parts)
 
 
-# ---------------------------------------------------------------------------------------------------- files
-
-
 def write_csv(report: Report, path: Path) -> None:
     """One row per run (completed or not): every results.json field, ``config.*`` flattened, ``history`` as JSON."""
-    skip = ("config", "versions", "history", "budget", "diagnostics")
-    names = [f.name for f in fields(RunResult) if f.name not in skip]
-    rows, config_keys, version_keys, budget_keys = [], set(), set(), {}
+    nested = ("config", "versions", "history", "budget", "diagnostics")
+    names = [f.name for f in fields(RunResult) if f.name not in nested]
+    rows = []
     for r in report.runs:
         d = asdict(r.result)
-        config_keys.update(r.flat)
-        version_keys.update(d["versions"])
-        budget_keys.update(dict.fromkeys(d.get("budget") or {}))
-        rows.append((r, d))
-    header = ["run_dir", *names, *(f"budget.{k}" for k in budget_keys),
-              *sorted(f"versions.{k}" for k in version_keys), "history",
-              *sorted(f"config.{k}" for k in config_keys)]
+        rows.append({"run_dir": str(r.path), **{n: d[n] for n in names}, "history": json.dumps(d["history"]),
+                     **{f"budget.{k}": v for k, v in (d["budget"] or {}).items()},
+                     **{f"versions.{k}": v for k, v in d["versions"].items()},
+                     **{f"config.{k}": json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in r.flat.items()}})
+    seen = dict.fromkeys(k for row in rows for k in row)  # first-seen order
+    budget, versions, config = ([k for k in seen if k.startswith(p)] for p in ("budget.", "versions.", "config."))
     buf = io.StringIO()
-    w = csv.writer(buf)
-    w.writerow(header)
-    for r, d in rows:
-        cells = {"run_dir": str(r.path), **{n: d[n] for n in names}, "history": json.dumps(d["history"]),
-                 **{f"budget.{k}": v for k, v in (d.get("budget") or {}).items()},
-                 **{f"versions.{k}": v for k, v in d["versions"].items()},
-                 **{f"config.{k}": (json.dumps(v) if isinstance(v, (list, dict)) else v) for k, v in r.flat.items()}}
-        w.writerow(["" if cells.get(h) is None else cells[h] for h in header])
+    w = csv.DictWriter(buf, ["run_dir", *names, *budget, *sorted(versions), "history", *sorted(config)])
+    w.writeheader()
+    w.writerows(rows)  # None is written as an empty cell
     atomic_write_text(path, buf.getvalue())
-
-
-def _curves(g: Group) -> tuple[list[float], list[float], list[float], list[float]]:
-    """Mean, min and max val loss over seeds at each ``tokens_seen`` that a run recorded."""
-    at: dict[int, list[float]] = {}
-    for r in g.runs:
-        for h in r.result.history:
-            if h.get("val_loss") is not None and math.isfinite(h["val_loss"]):
-                at.setdefault(int(h["tokens_seen"]), []).append(float(h["val_loss"]))
-    xs = sorted(at)
-    return xs, [_mean(at[x]) for x in xs], [min(at[x]) for x in xs], [max(at[x]) for x in xs]
 
 
 def write_plots(report: Report, out_dir: Path) -> list[Path]:
@@ -559,115 +435,81 @@ def write_plots(report: Report, out_dir: Path) -> list[Path]:
     (± sample std), training tokens/s bars (± sample std).  Returns the paths written."""
     from matplotlib.figure import Figure  # no pyplot: no global state, no display needed
 
-    groups = report.groups
-    if not groups:
+    if not report.groups:
         return []
-    written = []
-    colors = {g.label: f"C{i % 10}" for i, g in enumerate(sorted(groups, key=lambda g: g.label))}
-
-    fig = Figure(figsize=(8, 5), layout="constrained")
-    ax = fig.add_subplot()
-    for g in groups:
-        xs, mean, lo, hi = _curves(g)
-        if not xs:
-            continue
-        c = colors[g.label]
-        ax.plot(xs, mean, marker="o", ms=3, color=c, label=f"{g.label} (n={g.n})")
-        if g.n > 1:
-            ax.fill_between(xs, lo, hi, color=c, alpha=0.2, linewidth=0)
-    ax.set_xlabel("tokens seen")
-    ax.set_ylabel("validation loss (nats/token)")
-    ax.set_title(f"{report.experiment}: validation loss (mean over seeds; shaded: min–max)")
+    colors = {g.label: f"C{i % 10}" for i, g in enumerate(sorted(report.groups, key=lambda g: g.label))}
+    figs = {PLOTS[0]: Figure(figsize=(8, 5), layout="constrained")}
+    ax = figs[PLOTS[0]].add_subplot()
+    for g in report.groups:
+        at: dict[int, list[float]] = {}  # tokens_seen -> val loss of each seed
+        for h in (h for r in g.runs for h in r.result.history):
+            if h.get("val_loss") is not None and math.isfinite(h["val_loss"]):
+                at.setdefault(int(h["tokens_seen"]), []).append(float(h["val_loss"]))
+        xs, c = sorted(at), colors[g.label]
+        if xs:
+            ax.plot(xs, [_mean(at[x]) for x in xs], marker="o", ms=3, color=c, label=f"{g.label} (n={g.n})")
+            if g.n > 1:
+                ax.fill_between(xs, [min(at[x]) for x in xs], [max(at[x]) for x in xs], color=c, alpha=0.2,
+                                linewidth=0)
+    ax.set(xlabel="tokens seen", ylabel="validation loss (nats/token)",
+           title=f"{report.experiment}: validation loss (mean over seeds; shaded: min–max)")
     ax.grid(alpha=0.3)
     if ax.lines:  # no run recorded a validation history: an empty plot, without an empty legend
         ax.legend(fontsize=8)
-    written.append(_save(fig, out_dir / PLOTS[0]))
 
     for name, attr, ylabel, title in (
         (PLOTS[1], "val_loss", "final validation loss (nats/token)", "final validation loss (± std over seeds)"),
         (PLOTS[2], "train_tokens_per_sec", "training tokens/s", "training throughput (± std over seeds)"),
     ):
-        shown = [g for g in groups if g.mean_of(attr) is not None]
+        shown = [g for g in report.groups if g.mean(attr) is not None]
         if not shown:
             continue
-        fig = Figure(figsize=(max(6, 0.9 * len(shown) + 2), 4.5), layout="constrained")
-        ax = fig.add_subplot()
-        means = [g.mean_of(attr) for g in shown]
-        errs = [g.std_of(attr) or 0.0 for g in shown]
+        figs[name] = Figure(figsize=(max(6, 0.9 * len(shown) + 2), 4.5), layout="constrained")
+        ax = figs[name].add_subplot()
+        means, errs = [g.mean(attr) for g in shown], [_std(g.finite(attr)) or 0.0 for g in shown]
         ax.bar(range(len(shown)), means, yerr=errs, capsize=4, color=[colors[g.label] for g in shown])
         ax.set_xticks(range(len(shown)), [g.label for g in shown], rotation=30, ha="right")
         if attr == "val_loss":  # bars from 0 would hide differences of a few hundredths
-            lo = min(m - e for m, e in zip(means, errs))
-            hi = max(m + e for m, e in zip(means, errs))
+            lo, hi = min(m - e for m, e in zip(means, errs)), max(m + e for m, e in zip(means, errs))
             pad = 0.15 * (hi - lo) + 1e-3
             ax.set_ylim(lo - pad, hi + pad)
-        ax.set_ylabel(ylabel)
-        ax.set_title(f"{report.experiment}: {title}")
+        ax.set(ylabel=ylabel, title=f"{report.experiment}: {title}")
         ax.grid(axis="y", alpha=0.3)
-        written.append(_save(fig, out_dir / name))
-    return written
-
-
-def _save(fig, path: Path) -> Path:
-    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
-    return path
-
-
-def _wandb_settings(report: Report) -> dict[str, Any]:
-    """project/entity/group/mode for the summary run, from the runs' own ``logger.wandb.*`` config."""
-    import os
-
-    from glubench.core.secrets import credentials_present
-
-    flat = report.runs[0].flat if report.runs else {}
-    mode = flat.get("logger.wandb.mode") or os.environ.get("WANDB_MODE")
-    if not mode:
-        mode = "online" if credentials_present() else "offline"
-    project = flat.get("logger.wandb.project") or "glubench"
-    group = flat.get("logger.wandb.group") or flat.get("experiment_name") or "glubench"
-    return {"project": project, "entity": flat.get("logger.wandb.entity"), "group": group, "mode": mode,
-            "id": summary_run_id(project, group)}
-
-
-def summary_run_id(project: str, group: str) -> str:
-    """The W&B run id of a group's summary run: ``summary-`` + 12 hex digits of sha256(project, group).
-
-    Deterministic, so every report of the same group resumes one run instead of adding one; hex
-    digits and ``-`` are within W&B's allowed run-id characters whatever the group is called.
-    """
-    return "summary-" + sha256_text(str(project), str(group))[:12]
+    for name, fig in figs.items():
+        atomic_write(out_dir / name, lambda f, fig=fig: fig.savefig(f, format="png", dpi=110))
+    return [out_dir / name for name in figs]
 
 
 def log_wandb(report: Report, out_dir: Path, plots: list[Path]) -> Optional[Path]:
-    """A separate W&B run of the group (``job_type=report``): the summary and comparison tables as
-    ``wandb.Table`` plus the plots as images.  Offline unless credentials exist (or
-    ``logger.wandb.mode`` / ``$WANDB_MODE`` say otherwise).  Every report of the same project and group
-    logs to the same run (id :func:`summary_run_id`, resumed if it exists).  Returns the run's
-    local folder."""
+    """A separate W&B run of the group (``job_type=report``): the summary, comparison and problem tables
+    as ``wandb.Table`` plus the plots as images.  Project, entity, group and mode come from the runs'
+    ``logger.wandb.*``; the mode otherwise from ``$WANDB_MODE``, else online iff credentials exist.
+    The run id is ``summary-`` + 12 hex digits of sha256(project, group): every report of a group
+    resumes one run.  Returns the run's local folder."""
     import wandb
 
-    from glubench.core.secrets import redact, redacted_argv
+    from glubench.core.secrets import credentials_present, redact, redacted_argv
 
-    s = _wandb_settings(report)
+    flat = report.runs[0].flat if report.runs else {}
+    mode = flat.get("logger.wandb.mode") or os.environ.get("WANDB_MODE") or (
+        "online" if credentials_present() else "offline")
+    project = flat.get("logger.wandb.project") or "glubench"
+    group = flat.get("logger.wandb.group") or flat.get("experiment_name") or "glubench"
     with redacted_argv():  # W&B records the command line, which may hold a secret override
-        run = wandb.init(project=s["project"], entity=s["entity"], group=s["group"], id=s["id"], resume="allow",
-                         name=f"summary-{s['group']}", job_type="report", dir=str(out_dir), mode=s["mode"],
-                         reinit="finish_previous")
+        run = wandb.init(project=project, entity=flat.get("logger.wandb.entity"), group=group, mode=mode,
+                         id="summary-" + sha256_text(str(project), str(group))[:12], resume="allow",
+                         name=f"summary-{group}", job_type="report", dir=str(out_dir), reinit="finish_previous")
     # A later report may cover other paths: update rather than pass config= (a resumed run's
     # config keys may not change value otherwise).
     run.config.update(redact({"grouped_by": report.keys, "paths": [str(p) for p in report.paths]}),
                       allow_val_change=True)
     header, rows = summary_rows(report)
     data: dict[str, Any] = {"summary/table": wandb.Table(columns=["best", *header[1:]], data=rows)}
-    cmp_header, cmp = comparison_rows(report)
-    if cmp:
-        data["summary/vs_baseline"] = wandb.Table(columns=cmp_header, data=cmp)
-    if report.problems:
-        data["summary/not_completed"] = wandb.Table(*reversed(problem_rows(report)))
-    if report.not_started:
-        data["summary/not_started"] = wandb.Table(*reversed(problem_rows(report, report.not_started)))
-    for p in plots:
-        data[f"plots/{p.stem}"] = wandb.Image(str(p))
+    for key, (columns, rows) in (("vs_baseline", comparison_rows(report)), ("not_completed", problem_rows(report)),
+                                 ("not_started", problem_rows(report, report.not_started))):
+        if rows:
+            data[f"summary/{key}"] = wandb.Table(columns=columns, data=rows)
+    data.update({f"plots/{p.stem}": wandb.Image(str(p)) for p in plots})
     run.log(data)
     if report.groups:
         run.summary.update({"best": report.groups[0].label, "best_val_loss": report.groups[0].loss_mean,
@@ -677,37 +519,29 @@ def log_wandb(report: Report, out_dir: Path, plots: list[Path]) -> Optional[Path
     return folder
 
 
-def use_wandb(report: Report, choice: str) -> bool:
-    """``on``/``off``, or ``auto``: on iff the runs themselves logged to W&B (``logger.wandb``)."""
-    if choice in ("on", "off"):
-        return choice == "on"
-    return any(k.startswith("logger.wandb.") for r in report.runs for k in r.flat)
-
-
 def report_sweep(paths: list[Path], out_dir: Optional[Path] = None, plots: bool = True,
                  wandb_choice: str = "auto", tuned: tuple[str, ...] = ()) -> Report:
-    """Build the report for ``paths`` and write results.csv, summary.md, the plots and (optionally)
-    a W&B summary run into ``out_dir`` (default: the single PATH).
+    """Build the report for ``paths`` and write results.csv, summary.md, the plots and a W&B summary run
+    (``wandb_choice``: ``on``, ``off`` or ``auto``: iff the runs logged to W&B) into ``out_dir`` (default:
+    the single PATH).
 
     Raises:
         FileNotFoundError: a path does not exist.
         ValueError: nothing to report, or several paths and no ``out_dir``.
     """
     paths = [Path(p) for p in paths]
-    for p in paths:
-        if not p.exists():
-            raise FileNotFoundError(f"PATH={p} does not exist")
-    if out_dir is None:
-        if len(paths) != 1 or not paths[0].is_dir():
-            raise ValueError("--out DIR is required unless exactly one sweep folder is given")
-        out_dir = paths[0]
+    if missing := [p for p in paths if not p.exists()]:
+        raise FileNotFoundError(f"PATH={missing[0]} does not exist")
+    if out_dir is None and (len(paths) != 1 or not paths[0].is_dir()):
+        raise ValueError("--out DIR is required unless exactly one sweep folder is given")
     report = build_report(paths, tuned)
-    out_dir = Path(out_dir)
+    out_dir = Path(out_dir or paths[0])
     out_dir.mkdir(parents=True, exist_ok=True)
     write_csv(report, out_dir / "results.csv")
     written = write_plots(report, out_dir) if plots else []
     atomic_write_text(out_dir / "summary.md", summary_markdown(report, [p.name for p in written]))
-    if use_wandb(report, wandb_choice):
+    runs_logged = any(k.startswith("logger.wandb.") for r in report.runs for k in r.flat)
+    if wandb_choice == "on" or (wandb_choice == "auto" and runs_logged):
         try:
             log_wandb(report, out_dir, written)
         except Exception as e:  # noqa: BLE001 - the files above are the report; W&B is a copy
@@ -716,19 +550,15 @@ def report_sweep(paths: list[Path], out_dir: Optional[Path] = None, plots: bool 
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    """``glubench-report PATH... [--out DIR] [--tuned KEY]... [--no-plots] [--wandb auto|on|off]``.
-
-    Exit status: 0, or 1 when any run failed, was interrupted or left no results.json (they are
-    listed in the report; a job that never started is listed but is not a failure), or 2 on bad
-    arguments.
-    """
+    """``glubench-report PATH... [--out DIR] [--tuned KEY]... [--no-plots] [--wandb auto|on|off]``; returns
+    the exit status: 1 when any run failed, was interrupted or left no results.json (a job that never
+    started is listed, not a failure), 2 on bad arguments, else 0."""
     from glubench.core.logging import configure
 
     configure()
-    parser = argparse.ArgumentParser(
-        prog="glubench-report",
-        description="Aggregate glubench runs: results.csv, summary.md (table + Welch t CIs vs relu), PNG plots "
-                    "and a W&B summary run.  Exit 1 if any run failed.")
+    parser = argparse.ArgumentParser(prog="glubench-report", description=(
+        "Aggregate glubench runs: results.csv, summary.md (table + Welch t CIs vs relu), PNG plots and a W&B "
+        "summary run.  Exit 1 if any run failed."))
     parser.add_argument("paths", nargs="+", type=Path, help="sweep folders (searched recursively) or results.json")
     parser.add_argument("--out", type=Path, default=None, help="where to write (default: the single PATH)")
     parser.add_argument("--tuned", action="append", default=[], metavar="KEY",

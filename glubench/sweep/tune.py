@@ -1,23 +1,14 @@
 """Tuned comparisons: one Optuna LR study per FFN variant, then the best LR re-run over seeds.
 
-``glubench experiment=tuned_variants_cpu`` (any config with ``tune.variants`` set) runs this
-driver instead of one training job.  It does not re-implement search or sweeps: for each
-variant it launches ``glubench --multirun hparams_search=lr_optuna model.ffn=<v>`` (Hydra's
-Optuna sweeper, the study in ``<dir>/search/<v>/optuna.db``), reads the best ``optim.lr`` from
-the sweeper's ``optimization_results.yaml``, then launches ``glubench --multirun model.ffn=<v>
-optim.lr=<best> seed=<seeds>`` (Hydra's basic sweeper) into ``<dir>/tuned/<v>``.  With
-``tune.shared_lr=true`` every variant also runs at the one shared ``optim.lr`` into
-``<dir>/shared/<v>``, so the report can say whether tuning changed the ranking.  Each child is
-composed by Hydra from the same command-line overrides the driver got.
-
-A finished step is never redone: rerunning with ``tune.dir=<dir>`` skips variants whose search
-or seed runs are already complete, so a crash costs only the unfinished work (an interrupted
-study is moved to ``search/<v>.interrupted-<time>`` and searched afresh).
+``glubench experiment=tuned_variants_cpu`` (any config with ``tune.variants``) runs this driver instead of
+one training job.  Per variant it launches ``glubench --multirun hparams_search=lr_optuna model.ffn=<v>``
+(Hydra's Optuna sweeper, into ``<dir>/search/<v>``), then ``model.ffn=<v> optim.lr=<best> seed=<seeds>``
+into ``<dir>/tuned/<v>`` and, with ``tune.shared_lr=true``, the shared ``optim.lr`` into ``<dir>/shared/<v>``
+(did tuning change the ranking?).  Rerunning with ``tune.dir=<dir>`` redoes only unfinished steps.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import subprocess
@@ -29,21 +20,17 @@ from glubench.core.io import atomic_write_json
 from glubench.train.results import RESULTS_FILE, RunResult
 
 SUMMARY_FILE = "tuned.json"
+EDGE_FACTOR = 1.25
 
 log = logging.getLogger(__name__)
 
 
 def _completed_results(folder: Path) -> list[RunResult]:
-    results = [RunResult.read(p) for p in sorted(folder.glob(f"*/{RESULTS_FILE}"))]
-    return [r for r in results if r.status == "completed"]
+    return [r for p in sorted(folder.glob(f"*/{RESULTS_FILE}")) if (r := RunResult.read(p)).status == "completed"]
 
 
 def _glubench(args: list[str], log_file: Path) -> None:
-    """Run ``python -m glubench --multirun ARGS``, appending its output to ``log_file``; raise on failure.
-
-    Raises:
-        RuntimeError: the child exited with a non-zero status (the message names its log).
-    """
+    """Run ``python -m glubench --multirun ARGS``, appending its output to ``log_file``; raise on failure."""
     cmd = [sys.executable, "-m", "glubench", "--multirun", *args]
     log.info("glubench tune: " + " ".join(cmd[1:]))
     log_file.parent.mkdir(parents=True, exist_ok=True)
@@ -53,28 +40,11 @@ def _glubench(args: list[str], log_file: Path) -> None:
         raise RuntimeError(f"exit {proc.returncode}: {' '.join(cmd[1:])} (log: {log_file})")
 
 
-def best_lr(study_dir: Path) -> tuple[float, float]:
-    """``(optim.lr, val_loss)`` of the best trial, from the Optuna sweeper's ``optimization_results.yaml``."""
-    from omegaconf import OmegaConf
-
-    res = OmegaConf.load(study_dir / "optimization_results.yaml")
-    return float(res.best_params["optim.lr"]), float(res.best_value)
-
-
-EDGE_FACTOR = 1.25
-
-
 def at_bound(lr: float, lr_range) -> str | None:
-    """``"upper"``/``"lower"`` when ``lr`` is within :data:`EDGE_FACTOR` of that end of ``lr_range``, else ``None``.
-
-    A best value at the edge of a search interval says only that the optimum is at or beyond it.
-    """
+    """``"upper"``/``"lower"`` when ``lr`` is within :data:`EDGE_FACTOR` of that end of ``lr_range``, else
+    ``None``: a best value at the edge of a search interval says only that the optimum is at or beyond it."""
     lo, hi = lr_range
-    if lr * EDGE_FACTOR >= hi:
-        return "upper"
-    if lr <= lo * EDGE_FACTOR:
-        return "lower"
-    return None
+    return "upper" if lr * EDGE_FACTOR >= hi else "lower" if lr <= lo * EDGE_FACTOR else None
 
 
 def ranking(results: dict[str, list[RunResult]]) -> list[str]:
@@ -84,15 +54,14 @@ def ranking(results: dict[str, list[RunResult]]) -> list[str]:
 
 
 def run_tuned_variants(cfg, overrides: list[str]) -> dict:
-    """Search, re-run and report for every variant in ``cfg.tune.variants``; returns the ``tuned.json`` record.
-
-    Args:
-        cfg: the composed config (``tune.*``, ``optim.lr`` for the shared LR, ``experiment_name``).
-        overrides: the command-line overrides the driver was started with; every child gets them.
+    """Search, re-run and report for every variant in ``cfg.tune.variants`` (``optim.lr``: the shared LR);
+    every child gets the driver's command-line ``overrides``.  Returns the ``tuned.json`` record.
 
     Raises:
         RuntimeError: a child sweep failed (its log is named); finished work is kept.
     """
+    from omegaconf import OmegaConf
+
     from glubench.sweep.report import report_sweep
 
     t = cfg.tune
@@ -100,7 +69,15 @@ def run_tuned_variants(cfg, overrides: list[str]) -> dict:
     root.mkdir(parents=True, exist_ok=True)
     base = [o for o in overrides if not o.lstrip("+~").startswith(("tune.", "hydra.sweep", "seed="))]
     base.append("tune.variants=[]")  # the children are single training jobs
-    seeds = ",".join(str(s) for s in t.seeds)
+
+    def seed_runs(kind: str, v: str, *args: str) -> list[RunResult]:
+        """``v`` over every seed into ``root/kind/v``, unless already done: the completed results."""
+        out = root / kind / v
+        if len(_completed_results(out)) < len(t.seeds):
+            _glubench([*base, f"model.ffn={v}", *args, f"seed={','.join(map(str, t.seeds))}",
+                       f"hydra.sweep.dir={out}"], root / "logs" / f"{kind}_{v}.log")
+        return _completed_results(out)
+
     record: dict = {"dir": str(root), "n_trials": t.n_trials, "seeds": list(t.seeds), "shared_lr": None,
                     "lr_range": list(t.lr_range), "variants": {}}
     tuned, shared = {}, {}
@@ -114,25 +91,17 @@ def run_tuned_variants(cfg, overrides: list[str]) -> dict:
             _glubench([*search, "hparams_search=lr_optuna", f"model.ffn={v}", f"hydra.sweeper.n_trials={t.n_trials}",
                        f"optim.lr=tag(log, interval({lo!r}, {hi!r}))", f"hydra.sweep.dir={study}"],
                       root / "logs" / f"search_{v}.log")
-        lr, search_loss = best_lr(study)
-        edge = at_bound(lr, t.lr_range)
-        if edge:
+        best = OmegaConf.load(study / "optimization_results.yaml")  # the Optuna sweeper's result
+        lr, search_loss = float(best.best_params["optim.lr"]), float(best.best_value)
+        if edge := at_bound(lr, t.lr_range):
             log.warning(f"glubench tune: warning: the tuned optim.lr={lr:.3g} for {v} is within a factor "
                         f"{EDGE_FACTOR} of the {edge} bound of tune.lr_range={list(t.lr_range)}; the best LR may "
                         "lie outside the range: widen it")
-        final = root / "tuned" / v
-        if len(_completed_results(final)) < len(t.seeds):
-            _glubench([*base, f"model.ffn={v}", f"optim.lr={lr!r}", f"seed={seeds}", f"hydra.sweep.dir={final}"],
-                      root / "logs" / f"tuned_{v}.log")
-        tuned[v] = _completed_results(final)
+        tuned[v] = seed_runs("tuned", v, f"optim.lr={lr!r}")
         record["variants"][v] = {"tuned_lr": lr, "search_best_val_loss": search_loss, "lr_at_bound": edge,
                                  "val_loss": [r.val_loss for r in tuned[v]]}
         if t.shared_lr:
-            same = root / "shared" / v
-            if len(_completed_results(same)) < len(t.seeds):
-                _glubench([*base, f"model.ffn={v}", f"seed={seeds}", f"hydra.sweep.dir={same}"],
-                          root / "logs" / f"shared_{v}.log")
-            shared[v] = _completed_results(same)
+            shared[v] = seed_runs("shared", v)
             record["shared_lr"] = shared[v][0].config["optim"]["lr"] if shared[v] else None
             record["variants"][v]["shared_lr_val_loss"] = [r.val_loss for r in shared[v]]
         atomic_write_json(root / SUMMARY_FILE, record)  # after every variant: a crash keeps the rest
@@ -150,14 +119,13 @@ def run_tuned_variants(cfg, overrides: list[str]) -> dict:
 
 def summary_text(record: dict) -> str:
     """The closing lines: tuned LR and mean val loss per variant, and the two rankings."""
-    lines = [f"glubench tune: {record['dir']}",
-             "| variant | tuned lr | val loss (tuned, mean) | val loss (shared lr, mean) |",
-             "| --- | --- | --- | --- |"]
-
     def mean(xs):
         xs = [x for x in xs if x is not None and math.isfinite(x)]
         return f"{sum(xs) / len(xs):.4f}" if xs else "—"
 
+    lines = [f"glubench tune: {record['dir']}",
+             "| variant | tuned lr | val loss (tuned, mean) | val loss (shared lr, mean) |",
+             "| --- | --- | --- | --- |"]
     for v in record.get("ranking_tuned") or record["variants"]:
         d = record["variants"][v]
         edge = f" (at the {d['lr_at_bound']} bound)" if d.get("lr_at_bound") else ""
@@ -168,11 +136,3 @@ def summary_text(record: dict) -> str:
         lines.append(f"ranking at shared lr={record['shared_lr']}: " + " < ".join(record["ranking_shared"]))
         lines.append("ranking changed: " + ("yes" if record["ranking_changed"] else "no"))
     return "\n".join(lines)
-
-
-def main_summary(path: str) -> None:  # pragma: no cover - convenience for `python -m glubench.sweep.tune DIR`
-    print(summary_text(json.loads((Path(path) / SUMMARY_FILE).read_text())))
-
-
-if __name__ == "__main__":  # pragma: no cover
-    main_summary(sys.argv[1])

@@ -237,6 +237,20 @@ def test_wandb_summary_run_offline(sweep, monkeypatch):
     assert [row[1] for row in summary["data"]] == ["bilinear", "swiglu", "relu", "gelu"]
 
 
+def test_wandb_summary_run_lists_the_runs_that_did_not_complete(sweep, monkeypatch):
+    """A failed run is a row of the W&B ``not_completed`` table (its columns first, then its data)."""
+    from glubench.sweep.report import build_report, log_wandb
+
+    d = sweep / "99_swiglu_s3"
+    d.mkdir()
+    _write_run(d, "swiglu", 3, 0.0, status="failed", error="RuntimeError: boom")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    folder = log_wandb(build_report([sweep]), sweep, [])
+    tables = [json.loads(p.read_text()) for p in folder.rglob("*.table.json")]
+    problems = [t for t in tables if t["columns"] == ["run", "variant", "seed", "status", "error"]]
+    assert [t["data"] for t in problems] == [[[str(d), "swiglu", "3", "failed", "RuntimeError: boom"]]]
+
+
 def test_repeated_reports_of_a_group_reuse_one_wandb_run(sweep, monkeypatch):
     """Two reports of the same folder: two offline run folders ``offline-run-<time>-<id>`` (W&B adds
     ``-1`` when both start in the same second), one run id, and that id is ``summary-`` + the
