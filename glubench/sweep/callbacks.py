@@ -121,6 +121,7 @@ class SweepReport(Callback):
 
         from glubench.nn.flops import flops_per_token
         from glubench.nn.transformer import Transformer, count_params
+        from glubench.train.budget import plan_from_config
 
         first = cfgs[0]
         val_tokens = _val_tokens(first)
@@ -137,16 +138,18 @@ class SweepReport(Callback):
             how = (f"FLOPs per token at {train_rate / 1e9:.3g} GFLOP/s training, {val_rate / 1e9:.3g} GFLOP/s "
                    f"validation, measured just now on this CPU, + {self.job_overhead_s:.0f} s per job")
         total = 0.0
-        matmul: dict[str, int] = {}  # repr(model config) -> matmul params, counted on the meta device
+        counts: dict[str, Any] = {}  # repr(model config) -> parameter counts, on the meta device
         for cfg, mc in zip(cfgs, model_cfgs, strict=True):
-            if (key := repr(mc)) not in matmul:
+            if (key := repr(mc)) not in counts:
                 with torch.device("meta"):
-                    matmul[key] = count_params(Transformer(mc)).matmul
-            fpt = flops_per_token(matmul[key], mc.n_layers, mc.d_model, mc.seq_len)
+                    counts[key] = count_params(Transformer(mc))
+            fpt = flops_per_token(counts[key].matmul, mc.n_layers, mc.d_model, mc.seq_len)
             t = cfg.trainer
-            tokens = t.max_steps * t.accumulate_grad_batches * cfg.data.batch_size * mc.seq_len * world_size(t)
-            n_val = -(-t.max_steps // t.val_check_interval)  # validations: ceil, exact for integers
-            total += tokens * fpt / train_rate + n_val * val_tokens * fpt / 3 / val_rate + self.job_overhead_s
+            plan = plan_from_config(cfg, mc, counts[key].matmul, world_size(t), counts[key].nonembedding)
+            train_s = plan.target if plan.mode == "time" else plan.max_steps * plan.tokens_per_step * fpt / train_rate
+            v = t.val_check_interval  # validations: every v steps (ceil), or 1/v per epoch for a fraction
+            n_val = round(1 / v) if isinstance(v, float) else -(-plan.max_steps // v)
+            total += train_s + n_val * val_tokens * fpt / 3 / val_rate + self.job_overhead_s
         return total, how
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from glubench.core.io import atomic_write, atomic_write_text, sha256_text
+from glubench.sweep import ladder
 from glubench.train.results import RESULTS_FILE, RunResult
 
 log = logging.getLogger(__name__)
@@ -173,6 +174,7 @@ class Report:
     paths: list[Path] = field(default_factory=list)
     tuned: list[str] = field(default_factory=list)  # keys tuned per variant: shown, not grouped by
     not_started: list[Run] = field(default_factory=list)
+    ladder: list = field(default_factory=list)  # glubench.sweep.ladder.tables when the runs span sizes
 
     @property
     def exit_code(self) -> int:
@@ -358,8 +360,9 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines + ["| " + " | ".join(cells) + " |" for cells in rows])
 
 
-def summary_markdown(report: Report, plots: list[str] = ()) -> str:
-    """The whole ``summary.md``: the table, the comparison with relu, the runs that did not complete."""
+def summary_markdown(report: Report, plots: list[str] = (), ladder_md: str = "") -> str:
+    """The whole ``summary.md``: the table, the comparison with relu, the compute ladder (``ladder_md``,
+    when the runs span several sizes or budgets), the runs that did not complete."""
     parts = [f"# glubench results: {report.experiment}",
              f"{len(report.runs)} runs under {', '.join(map(str, report.paths))}: "
              f"{sum(g.n for g in report.groups)} completed, "
@@ -385,6 +388,8 @@ def summary_markdown(report: Report, plots: list[str] = ()) -> str:
                   "multiplicity).  With fewer than 2 seeds per variant there is no variance estimate, so no interval."]
     elif report.groups:
         parts.append(f"No comparison with `{BASELINE}`: no completed `{BASELINE}` run with the same settings.")
+    if ladder_md:
+        parts.append(ladder_md)
     if report.problems:
         parts += ["## Runs that did not complete", markdown_table(*problem_rows(report))]
     if report.not_started:
@@ -407,6 +412,8 @@ def terminal_text(report: Report) -> str:
     if report.not_started:
         parts.append(f"{len(report.not_started)} run(s) never started (not failures):\n"
                      + markdown_table(*problem_rows(report, report.not_started)))
+    if report.ladder:
+        parts.append(ladder.markdown(report, report.ladder))
     return "\n\n".join(parts)
 
 
@@ -432,7 +439,8 @@ def write_csv(report: Report, path: Path) -> None:
 
 def write_plots(report: Report, out_dir: Path) -> list[Path]:
     """Three PNGs: val loss vs tokens seen (mean over seeds, min–max shaded), final val loss bars
-    (± sample std), training tokens/s bars (± sample std).  Returns the paths written."""
+    (± sample std, none at n = 1; the loss axis says where it starts), training tokens/s bars.  Each also as
+    SVG.  Returns the PNG paths."""
     from matplotlib.figure import Figure  # no pyplot: no global state, no display needed
 
     if not report.groups:
@@ -466,17 +474,22 @@ def write_plots(report: Report, out_dir: Path) -> list[Path]:
             continue
         figs[name] = Figure(figsize=(max(6, 0.9 * len(shown) + 2), 4.5), layout="constrained")
         ax = figs[name].add_subplot()
-        means, errs = [g.mean(attr) for g in shown], [_std(g.finite(attr)) or 0.0 for g in shown]
-        ax.bar(range(len(shown)), means, yerr=errs, capsize=4, color=[colors[g.label] for g in shown])
+        means, errs = [g.mean(attr) for g in shown], [_std(g.finite(attr)) for g in shown]  # None at n = 1
+        ax.bar(range(len(shown)), means, color=[colors[g.label] for g in shown])
+        with_err = [i for i, e in enumerate(errs) if e is not None]
+        ax.errorbar(with_err, [means[i] for i in with_err], yerr=[errs[i] for i in with_err], fmt="none",
+                    ecolor="k", capsize=4)
         ax.set_xticks(range(len(shown)), [g.label for g in shown], rotation=30, ha="right")
-        if attr == "val_loss":  # bars from 0 would hide differences of a few hundredths
-            lo, hi = min(m - e for m, e in zip(means, errs)), max(m + e for m, e in zip(means, errs))
+        if attr == "val_loss":  # bars from 0 would hide differences of a few hundredths: say where they start
+            lo, hi = min(m - (e or 0) for m, e in zip(means, errs)), max(m + (e or 0) for m, e in zip(means, errs))
             pad = 0.15 * (hi - lo) + 1e-3
             ax.set_ylim(lo - pad, hi + pad)
+            ylabel += f" (y axis starts at {lo - pad:.3f}, not 0)"
         ax.set(ylabel=ylabel, title=f"{report.experiment}: {title}")
         ax.grid(axis="y", alpha=0.3)
-    for name, fig in figs.items():
-        atomic_write(out_dir / name, lambda f, fig=fig: fig.savefig(f, format="png", dpi=110))
+    for name, fig in figs.items():  # PNG to look at, SVG (vector) for a paper
+        for path, fmt in ((out_dir / name, "png"), (out_dir / name.replace(".png", ".svg"), "svg")):
+            atomic_write(path, lambda f, fig=fig, fmt=fmt: fig.savefig(f, format=fmt, dpi=110))
     return [out_dir / name for name in figs]
 
 
@@ -509,6 +522,9 @@ def log_wandb(report: Report, out_dir: Path, plots: list[Path]) -> Optional[Path
                                  ("not_started", problem_rows(report, report.not_started))):
         if rows:
             data[f"summary/{key}"] = wandb.Table(columns=columns, data=rows)
+    for label, rows, _ in report.ladder:  # the compute-multiplier table of each series
+        data[f"ladder/{label or 'multipliers'}"] = wandb.Table(
+            columns=list(ladder.LADDER_COLUMNS), data=[[str(r[c]) for c in ladder.LADDER_COLUMNS] for r in rows])
     data.update({f"plots/{p.stem}": wandb.Image(str(p)) for p in plots})
     run.log(data)
     if report.groups:
@@ -539,7 +555,11 @@ def report_sweep(paths: list[Path], out_dir: Optional[Path] = None, plots: bool 
     out_dir.mkdir(parents=True, exist_ok=True)
     write_csv(report, out_dir / "results.csv")
     written = write_plots(report, out_dir) if plots else []
-    atomic_write_text(out_dir / "summary.md", summary_markdown(report, [p.name for p in written]))
+    report.ladder = ladder.tables(report) if ladder.is_ladder(report) else []
+    if report.ladder and plots:
+        written += ladder.write_plots(report, out_dir, report.ladder)
+    ladder_md = ladder.markdown(report, report.ladder) if report.ladder else ""
+    atomic_write_text(out_dir / "summary.md", summary_markdown(report, [p.name for p in written], ladder_md))
     runs_logged = any(k.startswith("logger.wandb.") for r in report.runs for k in r.flat)
     if wandb_choice == "on" or (wandb_choice == "auto" and runs_logged):
         try:

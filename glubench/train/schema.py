@@ -218,6 +218,19 @@ class DiagnosticsConfig:
 
 
 @dataclass
+class LadderConfig:
+    """A compute ladder (``ladder.*``; experiments ``ladder_ci``, ``ladder_cpu``, ``ladder_gpu``).
+
+    ``sizes`` names each rung and gives its ``d_model``, ``n_layers``, ``n_heads`` and ``lr``; ``size`` is
+    this job's rung (the sweep sets it).  The experiment's ``model.*`` and ``optim.lr`` read the rung by
+    interpolation, so a run's config records the sizes it trained.
+    """
+
+    size: Optional[str] = None
+    sizes: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
 class Config:
     """The whole run: one group per section plus run-level keys."""
 
@@ -236,6 +249,7 @@ class Config:
     # null/auto/last: resume from <run dir>/checkpoints/last.ckpt if it exists; never; or a path
     ckpt_path: Optional[str] = None
     diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
+    ladder: LadderConfig = field(default_factory=LadderConfig)
     seed: int = 0
     experiment_name: str = "default"
     overwrite: bool = False  # replace a completed results.json in the same output dir (else refuse)
