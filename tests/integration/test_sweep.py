@@ -221,3 +221,23 @@ def test_multirun_start_validates_each_job_once_and_logs_the_estimate(monkeypatc
     messages = [r.getMessage() for r in caplog.records if r.name == "glubench.sweep.callbacks"]
     assert "glubench: sweep of 6 jobs -> /nowhere/sweep" in messages
     assert any(m.startswith("glubench: estimated total time: ~") and "for 6 jobs" in m for m in messages)
+
+
+def test_ladder_ci_end_to_end(tmp_path):
+    """``glubench experiment=ladder_ci``: 18 short jobs over 3 rungs, then the report with the compute-multiplier
+    table and the four ladder figures as PNG and SVG."""
+    proc = _glubench(["experiment=ladder_ci", f"hydra.sweep.dir={tmp_path}/sweep"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    sweep = tmp_path / "sweep"
+    results = [RunResult.read(p) for p in sweep.glob("*/results.json")]
+    assert len(results) == 18 and all(r.status == "completed" for r in results)
+    # the rungs: widths and depths from ladder.sizes; 2 tokens per non-embedding parameter
+    by_width = {r.config["model"]["d_model"]: r for r in results}
+    assert sorted(by_width) == [16, 24, 32]
+    for r in results:
+        assert r.budget["mode"] == "tokens_per_param" and r.budget["target"] == 2 * r.params_nonembedding
+        assert r.tokens_seen <= r.budget["target"] < r.tokens_seen + 8 * 32  # rounded down to whole steps
+    md = (sweep / "summary.md").read_text()
+    assert "## Compute ladder" in md and "| swiglu | log-linear |" in md and "compute multiplier [95% CI]" in md
+    for name in ("val_loss_vs_flops", "val_loss_vs_params", "val_loss_vs_seconds", "compute_multiplier"):
+        assert (sweep / f"{name}.png").read_bytes()[:8] == PNG and (sweep / f"{name}.svg").stat().st_size > 1000

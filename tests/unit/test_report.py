@@ -294,3 +294,44 @@ def test_report_does_not_import_torch_or_lightning(sweep):
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "heavy: []" in proc.stdout
+
+
+def _ladder_run(folder, ffn, norm, d_model, seed, loss, flops):
+    cfg = {"model": {"ffn": ffn, "d_model": d_model, "norm": norm}, "seed": seed, "ladder": {"size": f"d{d_model}"},
+           "experiment_name": "ladder", "logger": {"wandb": False}}
+    RunResult(status="completed", ffn=ffn, seed=seed, val_loss=loss, params_nonembedding=12 * d_model ** 2,
+              budget={"flops": flops, "tokens": flops / 6, "seconds": flops / 1e9}, config=cfg).write(folder)
+
+
+def test_ladder_fits_each_block_apart_and_single_size_sweeps_are_unchanged(tmp_path_factory, sweep):
+    """Two blocks x two variants x 4 sizes x 2 seeds from known laws: one fit per block, never mixed;
+    a single-size sweep's summary gets no ladder section."""
+    from glubench.sweep import ladder
+
+    # L = A·C^-α with α = 0.1: swiglu needs 1/1.25 of relu's compute in the rmsnorm block, 1/1.1 in the other
+    tmp_path = tmp_path_factory.mktemp("ladder_sweep")
+    gain = {"layernorm": 1.1, "rmsnorm": 1.25}
+    for norm, m in gain.items():
+        for ffn in ("relu", "swiglu"):
+            for d in (16, 24, 32, 48):
+                for seed in (0, 1):
+                    c = 1e9 * (d / 16) ** 3
+                    loss = 40 * (c * (m if ffn == "swiglu" else 1.0)) ** -0.1 * (1 + 1e-4 * (seed - 0.5))
+                    folder = tmp_path / "ladder" / f"{norm}_{ffn}_{d}_{seed}"
+                    folder.mkdir(parents=True)
+                    _ladder_run(folder, ffn, norm, d, seed, loss, c)
+    report = report_sweep([tmp_path / "ladder"], plots=True, wandb_choice="off")
+    assert ladder.is_ladder(report)
+    by_label = {label: {r["variant"]: r for r in rows} for label, rows, _ in report.ladder}
+    assert set(by_label) == {"norm=layernorm", "norm=rmsnorm"}  # one series per block
+    for norm, m in gain.items():
+        assert by_label[f"norm={norm}"]["swiglu"]["multiplier"] == pytest.approx(m, rel=0.01)
+        assert by_label[f"norm={norm}"]["swiglu"]["n_runs"] == 8  # 4 sizes x 2 seeds, this block only
+    md = (tmp_path / "ladder" / "summary.md").read_text()
+    assert "## Compute ladder" in md and "### norm=rmsnorm" in md
+    for name in ladder.PLOTS:
+        for ext in ("png", "svg"):
+            assert (tmp_path / "ladder" / f"{name}.{ext}").stat().st_size > 1000, (name, ext)
+    single = report_sweep([sweep], plots=False, wandb_choice="off")
+    assert not ladder.is_ladder(single) and single.ladder == []
+    assert "Compute ladder" not in (sweep / "summary.md").read_text()
