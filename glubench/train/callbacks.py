@@ -10,7 +10,7 @@
 * :class:`DeadUnitsCallback`: dead units, sparsity and gate saturation on a fixed probe batch.
 * :class:`FitSignals`: internal; marks when Lightning handles SIGTERM itself (always added).
 
-Per-step values reach the loggers through :func:`log_at_step`, labelled with the optimizer steps
+Per-step values reach the loggers through :func:`glubench.train.module.log_at_step`, labelled with the optimizer steps
 done, the same step numbers ``results.json``, the checkpoints and the report use.
 """
 
@@ -38,21 +38,10 @@ from glubench.train import faults
 from glubench.train.budget import TIME_MODE_MAX_STEPS
 from glubench.train.faults import Diverged
 from glubench.train.metrics import ThroughputMeter, peak_flops
-from glubench.train.module import lr_lambda
+from glubench.train.module import log_at_step, lr_lambda
 from glubench.train.resume import CHECKPOINT_DIR, LAST_CHECKPOINT, collect_rng_states, set_rng_states
 
 log = logging.getLogger(__name__)
-
-
-def log_at_step(trainer, metrics: dict[str, float]) -> None:
-    """Send ``metrics`` to every logger at ``trainer.global_step``, the optimizer steps done.
-
-    Lightning labels what is logged during optimizer step ``k`` (and the validation after it) as
-    step ``k - 1``; glubench's rows carry ``k``, as its results, checkpoints and report do.
-    Loggers write on global rank 0 only.
-    """
-    for lg in getattr(trainer, "loggers", ()):
-        lg.log_metrics(metrics, step=trainer.global_step)
 
 
 def _validation_follows(trainer) -> bool:

@@ -45,6 +45,17 @@ def build_optimizer(model: torch.nn.Module, optim: OptimConfig, max_steps: int):
     return opt, sched
 
 
+def log_at_step(trainer, metrics: dict[str, float]) -> None:
+    """Send ``metrics`` to every logger at ``trainer.global_step``, the optimizer steps done.
+
+    Lightning labels what is logged during optimizer step ``k`` (and the validation after it) as
+    step ``k - 1``; glubench's rows carry ``k``, as its results, checkpoints and report do.
+    Loggers write on global rank 0 only.
+    """
+    for lg in getattr(trainer, "loggers", ()):
+        lg.log_metrics(metrics, step=trainer.global_step)
+
+
 def _plain(cfg: Any) -> dict:
     """A dataclass, DictConfig or mapping as a plain dict (checkpoints hold only plain values)."""
     if is_dataclass(cfg):
@@ -154,8 +165,7 @@ class LanguageModel(pl.LightningModule):
             metrics = {**metrics, "train/grad_norm": float(self._pending_grad_norm)}
             self._pending_grad_norm = None
         self.log_dict(metrics, logger=False)  # trainer.callback_metrics, for callbacks and the results
-        for lg in self.loggers:
-            lg.log_metrics(metrics, step=self.global_step)
+        log_at_step(self.trainer, metrics)
 
     # ---------------------------------------------------------------------------- validation and test
 

@@ -129,7 +129,7 @@ def keep_csv_history(csv_logger, resume_step: int) -> int:
 
     Call before training starts.  Lightning's CSV writer deletes the file when it is created,
     so the rows are read first, handed back to the writer and saved again at once.  Rows carry
-    the optimizer steps done (:func:`glubench.train.callbacks.log_at_step`): those up to
+    the optimizer steps done (:func:`glubench.train.module.log_at_step`): those up to
     ``resume_step`` were written before the checkpoint and are kept.  Lightning's
     ``LearningRateMonitor`` labels the LR of step ``k + 1`` with ``k`` and logs it when that step
     starts, after checkpoint ``k``: such rows at ``resume_step`` are dropped, and every row past
