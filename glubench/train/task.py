@@ -93,8 +93,14 @@ def build_callbacks(cfg: DictConfig) -> list:
 
 def build_trainer(cfg: DictConfig, out: Path, callbacks: list, loggers: list, **override: Any):
     """``lightning.Trainer`` from ``cfg.trainer`` (every key is a Trainer argument) plus what glubench builds."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
     from glubench.train.faults import AtomicCheckpointIO
 
+    # callbacks.model_checkpoint is the checkpoint switch: without it Lightning would add its own
+    # ModelCheckpoint and write epoch=*.ckpt files the user turned off (callbacks=none, ladders).
+    if cfg.trainer.get("enable_checkpointing") is None and not any(isinstance(c, ModelCheckpoint) for c in callbacks):
+        override.setdefault("enable_checkpointing", False)
     return _instantiate("trainer", cfg.trainer, callbacks=callbacks, logger=loggers or False,
                         plugins=[AtomicCheckpointIO()], default_root_dir=cfg.trainer.default_root_dir or str(out),
                         **override)

@@ -49,6 +49,14 @@ def test_trainer_flags_pass_through(tmp_path, ci_run):
     assert part.steps == full.steps == 4
 
 
+def test_callbacks_none_writes_no_checkpoint(tmp_path, ci_run):
+    # Lightning adds its own ModelCheckpoint unless told not to; turning ours off must mean no files.
+    r = ci_run(tmp_path, "callbacks=none", "trainer.max_steps=4", "trainer.val_check_interval=4",
+               "optim.warmup_steps=1")
+    assert r.status == "completed" and r.steps == 4
+    assert list(tmp_path.rglob("*.ckpt")) == []
+
+
 def test_unknown_trainer_flag_is_one_line_and_exit_2(tmp_path):
     proc = _glubench(["experiment=ci", "+trainer.no_such_flag=1"], tmp_path)
     assert proc.returncode == 2, proc.stderr[-2000:]
