@@ -6,8 +6,8 @@ Path of the data: :mod:`glubench.data.sources` (documents, split by a stable has
 :class:`glubench.data.datamodule.LMDataModule`.
 
 Every command that needs the tokens calls :func:`prepare_splits` with the ``data.*`` config
-section: local rank 0 prepares the cache, the other ranks wait for it, and all memory-map it
-(:func:`load_tokens`).  No torch, no lightning here.
+section: every process (each rank, each sweep job) builds the cache under a file lock or finds
+it there, then memory-maps it (:func:`load_tokens`).  No torch, no lightning here.
 """
 
 from __future__ import annotations
@@ -214,7 +214,7 @@ def load_tokens(folder: Path, *, seq_len: int | None = None, name: str = "pydocs
                        np.load(folder / "token_bytes.npy"))
 
 
-# ---------------------------------------------------------------------------- preparation (rank 0)
+# ---------------------------------------------------------------------------- preparation (file lock)
 
 
 def request_key(spec: DataSpec, tokenizer: str, vocab_size: int, tokenizer_file: str | None,

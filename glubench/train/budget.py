@@ -1,4 +1,4 @@
-"""Training budgets: the same tokens, the same training FLOPs, or the same wall-clock seconds.
+"""Training budgets: the same tokens, training FLOPs or wall-clock seconds, or tokens per parameter.
 
 A budget turns into a number of optimizer steps in one place, :func:`plan_budget`, before the
 Trainer is built; the LR schedule then uses those steps as its horizon.  ``time`` cannot be
@@ -27,9 +27,10 @@ class BudgetPlan:
     """A budget resolved to optimizer steps.
 
     Attributes:
-        mode: ``tokens``, ``flops`` or ``time``.
+        mode: ``tokens``, ``flops``, ``time`` or ``tokens_per_param``.
         value: ``budget.value`` as given (``None``: derived from ``trainer.max_steps``).
-        target: the budget in its own unit: tokens, training FLOPs or seconds.
+        target: the budget in its own unit: tokens, training FLOPs or seconds
+            (``tokens_per_param``: tokens, ``value`` × non-embedding parameters).
         max_steps: optimizer steps to train (``time``: a cap the clock stops before).
         tokens_per_step: tokens per optimizer step, all devices and micro-batches.
         flops_per_token: training FLOPs per token of this model.

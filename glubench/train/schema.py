@@ -168,12 +168,13 @@ class ThroughputConfig:
 
 @dataclass
 class BudgetConfig:
-    """How long each run trains (``budget.*``; see :mod:`glubench.budget`).
+    """How long each run trains (``budget.*``; see :mod:`glubench.train.budget`).
 
-    ``mode``: ``tokens`` (default), ``flops`` (analytic training FLOPs) or ``time`` (training
-    seconds, validation excluded).  ``value`` in that unit; ``null`` means what
-    ``trainer.max_steps`` gives (for ``flops``: what those steps cost the non-gated baseline);
-    ``time`` needs a value.
+    ``mode``: ``tokens`` (default), ``flops`` (analytic training FLOPs), ``time`` (training
+    seconds, validation excluded) or ``tokens_per_param`` (training tokens per non-embedding
+    parameter).  ``value`` in that unit; ``null`` means what ``trainer.max_steps`` gives (for
+    ``flops``: what those steps cost the non-gated baseline); ``time`` and ``tokens_per_param``
+    need a value.
     """
 
     mode: str = "tokens"
@@ -182,7 +183,7 @@ class BudgetConfig:
 
 @dataclass
 class TuneConfig:
-    """Per-variant LR tuning (``tune.*``; see :mod:`glubench.tune`).  Empty ``variants``: one training job.
+    """Per-variant LR tuning (``tune.*``; see :mod:`glubench.sweep.tune`).  Empty ``variants``: one training job.
 
     ``n_trials`` Optuna trials per variant, then the best LR re-run with each of ``seeds``;
     ``shared_lr`` also runs every variant at the shared ``optim.lr`` for comparison; ``dir``
@@ -200,7 +201,7 @@ class TuneConfig:
 
 @dataclass
 class FaultsConfig:
-    """What a run does on a non-finite loss or gradient (``faults.*``); see :mod:`glubench.faults`."""
+    """What a run does on a non-finite loss or gradient (``faults.*``; see ``train.callbacks.NonFiniteGuard``)."""
 
     on_nonfinite: str = "stop"  # stop | skip (drop the batch's update, at most max_skips times)
     max_skips: int = 10  # skip mode: the run is marked diverged when more batches than this are dropped
