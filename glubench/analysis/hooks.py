@@ -8,13 +8,12 @@ back in the mode it was in, whatever happens in between.  :func:`run_with_hooks`
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 from torch import nn
 
 HookKind = Literal["forward", "pre"]
-HOOK_KINDS: tuple[str, ...] = ("forward", "pre")
 
 
 def run_with_hooks(
@@ -57,7 +56,7 @@ def run_with_hooks(
             elif kind == "pre":
                 handles.append(module.register_forward_pre_hook(hook))
             else:
-                raise ValueError(f"run_with_hooks: kind={kind!r} is not known; valid: {', '.join(HOOK_KINDS)}")
+                raise ValueError(f"run_with_hooks: kind={kind!r} is not known; valid: {', '.join(get_args(HookKind))}")
         model.eval()
         with torch.no_grad():
             return inner.forward(idx)

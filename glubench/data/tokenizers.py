@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from glubench.core.io import atomic_write_bytes, sha256_text
+from glubench.core.io import atomic_write_bytes, file_sha256, sha256_text
 from glubench.data.sources import Corpus, hf_offline
 
 
@@ -146,7 +146,7 @@ class GPT2Tokenizer(_Tokenizer):
                                                     encoder_json_file=str(files["encoder.json"]))
             enc = tiktoken.Encoding(name="gpt2-local", pat_str=r50k_pat_str, mergeable_ranks=ranks,
                                     special_tokens={"<|endoftext|>": len(ranks)})
-            file_hash = sha256_text(*(hashlib.sha256(p.read_bytes()).hexdigest() for p in files.values()))
+            file_hash = sha256_text(*(file_sha256(p) for p in files.values()))
             return cls(enc, enc.n_vocab, file_hash)
         cached = all((_tiktoken_cache_dir() / hashlib.sha1(u.encode()).hexdigest()).exists()
                      for u in GPT2_URLS.values())
