@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from glubench.core.errors import ConfigError
+
 
 def cuda_count() -> int:
     """Visible CUDA devices (NVML first: ``cudaGetDeviceCount`` would initialise the driver here)."""
@@ -40,23 +42,44 @@ def available_devices(accelerator: str) -> tuple[str, int | None]:
     return "CPU", os.cpu_count() or 1
 
 
-def devices_per_node(devices: Any, accelerator: str = "auto") -> int:
-    """Processes per node for ``trainer.devices``, as Lightning counts them.
+def parse_devices(devices: Any) -> int | list[int] | None:
+    """``trainer.devices`` as Lightning reads it: ``None`` for ``"auto"``, a count (``-1``: all) or
+    a list of device indices (a list, ListConfig or ``"0,2"``); a digit string is a count.
 
-    An int or a digit string is that many (``-1``: all available), a list (or ``"0,2"``) is one
-    per entry, ``"auto"`` is every CUDA device on a GPU accelerator and 1 on a CPU.
+    Raises:
+        ConfigError: anything else, or a count below 1 other than -1.
     """
-    if hasattr(devices, "__len__") and not isinstance(devices, str):  # list or ListConfig of ids
-        return len(devices)
-    text = str(devices).strip()
-    if "," in text:
-        return len([i for i in text.split(",") if i.strip()])
-    if text == "auto":
+    allowed = "a positive count, -1 (all), 'auto' or a list of device indices"
+    value = list(devices) if hasattr(devices, "__len__") and not isinstance(devices, str) else devices
+    if isinstance(value, str):
+        text = value.strip()
+        if text == "auto":
+            return None
+        try:
+            value = [int(i) for i in text.split(",") if i.strip()] if "," in text else int(text)
+        except ValueError:
+            value = None
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value <= 0 and value != -1:
+            raise ConfigError(f"trainer.devices={value} must be {allowed}")
+        return value
+    if isinstance(value, list) and value and all(isinstance(i, int) and not isinstance(i, bool) for i in value):
+        return value
+    raise ConfigError(f"trainer.devices={devices!r} is not {allowed}")
+
+
+def devices_per_node(devices: Any, accelerator: str = "auto") -> int:
+    """Processes per node for ``trainer.devices`` (:func:`parse_devices`), as Lightning counts them.
+
+    A count is that many (``-1``: all available), a list one per entry, ``"auto"`` every CUDA
+    device on a GPU accelerator and 1 on a CPU.
+    """
+    value = parse_devices(devices)
+    if isinstance(value, list):
+        return len(value)
+    if value is None:
         return max(1, cuda_count()) if resolve_accelerator(accelerator) == "cuda" else 1
-    n = int(text)
-    if n == -1:
-        return available_devices(accelerator)[1] or 1
-    return n
+    return available_devices(accelerator)[1] or 1 if value == -1 else value
 
 
 def world_size(trainer: Any) -> int:

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from glubench.core.errors import ConfigError
 from glubench.data.files import FORMATS, check_data_file, expand_files, infer_format
@@ -28,7 +28,7 @@ from glubench.data.sources import CORPORA
 from glubench.data.tokenizers import TOKENIZERS
 from glubench.nn.config import FFN_VARIANTS, ModelConfig
 from glubench.train.budget import BUDGET_MODES
-from glubench.train.devices import available_devices
+from glubench.train.devices import available_devices, parse_devices
 from glubench.train.schema import unknown_keys
 
 PRECISIONS = ("32-true", "32", "bf16-mixed", "bf16-true", "16-mixed", "16-true", "64-true")
@@ -98,31 +98,15 @@ def _check_devices(t: DictConfig) -> None:
     if available == 0:
         raise ConfigError(f"trainer.accelerator={t.accelerator!r} but no {kind} is available; "
                           "use trainer.accelerator=auto or cpu")
-    devices = OmegaConf.to_container(t.devices) if isinstance(t.devices, ListConfig) else t.devices
-    allowed = "a positive count, -1 (all), 'auto' or a list of device indices"
-    if isinstance(devices, str):
-        text = devices.strip()
-        if text == "auto":
-            return
-        try:
-            devices = [int(i) for i in text.split(",") if i.strip()] if "," in text else int(text)
-        except ValueError:
-            raise ConfigError(f"trainer.devices={t.devices!r} is not {allowed}") from None
-    if isinstance(devices, bool) or not isinstance(devices, (int, list)):
-        raise ConfigError(f"trainer.devices={t.devices!r} is not {allowed}")
-    if isinstance(devices, int):
-        if devices == -1:
-            return
-        if devices <= 0:
-            raise ConfigError(f"trainer.devices={devices} must be {allowed}")
-        if available is not None and devices > available:
-            raise ConfigError(f"trainer.devices={devices} but only {available} {kind} device(s) are available")
-        return
-    if not devices or not all(isinstance(i, int) and not isinstance(i, bool) for i in devices):
-        raise ConfigError(f"trainer.devices={t.devices!r} is not {allowed}")
-    if len(set(devices)) != len(devices):
+    devices = parse_devices(t.devices)
+    if isinstance(devices, list) and len(set(devices)) != len(devices):
         raise ConfigError(f"trainer.devices={devices} lists a device twice")
-    if available is not None and (min(devices) < 0 or max(devices) >= available):
+    if devices in (None, -1) or available is None:
+        return
+    if isinstance(devices, int):
+        if devices > available:
+            raise ConfigError(f"trainer.devices={devices} but only {available} {kind} device(s) are available")
+    elif min(devices) < 0 or max(devices) >= available:
         raise ConfigError(f"trainer.devices={devices} but the {kind} indices available are 0..{available - 1}")
 
 
