@@ -44,6 +44,22 @@ class BudgetPlan:
     flops_per_token: float
 
 
+def check_budget(mode: str, value: float | None) -> None:
+    """The rules on ``budget.mode`` and ``budget.value`` alone (checked before any data is read).
+
+    Raises:
+        ConfigError: an unknown mode, a non-positive value, or no value for ``time`` or ``tokens_per_param``.
+    """
+    if mode not in BUDGET_MODES:
+        raise ConfigError(f"budget.mode={mode!r} is not known; valid: {', '.join(BUDGET_MODES)}")
+    if value is not None and not value > 0:
+        raise ConfigError(f"budget.value={value} must be positive or null")
+    needs = {"time": "the training seconds, e.g. budget.value=60",
+             "tokens_per_param": "the tokens per parameter, e.g. budget.value=20"}
+    if value is None and mode in needs:
+        raise ConfigError(f"budget.value=null: budget={mode} needs {needs[mode]}")
+
+
 def plan_budget(mode: str, value: float | None, *, max_steps: int, tokens_per_step: int,
                 flops_per_token: float, reference_flops_per_token: float | None = None,
                 warmup_steps: int = 0, params: int | None = None) -> BudgetPlan:
@@ -61,21 +77,13 @@ def plan_budget(mode: str, value: float | None, *, max_steps: int, tokens_per_st
       a compute ladder needs (Hoffmann et al. 2022 find ~20 tokens per parameter compute-optimal).
 
     Raises:
-        ConfigError: unknown mode, a missing or non-positive value, or a budget that does not
-            cover more than ``warmup_steps`` steps.
+        ConfigError: see :func:`check_budget`, or a budget that does not cover more than
+            ``warmup_steps`` steps.
     """
-    if mode not in BUDGET_MODES:
-        raise ConfigError(f"budget.mode={mode!r} is not known; valid: {', '.join(BUDGET_MODES)}")
-    if value is not None and not value > 0:
-        raise ConfigError(f"budget.value={value} must be positive (or null for budget.mode=tokens|flops)")
+    check_budget(mode, value)
     if mode == "time":
-        if value is None:
-            raise ConfigError("budget.value=null: budget.mode=time needs the training seconds, e.g. budget.value=60")
         return BudgetPlan(mode, value, float(value), TIME_MODE_MAX_STEPS, tokens_per_step, flops_per_token)
     if mode == "tokens_per_param":
-        if value is None:
-            raise ConfigError("budget.value=null: budget.mode=tokens_per_param needs the tokens per parameter, "
-                              "e.g. budget.value=20")
         target = float(value) * params
         steps = math.floor(target / tokens_per_step)
     elif mode == "tokens":

@@ -27,7 +27,7 @@ from glubench.data.files import FORMATS, check_data_file, expand_files, infer_fo
 from glubench.data.sources import CORPORA
 from glubench.data.tokenizers import TOKENIZERS
 from glubench.nn.config import FFN_VARIANTS, ModelConfig
-from glubench.train.budget import BUDGET_MODES
+from glubench.train.budget import check_budget
 from glubench.train.devices import available_devices, parse_devices
 from glubench.train.schema import unknown_keys
 
@@ -207,14 +207,7 @@ def validate_config(cfg: DictConfig) -> ModelConfig:
     if not 0 <= cfg.seed < 2**32:
         raise ConfigError(f"seed={cfg.seed} must be in [0, 2**32)")
     b = cfg.budget
-    _one_of("budget.mode", b.mode, BUDGET_MODES)
-    if b.value is not None and not b.value > 0:
-        raise ConfigError(f"budget.value={b.value} must be positive or null")
-    if b.mode == "time" and b.value is None:
-        raise ConfigError("budget.value=null: budget=time needs the training seconds, e.g. budget.value=60")
-    if b.mode == "tokens_per_param" and b.value is None:
-        raise ConfigError("budget.value=null: budget=tokens_per_param needs the tokens per parameter, "
-                          "e.g. budget.value=20")
+    check_budget(b.mode, b.value)
     steps_from_max_steps = b.mode == "tokens" and b.value is None
     _check_trainer(t, steps_from_max_steps)
     if not (math.isfinite(o.lr) and o.lr > 0):
@@ -258,6 +251,9 @@ def validate_config(cfg: DictConfig) -> ModelConfig:
     if wandb is not None and wandb.mode is not None:
         _one_of("logger.wandb.mode", wandb.mode, WANDB_MODES)
     _check_callbacks(cfg.callbacks)
+    budget_cb = (cfg.callbacks or {}).get("budget")
+    if b.mode == "time" and (budget_cb is None or not budget_cb.get("enabled", True)):
+        raise ConfigError("callbacks.budget=null: budget=time needs the budget callback to stop the run")
     _one_of("faults.on_nonfinite", cfg.faults.on_nonfinite, NONFINITE_ACTIONS)
     if cfg.faults.max_skips < 0:
         raise ConfigError(f"faults.max_skips={cfg.faults.max_skips} must be >= 0")

@@ -32,6 +32,7 @@ def test_plan_tokens_and_flops_by_hand():
     ("walltime", None, "budget.mode='walltime'"),
     ("tokens", -5, "budget.value=-5"),
     ("time", None, "budget.value=null"),
+    ("tokens_per_param", None, "budget.value=null: budget=tokens_per_param needs the tokens per parameter"),
     ("tokens", 300, "optim.warmup_steps=2"),  # 300 tokens = 1 step, not more than the warmup
 ])
 def test_plan_rejects_bad_budgets(mode, value, match):
@@ -44,6 +45,15 @@ def test_bad_budget_is_rejected_before_training(compose_cfg):
 
     with pytest.raises(ConfigError, match="budget.value=null"):
         validate_config(compose_cfg(["experiment=ci", "budget=time"]))
+
+
+@pytest.mark.parametrize("off", ["callbacks.budget=null", "callbacks=none"])
+def test_time_budget_without_its_callback_is_rejected_before_training(compose_cfg, off):
+    from glubench.train.validate import validate_config
+
+    with pytest.raises(ConfigError) as e:
+        validate_config(compose_cfg(["experiment=ci", "budget=time", "budget.value=1", off]))
+    assert str(e.value) == "callbacks.budget=null: budget=time needs the budget callback to stop the run"
 
 
 def test_world_size_counts_as_lightning_does():
