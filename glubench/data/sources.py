@@ -33,6 +33,7 @@ from typing import Any, Optional
 
 import numpy as np
 
+from glubench.core.errors import ConfigError
 from glubench.core.io import atomic_write_json, sha256_text
 from glubench.data.files import check_data_file, expand_files, infer_format
 
@@ -366,6 +367,25 @@ def _load_pydocs(cache_dir: Path, val_percent: float) -> Corpus:
 # ---------------------------------------------------------------------------- dispatch
 
 
+def check_source(name: str, files: Any, val_files: Any, local_dir: str | None, hub_id: str | None) -> None:
+    """The rules on where ``data.name``'s text comes from, checked before anything is read.
+
+    Raises:
+        ConfigError: ``data=text`` without ``data.files``, an unknown corpus or a known one without a
+            source, or ``data.val_files`` without ``data.files``.
+    """
+    if name == "text" and not files:
+        raise ConfigError("data.files is required for data=text (a path, a glob or a list)")
+    if not (name == "pydocs" or files or local_dir or hub_id):
+        if name not in CORPORA:
+            raise ConfigError(f"data.name={name!r} is not a known corpus; valid: {', '.join(CORPORA)} "
+                              "(or give data.files, data.local_dir or data.hub_id)")
+        raise ConfigError(f"data.name={name!r} has no source: set data.files, data.local_dir or data.hub_id "
+                          f"(known corpora: {', '.join(CORPORA)})")
+    if val_files and not files:
+        raise ConfigError("data.val_files needs data.files (the training files)")
+
+
 def load_corpus_spec(spec: DataSpec, cache_dir: Path) -> Corpus:
     """Load the corpus that ``spec`` describes: local files, a local Hub snapshot, the Hub, or pydocs.
 
@@ -375,20 +395,14 @@ def load_corpus_spec(spec: DataSpec, cache_dir: Path) -> Corpus:
     only while tokenizing.
 
     Raises:
-        ConfigError: missing files, a folder, bad text, several formats (the message names the
-            key, the file and the byte offset); ValueError: nothing to load from, an unknown split
+        ConfigError: see :func:`check_source`; missing files, a folder, bad text, several formats
+            (the message names the key, the file and the byte offset); ValueError: an unknown split
             or column, no documentation in this Python (pydocs); CorpusUnavailable: a Hub dataset
             neither reachable nor cached (the message names it and how to point at a local copy).
     """
-    if spec.name == "pydocs" and not (spec.files or spec.local_dir or spec.hub_id):
-        return _load_pydocs(cache_dir, spec.val_percent)
+    check_source(spec.name, spec.files, spec.val_files, spec.local_dir, spec.hub_id)
     if spec.files:
         return _load_files(spec, cache_dir)
-    if spec.val_files:
-        raise ValueError("data.val_files needs data.files (the training files)")
     if spec.local_dir or spec.hub_id:
         return _load_hub(spec)
-    if spec.name == "text":
-        raise ValueError("data.files is required for data.name='text' (a path, a glob or a list)")
-    raise ValueError(f"data.name={spec.name!r} has no source: set data.files, data.local_dir or data.hub_id "
-                     f"(known corpora: {', '.join(CORPORA)})")
+    return _load_pydocs(cache_dir, spec.val_percent)

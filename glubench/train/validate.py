@@ -24,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from glubench.core.errors import ConfigError
 from glubench.data.files import FORMATS, check_data_file, expand_files, infer_format
-from glubench.data.sources import CORPORA
+from glubench.data.sources import check_source
 from glubench.data.tokenizers import TOKENIZERS
 from glubench.nn.config import FFN_VARIANTS, ModelConfig
 from glubench.train.budget import check_budget
@@ -161,11 +161,8 @@ def _check_data(d: DictConfig) -> None:
     _positive_ints([("data.batch_size", d.batch_size), ("data.val_batch_size", d.val_batch_size)])
     if d.num_workers < 0:
         raise ConfigError(f"data.num_workers={d.num_workers} must be >= 0")
-    if OmegaConf.is_missing(d, "files") or (d.name == "text" and d.files in (None, "", [])):
-        raise ConfigError("data.files is required for data=text (a path, a glob or a list)")
-    if d.name not in CORPORA and not (d.files or d.local_dir or d.hub_id):
-        raise ConfigError(f"data.name={d.name!r} is not a known corpus; valid: {', '.join(CORPORA)} "
-                          "(or give data.files, data.local_dir or data.hub_id)")
+    files = None if OmegaConf.is_missing(d, "files") else d.files  # data=text leaves it ??? (MISSING)
+    check_source(d.name, files, d.val_files, d.local_dir, d.hub_id)
     _one_of("data.tokenizer", d.tokenizer, TOKENIZERS)
     if d.format is not None:
         _one_of("data.format", d.format, FORMATS)
@@ -173,15 +170,13 @@ def _check_data(d: DictConfig) -> None:
         raise ConfigError(f"data.max_tokens={d.max_tokens} must be a positive token budget with data.streaming=true")
     if d.num_proc is not None and d.num_proc < 1:
         raise ConfigError(f"data.num_proc={d.num_proc} must be >= 1 or null")
-    if d.val_files and not d.files:
-        raise ConfigError("data.val_files needs data.files (the training files)")
     if d.tokenizer == "bpe" and not BPE_VOCAB[0] <= d.vocab_size <= BPE_VOCAB[1]:
         raise ConfigError(f"data.vocab_size={d.vocab_size} must be in [{BPE_VOCAB[0]}, {BPE_VOCAB[1]}] "
                           "for data.tokenizer=bpe (256 byte tokens plus at least one merge)")
     if not 0 < d.val_percent < 100:
         raise ConfigError(f"data.val_percent={d.val_percent} must be in (0, 100)")
     _check_cache_dir(d.cache_dir)
-    if d.files:
+    if files:
         _check_files(d, "data.files")
     if d.val_files:
         _check_files(d, "data.val_files")

@@ -143,6 +143,11 @@ def test_text_files_errors(tmp_path):
     ok.write_text("fine\n")
     with pytest.raises(ConfigError, match=f"^data.val_files: {re.escape(str(empty))} is empty"):
         load_corpus_spec(DataSpec(name="text", files=str(ok), val_files=str(empty)), tmp_path)
+    # The source rules of validate_config hold here too: glubench-eval loads its data.* without it.
+    with pytest.raises(ConfigError, match=r"^data.files is required for data=text"):
+        load_corpus_spec(DataSpec(name="text"), tmp_path)
+    with pytest.raises(ConfigError, match=r"^data.val_files needs data.files"):
+        load_corpus_spec(DataSpec(name="pydocs", val_files=str(ok)), tmp_path)
 
 
 def test_shared_tinyshakespeare_loads(shared_data, tmp_path):
@@ -524,6 +529,9 @@ def test_glubench_data_prepare_prints_counts(shared_data, tmp_path, capsys):
     (["data.name=nope"], r"data.name='nope' is not a known corpus; valid: pydocs, text"),
     (["data=text", "data.files=a.txt", "data.format=csv"], r"data.format='csv' is not known"),
     (["data.tokenizer=words"], r"data.tokenizer='words' is not known; valid: bytes, bpe, gpt2"),
+    (["data=text"], r"^data.files is required for data=text \(a path, a glob or a list\)$"),
+    (["data.val_files=v.txt"], r"^data.val_files needs data.files \(the training files\)$"),
+    (["data.name=wikitext2"], r"^data.name='wikitext2' has no source: set data.files, data.local_dir or data.hub_id"),
 ])
 def test_bad_data_keys_are_one_clear_line(overrides, match):
     from glubench.train.validate import ConfigError, validate_config
