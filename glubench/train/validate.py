@@ -6,7 +6,7 @@ is composed (a misspelt key or ``model.n_layers=four`` never reaches this module
 build or W&B init: keys added with ``+`` that nothing reads, value ranges, cross-field rules,
 devices and the data files.  Each broken rule raises :class:`~glubench.core.errors.ConfigError`
 with one line naming the key, the bad value and what is allowed.  The rule that needs the
-tokenized data (``model.seq_len`` against each split) is :func:`check_splits`, still before the
+tokenized data (``model.seq_len`` against the validation split) is :func:`check_splits`, still before the
 model is built.  Nothing here imports torch until devices are counted, so a typo costs well under
 two seconds.
 """
@@ -265,19 +265,20 @@ def validate_config(cfg: DictConfig) -> ModelConfig:
 
 
 def check_splits(model: ModelConfig, splits: Any, data_name: str) -> None:
-    """The rule that needs the tokenized data: every split holds at least one window of ``model.seq_len + 1``.
+    """The rule that needs the tokenized data: the validation split holds one window of ``model.seq_len + 1``.
+
+    (:func:`glubench.data.cache.load_tokens` already refused a train split shorter than that.)
 
     Raises:
         ConfigError: naming ``model.seq_len``, the split and its token count.
     """
-    need = model.seq_len + 1
-    for split, tokens in (("train", splits.train.size), ("validation", splits.val.size)):
-        if tokens < need:
-            raise ConfigError(
-                f"model.seq_len={model.seq_len} needs at least {need} tokens per split but the {split} split of "
-                f"data.name={data_name!r} has {tokens}; lower model.seq_len or add text"
-                + (" (or change data.val_percent)" if data_name == "text" else "")
-            )
+    need, tokens = model.seq_len + 1, splits.val.size
+    if tokens < need:
+        raise ConfigError(
+            f"model.seq_len={model.seq_len} needs at least {need} tokens per split but the validation split of "
+            f"data.name={data_name!r} has {tokens}; lower model.seq_len or add text"
+            + (" (or change data.val_percent)" if data_name == "text" else "")
+        )
 
 
 def check_output_dir(out: Path, overwrite: bool) -> None:
