@@ -160,24 +160,27 @@ def _train_val(train, val, spec: DataSpec, id_column: str | None, by_paragraph: 
 
 @dataclass
 class DataSpec:
-    """Where a corpus comes from: the ``data.*`` keys that select and shape its text."""
+    """Where a corpus comes from: the ``data.*`` keys that select and shape its text.
+
+    :class:`glubench.train.schema.DataConfig` adds the tokenizer and batching keys to these.
+    """
 
     name: str = "pydocs"
-    files: Any = None
-    val_files: Any = None
-    local_dir: Optional[str] = None
-    format: Optional[str] = None
-    hub_id: Optional[str] = None
-    hub_config: Optional[str] = None
-    revision: Optional[str] = None
+    files: Optional[Any] = None  # local text/json/parquet files: a path, a glob or a list
+    val_files: Optional[Any] = None  # validation files; null: a stable hash split of data.files
+    local_dir: Optional[str] = None  # a local snapshot of the Hub dataset repo (used instead of hub_id)
+    format: Optional[str] = None  # text | json | parquet; null: from the files' extension
+    hub_id: Optional[str] = None  # Hugging Face dataset id, e.g. Salesforce/wikitext
+    hub_config: Optional[str] = None  # its config (subset) name, e.g. wikitext-2-raw-v1
+    revision: Optional[str] = None  # Hub commit/tag to pin; null: main
     train_split: str = "train"
-    val_split: Optional[str] = None
+    val_split: Optional[str] = None  # Hub split for validation; null: a stable hash split
     text_column: str = "text"
-    id_column: Optional[str] = None
-    doc_separator: str = DOC_SEPARATOR
-    streaming: bool = False
-    max_tokens: Optional[int] = None
-    val_percent: float = 5.0
+    id_column: Optional[str] = None  # column whose value keys the hash split; null: row/paragraph index
+    doc_separator: str = DOC_SEPARATOR  # appended to each row (json/parquet/Hub; text files keep their own lines)
+    streaming: bool = False  # stream the Hub dataset (needs max_tokens)
+    max_tokens: Optional[int] = None  # token budget of a streamed corpus (train + val)
+    val_percent: float = 5.0  # share of documents in the validation split (stable hash)
 
 
 def _load_files(spec: DataSpec, cache_dir: Path) -> Corpus:

@@ -17,35 +17,20 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from glubench.data.sources import DataSpec
 from glubench.nn.config import ModelConfig
 
 
 @dataclass
-class DataConfig:
-    """Corpus, tokenizer and batching (``data.*``)."""
+class DataConfig(DataSpec):
+    """Corpus (the :class:`~glubench.data.sources.DataSpec` keys), tokenizer and batching (``data.*``)."""
 
-    name: str = "pydocs"
     tokenizer: str = "bytes"  # bytes | bpe | gpt2
     vocab_size: int = 4096  # bpe only; bytes is 256, gpt2 50257
-    val_percent: float = 5.0  # share of documents in the validation split (stable hash)
     batch_size: int = 16  # training windows per step (per device)
     val_batch_size: int = 32
     num_workers: int = 0
     cache_dir: str = "${oc.env:GLUBENCH_CACHE,'~/.cache/glubench'}"
-    files: Optional[Any] = None  # local text/json/parquet files: a path, a glob or a list
-    val_files: Optional[Any] = None  # validation files; null: a stable hash split of data.files
-    local_dir: Optional[str] = None  # a local snapshot of the Hub dataset repo (used instead of hub_id)
-    format: Optional[str] = None  # text | json | parquet; null: from the files' extension
-    hub_id: Optional[str] = None  # Hugging Face dataset id, e.g. Salesforce/wikitext
-    hub_config: Optional[str] = None  # its config (subset) name, e.g. wikitext-2-raw-v1
-    revision: Optional[str] = None  # Hub commit/tag to pin; null: main
-    train_split: str = "train"
-    val_split: Optional[str] = None  # Hub split for validation; null: a stable hash split
-    text_column: str = "text"
-    id_column: Optional[str] = None  # column whose value keys the hash split; null: row/paragraph index
-    doc_separator: str = "\n\n"  # appended to each row (json/parquet/Hub; text files keep their own lines)
-    streaming: bool = False  # stream the Hub dataset (needs max_tokens)
-    max_tokens: Optional[int] = None  # token budget of a streamed corpus (train + val)
     tokenizer_file: Optional[str] = None  # gpt2: a folder with vocab.bpe and encoder.json
     num_proc: Optional[int] = None  # tokenizing processes; null: one per core (<= 8) for large splits
 
