@@ -29,8 +29,8 @@ from torch._dynamo.utils import counters
 
 from glubench.core.io import atomic_write_bytes, atomic_write_json
 from glubench.core.logging import configure as configure_logging
-from glubench.nn.config import ModelConfig
-from glubench.nn.ffn import FFN_REGISTRY, GatedMLP
+from glubench.nn.config import FFN_VARIANTS, ModelConfig
+from glubench.nn.ffn import GatedMLP
 from glubench.nn.flops import flops_per_token, mfu
 from glubench.nn.transformer import Transformer, count_params
 from glubench.train.callbacks import ProgressBar
@@ -73,8 +73,8 @@ class BenchConfig:
     def check(self) -> None:
         """Raise ``ValueError`` with one line naming the bad flag, its value and what is allowed."""
         for name in self.ffns:
-            if name not in FFN_REGISTRY:
-                raise ValueError(f"--ffn {name!r} is not a known FFN variant; valid: {', '.join(FFN_REGISTRY)}")
+            if name not in FFN_VARIANTS:
+                raise ValueError(f"--ffn {name!r} is not a known FFN variant; valid: {', '.join(FFN_VARIANTS)}")
         for name in self.contenders:
             if name not in CONTENDERS:
                 raise ValueError(f"--contenders {name!r} is not known; valid: {', '.join(CONTENDERS)}")
@@ -280,7 +280,7 @@ def plan(cfg: BenchConfig, have_hf: bool) -> list[tuple[str, str]]:
         for c in cfg.contenders:
             if c == "hf":
                 c = HF_PEERS.get(ffn) if have_hf else None
-            elif c == "plain-split" and not FFN_REGISTRY[ffn].gated:
+            elif c == "plain-split" and not FFN_VARIANTS[ffn].gated:
                 c = None
             if c:
                 pairs.append((ffn, c))

@@ -3,8 +3,9 @@
 Validating a config (``glubench`` before any heavy work) needs the variant names, which of them
 are gated, the parameter-matching rule and :class:`ModelConfig`'s checks, but not the modules
 themselves; this module holds exactly that and imports nothing beyond the standard library, so
-validation stays fast.  :mod:`glubench.nn.ffn` builds its registry of modules from
-:data:`FFN_VARIANTS`, so a variant's name and gatedness are declared here only.
+validation stays fast.  :func:`glubench.nn.ffn.build_ffn` builds a variant's module from its row
+of :data:`FFN_VARIANTS` at the width :attr:`ModelConfig.ffn_hidden`, so a variant's name, gatedness
+and width are declared here only.
 
 Shazeer 2020, "GLU Variants Improve Transformer" (arXiv 2002.05202), eqs. (5)-(6): a gated FFN
 ``(act(x W) ⊗ x V) W2`` has three matrices instead of the two of ``act(x W1) W2``, so its hidden

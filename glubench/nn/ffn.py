@@ -10,19 +10,19 @@ sigmoid, Bilinear the identity, ReGLU ReLU, GEGLU GELU and SwiGLU Swish (SiLU, b
 A gated FFN has three matrices instead of two, so its hidden width shrinks to about
 ``2/3 · d_ff`` to keep parameters and FLOPs equal; that rule, the variant names and which of
 them are gated live in the torch-free :mod:`glubench.nn.config` (:func:`~glubench.nn.config.ffn_hidden_dim`,
-:data:`~glubench.nn.config.FFN_VARIANTS`); this module supplies the activations and the modules.
+:data:`~glubench.nn.config.FFN_VARIANTS`); this module supplies the activations and the modules,
+which take the hidden width as given.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from glubench.nn.config import FFN_VARIANTS, ffn_hidden_dim, get_variant
+from glubench.nn.config import get_variant
 
 Activation = Callable[[torch.Tensor], torch.Tensor]
 
@@ -116,18 +116,6 @@ class GatedMLP(FeedForward):
         return self.act(gate) * value
 
 
-@dataclass(frozen=True)
-class FFNSpec:
-    """A registry entry: the class (gated or not) and the activation it applies."""
-
-    cls: type[FeedForward]
-    act: Activation
-
-    @property
-    def gated(self) -> bool:
-        return self.cls.gated
-
-
 ACTIVATIONS: dict[str, Activation] = {
     "relu": F.relu,
     "gelu": gelu_exact,
@@ -140,47 +128,28 @@ ACTIVATIONS: dict[str, Activation] = {
 }
 """Activation name (:attr:`glubench.nn.config.FFNVariant.activation`) -> function."""
 
-FFN_REGISTRY: dict[str, FFNSpec] = {
-    name: FFNSpec(GatedMLP if v.gated else MLP, ACTIVATIONS[v.activation]) for name, v in FFN_VARIANTS.items()
-}
-"""Config name (``model.ffn``) -> :class:`FFNSpec`, built from :data:`glubench.nn.config.FFN_VARIANTS`."""
 
-
-def get_spec(name: str) -> FFNSpec:
-    """Return the registry entry for ``name``.
+def build_ffn(name: str, d_model: int, hidden: int, bias: bool = False) -> FeedForward:
+    """The FFN variant ``name`` (``model.ffn``) with hidden width ``hidden``, e.g. the matched
+    :attr:`glubench.nn.config.ModelConfig.ffn_hidden`: ``(..., d_model) -> (..., d_model)``.
 
     Raises:
-        ValueError: unknown name; the message lists the valid ones.
+        ValueError: unknown ``name``; the message lists the valid ones.
     """
-    get_variant(name)  # raises the one message for an unknown name
-    return FFN_REGISTRY[name]
-
-
-def build_ffn(
-    name: str, d_model: int, d_ff: int, bias: bool = False, multiple_of: int | None = None
-) -> FeedForward:
-    """Build the FFN ``name`` with its matched hidden width (see :func:`glubench.nn.config.ffn_hidden_dim`).
-
-    Raises:
-        ValueError: unknown ``name`` (lists the valid ones) or bad sizes.
-    """
-    spec = get_spec(name)
-    hidden = ffn_hidden_dim(d_model, d_ff, spec.gated, bias, multiple_of)
-    return spec.cls(d_model, hidden, spec.act, bias=bias)
+    variant = get_variant(name)
+    cls = GatedMLP if variant.gated else MLP
+    return cls(d_model, hidden, ACTIVATIONS[variant.activation], bias=bias)
 
 
 __all__ = [
     "ACTIVATIONS",
-    "FFN_REGISTRY",
     "Activation",
-    "FFNSpec",
     "FeedForward",
     "GatedMLP",
     "MLP",
     "build_ffn",
     "elu",
     "gelu_exact",
-    "get_spec",
     "identity",
     "relu_squared",
 ]

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from glubench.nn.config import ModelConfig, ffn_params
+from glubench.nn.config import ModelConfig
 from glubench.nn.ffn import FeedForward, build_ffn
 
 NORM_EPS = 1e-5
@@ -94,9 +94,7 @@ class Block(nn.Module):
         self.ln_attn = build_norm(cfg)
         self.attn = CausalSelfAttention(cfg)
         self.ln_ffn = build_norm(cfg)
-        self.ffn: FeedForward = build_ffn(
-            cfg.ffn, cfg.d_model, cfg.d_ff, bias=cfg.bias, multiple_of=cfg.ffn_multiple_of
-        )
+        self.ffn: FeedForward = build_ffn(cfg.ffn, cfg.d_model, cfg.ffn_hidden, bias=cfg.bias)  # C -> hidden -> C
         self.drop = nn.Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
@@ -220,8 +218,6 @@ def count_params(model: Transformer) -> ParamCounts:
     matmul = sum(
         m.weight.numel() for m in model.modules() if isinstance(m, nn.Linear)
     )  # lm_head included: it is a real (B·T, C) x (C, V) matmul
-    expected = ffn_params(cfg.d_model, cfg.ffn_hidden, cfg.gated, cfg.bias)
-    assert ffn_layer == expected, (ffn_layer, expected)
     return ParamCounts(
         total=total,
         nonembedding=total - emb,

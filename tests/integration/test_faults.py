@@ -25,14 +25,14 @@ from omegaconf.errors import OmegaConfBaseException
 from glubench.cli.main import main
 from glubench.core.paths import CONF_DIR
 from glubench.core.secrets import redact, secret_values
-from glubench.nn.ffn import FFN_REGISTRY
+from glubench.nn.config import FFN_VARIANTS
 from glubench.train.callbacks import NonFiniteGuard
 from glubench.train.faults import AtomicCheckpointIO, Diverged
 
 CONF = str(CONF_DIR)
 REPO = Path(__file__).resolve().parents[2]
 CUDA = torch.cuda.is_available()
-VALID_FFNS = ", ".join(FFN_REGISTRY)
+VALID_FFNS = ", ".join(FFN_VARIANTS)
 
 
 

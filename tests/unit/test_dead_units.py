@@ -3,15 +3,15 @@ import pytest
 import torch
 
 from glubench.analysis.dead_units import activation_stats, ffn_stats, outputs_exact_zeros, probe_stats
-from glubench.nn.config import ModelConfig
-from glubench.nn.ffn import FFN_REGISTRY, build_ffn
+from glubench.nn.config import FFN_VARIANTS, ModelConfig
+from glubench.nn.ffn import ACTIVATIONS, build_ffn
 from glubench.nn.transformer import Transformer
 from glubench.train.callbacks import DeadUnitsCallback
 from glubench.train.results import RunResult
 
 
 def test_exact_zero_family():
-    exact = {n for n, spec in FFN_REGISTRY.items() if outputs_exact_zeros(spec.act)}
+    exact = {n for n, v in FFN_VARIANTS.items() if outputs_exact_zeros(ACTIVATIONS[v.activation])}
     assert exact == {"relu", "reglu", "relu2"}
 
 
@@ -33,7 +33,7 @@ def test_three_of_eight_dead_units_with_bias():
 
 def test_smooth_activation_uses_eps():
     z = torch.tensor([[-20.0, 0.0, 1.0], [-30.0, 1e-5, -1.0]])  # (2 tokens, 3 units)
-    act = FFN_REGISTRY["swish"].act  # swish(-20) ~ -4e-8, swish(1e-5) ~ 5e-6: both off at eps 1e-3
+    act = ACTIVATIONS[FFN_VARIANTS["swish"].activation]  # swish(-20) ~ -4e-8, swish(1e-5) ~ 5e-6: both off at eps 1e-3
     assert activation_stats(z, act, gated=False, eps=1e-3)["dead_frac"] == pytest.approx(2 / 3)
     assert activation_stats(z, act, gated=False, eps=0.0)["dead_frac"] == pytest.approx(0.0)
 

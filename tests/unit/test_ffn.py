@@ -4,8 +4,17 @@ import math
 import pytest
 import torch
 
-from glubench.nn.config import FFN_VARIANTS, PAPER_VARIANTS, ffn_hidden_dim, ffn_params, get_variant, matching_error
-from glubench.nn.ffn import FFN_REGISTRY, MLP, GatedMLP, build_ffn, get_spec
+from glubench.nn.config import (
+    FFN_VARIANTS,
+    PAPER_VARIANTS,
+    ModelConfig,
+    ffn_hidden_dim,
+    ffn_params,
+    get_variant,
+    matching_error,
+)
+from glubench.nn.ffn import MLP, GatedMLP, build_ffn
+from glubench.nn.transformer import Block
 
 
 def phi(x):  # standard normal CDF, written out
@@ -28,26 +37,35 @@ REFERENCE_ACT = {
     "mishglu": lambda z: z * torch.tanh(torch.log1p(torch.exp(z))),
 }
 EXTRA_VARIANTS = ("mish", "elu", "relu2", "mishglu")
+GATED = ("glu", "bilinear", "reglu", "geglu", "swiglu", "mishglu")
+
+
+def matched_ffn(name, d_model, d_ff, bias=False, multiple_of=None):
+    """The FFN a model of these sizes builds, at the width ModelConfig derives (the one matching rule)."""
+    cfg = ModelConfig(d_model=d_model, n_heads=1, ffn=name, d_ff=d_ff, bias=bias, ffn_multiple_of=multiple_of)
+    return build_ffn(name, d_model, cfg.ffn_hidden, bias=bias)
 
 
 def test_registry_holds_the_paper_variants():
-    assert len(PAPER_VARIANTS) == 8 and set(PAPER_VARIANTS) <= set(FFN_REGISTRY)
-    assert set(FFN_REGISTRY) == set(REFERENCE_ACT)  # every variant has a hand-written reference
-    assert [n for n in EXTRA_VARIANTS if get_spec(n).gated] == ["mishglu"]
-    assert [n for n in PAPER_VARIANTS if get_spec(n).gated] == ["glu", "bilinear", "reglu", "geglu", "swiglu"]
+    assert len(PAPER_VARIANTS) == 8 and set(PAPER_VARIANTS) <= set(FFN_VARIANTS)
+    assert set(FFN_VARIANTS) == set(REFERENCE_ACT)  # every variant has a hand-written reference
+    assert [n for n in EXTRA_VARIANTS if build_ffn(n, 4, 3).gated] == ["mishglu"]
+    assert [n for n in PAPER_VARIANTS if build_ffn(n, 4, 3).gated] == ["glu", "bilinear", "reglu", "geglu", "swiglu"]
 
 
-def test_registry_is_built_from_the_torch_free_table():
-    assert list(FFN_REGISTRY) == list(FFN_VARIANTS)
-    for name, spec in FFN_REGISTRY.items():
-        assert spec.cls is (GatedMLP if FFN_VARIANTS[name].gated else MLP), name
+def test_block_builds_each_variant_at_its_matched_width():
+    # d_model 12, d_ff = 4·12 = 48: non-gated MLP of width 48, gated GatedMLP of width 2/3·48 = 32.
+    for name in FFN_VARIANTS:
+        ffn = Block(ModelConfig(d_model=12, n_heads=1, ffn=name)).ffn
+        assert type(ffn) is (GatedMLP if name in GATED else MLP), name
+        assert ffn.hidden == (32 if name in GATED else 48), name
 
 
 def test_unknown_variant_lists_the_valid_ones():
     with pytest.raises(ValueError, match="model.ffn='swigly'.*relu.*swiglu"):
-        get_spec("swigly")
+        build_ffn("swigly", 4, 4)
     valid = "relu, gelu, swish, glu, bilinear, reglu, geglu, swiglu, mish, elu, relu2, mishglu"
-    for lookup in (get_spec, get_variant):
+    for lookup in (lambda name: build_ffn(name, 4, 4), get_variant):
         with pytest.raises(ValueError) as e:
             lookup("swigly")
         assert str(e.value) == f"model.ffn='swigly' is not a known FFN variant; valid: {valid}"
@@ -58,7 +76,7 @@ def test_unknown_variant_lists_the_valid_ones():
 def test_variant_matches_reference_formula(name, bias):
     torch.manual_seed(0)
     d, d_ff = 6, 12
-    ffn = build_ffn(name, d, d_ff, bias=bias).double()
+    ffn = matched_ffn(name, d, d_ff, bias=bias).double()
     h = ffn.hidden
     W1 = torch.randn(h, d, dtype=torch.float64)
     V = torch.randn(h, d, dtype=torch.float64)
@@ -87,7 +105,7 @@ def test_variant_matches_reference_formula(name, bias):
 
 def test_gate_and_value_order():
     """Rows [0, h) of the fused weight are the gate W (activated), rows [h, 2h) the value V."""
-    ffn = build_ffn("reglu", 2, 3)
+    ffn = matched_ffn("reglu", 2, 3)
     assert isinstance(ffn, GatedMLP) and ffn.hidden == 2
     with torch.no_grad():
         ffn.w_in.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0],      # W, the gate
@@ -107,10 +125,10 @@ def test_gate_and_value_order():
 )
 def test_parameter_matching_within_half_percent(d_model, mult, bias):
     d_ff = mult * d_model
-    base = sum(p.numel() for p in build_ffn("relu", d_model, d_ff, bias=bias).parameters())
+    base = sum(p.numel() for p in matched_ffn("relu", d_model, d_ff, bias=bias).parameters())
     assert base == 2 * d_model * d_ff + (d_ff + d_model if bias else 0)
     for name in PAPER_VARIANTS:
-        n = sum(p.numel() for p in build_ffn(name, d_model, d_ff, bias=bias).parameters())
+        n = sum(p.numel() for p in matched_ffn(name, d_model, d_ff, bias=bias).parameters())
         assert abs(n / base - 1) <= 0.005, (name, d_model, d_ff, bias, n, base)
 
 
@@ -120,7 +138,7 @@ def test_extra_variants_are_matched_like_the_rest(bias):
     # gated, d_model 100, d_ff 400: no bias 2/3·400 = 266.67 -> 267; bias 400·201/302 = 266.23 -> 266
     widths = {"mish": 400, "elu": 400, "relu2": 400, "mishglu": 266 if bias else 267}
     for name in EXTRA_VARIANTS:
-        ffn = build_ffn(name, 100, 400, bias=bias)
+        ffn = matched_ffn(name, 100, 400, bias=bias)
         n = sum(p.numel() for p in ffn.parameters())
         assert ffn.hidden == widths[name], name
         assert abs(n / base - 1) <= 0.005, (name, n, base)
@@ -143,7 +161,7 @@ def test_extra_variants_are_matched_like_the_rest(bias):
     ],
 )
 def test_build_ffn_width_pinned_by_hand(name, d_model, d_ff, bias, multiple_of, hidden):
-    ffn = build_ffn(name, d_model, d_ff, bias=bias, multiple_of=multiple_of)
+    ffn = matched_ffn(name, d_model, d_ff, bias, multiple_of)
     assert ffn.hidden == hidden
     assert ffn.w_in.weight.shape == ((2 if ffn.gated else 1) * hidden, d_model)
     assert ffn.w_out.weight.shape == (d_model, hidden)
