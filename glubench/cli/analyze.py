@@ -47,12 +47,16 @@ def _g(values) -> str:
 
 
 def cmd_init(args) -> int:
+    """``glubench-analyze init``: print He et al.'s variance check, then per ``--ffn`` × ``--init`` the
+    per-layer variances and RMS of a :class:`Transformer` at initialization on real probe tokens
+    (``--json``: also write them); returns the exit status.  Raises SystemExit on a bad flag or config."""
     import torch
 
     from glubench.analysis.init_variance import he_relu_stack, transformer_profile
+    from glubench.core.errors import ConfigError
     from glubench.nn.config import FFN_VARIANTS, INIT_SCHEMES
     from glubench.nn.transformer import Transformer
-    from glubench.train.validate import ConfigError, model_config
+    from glubench.train.validate import model_config
 
     ffns = _split(args.ffn, list(FFN_VARIANTS), "--ffn")
     inits = _split(args.init, INIT_SCHEMES, "--init")
@@ -159,9 +163,10 @@ def load_run(run_dir: Path):
 
     from glubench.nn.transformer import Transformer
     from glubench.train.results import RESULTS_FILE, RunResult
+    from glubench.train.resume import last_checkpoint
     from glubench.train.validate import model_config
 
-    res, ckpt_path = run_dir / RESULTS_FILE, run_dir / "checkpoints" / "last.ckpt"
+    res, ckpt_path = run_dir / RESULTS_FILE, last_checkpoint(run_dir)
     for p in (res, ckpt_path):
         if not p.is_file():
             raise SystemExit(f"glubench-analyze: error: --run-dir={run_dir}: {p.name} not found")
@@ -176,6 +181,10 @@ def load_run(run_dir: Path):
 
 
 def cmd_regions(args) -> int:
+    """``glubench-analyze regions``: exact linear-region counts of a tiny 2-input ReLU MLP (with a PNG of its
+    partition) and of a trained transformer's FFNs (``--run-dir``, else a briefly trained one), before and
+    after training; writes ``regions.json`` into ``--out`` and returns the exit status.  Raises SystemExit
+    when the run failed or its FFN has no linear regions."""
     import torch
 
     from glubench.analysis import regions as R
@@ -233,7 +242,7 @@ def cmd_regions(args) -> int:
         raise SystemExit(f"glubench-analyze: error: model.ffn={mc.ffn!r}: linear regions need one of "
                          f"{', '.join(PATTERN_VARIANTS)}")
     torch.manual_seed(seed)
-    initial = Transformer(mc)  # train.py seeds torch once before building the model: same init
+    initial = Transformer(mc)  # training seeds torch once before building the model: same init
     probe, _ = _probe(run_cfg, args.batch)  # the run's own corpus and tokenizer
     counts = {"before": region_counts(initial, probe, args.paths, args.seed),
               "after": region_counts(trained, probe, args.paths, args.seed)}

@@ -14,7 +14,6 @@ import argparse
 import gc
 import logging
 import os
-import platform
 import resource
 import sys
 import time
@@ -33,10 +32,12 @@ from glubench.nn.config import FFN_VARIANTS, ModelConfig
 from glubench.nn.ffn import GatedMLP
 from glubench.nn.flops import flops_per_token, mfu
 from glubench.nn.transformer import Transformer, count_params
+from glubench.sweep.report import markdown_table
 from glubench.train.callbacks import ProgressBar
 from glubench.train.metrics import peak_flops
 from glubench.train.module import COMPILE_OPTIONS, LanguageModel, build_optimizer
 from glubench.train.schema import OptimConfig
+from glubench.train.task import device_name, versions
 
 CONTENDERS = ("lightning", "plain", "plain-split", "hf")
 HF_PEERS = {"gelu": "hf-gpt2", "swiglu": "hf-llama"}  # glubench variant -> its Hugging Face peer
@@ -178,6 +179,8 @@ class SplitGatedMLP(nn.Module):
 
 
 def glubench_model(cfg: BenchConfig, ffn: str, split: bool = False) -> nn.Module:
+    """glubench's :class:`Transformer` for ``ffn`` at the benchmark's shapes, seeded with ``cfg.seed``;
+    ``split``: its gated FFNs as :class:`SplitGatedMLP` (same weights)."""
     torch.manual_seed(cfg.seed)
     model = Transformer(cfg.model_config(ffn))
     if split:
@@ -266,7 +269,7 @@ def run_lightning(cfg: BenchConfig, ffn: str, batches, device: torch.device) -> 
     trainer = pl.Trainer(accelerator=device.type, devices=1, precision="bf16-mixed" if cfg.bf16 else "32-true",
                          max_steps=total, logger=False, enable_checkpointing=False, enable_model_summary=False,
                          enable_progress_bar=cfg.progress_bar, gradient_clip_val=1.0, log_every_n_steps=10,
-                         num_sanity_val_steps=0, limit_val_batches=0,  # the progress bar as train.py sets it
+                         num_sanity_val_steps=0, limit_val_batches=0,  # the progress bar as glubench sets it
                          callbacks=[_Marker()] + ([ProgressBar(refresh_rate=10)] if cfg.progress_bar else []))
     loader = torch.utils.data.DataLoader([batches[i % len(batches)] for i in range(total)], batch_size=None)
     trainer.fit(module, train_dataloaders=loader)
@@ -345,47 +348,35 @@ def aggregate(cfg: BenchConfig, runs: list[dict], fpt: dict[str, float], peak: f
 def markdown(result: dict) -> str:
     """The result as a markdown table of contenders and one of ratios (with targets)."""
     m = result["meta"]
-    lines = [
+    rows = [[r["ffn"], r["contender"], f"{r['tokens_per_sec']:,.0f}",
+             f"{r['tokens_per_sec_min']:,.0f}–{r['tokens_per_sec_max']:,.0f}",
+             f"{r['step_ms_median']:.1f} [{r['step_ms_p25']:.1f}–{r['step_ms_p75']:.1f}]",
+             f"{r['peak_mem_mib']:,.0f}", "–" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%"]
+            for r in result["summary"]["rows"]]
+    ratios = []
+    for r in result["summary"]["ratios"]:
+        t = TARGETS.get(r["ratio"])
+        target, met = ("–", "–") if t is None else (f"≥ {t:.2f}", "yes" if r["median"] >= t else "**no**")
+        ratios.append([r["ffn"], r["ratio"], f"{r['median']:.3f}", f"{r['min']:.3f}–{r['max']:.3f}", target, met])
+    return "\n\n".join([
         f"Device: {m['device']}; torch {m['versions']['torch']}; precision {m['precision']}; "
         f"compile {m['compile']}; " + "B={batch_size} T={seq_len} d_model={d_model} n_layers={n_layers} "
         "n_heads={n_heads} vocab={vocab_size}; {warmup} warmup + {steps} measured steps × {repeats} "
         "interleaved repeats (medians).".format_map(m["config"]),
-        "",
         "Ratios are paired within a repeat (B·T / median step time) and medianed over repeats.",
-        "",
-        "| ffn | contender | tokens/s (median) | min–max | step ms median [p25–p75] | peak mem MiB | MFU |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
-    ]
-    for r in result["summary"]["rows"]:
-        mfu_s = "–" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%"
-        lines.append(
-            f"| {r['ffn']} | {r['contender']} | {r['tokens_per_sec']:,.0f} | "
-            f"{r['tokens_per_sec_min']:,.0f}–{r['tokens_per_sec_max']:,.0f} | "
-            f"{r['step_ms_median']:.1f} [{r['step_ms_p25']:.1f}–{r['step_ms_p75']:.1f}] | "
-            f"{r['peak_mem_mib']:,.0f} | {mfu_s} |"
-        )
-    lines += ["", "| ffn | ratio (tokens/s) | median | min–max | target | met |",
-              "| --- | --- | ---: | ---: | ---: | --- |"]
-    for r in result["summary"]["ratios"]:
-        t = TARGETS.get(r["ratio"])
-        target, met = ("–", "–") if t is None else (f"≥ {t:.2f}", "yes" if r["median"] >= t else "**no**")
-        lines.append(f"| {r['ffn']} | {r['ratio']} | {r['median']:.3f} | {r['min']:.3f}–{r['max']:.3f} "
-                     f"| {target} | {met} |")
-    return "\n".join(lines) + "\n"
+        markdown_table(["ffn", "contender", "tokens/s (median)", "min–max", "step ms median [p25–p75]",
+                        "peak mem MiB", "MFU"], rows),
+        markdown_table(["ffn", "ratio (tokens/s)", "median", "min–max", "target", "met"], ratios),
+    ]) + "\n"
 
 
 def benchmark(cfg: BenchConfig, out: Path | None = None) -> dict:
     """Run the interleaved benchmark; write ``bench.json`` and ``bench.md`` to ``out`` after every run.
 
-    Returns the result dict: ``meta`` (device, versions, config), ``runs`` (one row per
-    repeat × variant × contender) and ``summary`` (medians and paired ratios).
-
-    Raises:
-        ValueError: a bad config value (see :meth:`BenchConfig.check`).
+    ``cfg`` must have passed :meth:`BenchConfig.check`.  Returns the result dict: ``meta`` (device,
+    versions, config), ``runs`` (one row per repeat × variant × contender) and ``summary`` (medians and
+    paired ratios).
     """
-    import lightning
-
-    cfg.check()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = torch.device(cfg.device if cfg.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu")
@@ -404,15 +395,13 @@ def benchmark(cfg: BenchConfig, out: Path | None = None) -> dict:
     for ffn in cfg.ffns:
         mc = cfg.model_config(ffn)
         fpt[ffn] = flops_per_token(count_params(Transformer(mc)).matmul, mc.n_layers, mc.d_model, mc.seq_len)
-    versions = {"python": platform.python_version(), "torch": torch.__version__, "lightning": lightning.__version__,
-                "transformers": getattr(transformers, "__version__", None)}
-    label = (torch.cuda.get_device_name(device) if device.type == "cuda"
-             else f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)")
-    meta = {"device": label, "precision": precision, "compile": cfg.compile, "peak_flops": peak,
-            "flops_per_token": fpt, "hf_available": have_hf, "versions": versions,
+    batches = make_batches(cfg, device)
+    meta = {"device": device_name(batches[0][0]),  # any tensor on the device: device_name reads its .device
+            "precision": precision, "compile": cfg.compile, "peak_flops": peak, "flops_per_token": fpt,
+            "hf_available": have_hf,
+            "versions": {**versions(), "transformers": getattr(transformers, "__version__", None)},
             "config": asdict(cfg), "command": " ".join(sys.argv), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     result = {"meta": meta, "runs": [], "summary": {"rows": [], "ratios": []}}
-    batches = make_batches(cfg, device)
     for rep in range(cfg.repeats):
         k = rep % len(pairs)
         for ffn, contender in pairs[k:] + pairs[:k]:  # rotate so no contender always runs first

@@ -24,6 +24,7 @@ from glubench.core.io import WriteFailed
 from glubench.core.paths import CONF_DIR
 from glubench.core.secrets import redact
 from glubench.sweep.cluster import check_job_launch
+from glubench.train.results import RESULTS_FILE
 from glubench.train.task import output_dir, run
 from glubench.train.validate import check_output_dir, validate_config
 
@@ -62,7 +63,7 @@ def main(cfg: DictConfig) -> float | None:
         from glubench.train import faults
 
         log.error(f"glubench: interrupted{' by ' + faults.RECEIVED if faults.RECEIVED else ''} -> "
-                  f"{output_dir() / 'results.json'}; the same command in the same run dir resumes")
+                  f"{output_dir() / RESULTS_FILE}; the same command in the same run dir resumes")
         faults.forward_preemption()  # under submitit: requeue the job now that everything is saved
         sys.exit(faults.exit_status())
     except WriteFailed as e:  # disk full, permission lost: one line, the previous files are intact
@@ -75,14 +76,14 @@ def main(cfg: DictConfig) -> float | None:
         log.error("glubench: job failed", exc_info=True)
         if not collects_job_failures():
             sys.exit(1)
-        log.error(f"glubench: job failed (recorded in {output_dir() / 'results.json'}); the sweep goes on")
+        log.error(f"glubench: job failed (recorded in {output_dir() / RESULTS_FILE}); the sweep goes on")
         return None  # the sweep's report lists it and sets the exit status
     nan = float("nan")
     log.info(
         f"glubench: {result.status}: ffn={result.ffn} val_loss={result.val_loss or nan:.4f} "
         f"val_ppl={result.val_ppl or nan:.3f} val_bpb={result.val_bpb or nan:.4f} "
         f"tokens/s={result.train_tokens_per_sec or nan:,.0f} wall={result.wall_time_s or nan:.1f}s "
-        f"-> {output_dir() / 'results.json'}"
+        f"-> {output_dir() / RESULTS_FILE}"
     )
     if result.status == "diverged":
         log.error(f"glubench: diverged: {result.error}")

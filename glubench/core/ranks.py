@@ -1,17 +1,8 @@
-"""Which process this is: local and global rank from the launcher's environment (no torch)."""
+"""Which process this is: the global rank from the launcher's environment (no torch)."""
 
 from __future__ import annotations
 
 import os
-
-
-def local_rank() -> int:
-    """This process's rank on its node (``LOCAL_RANK``, else ``SLURM_LOCALID``, else 0)."""
-    for var in ("LOCAL_RANK", "SLURM_LOCALID"):
-        if os.environ.get(var, "").isdigit():
-            return int(os.environ[var])
-    return 0
-
 
 
 def global_rank() -> int:

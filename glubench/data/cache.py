@@ -36,16 +36,11 @@ CACHE_VERSION = 3  # 3: token_bytes.npy beside the tokens (bits per byte of any 
 
 @dataclass
 class TokenSplits:
-    """Memory-mapped token arrays plus what bits-per-byte needs.
-
-    ``val_predicted_bytes`` is the UTF-8 byte count of every validation token except the
-    first (the first token is context, never predicted).
-    """
+    """Memory-mapped token arrays plus what bits-per-byte needs."""
 
     train: np.ndarray
     val: np.ndarray
     vocab_size: int
-    val_predicted_bytes: int
     meta: dict
     token_bytes: np.ndarray  # (vocab_size,) int64 UTF-8 bytes of each token id
 
@@ -210,8 +205,7 @@ def load_tokens(folder: Path, *, seq_len: int | None = None, name: str = "pydocs
         raise ValueError(f"data.name={name!r}: the train split has {train.size} tokens, "
                          f"fewer than one window (model.seq_len={seq_len} + 1); use more text or a "
                          "smaller model.seq_len")
-    return TokenSplits(train, val, meta["vocab_size"], int(meta["val"]["predicted_bytes"]), meta,
-                       np.load(folder / "token_bytes.npy"))
+    return TokenSplits(train, val, meta["vocab_size"], meta, np.load(folder / "token_bytes.npy"))
 
 
 # ---------------------------------------------------------------------------- preparation (file lock)

@@ -20,6 +20,7 @@ from typing import Any, Optional
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from glubench.core.errors import ConfigError
 from glubench.train.devices import resolve_accelerator, world_size
 
 log = logging.getLogger(__name__)
@@ -46,8 +47,6 @@ def job_overrides(config: DictConfig) -> Optional[list[list[str]]]:
     """
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    from glubench.core.errors import ConfigError
 
     if not str(OmegaConf.select(config, "hydra.sweeper._target_", default="")).endswith(".BasicSweeper"):
         return None
@@ -77,9 +76,9 @@ class SweepReport(Callback):
     per job outside training and validation (setup, checkpoint).
     """
 
-    def __init__(self, report: bool = True, estimate: bool = True, plots: bool = True, wandb: str = "auto",
-                 gpu_mfu: float = 0.35, job_overhead_s: float = 3.0) -> None:
-        self.report, self.estimate, self.plots, self.wandb = report, estimate, plots, wandb
+    def __init__(self, plots: bool = True, wandb: str = "auto", gpu_mfu: float = 0.35,
+                 job_overhead_s: float = 3.0) -> None:
+        self.plots, self.wandb = plots, wandb
         self.gpu_mfu, self.job_overhead_s = gpu_mfu, job_overhead_s
         self.t_start: Optional[float] = None
 
@@ -89,7 +88,7 @@ class SweepReport(Callback):
             return
         from hydra import compose
 
-        from glubench.train.validate import ConfigError, validate_config
+        from glubench.train.validate import validate_config
 
         cfgs, model_cfgs = [], []
         for i, overrides in enumerate(jobs):
@@ -102,7 +101,7 @@ class SweepReport(Callback):
                 print(f"glubench: error: job #{i} ({' '.join(overrides)}): {e}", file=sys.stderr)
                 sys.exit(2)
         log.info(f"glubench: sweep of {len(jobs)} jobs -> {config.hydra.sweep.dir}")
-        if self.estimate and cfgs:
+        if cfgs:
             try:
                 seconds, how = self.estimate_seconds(cfgs, model_cfgs)
                 log.info(f"glubench: estimated total time: ~{_duration(seconds)} for {len(cfgs)} jobs "
@@ -153,8 +152,6 @@ class SweepReport(Callback):
         return total, how
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        if not self.report:
-            return
         from glubench.sweep.report import JOB_ERRORS, report_sweep, terminal_text
 
         sweep_dir = Path(str(config.hydra.sweep.dir))

@@ -17,7 +17,7 @@ from typing import Any
 
 from hydra.experimental.callback import Callback
 
-from glubench.train.validate import ConfigError
+from glubench.core.errors import ConfigError
 
 MULTI_PROCESS_STRATEGIES = ("ddp", "fsdp", "deepspeed")
 

@@ -27,6 +27,7 @@ from scipy.optimize import OptimizeWarning, brentq, curve_fit
 
 from glubench.core.errors import ConfigError
 
+BASELINE = "relu"  # the variant every other one is compared with
 SATURATING = "E + A C^-alpha"
 LOG_LINEAR = "log-linear"
 MIN_SIZES = 3  # fewer leave the log-linear law no degrees of freedom across sizes
@@ -46,7 +47,6 @@ class LadderRun:
     loss: float
     size: str
     seed: int = 0
-    params: Optional[int] = None
 
 
 @dataclass
@@ -242,13 +242,13 @@ def _value(stat: Callable[[PowerLawFit, PowerLawFit], Optional[float]], *fits: P
 
 def bootstrap(base_runs: Sequence[LadderRun], variant_runs: Sequence[LadderRun], n: int = 1000, seed: int = 0,
               confidence: float = 0.95, c_range: Optional[tuple[float, float]] = None,
-              form: Optional[str] = None) -> dict[str, Interval]:
+              fits: Optional[tuple[PowerLawFit, PowerLawFit]] = None) -> dict[str, Interval]:
     """Percentile intervals of ``"multiplier"`` (:func:`compute_multiplier` at the full-data
     :func:`target_loss`) and ``"crossover"`` (:func:`crossover` over ``c_range``, FLOPs; resamples whose
     curves do not cross count as undefined) from ``n`` resamples: runs drawn with replacement within each
-    size (every size kept), both curves refitted in their full-data forms (or ``form``).  Raises
-    :class:`Undefined` if a full-data fit is refused."""
-    full = (fit_runs(base_runs, form), fit_runs(variant_runs, form))
+    size (every size kept), both curves refitted in the forms of the full-data ``fits`` (base, variant;
+    default: :func:`fit_runs` of each).  Raises :class:`Undefined` if a full-data fit is refused."""
+    full = fits or (fit_runs(base_runs), fit_runs(variant_runs))
     target = target_loss(full[0])
     full[1]._usable()
     stats = {"multiplier": lambda b, v: compute_multiplier(b, v, target),
@@ -290,7 +290,7 @@ def seed_spread(runs: Sequence[LadderRun]) -> Optional[float]:
     return float(np.mean(stds)) if stds else None
 
 
-def ladder_table(runs_by_variant: dict[str, Sequence[LadderRun]], baseline: str = "relu", n: int = 1000,
+def ladder_table(runs_by_variant: dict[str, Sequence[LadderRun]], baseline: str = BASELINE, n: int = 1000,
                  seed: int = 0, confidence: float = 0.95) -> tuple[list[dict], list[str]]:
     """Rows (dicts keyed by :data:`LADDER_COLUMNS`, baseline first) and messages (refused fits, log-linear
     fallbacks, undefined multipliers, failed resamples).  When the variants' forms differ, all are fitted
@@ -303,11 +303,9 @@ def ladder_table(runs_by_variant: dict[str, Sequence[LadderRun]], baseline: str 
     fits = {v: fit_runs(r) for v, r in runs_by_variant.items()}
     messages = [f"{v}: fit refused: {f.why}" for v, f in fits.items() if not f.converged]
     messages += [f"{v}: {LOG_LINEAR} fit ({f.why})" for v, f in fits.items() if f.converged and f.form == LOG_LINEAR]
-    form = None
     if len({f.form for f in fits.values() if f.converged}) > 1:
-        form = LOG_LINEAR
         messages.append(f"every variant is fitted {LOG_LINEAR}, the form the weakest ladder supports")
-        fits = {v: fit_runs(r, form) if fits[v].converged else fits[v] for v, r in runs_by_variant.items()}
+        fits = {v: fit_runs(r, LOG_LINEAR) if fits[v].converged else fits[v] for v, r in runs_by_variant.items()}
     base = fits[baseline]
     rows = []
     for v in [baseline] + [k for k in runs_by_variant if k != baseline]:
@@ -320,7 +318,7 @@ def ladder_table(runs_by_variant: dict[str, Sequence[LadderRun]], baseline: str 
             row.update(multiplier=1.0 if f.converged else "not defined", crossover="baseline")
         if v == baseline or not (base.converged and f.converged):
             continue
-        m, c = bootstrap(runs_by_variant[baseline], runs, n, seed, confidence, form=form).values()
+        m, c = bootstrap(runs_by_variant[baseline], runs, n, seed, confidence, fits=(base, f)).values()
         if m.estimate is None:
             messages.append(f"{v}: multiplier not defined: L* = {target_loss(base):.4g} nats is not above E of a fit")
         else:

@@ -11,17 +11,13 @@ training seconds, and the multipliers with their intervals; each as PNG and SVG.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
-from typing import Any
 
-from glubench.core.io import atomic_write
-from glubench.sweep.fits import LADDER_COLUMNS, LadderRun, fit_runs, ladder_table
+from glubench.sweep.fits import BASELINE, LADDER_COLUMNS, LadderRun, fit_runs, ladder_table
 
 SIZE_KEYS = ("model.d_model", "model.n_layers", "model.n_heads", "model.d_ff", "model.seq_len", "ladder.size",
              "optim.lr", "optim.warmup_steps", "trainer.max_steps", "budget.value", "data.batch_size")
 """Config keys that change with the rung of a ladder, not with the setting being compared."""
-BASELINE = "relu"
 PLOTS = ("val_loss_vs_flops", "val_loss_vs_params", "val_loss_vs_seconds", "compute_multiplier")
 
 
@@ -37,7 +33,7 @@ def series(report) -> dict[str, dict[str, list]]:
 
 def _ladder_runs(runs: list) -> list[LadderRun]:
     return [LadderRun(flops=r.result.budget["flops"], loss=r.result.val_loss, size=str(r.result.params_nonembedding),
-                      seed=r.result.seed, params=r.result.params_nonembedding)
+                      seed=r.result.seed)
             for r in runs if (r.result.budget or {}).get("flops")]
 
 
@@ -58,19 +54,13 @@ def tables(report, n_boot: int = 1000) -> list[tuple[str, list[dict], list[str]]
     return out
 
 
-def _num(x: Any, spec: str = ".3g") -> str:
-    return format(x, spec) if isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) else (
-        "—" if x is None else str(x))
-
-
-def _interval(row: dict, key: str, spec: str) -> str:
-    lo, hi = row[f"{key}_lo"], row[f"{key}_hi"]
-    return _num(row[key], spec) + (f" [{_num(lo, spec)}, {_num(hi, spec)}]" if lo is not None else "")
-
-
 def markdown(report, computed: list[tuple[str, list[dict], list[str]]]) -> str:
     """The ``## Compute ladder`` section of summary.md: one multiplier table per series, then the notes."""
-    from glubench.sweep.report import markdown_table
+    from glubench.sweep.report import fmt, markdown_table
+
+    def interval(row: dict, key: str, spec: str) -> str:
+        lo, hi = row[f"{key}_lo"], row[f"{key}_hi"]
+        return fmt(row[key], spec) + (f" [{fmt(lo, spec)}, {fmt(hi, spec)}]" if lo is not None else "")
 
     parts = ["## Compute ladder: compute-equivalent gain over relu"]
     header = ["variant", "fit", "α", "E", "compute multiplier [95% CI]", "crossover (FLOPs) [95% CI]", "RMSE (nats)",
@@ -78,10 +68,10 @@ def markdown(report, computed: list[tuple[str, list[dict], list[str]]]) -> str:
     for label, rows, messages in computed:
         body = []
         for r in rows:
-            m, c = _interval(r, "multiplier", ".3f"), _interval(r, "crossover", ".2e")
+            m, c = interval(r, "multiplier", ".3f"), interval(r, "crossover", ".2e")
             c += " (extrapolated)" if r["extrapolated"] else ""
-            body.append([r["variant"], str(r["form"]), _num(r["alpha"], ".4f"), _num(r["E"], ".3f"), m, c,
-                         _num(r["rmse"], ".4f"), str(r["n_sizes"]), str(r["n_runs"]), _num(r["seed_spread"], ".4f")])
+            body.append([r["variant"], str(r["form"]), fmt(r["alpha"], ".4f"), fmt(r["E"], ".3f"), m, c,
+                         fmt(r["rmse"], ".4f"), str(r["n_sizes"]), str(r["n_runs"]), fmt(r["seed_spread"], ".4f")])
         parts += [f"### {label or report.experiment}", markdown_table(header, body)]
         parts += [f"- {m}" for m in messages]
     parts.append(
@@ -99,6 +89,8 @@ def markdown(report, computed: list[tuple[str, list[dict], list[str]]]) -> str:
 def write_plots(report, out_dir: Path, computed) -> list[Path]:
     """The four ladder figures (:data:`PLOTS`), each as PNG and SVG; returns the PNG paths."""
     from matplotlib.figure import Figure  # no pyplot: no global state, no display needed
+
+    from glubench.sweep.report import save_figures
 
     by_series = series(report)
     variants = sorted({v for s in by_series.values() for v in s})
@@ -140,12 +132,7 @@ def write_plots(report, out_dir: Path, computed) -> list[Path]:
                title=f"{label or report.experiment}: at relu's loss at its largest budget (95% CI)")
         ax.grid(axis="y", alpha=0.3, which="both")
     figs["compute_multiplier"] = fig
-    written = []
-    for name, fig in figs.items():
-        for fmt in ("png", "svg"):
-            atomic_write(out_dir / f"{name}.{fmt}", lambda f, fig=fig, fmt=fmt: fig.savefig(f, format=fmt, dpi=110))
-        written.append(out_dir / f"{name}.png")
-    return written
+    return save_figures(figs, out_dir)
 
 
 __all__ = ["LADDER_COLUMNS", "PLOTS", "SIZE_KEYS", "is_ladder", "markdown", "series", "tables", "write_plots"]

@@ -21,21 +21,22 @@ import sys
 import warnings
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from statistics import fmean, stdev
 from typing import Any, Optional
 
 from glubench.core.io import atomic_write, atomic_write_text, sha256_text
 from glubench.sweep import ladder
+from glubench.sweep.fits import BASELINE
 from glubench.train.results import RESULTS_FILE, RunResult
 
 log = logging.getLogger(__name__)
 
-BASELINE = "relu"
 VARIANT_KEY = "model.ffn"
 REPLICATE_KEYS = ("seed",)  # differ between replicates; never a grouping key
 JOB_ERRORS = ("failed", "interrupted", "missing")  # the job itself broke: the exit status is 1
 NOT_STARTED = "not_started"  # a job folder whose job never began (a rejected config): listed, not a failure
 CONFIDENCE = 0.95
-PLOTS = ("val_loss_curves.png", "val_loss_bar.png", "tokens_per_sec.png")
+PLOTS = ("val_loss_curves", "val_loss_bar", "tokens_per_sec")
 
 
 @dataclass
@@ -79,7 +80,7 @@ def welch(a: list[float], b: list[float], confidence: float = CONFIDENCE) -> Wel
     """
     if not a or not b:
         raise ValueError(f"welch: both samples need values (got n={len(a)} and n={len(b)})")
-    diff = _mean(a) - _mean(b)
+    diff = fmean(a) - fmean(b)
     if len(a) < 2 or len(b) < 2:
         return Welch(diff, note=f"n/a: needs >= 2 seeds on both sides (n={len(a)} vs {len(b)})")
     # Tested on the values, not on a computed variance, which rounding can leave a hair above 0.
@@ -96,17 +97,6 @@ def welch(a: list[float], b: list[float], confidence: float = CONFIDENCE) -> Wel
         res = stats.ttest_ind(a, b, equal_var=False)
     ci = res.confidence_interval(confidence_level=confidence)
     return Welch(diff, float(ci.low), float(ci.high), float(res.pvalue), float(res.df))
-
-
-def _mean(xs: list[float]) -> float:
-    return sum(xs) / len(xs)
-
-
-def _std(xs: list[float]) -> Optional[float]:  # sample standard deviation
-    if len(xs) < 2:
-        return None
-    m = _mean(xs)
-    return math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1))
 
 
 @dataclass
@@ -138,7 +128,7 @@ class Group:
 
     @property
     def loss_mean(self) -> float:
-        return _mean(self.finite("val_loss"))
+        return fmean(self.finite("val_loss"))
 
     def finite(self, name: str) -> list[float]:
         """The finite values of ``name`` over the runs (those that measured it)."""
@@ -147,7 +137,7 @@ class Group:
     def mean(self, name: str) -> Optional[float]:
         """Mean of :meth:`finite` (``None`` if no run measured ``name``)."""
         xs = self.finite(name)
-        return _mean(xs) if xs else None
+        return fmean(xs) if xs else None
 
     def first(self, name: str) -> Any:
         """The first run's value of a per-variant constant (``ffn_hidden``, ``params_ffn``), skipping ``None``."""
@@ -289,10 +279,13 @@ def build_report(paths: list[Path], tuned: tuple[str, ...] = ()) -> Report:
     return Report(keys, groups, problems, runs, [Path(p) for p in paths], list(tuned), not_started)
 
 
-def _fmt(x: Optional[float], spec: str, scale: float = 1, unit: str = "") -> str:
-    """``x * scale`` formatted by ``spec``, then ``unit``; ``—`` for ``None`` or a non-finite float."""
+def fmt(x: Any, spec: str, scale: float = 1, unit: str = "") -> str:
+    """A number ``x * scale`` formatted by ``spec``, then ``unit``; ``—`` for ``None`` or a non-finite float;
+    anything else (a note such as ``not defined``) as ``str(x)``."""
     if x is None or (isinstance(x, float) and not math.isfinite(x)):
         return "—"
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        return str(x)
     return format(x * scale, spec) + unit
 
 
@@ -308,23 +301,23 @@ def summary_rows(report: Report) -> tuple[list[str], list[list[str]]]:
         *((f"{k} (tuned)", lambda g, k=k: ", ".join(  # its distinct values: one per variant
             f"{v:.3g}" if isinstance(v, float) else str(v) for v in sorted({r.flat.get(k) for r in g.runs}, key=str)))
           for k in report.tuned),
-        ("FFN hidden", lambda g: _fmt(g.first("ffn_hidden"), ",")),
-        ("FFN params", lambda g: _fmt(g.first("params_ffn"), ",")),
-        ("params vs baseline", lambda g: _fmt(g.params_vs_baseline, "+.2f", 100, "%")),
+        ("FFN hidden", lambda g: fmt(g.first("ffn_hidden"), ",")),
+        ("FFN params", lambda g: fmt(g.first("params_ffn"), ",")),
+        ("params vs baseline", lambda g: fmt(g.params_vs_baseline, "+.2f", 100, "%")),
         ("val loss (mean ± std)",
-         lambda g: f"{g.loss_mean:.4f} " + ("(n=1)" if g.n == 1 else f"± {_std(g.finite('val_loss')):.4f}")),
-        ("val ppl", lambda g: _fmt(math.exp(g.loss_mean) if g.loss_mean < 700 else None, ".3f")),
-        ("val bpb", lambda g: _fmt(g.mean("val_bpb"), ".4f")),
+         lambda g: f"{g.loss_mean:.4f} " + ("(n=1)" if g.n == 1 else f"± {stdev(g.finite('val_loss')):.4f}")),
+        ("val ppl", lambda g: fmt(math.exp(g.loss_mean) if g.loss_mean < 700 else None, ".3f")),
+        ("val bpb", lambda g: fmt(g.mean("val_bpb"), ".4f")),
         ("n seeds", lambda g: str(g.n)),
-        ("tokens/s", lambda g: _fmt(g.mean("train_tokens_per_sec"), ",.0f")),
-        ("MFU", lambda g: _fmt(g.mean("mfu"), ".1f", 100, "%")),
+        ("tokens/s", lambda g: fmt(g.mean("train_tokens_per_sec"), ",.0f")),
+        ("MFU", lambda g: fmt(g.mean("mfu"), ".1f", 100, "%")),
         ("budget", lambda g: str((g.first("budget") or {}).get("mode", "—"))),
-        ("train tokens", lambda g: _fmt(g.mean("budget.tokens"), ",.0f")),
-        ("train FLOPs", lambda g: _fmt(g.mean("budget.flops"), ".3g")),
-        ("train s", lambda g: _fmt(g.mean("budget.seconds"), ".1f")),
+        ("train tokens", lambda g: fmt(g.mean("budget.tokens"), ",.0f")),
+        ("train FLOPs", lambda g: fmt(g.mean("budget.flops"), ".3g")),
+        ("train s", lambda g: fmt(g.mean("budget.seconds"), ".1f")),
     ]
     if any(g.mean(dead + "dead_frac") is not None for g in report.groups):
-        cols += [(f"dead units ({when})", lambda g, k=k: _fmt(g.mean(dead + k), ".1f", 100, "%"))
+        cols += [(f"dead units ({when})", lambda g, k=k: fmt(g.mean(dead + k), ".1f", 100, "%"))
                  for when, k in (("end", "dead_frac"), ("max", "dead_frac_max"))]
     return [h for h, _ in cols], [[cell(g) for _, cell in cols] for g in report.groups]
 
@@ -375,8 +368,8 @@ def summary_markdown(report: Report, plots: list[str] = (), ladder_md: str = "")
                   "loss); val bpb = bits per UTF-8 byte; ± is the sample std over seeds; FFN params = one layer's "
                   f"FFN; params vs baseline compares with the `{BASELINE}` row; tokens/s = training throughput "
                   "(mean over seeds); MFU is blank when the device peak is unknown (CPU); budget = what was held "
-                  "equal (`tokens`, `flops` or `time`), then the tokens, training FLOPs (analytic) and training "
-                  "seconds (validation excluded) actually spent, mean over seeds"
+                  "equal (`tokens`, `flops`, `time` or `tokens_per_param`), then the tokens, training FLOPs "
+                  "(analytic) and training seconds (validation excluded) actually spent, mean over seeds"
                   + (f"; {', '.join(report.tuned)} (tuned) = the value each variant's own search chose"
                      if report.tuned else "") + "."]
     cmp_header, cmp = comparison_rows(report)
@@ -455,7 +448,7 @@ def write_plots(report: Report, out_dir: Path) -> list[Path]:
                 at.setdefault(int(h["tokens_seen"]), []).append(float(h["val_loss"]))
         xs, c = sorted(at), colors[g.label]
         if xs:
-            ax.plot(xs, [_mean(at[x]) for x in xs], marker="o", ms=3, color=c, label=f"{g.label} (n={g.n})")
+            ax.plot(xs, [fmean(at[x]) for x in xs], marker="o", ms=3, color=c, label=f"{g.label} (n={g.n})")
             if g.n > 1:
                 ax.fill_between(xs, [min(at[x]) for x in xs], [max(at[x]) for x in xs], color=c, alpha=0.2,
                                 linewidth=0)
@@ -474,7 +467,8 @@ def write_plots(report: Report, out_dir: Path) -> list[Path]:
             continue
         figs[name] = Figure(figsize=(max(6, 0.9 * len(shown) + 2), 4.5), layout="constrained")
         ax = figs[name].add_subplot()
-        means, errs = [g.mean(attr) for g in shown], [_std(g.finite(attr)) for g in shown]  # None at n = 1
+        means = [g.mean(attr) for g in shown]
+        errs = [stdev(xs) if len(xs := g.finite(attr)) > 1 else None for g in shown]
         ax.bar(range(len(shown)), means, color=[colors[g.label] for g in shown])
         with_err = [i for i, e in enumerate(errs) if e is not None]
         ax.errorbar(with_err, [means[i] for i in with_err], yerr=[errs[i] for i in with_err], fmt="none",
@@ -487,10 +481,16 @@ def write_plots(report: Report, out_dir: Path) -> list[Path]:
             ylabel += f" (y axis starts at {lo - pad:.3f}, not 0)"
         ax.set(ylabel=ylabel, title=f"{report.experiment}: {title}")
         ax.grid(axis="y", alpha=0.3)
-    for name, fig in figs.items():  # PNG to look at, SVG (vector) for a paper
-        for path, fmt in ((out_dir / name, "png"), (out_dir / name.replace(".png", ".svg"), "svg")):
-            atomic_write(path, lambda f, fig=fig, fmt=fmt: fig.savefig(f, format=fmt, dpi=110))
-    return [out_dir / name for name in figs]
+    return save_figures(figs, out_dir)
+
+
+def save_figures(figs: dict, out_dir: Path) -> list[Path]:
+    """Write each matplotlib figure of ``{stem: Figure}`` as ``<stem>.png`` (to look at) and ``<stem>.svg``
+    (vector, for a paper); returns the PNG paths."""
+    for stem, fig in figs.items():
+        for ext in ("png", "svg"):
+            atomic_write(out_dir / f"{stem}.{ext}", lambda f, fig=fig, ext=ext: fig.savefig(f, format=ext, dpi=110))
+    return [out_dir / f"{stem}.png" for stem in figs]
 
 
 def log_wandb(report: Report, out_dir: Path, plots: list[Path]) -> Optional[Path]:
@@ -594,7 +594,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"glubench-report: error: {e}", file=sys.stderr)
         return 2
     print(terminal_text(report))
-    print(f"glubench-report: wrote results.csv, summary.md and plots to {args.out or args.paths[0]}")
+    log.info(f"glubench-report: wrote results.csv, summary.md and plots to {args.out or args.paths[0]}")
     return report.exit_code
 
 

@@ -119,19 +119,20 @@ def run_tuned_variants(cfg, overrides: list[str]) -> dict:
 
 def summary_text(record: dict) -> str:
     """The closing lines: tuned LR and mean val loss per variant, and the two rankings."""
+    from glubench.sweep.report import markdown_table
+
     def mean(xs):
         xs = [x for x in xs if x is not None and math.isfinite(x)]
         return f"{sum(xs) / len(xs):.4f}" if xs else "—"
 
-    lines = [f"glubench tune: {record['dir']}",
-             "| variant | tuned lr | val loss (tuned, mean) | val loss (shared lr, mean) |",
-             "| --- | --- | --- | --- |"]
+    rows = []
     for v in record.get("ranking_tuned") or record["variants"]:
         d = record["variants"][v]
         edge = f" (at the {d['lr_at_bound']} bound)" if d.get("lr_at_bound") else ""
-        lines.append(f"| {v} | {d['tuned_lr']:.3g}{edge} | {mean(d['val_loss'])} | "
-                     f"{mean(d.get('shared_lr_val_loss', []))} |")
-    lines.append("ranking with tuned LRs:  " + " < ".join(record.get("ranking_tuned", [])))
+        rows.append([v, f"{d['tuned_lr']:.3g}{edge}", mean(d["val_loss"]), mean(d.get("shared_lr_val_loss", []))])
+    header = ["variant", "tuned lr", "val loss (tuned, mean)", "val loss (shared lr, mean)"]
+    lines = [f"glubench tune: {record['dir']}", markdown_table(header, rows),
+             "ranking with tuned LRs:  " + " < ".join(record.get("ranking_tuned", []))]
     if record.get("ranking_shared") is not None:
         lines.append(f"ranking at shared lr={record['shared_lr']}: " + " < ".join(record["ranking_shared"]))
         lines.append("ranking changed: " + ("yes" if record["ranking_changed"] else "no"))

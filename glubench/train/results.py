@@ -1,4 +1,5 @@
-"""The results schema: one ``results.json`` per run, written by train.py and read by report.py."""
+"""The results schema: one ``results.json`` per run, written by :mod:`glubench.train.task` and read by
+:mod:`glubench.sweep.report`."""
 
 from __future__ import annotations
 

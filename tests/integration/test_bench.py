@@ -1,4 +1,4 @@
-"""The throughput benchmark (glubench.bench), torch.compile without recompiles, and the hot path's host syncs."""
+"""The throughput benchmark (glubench.cli.bench), torch.compile without recompiles, and the hot path's host syncs."""
 
 import json
 
@@ -134,15 +134,12 @@ def test_compile_has_no_recompiles_after_warmup(monkeypatch):
     torch._dynamo.reset()
 
 
-def test_no_host_sync_between_logging_steps(tmp_path, monkeypatch):
+def test_no_host_sync_between_logging_steps(tmp_path, monkeypatch, compose_cfg):
     """Outside logging steps, nothing reads a tensor back to the host with .item() (a sync on GPU).
 
     AdamW's ``step`` counters are CPU tensors by design (no sync), so calls from torch.optim are
     not counted; everything else (progress bar, logging, callbacks) is.
     """
-    from hydra import compose, initialize_config_dir
-
-    from glubench.core.paths import CONF_DIR
     from glubench.train.callbacks import ThroughputCallback
     from glubench.train.task import run
 
@@ -165,10 +162,8 @@ def test_no_host_sync_between_logging_steps(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.Tensor, "item", counting_item)
     monkeypatch.setattr(ThroughputCallback, "on_train_batch_end", recording_end)
     monkeypatch.chdir(tmp_path)
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=[
-            "experiment=ci", "logger=csv", "trainer.enable_progress_bar=true", "trainer.max_steps=9",
-            "trainer.val_check_interval=9", "trainer.log_every_n_steps=4"])
+    cfg = compose_cfg(["experiment=ci", "logger=csv", "trainer.enable_progress_bar=true", "trainer.max_steps=9",
+                       "trainer.val_check_interval=9", "trainer.log_every_n_steps=4"])
     assert run(cfg).status == "completed"
     steps = sorted(per_step)
     quiet = [s for s in steps[1:] if s % 4 and (s - 1) % 4]  # neither a logging step nor right after one

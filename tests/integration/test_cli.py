@@ -230,3 +230,20 @@ def test_wheel_installs_and_runs_from_an_empty_folder(tmp_path):
     where = subprocess.run([str(py), "-c", "import glubench; print(glubench.__file__)"], capture_output=True, text=True,
                            cwd=empty, env=env).stdout
     assert str(venv) in where  # the wheel's package ran, not the checkout
+
+
+@pytest.mark.slow
+def test_cli_regions_end_to_end(tmp_path):
+    from glubench.cli.analyze import main
+
+    assert main(["regions", "--out", str(tmp_path), "--steps", "10", "--paths", "2", "--mlp-steps", "20"]) == 0
+    data = json.loads((tmp_path / "regions.json").read_text())
+    assert (tmp_path / "partition.png").stat().st_size > 10_000
+    assert data["transformer"]["ffn"] == "relu" and data["transformer"]["after"]["stack"] is not None
+    bound = data["small_mlp"]["serra_upper_bound_2d"]
+    assert all(r["plane_cumulative"][-1] <= bound for r in data["small_mlp"]["rows"])
+    # reload the same run dir
+    assert main(["regions", "--run-dir", str(tmp_path / "run"), "--out", str(tmp_path / "again"),
+                 "--paths", "2", "--mlp-steps", "20"]) == 0
+    again = json.loads((tmp_path / "again" / "regions.json").read_text())
+    assert again["transformer"]["after"] == data["transformer"]["after"]

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
+from hydra import initialize_config_dir
 from omegaconf import OmegaConf
 
 from glubench.core.paths import CONF_DIR
@@ -28,9 +28,8 @@ def _glubench(args, cwd):
     ("glu_variants_gpu", ["relu", "gelu", "swish", "glu", "bilinear", "reglu", "geglu", "swiglu"], [0, 1, 2]),
     ("ci_variants", ["relu", "gelu", "swiglu"], [0, 1]),
 ])
-def test_experiments_are_one_word_sweeps(name, variants, seeds):
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=[f"experiment={name}"], return_hydra_config=True)
+def test_experiments_are_one_word_sweeps(name, variants, seeds, compose_cfg):
+    cfg = compose_cfg([f"experiment={name}"], hydra=True)
     assert str(cfg.hydra.mode) == "RunMode.MULTIRUN"
     params = cfg.hydra.sweeper.params
     assert params["model.ffn"].split(",") == variants
@@ -112,7 +111,7 @@ def test_callback_reports_and_exits_1_on_failure(tmp_path, capsys):
     assert (tmp_path / "summary.md").exists()
 
 
-def test_cpu_estimate_counts_tokens_and_validations(monkeypatch):
+def test_cpu_estimate_counts_tokens_and_validations(monkeypatch, compose_cfg):
     """The estimate is Σ tokens·fpt/rate + n_val·val_tokens·fpt/3/rate + overhead; with the rates
     fixed, check it against the formula by hand."""
     import glubench.sweep.callbacks as sweep
@@ -121,9 +120,7 @@ def test_cpu_estimate_counts_tokens_and_validations(monkeypatch):
 
     monkeypatch.setattr(sweep, "_measure_cpu_flops", lambda cfg, mc: (1e9, 2e9))
     monkeypatch.setattr(sweep, "_val_tokens", lambda cfg: 1000)
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfgs = [compose(config_name="config", overrides=["experiment=ci", f"model.ffn={f}", "trainer.accelerator=cpu"])
-                for f in ("relu", "swiglu")]
+    cfgs = [compose_cfg(["experiment=ci", f"model.ffn={f}", "trainer.accelerator=cpu"]) for f in ("relu", "swiglu")]
     model_cfgs = [validate.validate_config(c) for c in cfgs]
 
     def no_second_validation(cfg):
@@ -194,7 +191,7 @@ def test_job_overrides_other_sweepers_and_bad_sweeps():
         job_overrides(_sweep_config({}, ["optim.lr=interval(0.1, 1)"]))
 
 
-def test_multirun_start_validates_each_job_once_and_logs_the_estimate(monkeypatch, caplog):
+def test_multirun_start_validates_each_job_once_and_logs_the_estimate(monkeypatch, caplog, compose_cfg):
     """experiment=ci_variants is 3 variants x 2 seeds: six jobs, six validations, none repeated
     for the time estimate; the messages go through logging."""
     import logging
@@ -213,9 +210,9 @@ def test_multirun_start_validates_each_job_once_and_logs_the_estimate(monkeypatc
 
     monkeypatch.setattr(validate, "validate_config", counting)
     caplog.set_level(logging.INFO, logger="glubench")
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=["experiment=ci_variants", "trainer.accelerator=cpu",
-                                                       "hydra.sweep.dir=/nowhere/sweep"], return_hydra_config=True)
+    cfg = compose_cfg(["experiment=ci_variants", "trainer.accelerator=cpu", "hydra.sweep.dir=/nowhere/sweep"],
+                      hydra=True)
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):  # the callback composes each job
         SweepReport().on_multirun_start(cfg, config_name="config")
     assert sorted(seen) == [(f, s) for f in ("gelu", "relu", "swiglu") for s in (0, 1)]
     messages = [r.getMessage() for r in caplog.records if r.name == "glubench.sweep.callbacks"]

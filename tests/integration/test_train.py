@@ -17,8 +17,6 @@ CONF = Path(str(CONF_DIR))
 GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir() and p.name != "hydra")
 
 
-
-
 @pytest.mark.parametrize(
     "group,option",
     [(g, p.stem) for g in GROUPS for p in sorted((CONF / g).glob("*.yaml"))],
@@ -36,8 +34,6 @@ def test_schema_rejects_unknown_keys_and_types(compose_cfg):
         compose_cfg(["model.d_modle=64"])
     with pytest.raises((ConfigCompositionException, ValidationError)):
         compose_cfg(["model.n_layers=four"])
-
-
 
 
 def test_end_to_end_writes_results(tmp_path, monkeypatch, ci_run):
@@ -113,8 +109,9 @@ def test_bpe_on_a_local_file_trains_and_sizes_the_model(shared_data, tmp_path, m
                      "data.vocab_size=512", "trainer.max_steps=10", "trainer.val_check_interval=10")
     assert result.status == "completed" and math.isfinite(result.val_bpb)
     m = compose_cfg(["experiment=ci"]).model
-    want = count_params(Transformer(ModelConfig(**{**OmegaConf.to_container(m), "vocab_size": 512}))).total
-    assert result.params_total == want  # the tokenizer's vocab reached the model
+    byte_vocab = count_params(Transformer(ModelConfig(**OmegaConf.to_container(m)))).total  # vocab_size 256
+    # The tokenizer's 512 tokens reached the model: the tied embedding/head gains 256 rows of d_model.
+    assert result.params_total - byte_vocab == (512 - 256) * m.d_model
 
 
 def test_flops_budget_gives_cheaper_variant_more_steps(tmp_path, monkeypatch, ci_run):

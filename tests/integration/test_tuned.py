@@ -4,20 +4,12 @@ import math
 from pathlib import Path
 
 import pytest
+from conftest import LOSSES, T_975_DF4
 from omegaconf import OmegaConf
 
 from glubench.sweep.report import report_sweep
 from glubench.train.results import RunResult
 
-# Final val losses per variant and seed (the same numbers as tests/test_report.py, worked out there):
-# relu and bilinear have equal sample variances, so Welch's df is exactly 4.
-LOSSES = {
-    "relu": [2.0, 2.2, 2.4],      # mean 2.2, sample std 0.2
-    "swiglu": [1.9, 2.0, 2.1],    # mean 2.0, sample std 0.1
-    "bilinear": [1.8, 2.0, 2.2],  # mean 2.0, sample std 0.2
-    "gelu": [2.9, 3.0, 3.1],      # mean 3.0, sample std 0.1
-}
-T_975_DF4 = 2.7764451051977987  # t_{0.975, 4}, from a t table
 TUNED_LR = {"relu": 3e-3, "swiglu": 1e-3, "bilinear": 2e-3, "gelu": 3e-3}
 
 

@@ -222,23 +222,6 @@ def test_cli_rejects_unknown_variant():
         main(["init", "--ffn", "swigly"])
 
 
-@pytest.mark.slow
-def test_cli_regions_end_to_end(tmp_path):
-    from glubench.cli.analyze import main
-
-    assert main(["regions", "--out", str(tmp_path), "--steps", "10", "--paths", "2", "--mlp-steps", "20"]) == 0
-    data = json.loads((tmp_path / "regions.json").read_text())
-    assert (tmp_path / "partition.png").stat().st_size > 10_000
-    assert data["transformer"]["ffn"] == "relu" and data["transformer"]["after"]["stack"] is not None
-    bound = data["small_mlp"]["serra_upper_bound_2d"]
-    assert all(r["plane_cumulative"][-1] <= bound for r in data["small_mlp"]["rows"])
-    # reload the same run dir
-    assert main(["regions", "--run-dir", str(tmp_path / "run"), "--out", str(tmp_path / "again"),
-                 "--paths", "2", "--mlp-steps", "20"]) == 0
-    again = json.loads((tmp_path / "again" / "regions.json").read_text())
-    assert again["transformer"]["after"] == data["transformer"]["after"]
-
-
 def test_small_mlp_segment_counts_match_numpy_reference():
     from glubench.cli.analyze import tiny_2d_mlp
 

@@ -115,7 +115,9 @@ def test_bpe_token_bytes_are_exact(tmp_path):
     splits = load_tokens(folder)
     text = "".join(d + gs.DOC_SEPARATOR for d in corpus.val)
     first = bpe.tok.decode([int(splits.val[0])])
-    assert splits.val_predicted_bytes == len(text.encode()) - len(first.encode())
+    predicted = len(text.encode()) - len(first.encode())  # every byte but the first token's (context only)
+    assert int(splits.token_bytes[splits.val[1:].astype(np.int64)].sum()) == predicted
+    assert splits.meta["val"]["predicted_bytes"] == predicted
     assert splits.val.size < len(text.encode())  # BPE actually merged something
 
 
@@ -304,7 +306,6 @@ import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-from hydra import compose, initialize_config_dir  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
 from glubench.core.paths import CONF_DIR  # noqa: E402
@@ -313,16 +314,18 @@ from glubench.data.datamodule import LMDataModule  # noqa: E402
 from glubench.data.sources import CorpusUnavailable, paragraph_ids  # noqa: E402
 
 
-def _dm(overrides, cache, **kw) -> LMDataModule:
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=[f"data.cache_dir={cache}", *overrides])
-    return LMDataModule(OmegaConf.to_container(cfg.data, resolve=True), seq_len=kw.pop("seq_len", 32), **kw)
+@pytest.fixture
+def make_dm(compose_cfg):
+    """``make_dm(overrides, cache, setup=True, seq_len=32, **kw)``: the :class:`LMDataModule` of the composed
+    config's data section with ``data.cache_dir=cache``, set up unless ``setup=False``."""
+    def make(overrides, cache, setup=True, seq_len=32, **kw) -> LMDataModule:
+        cfg = compose_cfg([f"data.cache_dir={cache}", *overrides])
+        dm = LMDataModule(OmegaConf.to_container(cfg.data, resolve=True), seq_len=seq_len, **kw)
+        if setup:
+            dm.setup()
+        return dm
 
-
-def _prepared(overrides, cache, **kw) -> LMDataModule:
-    dm = _dm(overrides, cache, **kw)
-    dm.setup()
-    return dm
+    return make
 
 
 def test_paragraph_ids_attach_blank_lines_to_the_paragraph_before():
@@ -330,11 +333,11 @@ def test_paragraph_ids_attach_blank_lines_to_the_paragraph_before():
     assert paragraph_ids(lines).tolist() == [0, 0, 0, 0, 1, 1, 2]
 
 
-def test_text_and_hub_config_on_local_files_give_identical_tokens(shared_data, tmp_path):
+def test_text_and_hub_config_on_local_files_give_identical_tokens(shared_data, tmp_path, make_dm):
     path = shared_data / "tinyshakespeare" / "input.txt"
     raw = path.read_bytes()
-    text = _prepared(["data=text", f"data.files={path}"], tmp_path)
-    hub = _prepared(["data=tinyshakespeare", f"data.files={path}"], tmp_path)
+    text = make_dm(["data=text", f"data.files={path}"], tmp_path)
+    hub = make_dm(["data=tinyshakespeare", f"data.files={path}"], tmp_path)
     assert hub.folder == text.folder  # one cache for one content
     assert np.array_equal(hub.splits.train, text.splits.train) and np.array_equal(hub.splits.val, text.splits.val)
     # Byte tokens are the file's bytes: nothing lost or added by rows, paragraphs or the split.
@@ -362,12 +365,12 @@ def _wikitext_like(shared_data, tmp_path):
     return tmp_path / "snapshot", lines, cut
 
 
-def test_hub_config_local_dir_matches_text_builder(shared_data, tmp_path):
+def test_hub_config_local_dir_matches_text_builder(shared_data, tmp_path, make_dm):
     snap, lines, cut = _wikitext_like(shared_data, tmp_path)
     cache = tmp_path / "cache"
     bpe = ["data.tokenizer=bpe", "data.vocab_size=300"]
-    hub = _prepared(["data=wikitext2", f"data.local_dir={snap}", *bpe], cache)
-    txt = _prepared(["data=text", f"data.files={tmp_path / 'train.txt'}",
+    hub = make_dm(["data=wikitext2", f"data.local_dir={snap}", *bpe], cache)
+    txt = make_dm(["data=text", f"data.files={tmp_path / 'train.txt'}",
                      f"data.val_files={tmp_path / 'valid.txt'}", *bpe], cache)
     assert hub.splits.meta["source"].startswith("local snapshot") and txt.splits.meta["source"].startswith("text")
     assert np.array_equal(hub.splits.train, txt.splits.train) and np.array_equal(hub.splits.val, txt.splits.val)
@@ -375,12 +378,12 @@ def test_hub_config_local_dir_matches_text_builder(shared_data, tmp_path):
     assert hub.splits.train.size < hub.splits.meta["train"]["bytes"]  # BPE merged
 
 
-def test_streamed_corpus_stops_at_the_token_budget(tmp_path):
+def test_streamed_corpus_stops_at_the_token_budget(tmp_path, make_dm):
     rows = [{"id": f"doc-{i}", "text": f"Story {i}: the cat sat on mat number {i}."} for i in range(5000)]
     snap = tmp_path / "snap" / "data"
     snap.mkdir(parents=True)
     pq.write_table(pa.Table.from_pylist(rows), snap / "train-00000-of-00001.parquet")
-    dm = _prepared(["data=fineweb_edu", f"data.local_dir={tmp_path / 'snap'}", "data.hub_config=null",
+    dm = make_dm(["data=fineweb_edu", f"data.local_dir={tmp_path / 'snap'}", "data.hub_config=null",
                     "data.max_tokens=30000", "data.val_percent=5"], tmp_path / "cache")
     m = dm.splits.meta
     total = m["train"]["tokens"] + m["val"]["tokens"]
@@ -391,7 +394,7 @@ def test_streamed_corpus_stops_at_the_token_budget(tmp_path):
     assert m["val"]["documents"] == want_val > 0
 
 
-def test_uncached_hub_dataset_offline_fails_fast_naming_it(tmp_path, monkeypatch):
+def test_uncached_hub_dataset_offline_fails_fast_naming_it(tmp_path, monkeypatch, make_dm):
     import datasets
     import huggingface_hub
 
@@ -402,7 +405,7 @@ def test_uncached_hub_dataset_offline_fails_fast_naming_it(tmp_path, monkeypatch
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf" / "datasets")
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    dm = _dm(["data=wikitext2"], tmp_path / "cache")
+    dm = make_dm(["data=wikitext2"], tmp_path / "cache", setup=False)
     with pytest.raises(CorpusUnavailable, match=r"'Salesforce/wikitext' \(config 'wikitext-2-raw-v1'\).*"
                                                 r"data\.local_dir=DIR.*data\.files=PATH"):
         dm.setup()
@@ -410,10 +413,10 @@ def test_uncached_hub_dataset_offline_fails_fast_naming_it(tmp_path, monkeypatch
 
 
 def test_warm_cache_reads_each_text_file_at_most_once_tokenizes_nothing_and_other_ranks_find_it(
-        shared_data, tmp_path, monkeypatch):
+        shared_data, tmp_path, monkeypatch, make_dm):
     path = shared_data / "wikitext-2-tokenized" / "valid.txt"
     ov = ["data=text", f"data.files={path}", "data.tokenizer=bpe", "data.vocab_size=400"]
-    first = _prepared(ov, tmp_path)
+    first = make_dm(ov, tmp_path)
 
     def no_tokenizing(*a, **k):
         raise AssertionError("a warm cache must not tokenize or train a tokenizer")
@@ -422,26 +425,23 @@ def test_warm_cache_reads_each_text_file_at_most_once_tokenizes_nothing_and_othe
     monkeypatch.setattr(gs.Corpus, "load", no_tokenizing)  # rows (and so BPE training) load through here
     opened = _count_opens(monkeypatch, path)
     gf.clear_hash_cache()  # as in a new process: the content hash that keys the cache is taken once
-    second = _prepared(ov, tmp_path)
+    second = make_dm(ov, tmp_path)
     assert second.folder == first.folder
     assert len(opened) == 1
-    third = _prepared(ov, tmp_path)  # same process, file unchanged: its hash is not recomputed
+    third = make_dm(ov, tmp_path)  # same process, file unchanged: its hash is not recomputed
     assert third.folder == first.folder and len(opened) == 1
     monkeypatch.setenv("LOCAL_RANK", "1")  # another rank: the same locked path, finding the same folder
-    other_rank = _dm(ov, tmp_path)
-    other_rank.setup()
+    other_rank = make_dm(ov, tmp_path)
     assert other_rank.folder == first.folder and np.array_equal(other_rank.splits.val, first.splits.val)
     assert len(opened) == 1
     monkeypatch.undo()
-    spec = gd.data_spec(_dm([*ov, "data.vocab_size=401"], tmp_path).data)
+    spec = gd.data_spec(make_dm([*ov, "data.vocab_size=401"], tmp_path, setup=False).data)
     assert prepare_dataset(spec, "bpe", 401, tmp_path) != first.folder  # a vocab change is a new cache
 
 
-def test_prepare_splits_takes_the_data_section_as_dictconfig_or_dict(shared_data, tmp_path):
+def test_prepare_splits_takes_the_data_section_as_dictconfig_or_dict(shared_data, tmp_path, compose_cfg):
     path = shared_data / "tinyshakespeare" / "input.txt"
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=[f"data.cache_dir={tmp_path}", "data=text",
-                                                       f"data.files=[{path}]"])
+    cfg = compose_cfg([f"data.cache_dir={tmp_path}", "data=text", f"data.files=[{path}]"])
     folder, splits = gd.prepare_splits(cfg.data, seq_len=64)
     again, same = gd.prepare_splits(OmegaConf.to_container(cfg.data, resolve=True), seq_len=64)
     assert again == folder and (folder / "meta.json").is_file()
@@ -455,7 +455,7 @@ def test_prepare_splits_takes_the_data_section_as_dictconfig_or_dict(shared_data
                             "window (model.seq_len=2000000 + 1); use more text or a smaller model.seq_len")
 
 
-def test_bpb_is_loss_over_ln2_times_tokens_per_byte(shared_data, tmp_path):
+def test_bpb_is_loss_over_ln2_times_tokens_per_byte(shared_data, tmp_path, make_dm):
     import lightning.pytorch as pl
 
     from glubench.nn.config import ModelConfig
@@ -464,13 +464,13 @@ def test_bpb_is_loss_over_ln2_times_tokens_per_byte(shared_data, tmp_path):
     path = tmp_path / "shakespeare-100k.txt"  # a slice keeps validation quick on 2 shared cores
     raw = (shared_data / "tinyshakespeare" / "input.txt").read_bytes()[:100_000]
     path.write_bytes(raw[: raw.rindex(b"\n\n") + 2])
-    dm = _prepared(["data=text", f"data.files={path}", "data.tokenizer=bpe", "data.vocab_size=300",
+    dm = make_dm(["data=text", f"data.files={path}", "data.tokenizer=bpe", "data.vocab_size=300",
                     "data.val_batch_size=64"], tmp_path, seq_len=64)
     s = dm.splits
     dm_corpus = gs.load_corpus_spec(gd.data_spec(dm.data), tmp_path)
     tok = gt.BPETokenizer.train_or_load(dm_corpus, 300, tmp_path)
     first = tok.tok.decode([int(s.val[0])]).encode()
-    assert s.val_predicted_bytes == s.meta["val"]["bytes"] - len(first)  # every byte but the first token's
+    predicted_bytes = s.meta["val"]["bytes"] - len(first)  # every byte but the first token's
     torch.manual_seed(0)
     module = LanguageModel(ModelConfig(vocab_size=s.vocab_size, d_model=32, n_layers=1, n_heads=2, seq_len=64))
     trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
@@ -488,14 +488,14 @@ def test_bpb_is_loss_over_ln2_times_tokens_per_byte(shared_data, tmp_path):
         if n > full * 64:  # the last, shorter window
             nll += F.cross_entropy(module(val[full * 64 : -1][None])[0], val[full * 64 + 1 :], reduction="sum").item()
     assert loss == pytest.approx(nll / n, rel=1e-4)
-    assert bpb == pytest.approx(loss / math.log(2) * n / s.val_predicted_bytes, rel=1e-6)
+    assert bpb == pytest.approx(loss / math.log(2) * n / predicted_bytes, rel=1e-6)
     assert dm_corpus.fingerprint == s.meta["fingerprint"]
 
 
-def test_corpus_smaller_than_one_window_errors_clearly(tmp_path):
+def test_corpus_smaller_than_one_window_errors_clearly(tmp_path, make_dm):
     small = tmp_path / "small.txt"
     small.write_text("".join(f"Paragraph {i} is short.\n\n" for i in range(60)))
-    dm = _dm(["data=text", f"data.files={small}", "data.val_percent=50"], tmp_path, seq_len=2048)
+    dm = make_dm(["data=text", f"data.files={small}", "data.val_percent=50"], tmp_path, setup=False, seq_len=2048)
     with pytest.raises(ValueError, match=r"train split has \d+ tokens, fewer than one window "
                                          r"\(model.seq_len=2048 \+ 1\)"):
         dm.setup()
@@ -533,21 +533,17 @@ def test_glubench_data_prepare_prints_counts(shared_data, tmp_path, capsys):
     (["data.val_files=v.txt"], r"^data.val_files needs data.files \(the training files\)$"),
     (["data.name=wikitext2"], r"^data.name='wikitext2' has no source: set data.files, data.local_dir or data.hub_id"),
 ])
-def test_bad_data_keys_are_one_clear_line(overrides, match):
+def test_bad_data_keys_are_one_clear_line(overrides, match, compose_cfg):
     from glubench.train.validate import ConfigError, validate_config
 
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=overrides)
     with pytest.raises(ConfigError, match=match):
-        validate_config(cfg)
+        validate_config(compose_cfg(overrides))
 
 
-def test_gpt2_vocab_reaches_the_model_config():
+def test_gpt2_vocab_reaches_the_model_config(compose_cfg):
     from glubench.train.validate import validate_config
 
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=["data.tokenizer=gpt2"])
-    assert validate_config(cfg).vocab_size == 50257
+    assert validate_config(compose_cfg(["data.tokenizer=gpt2"])).vocab_size == 50257
 
 
 _PREPARE = """

@@ -5,8 +5,6 @@ import inspect
 import subprocess
 import sys
 
-import pytest
-
 from glubench.train.schema import BUILT_BY_GLUBENCH, TrainerConfig, unknown_keys
 
 REPO = __import__("pathlib").Path(__file__).resolve().parents[2]
@@ -46,8 +44,3 @@ def test_unknown_keys_name_the_key_and_a_close_match(compose_cfg):
     assert "trainer.max_step (did you mean trainer.max_steps?)" in found
     assert any(f.startswith("optim.lr_decay") for f in found) and "nonsense" in found
     assert unknown_keys(compose_cfg(["experiment=ci", "+callbacks.mine={_target_: x.Y}"])) == []  # open node
-
-
-@pytest.mark.parametrize("group", ["callbacks", "logger", "debug", "trainer"])
-def test_config_groups_exist(group):
-    assert (REPO / "glubench" / "conf" / group).is_dir()

@@ -9,19 +9,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import LOSSES, T_975_DF4
 
 from glubench.sweep.report import main, report_sweep, welch
 from glubench.train.results import RunResult
 
-# Final val losses per variant and seed.  relu and bilinear have equal sample variances, so
-# Welch's degrees of freedom are exactly n1 + n2 - 2 = 4 and the t quantile is from a table.
-LOSSES = {
-    "relu": [2.0, 2.2, 2.4],      # mean 2.2, sample std 0.2
-    "swiglu": [1.9, 2.0, 2.1],    # mean 2.0, sample std 0.1
-    "bilinear": [1.8, 2.0, 2.2],  # mean 2.0, sample std 0.2
-    "gelu": [2.9, 3.0, 3.1],      # mean 3.0, sample std 0.1
-}
-T_975_DF4 = 2.7764451051977987  # t_{0.975, 4}, from a t table
 FFN_PARAMS = {"relu": 1000, "swiglu": 996, "bilinear": 996, "gelu": 1000}
 
 
