@@ -149,7 +149,6 @@ def fit(cfg: DictConfig, result: RunResult, model_cfg=None) -> RunResult:
     from glubench.core.logging import route_through_root
     from glubench.core.secrets import redact
     from glubench.data.datamodule import LMDataModule
-    from glubench.nn.flops import flops_per_token
     from glubench.nn.transformer import count_params
     from glubench.train.budget import plan_from_config, realised
     from glubench.train.callbacks import BudgetCallback, DeadUnitsCallback, ThroughputCallback
@@ -171,10 +170,9 @@ def fit(cfg: DictConfig, result: RunResult, model_cfg=None) -> RunResult:
 
     module = LanguageModel(model_cfg, cfg.optim, max_steps=t.max_steps)
     counts = count_params(module.model)
-    fpt = flops_per_token(counts.matmul, model_cfg.n_layers, model_cfg.d_model, model_cfg.seq_len)
     result.params_total, result.params_nonembedding = counts.total, counts.nonembedding
     result.params_ffn, result.ffn_hidden = counts.ffn_per_layer, model_cfg.ffn_hidden
-    result.ffn_matching_error, result.flops_per_token = model_cfg.ffn_matching_error, fpt
+    result.ffn_matching_error = model_cfg.ffn_matching_error
 
     ckpt = find_checkpoint(cfg.ckpt_path, out)
     resume_step = checkpoint_step(ckpt) if ckpt is not None else None
@@ -187,6 +185,10 @@ def fit(cfg: DictConfig, result: RunResult, model_cfg=None) -> RunResult:
     plan = plan_from_config(cfg, model_cfg, counts.matmul, trainer.world_size, counts.nonembedding)
     trainer.fit_loop.epoch_loop.max_steps = module.max_steps = plan.max_steps
     dm.num_batches = plan.max_steps * t.accumulate_grad_batches
+    result.flops_per_token = plan.flops_per_token
+    throughput = _callback(trainer, ThroughputCallback)
+    if throughput is not None and throughput.flops_per_token is None:
+        throughput.flops_per_token = plan.flops_per_token
     budget_cb = _callback(trainer, BudgetCallback)
     if plan.mode == "time":
         if budget_cb is None:
@@ -223,7 +225,6 @@ def fit(cfg: DictConfig, result: RunResult, model_cfg=None) -> RunResult:
         # The last step was not a validation step, or the checkpoint was already finished: score it now.
         trainer.validate(module, datamodule=dm, verbose=False)
 
-    throughput = _callback(trainer, ThroughputCallback)
     speed = (throughput.summary() if throughput else None) or {}
     collect()
     result.status = "completed"
