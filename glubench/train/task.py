@@ -139,7 +139,8 @@ def _callback(trainer, cls):
 
 
 def fit(cfg: DictConfig, result: RunResult, model_cfg=None) -> RunResult:
-    """Run one training job described by ``cfg`` (already validated into ``model_cfg``), filling ``result``."""
+    """Run one training job described by ``cfg`` (already validated into ``model_cfg``), filling ``result``
+    (whose ``config`` is the redacted run config the loggers get)."""
     model_cfg = model_cfg or validate_config(cfg)
     out = output_dir()
     t_start = time.perf_counter()
@@ -147,7 +148,6 @@ def fit(cfg: DictConfig, result: RunResult, model_cfg=None) -> RunResult:
     import lightning.pytorch as pl
 
     from glubench.core.logging import route_through_root
-    from glubench.core.secrets import redact
     from glubench.data.datamodule import LMDataModule
     from glubench.nn.transformer import count_params
     from glubench.train.budget import plan_from_config, realised
@@ -176,8 +176,7 @@ def fit(cfg: DictConfig, result: RunResult, model_cfg=None) -> RunResult:
 
     ckpt = find_checkpoint(cfg.ckpt_path, out)
     resume_step = checkpoint_step(ckpt) if ckpt is not None else None
-    config = redact(OmegaConf.to_container(cfg, resolve=True))
-    loggers = build_loggers(cfg, out, resume_step, config)
+    loggers = build_loggers(cfg, out, resume_step, result.config)
     callbacks = build_callbacks(cfg)
     trainer = build_trainer(cfg, out, callbacks, loggers)
 
