@@ -300,11 +300,11 @@ def run(cfg: DictConfig, model_cfg=None) -> RunResult:
                 log.error(f"glubench: error: {e}")
                 if sys.exc_info()[0] is None:
                     raise
-        _finish_wandb(result.status, preempted=faults.RECEIVED is not None)
+        finish_wandb(result.status, preempted=faults.RECEIVED is not None)
     return result
 
 
-def _finish_wandb(status: str, preempted: bool = False) -> None:
+def finish_wandb(status: str, preempted: bool = False) -> None:
     """Close this process's W&B run; a preempted one is marked so (W&B expects it to resume)."""
     if "wandb" in sys.modules:
         import wandb
