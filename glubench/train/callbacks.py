@@ -441,9 +441,6 @@ class ProgressBar(TQDMProgressBar):
     would do.
     """
 
-    def __init__(self, refresh_rate: int = 10, **kwargs: Any) -> None:
-        super().__init__(refresh_rate=refresh_rate, **kwargs)
-
     def get_metrics(self, trainer, pl_module) -> dict:
         metrics = super().get_metrics(trainer, pl_module)
         loss = getattr(pl_module, "last_loss", None)

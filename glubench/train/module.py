@@ -109,7 +109,6 @@ class LanguageModel(pl.LightningModule):
                  ) -> None:
         super().__init__()
         model, optim = _plain(model), _plain(optim if optim is not None else OptimConfig())
-        model.pop("_ffn_hidden", None)
         self.save_hyperparameters({"model": model, "optim": optim, "max_steps": max_steps})
         self.model_cfg = ModelConfig(**model)
         self.optim = OptimConfig(**optim)

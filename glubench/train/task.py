@@ -1,10 +1,10 @@
-"""One job: ``fit`` trains a model and writes ``results.json``; ``evaluate`` scores a checkpoint.
+"""One training job: :func:`run` trains (:func:`fit`) and always writes ``results.json``.
 
 The Trainer, its callbacks and its loggers are built from the config groups with
-``hydra.utils.instantiate``; glubench adds only what exists at run time (the run dir, the resume
-point, the W&B run's config and default tags, the checkpoint IO plugin).  Lightning, torch and W&B
-are imported inside the functions that need them, so that importing this module (the command
-line checks a config first) stays fast.
+``hydra.utils.instantiate`` (:mod:`glubench.train.evaluate` builds them the same way); glubench
+adds only what exists at run time (the run dir, the resume point, the W&B run's config and default
+tags, the checkpoint IO plugin).  Lightning, torch and W&B are imported inside the functions that
+need them, so that importing this module (the command line checks a config first) stays fast.
 """
 
 from __future__ import annotations
@@ -120,6 +120,7 @@ def _instantiate(key: str, node: DictConfig, **kwargs: Any) -> Any:
 
 
 def device_name(module) -> str:
+    """The device ``module`` is on, for ``results.json``: the GPU's name, or ``cpu (<processor>, <n> threads)``."""
     import torch
 
     if module.device.type == "cuda":
@@ -128,6 +129,7 @@ def device_name(module) -> str:
 
 
 def versions() -> dict[str, str]:
+    """The Python, torch and Lightning versions, for ``results.json``."""
     import lightning
     import torch
 
@@ -138,10 +140,9 @@ def _callback(trainer, cls):
     return next((c for c in trainer.callbacks if isinstance(c, cls)), None)
 
 
-def fit(cfg: DictConfig, result: RunResult, model_cfg=None) -> RunResult:
+def fit(cfg: DictConfig, result: RunResult, model_cfg) -> RunResult:
     """Run one training job described by ``cfg`` (already validated into ``model_cfg``), filling ``result``
     (whose ``config`` is the redacted run config the loggers get)."""
-    model_cfg = model_cfg or validate_config(cfg)
     out = output_dir()
     t_start = time.perf_counter()
 
