@@ -242,10 +242,15 @@ def test_training_clock_counts_training_only():
     assert module.train_clock.elapsed() == 4.0
 
 
-@pytest.mark.parametrize("clip_val,algorithm", [(0.05, None), (1e-3, "value"), (0, None)])
-def test_clipping_is_lightnings_with_one_norm_per_step(monkeypatch, clip_val, algorithm):
+@pytest.mark.parametrize("clip_val,algorithm,scaler", [(0.05, None, False), (0.05, None, True), (1e-3, "value", False),
+                                                        (0, None, False)])
+def test_clipping_is_lightnings_with_one_norm_per_step(monkeypatch, clip_val, algorithm, scaler):
     """LanguageModel's clipping trains bit for bit as Lightning's own (``clip_grad_norm_``), while the gradient
-    norm is computed once per optimizer step for the guard, the clipping and ``train/grad_norm`` together."""
+    norm is computed once per optimizer step for the guard, the clipping and ``train/grad_norm`` together.
+    ``scaler``: 16-mixed with a GradScaler (which Lightning uses on CUDA), whose gradients Lightning unscales
+    before clipping; the initial scale overflows, so the first updates are skipped too."""
+    from lightning.pytorch.plugins.precision import MixedPrecision
+
     from glubench.train.callbacks import NonFiniteGuard
 
     calls = {"n": 0}
@@ -265,10 +270,11 @@ def test_clipping_is_lightnings_with_one_norm_per_step(monkeypatch, clip_val, al
 
     def fit(module):
         data = [(torch.randint(0, 16, (b, 4), generator=torch.Generator().manual_seed(b)),) * 2 for b in range(1, 9)]
+        amp = [MixedPrecision("16-mixed", "cpu", torch.amp.GradScaler("cpu", init_scale=2.0**20))] if scaler else []
         trainer = pl.Trainer(accelerator="cpu", max_steps=4, accumulate_grad_batches=2, log_every_n_steps=2,
                              gradient_clip_val=clip_val, gradient_clip_algorithm=algorithm, logger=False,
                              enable_progress_bar=False, enable_checkpointing=False, enable_model_summary=False,
-                             callbacks=[NonFiniteGuard("stop")])
+                             callbacks=[NonFiniteGuard("stop")], plugins=amp)
         trainer.fit(module, train_dataloaders=torch.utils.data.DataLoader(data, batch_size=None))
         return trainer
 
@@ -279,6 +285,8 @@ def test_clipping_is_lightnings_with_one_norm_per_step(monkeypatch, clip_val, al
     ours = _tiny()
     trainer = fit(ours)
     assert trainer.global_step == 4 and calls["n"] == 4
+    if scaler:
+        assert trainer.precision_plugin.scaler.get_scale() < 2.0**20  # overflowing steps were skipped
     for a, b in zip(ours.parameters(), reference.parameters(), strict=True):
         assert torch.equal(a, b)
     if clip_val:
