@@ -1,4 +1,4 @@
-"""One stopwatch for every measured duration (training seconds of a budget, throughput windows)."""
+"""One stopwatch for every measured duration (the training clock of budgets and throughput, probe times)."""
 
 from __future__ import annotations
 

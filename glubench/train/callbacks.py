@@ -19,8 +19,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,13 +30,12 @@ from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 
 from glubench.analysis.dead_units import STAT_KEYS, probe_batch, probe_stats
 from glubench.core.clock import Stopwatch
-from glubench.nn.flops import flops_per_token, mfu
-from glubench.nn.transformer import count_params
+from glubench.nn.flops import mfu
 from glubench.train import faults
 from glubench.train.budget import TIME_MODE_MAX_STEPS
 from glubench.train.faults import Diverged
 from glubench.train.metrics import ThroughputMeter, peak_flops
-from glubench.train.module import log_at_step, lr_lambda
+from glubench.train.module import LanguageModel, is_logging_step, log_at_step, lr_lambda, total_grad_norm
 from glubench.train.resume import CHECKPOINT_DIR, LAST_CHECKPOINT, collect_rng_states, set_rng_states
 
 log = logging.getLogger(__name__)
@@ -158,10 +155,12 @@ class FitSignals(pl.Callback):
 class NonFiniteGuard(pl.Callback):
     """Catch a non-finite loss or gradient and name the step and the last finite loss.
 
-    Before each optimizer step the total gradient norm is computed (one fused kernel); a NaN or
-    infinite norm means the loss or a gradient is non-finite.  Gradients are all-reduced before
-    this hook, so every DDP rank sees the same verdict.  With ``16-mixed`` precision the
-    GradScaler already skips overflowing steps, so the guard watches the (unscaled) loss instead.
+    Before each optimizer step the total gradient norm is taken (one fused kernel; a
+    :class:`~glubench.train.module.LanguageModel` computes it once for the guard, the clipping and
+    ``train/grad_norm``); a NaN or infinite norm means the loss or a gradient is non-finite.
+    Gradients are all-reduced before this hook, so every DDP rank sees the same verdict.  With
+    ``16-mixed`` precision the GradScaler already skips overflowing steps, so the guard watches the
+    (unscaled) loss instead.
     The first bad step and the last finite loss before it are kept on the device
     (``torch.where``), so watching costs no host sync.
 
@@ -187,8 +186,7 @@ class NonFiniteGuard(pl.Callback):
         self.on_nonfinite, self.max_skips, self.check_loss_only = on_nonfinite, max_skips, check_loss_only
         self.every = max(1, check_every_n_steps)
         self.skipped = 0
-        self._step = 0
-        self._checked_at = -1
+        self._step = 0  # trainer.global_step when the batch began
         self._last_loss: torch.Tensor | None = None  # last finite loss before the first bad step
         self._last_step: torch.Tensor | None = None
         self._bad_step: torch.Tensor | None = None  # first bad step, -1 while none
@@ -242,11 +240,11 @@ class NonFiniteGuard(pl.Callback):
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
         if self.check_loss_only:
             return
-        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-        if not grads:
+        norm = pl_module.grad_norm(optimizer) if isinstance(pl_module, LanguageModel) else total_grad_norm(optimizer)
+        if norm is None:
             return
-        self._init_state(grads[0].device)
-        finite = torch.isfinite(torch.nn.utils.get_total_norm(grads, error_if_nonfinite=False))
+        self._init_state(norm.device)
+        finite = torch.isfinite(norm)
         if self.on_nonfinite == "stop":
             self._note(finite)
             if self.every == 1:
@@ -275,8 +273,7 @@ class NonFiniteGuard(pl.Callback):
             else:
                 self._note(finite)
         step = trainer.global_step
-        if step % self.every == 0 and step != self._checked_at:
-            self._checked_at = step
+        if step != self._step and step % self.every == 0:  # an optimizer step just finished
             self.check()
 
     def on_validation_start(self, trainer, pl_module) -> None:
@@ -296,17 +293,16 @@ class NonFiniteGuard(pl.Callback):
 class ThroughputCallback(pl.Callback):
     """Logs ``train/tokens_per_sec``, ``train/step_time_ms`` and (if a peak is known) ``train/mfu``.
 
-    Tokens are counted per optimizer step over all gradient-accumulation micro-batches and
-    all processes (``tokens_per_sec`` is the global rate, not per device).  The first
-    ``warmup_steps`` optimizer steps are excluded, and the clock is read only at logging
-    steps and validation boundaries (after ``torch.cuda.synchronize`` on CUDA), so the hot
-    path has no host syncs and validation time is not counted.  Lightning's own
+    Tokens per optimizer step are the module's ``tokens_seen`` (every gradient-accumulation
+    micro-batch) times the processes (``tokens_per_sec`` is the global rate, not per device); the
+    time is the module's ``train_clock`` (validation excluded).  The first ``warmup_steps``
+    optimizer steps are excluded, and the clock is read only at logging steps (after
+    ``torch.cuda.synchronize`` on CUDA), so the hot path has no host syncs.  Lightning's own
     ``ThroughputMonitor`` is not used because it synchronises the device after every batch and
     reports a sliding window, not the whole-run rate ``results.json`` records.
 
     Args:
-        flops_per_token: training FLOPs per token; ``None``: :func:`glubench.nn.flops.flops_per_token`
-            of the module's model, when training starts.
+        flops_per_token: training FLOPs per token (the task sets the budget plan's); ``None``: no MFU.
         peak_flops: the device's dense peak FLOP/s; ``None``: :func:`glubench.train.metrics.peak_flops`
             of the training device and precision (no MFU where it is unknown, e.g. on a CPU).
         warmup_steps: optimizer steps excluded from the measurement.
@@ -318,41 +314,24 @@ class ThroughputCallback(pl.Callback):
         self.flops_per_token, self.peak_flops = flops_per_token, peak_flops
         self.warmup_steps, self.log_every_n_steps = warmup_steps, log_every_n_steps
         self.meter: ThroughputMeter | None = None
-        self._pending = 0
-        self._last_step = 0
+        self._tokens = 0  # tokens of all processes when the last optimizer step ended
 
     def on_train_start(self, trainer, pl_module) -> None:
-        sync = torch.cuda.synchronize if pl_module.device.type == "cuda" else None
-        self.meter = ThroughputMeter(warmup_steps=self.warmup_steps, sync=sync)
-        self._last_step = trainer.global_step
-        if self.log_every_n_steps is None:
-            self.log_every_n_steps = trainer.log_every_n_steps
-        if self.flops_per_token is None:
-            m = pl_module.model
-            self.flops_per_token = flops_per_token(count_params(m).matmul, m.cfg.n_layers, m.cfg.d_model,
-                                                   m.cfg.seq_len)
+        self.meter = ThroughputMeter(pl_module.train_clock, self.warmup_steps)
+        self._tokens = pl_module.tokens_seen * trainer.world_size
         if self.peak_flops is None:
             self.peak_flops = peak_flops(trainer.strategy.root_device, str(trainer.precision))
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self._pending += batch[1].numel()
-        if trainer.global_step == self._last_step:  # still accumulating gradients
+        if not pl_module.step_finished:
             return
-        self._last_step = trainer.global_step
-        self.meter.step(self._pending * trainer.world_size)
-        self._pending = 0
-        if trainer.global_step % self.log_every_n_steps == 0:
+        tokens = pl_module.tokens_seen * trainer.world_size
+        self.meter.step(tokens - self._tokens)
+        self._tokens = tokens
+        if is_logging_step(trainer, every=self.log_every_n_steps):
             rates = self.meter.read()
             if rates is not None:
                 log_at_step(trainer, self._metrics(rates))
-
-    def on_validation_start(self, trainer, pl_module) -> None:
-        if self.meter is not None:
-            self.meter.pause()
-
-    def on_validation_end(self, trainer, pl_module) -> None:
-        if self.meter is not None:
-            self.meter.resume()
 
     def on_train_end(self, trainer, pl_module) -> None:
         if self.meter is not None:
@@ -360,7 +339,7 @@ class ThroughputCallback(pl.Callback):
 
     def _metrics(self, rates: dict[str, float]) -> dict[str, float]:
         out = {"train/tokens_per_sec": rates["tokens_per_sec"], "train/step_time_ms": rates["step_time_ms"]}
-        value = mfu(rates["tokens_per_sec"], self.flops_per_token, self.peak_flops)
+        value = self._mfu(rates["tokens_per_sec"])
         if value is not None:
             out["train/mfu"] = value
         return out
@@ -371,15 +350,17 @@ class ThroughputCallback(pl.Callback):
             return None
         s = self.meter.summary()
         if s is not None:
-            s["mfu"] = mfu(s["tokens_per_sec"], self.flops_per_token, self.peak_flops)
+            s["mfu"] = self._mfu(s["tokens_per_sec"])
         return s
+
+    def _mfu(self, tokens_per_sec: float) -> float | None:
+        return mfu(tokens_per_sec, self.flops_per_token, self.peak_flops) if self.flops_per_token else None
 
 
 class BudgetCallback(pl.Callback):
-    """Measures training seconds (validation excluded) and, with a limit, stops at it.
+    """Reports training seconds (the module's ``train_clock``, validation excluded) and, with a limit, stops at it.
 
-    The clock starts at ``on_train_start`` and pauses during validation.  With
-    ``seconds_limit`` set (``budget=time``), the clock is read after every optimizer step
+    With ``seconds_limit`` set (``budget=time``), the clock is read after every optimizer step
     (after ``torch.cuda.synchronize`` on CUDA, so queued kernels count) and training stops at
     the first step that ends at or past the limit: the overshoot is less than one step.  The
     module's :func:`~glubench.train.module.lr_lambda` schedule is rebound to a horizon re-estimated
@@ -389,28 +370,23 @@ class BudgetCallback(pl.Callback):
 
     Args:
         seconds_limit: training seconds, or ``None`` to measure only.
-        clock: returns seconds (``time.perf_counter``; tests pass a fake one).
     """
 
-    def __init__(self, seconds_limit: float | None = None, clock: Callable[[], float] = time.perf_counter) -> None:
+    def __init__(self, seconds_limit: float | None = None) -> None:
         self.seconds_limit = seconds_limit
-        self.watch = Stopwatch(clock)
+        self.watch: Stopwatch | None = None  # the module's train_clock, from on_train_start
         self.last_step_seconds = 0.0  # time mode: the last optimizer step's training seconds
         self.stopped_at: float | None = None  # time mode: training seconds when the stop was decided
-        self._training = False
-        self._last_step = 0
         self._last_read = 0.0
         self.horizon = TIME_MODE_MAX_STEPS  # time mode: the schedule's current estimate of the total steps
 
     @property
     def seconds(self) -> float:
         """Training seconds so far (validation excluded)."""
-        return self.watch.elapsed()
+        return self.watch.elapsed() if self.watch is not None else 0.0
 
     def on_train_start(self, trainer, pl_module) -> None:
-        self.watch.sync = torch.cuda.synchronize if pl_module.device.type == "cuda" else None
-        self._training, self._last_step = True, trainer.global_step
-        self.watch.start()
+        self.watch = pl_module.train_clock
         if self.seconds_limit is not None:
             self._rebind_schedule(trainer, pl_module)
 
@@ -424,10 +400,9 @@ class BudgetCallback(pl.Callback):
                 config.scheduler.lr_lambdas = [multiplier] * len(config.scheduler.lr_lambdas)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if self.seconds_limit is None or trainer.global_step == self._last_step:
+        if self.seconds_limit is None or not pl_module.step_finished:
             return  # measuring only, or still accumulating gradients
         steps = trainer.global_step
-        self._last_step = steps
         now = self.watch.elapsed()
         self.last_step_seconds, self._last_read = now - self._last_read, now
         stop = now >= self.seconds_limit
@@ -437,17 +412,6 @@ class BudgetCallback(pl.Callback):
             trainer.should_stop, self.stopped_at = True, now
         elif now > 0:
             self.horizon = max(steps + 1, math.ceil(steps * self.seconds_limit / now))
-
-    def on_validation_start(self, trainer, pl_module) -> None:
-        self.watch.pause()
-
-    def on_validation_end(self, trainer, pl_module) -> None:
-        if self._training:
-            self.watch.resume()
-
-    def on_train_end(self, trainer, pl_module) -> None:
-        self.watch.pause()
-        self._training = False
 
 
 class LearningRateMonitor(_LearningRateMonitor):
@@ -476,9 +440,6 @@ class ProgressBar(TQDMProgressBar):
     ``trainer.log_every_n_steps``), not after every step as ``self.log(..., prog_bar=True)``
     would do.
     """
-
-    def __init__(self, refresh_rate: int = 10, **kwargs: Any) -> None:
-        super().__init__(refresh_rate=refresh_rate, **kwargs)
 
     def get_metrics(self, trainer, pl_module) -> dict:
         metrics = super().get_metrics(trainer, pl_module)
@@ -511,20 +472,16 @@ class DeadUnitsCallback(pl.Callback):
         self.eps, self.saturation_tol, self.probe = eps, saturation_tol, probe
         self.history: list[dict] = []
         self.probe_seconds: list[float] = []
-        self._last_step = -1
 
     def measure(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Probe now, append to :attr:`history` and log (rank zero only)."""
         step = int(trainer.global_step)
-        if step == self._last_step or not trainer.is_global_zero:
-            return
-        self._last_step = step
-        sync = torch.cuda.synchronize if pl_module.device.type == "cuda" else (lambda: None)
-        sync()
-        t0 = time.perf_counter()
+        if not trainer.is_global_zero or (self.history and self.history[-1]["step"] == step):
+            return  # once per step (the end of training may follow a probe)
+        watch = Stopwatch(sync=torch.cuda.synchronize if pl_module.device.type == "cuda" else None)
+        watch.start()
         layers = probe_stats(pl_module.model, self.probe.to(pl_module.device), self.eps, self.saturation_tol)
-        sync()
-        self.probe_seconds.append(time.perf_counter() - t0)
+        self.probe_seconds.append(watch.elapsed())
         entry = {"step": step, **{k: [layer[k] for layer in layers] for k in STAT_KEYS if k in layers[0]}}
         self.history.append(entry)
         metrics = {f"act/layer{i}/{k}": v for i, layer in enumerate(layers) for k, v in layer.items()}
@@ -538,7 +495,7 @@ class DeadUnitsCallback(pl.Callback):
         self.measure(trainer, pl_module)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if trainer.global_step % self.every_n_steps == 0:
+        if pl_module.step_finished and trainer.global_step % self.every_n_steps == 0:
             self.measure(trainer, pl_module)
 
     def on_train_end(self, trainer, pl_module) -> None:

@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from glubench.core.errors import ConfigError
 from glubench.core.io import atomic_write_json
 from glubench.core.secrets import redact
-from glubench.train.task import _finish_wandb, build_loggers, build_trainer, output_dir
+from glubench.train.task import build_loggers, build_trainer, finish_wandb, output_dir
 
 log = logging.getLogger(__name__)
 
@@ -27,8 +27,9 @@ EVAL_FILE = "eval.json"
 TOKENIZER_KEYS = ("tokenizer", "vocab_size", "tokenizer_file")
 
 
-def load_checkpoint_config(path: Path) -> tuple[dict, dict, int]:
-    """``(module hyperparameters, datamodule hyperparameters, global_step)`` of a checkpoint (weights-only load).
+def load_checkpoint(path: Path) -> tuple[dict, dict, dict, int]:
+    """``(state, module hyperparameters, datamodule hyperparameters, global_step)`` of a checkpoint, read once
+    (weights-only); ``state`` is the whole checkpoint.
 
     Raises:
         ConfigError: the file is missing or is not a glubench checkpoint.
@@ -44,7 +45,7 @@ def load_checkpoint_config(path: Path) -> tuple[dict, dict, int]:
     hparams, data = state.get("hyper_parameters") or {}, state.get("datamodule_hyper_parameters") or {}
     if "model" not in hparams or not data:
         raise ConfigError(f"ckpt_path={str(path)!r} is not a glubench checkpoint (no model or data hyperparameters)")
-    return dict(hparams), dict(data), int(state.get("global_step", 0))
+    return state, dict(hparams), dict(data), int(state.get("global_step", 0))
 
 
 def evaluate(cfg: DictConfig) -> dict:
@@ -61,7 +62,7 @@ def evaluate(cfg: DictConfig) -> dict:
     if cfg.split not in SPLITS:
         raise ConfigError(f"split={cfg.split!r} is not known; valid: {', '.join(SPLITS)}")
     ckpt = Path(os.path.expanduser(str(cfg.ckpt_path)))
-    hparams, trained_on, step = load_checkpoint_config(ckpt)
+    state, hparams, trained_on, step = load_checkpoint(ckpt)
     data = dict(trained_on)
     if cfg.data is not None:  # another corpus, read with the checkpoint's tokenizer
         data = {**OmegaConf.to_container(cfg.data, resolve=True), **{k: trained_on[k] for k in TOKENIZER_KEYS}}
@@ -74,7 +75,8 @@ def evaluate(cfg: DictConfig) -> dict:
     from glubench.train.module import LanguageModel
 
     route_through_root("lightning", "lightning.pytorch", "lightning.fabric")
-    module = LanguageModel.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True)
+    module = LanguageModel(**hparams)  # what LanguageModel.load_from_checkpoint does, without a second read
+    module.load_state_dict(state["state_dict"])
     seq_len = module.model_cfg.seq_len
     try:
         splits = prepare_splits(data, tokenizer_data=trained_on)[1]
@@ -95,7 +97,7 @@ def evaluate(cfg: DictConfig) -> dict:
         trainer.test(module, dataloaders=loader, verbose=False)
         status = "completed"
     finally:
-        _finish_wandb(status)
+        finish_wandb(status)
     m = module.last_test
     record = {
         "status": status, "ckpt_path": str(ckpt), "step": step, "split": cfg.split, "corpus": data["name"],
@@ -103,7 +105,7 @@ def evaluate(cfg: DictConfig) -> dict:
         "tokenizer": data["tokenizer"], "vocab_size": meta.get("vocab_size"), "ffn": module.model_cfg.ffn,
         "loss": m.get("test/loss"), "ppl": m.get("test/ppl"), "bpb": m.get("test/bpb"),
         "tokens": int(m.get("test/tokens", 0)),
-        "wall_time_s": time.perf_counter() - t_start, "model": hparams["model"], "data": redact(data),
+        "wall_time_s": time.perf_counter() - t_start, "model": hparams["model"], "data": config["data"],
     }
     atomic_write_json(out / EVAL_FILE, record)
     log.info(f"glubench-eval: {record['ffn']} at step {step} on {data['name']} ({cfg.split}): "

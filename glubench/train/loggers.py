@@ -45,7 +45,8 @@ class WandbLogger(_WandbLogger):
         resume_step: the checkpoint step a resumed run starts from, or ``None`` for a fresh run;
             a resumed run reuses the id in ``<save_dir>/wandb_run_id`` (``resume="allow"``), so
             a requeued job continues its curves.
-        run_config: the run's resolved config, W&B's ``config`` (redacted here).
+        run_config: W&B's ``config``: the run's resolved config, redacted by the caller (the training
+            task and ``glubench-eval`` redact it once per run).
     """
 
     def __init__(self, project: str = "glubench", entity: str | None = None, group: str | None = None,
@@ -55,7 +56,7 @@ class WandbLogger(_WandbLogger):
         all_tags = list(dict.fromkeys([*default_tags, *tags]))
         super().__init__(project=project, entity=entity, group=group, name=name, save_dir=str(save_dir),
                          mode=wandb_mode(mode), job_type=job_type, tags=redact(all_tags) or None,
-                         config=redact(run_config) if run_config is not None else None,
+                         config=run_config,
                          id=wandb_run_id(Path(save_dir), resuming=resume_step is not None), resume="allow", **kwargs)
 
 

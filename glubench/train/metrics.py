@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import math
-import time
-from collections.abc import Callable
 
 import torch
 from torchmetrics import Metric
@@ -60,21 +58,15 @@ def bits_per_byte(total_nll: float, n_bytes: int) -> float:
 class ThroughputMeter:
     """Tokens/s and step time of training alone, measured after a warmup.
 
-    Call :meth:`step` once per optimizer step with the tokens that step consumed (all
-    micro-batches of gradient accumulation and all devices).  The first ``warmup_steps``
-    steps are excluded: the clock starts when step ``warmup_steps`` ends.  :meth:`pause` /
-    :meth:`resume` bracket work that is not training (validation), which is then not
-    counted.  The clock is read only by :meth:`read`, :meth:`pause` and :meth:`resume`
-    (logging steps and validation boundaries), each after ``sync`` (pass
-    ``torch.cuda.synchronize`` on CUDA) so that pending kernels are finished.
-
-    ``clock`` returns seconds (``time.perf_counter`` by default; tests pass a fake one).
+    ``watch`` is the training clock (validation excluded: its owner pauses it,
+    :class:`glubench.train.module.LanguageModel`).  Call :meth:`step` once per optimizer step with
+    the tokens that step consumed (all micro-batches of gradient accumulation and all devices).
+    The first ``warmup_steps`` steps are excluded: the window opens when step ``warmup_steps``
+    ends.  The clock is read only when the window opens and by :meth:`read` (logging steps).
     """
 
-    def __init__(self, warmup_steps: int = 10, clock: Callable[[], float] = time.perf_counter,
-                 sync: Callable[[], None] | None = None) -> None:
-        self.warmup_steps = warmup_steps
-        self.watch = Stopwatch(clock, sync)
+    def __init__(self, watch: Stopwatch, warmup_steps: int = 10) -> None:
+        self.watch, self.warmup_steps = watch, warmup_steps
         self.steps = 0
         self.tokens = 0
         self._window: tuple[float, int, int] | None = None  # (seconds, tokens, steps) when the window opened
@@ -83,8 +75,7 @@ class ThroughputMeter:
             self._open_window()
 
     def _open_window(self) -> None:
-        self.watch.start()
-        self._window = self._last = (0.0, self.tokens, self.steps)
+        self._window = self._last = (self.watch.elapsed(), self.tokens, self.steps)
 
     @property
     def started(self) -> bool:
@@ -97,15 +88,6 @@ class ThroughputMeter:
         self.tokens += int(tokens)
         if self.steps == self.warmup_steps:
             self._open_window()
-
-    def pause(self) -> None:
-        """Stop the clock (e.g. when validation starts); no-op before warmup ends or when paused."""
-        self.watch.pause()
-
-    def resume(self) -> None:
-        """Restart the clock after :meth:`pause`; no-op before warmup ends or when running."""
-        if self.started:
-            self.watch.resume()
 
     def read(self) -> dict[str, float] | None:
         """Rates since the previous read (``tokens_per_sec``, ``step_time_ms``); ``None`` in warmup."""

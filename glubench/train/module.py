@@ -10,6 +10,7 @@ import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
 
+from glubench.core.clock import Stopwatch
 from glubench.data.windows import IGNORE_INDEX
 from glubench.nn.config import ModelConfig
 from glubench.nn.transformer import Transformer
@@ -45,6 +46,20 @@ def build_optimizer(model: torch.nn.Module, optim: OptimConfig, max_steps: int):
     return opt, sched
 
 
+def is_logging_step(trainer, step: int | None = None, every: int | None = None) -> bool:
+    """Whether optimizer step ``step`` (default: ``trainer.global_step``, the one just finished) is logged:
+    every ``every`` steps (default ``trainer.log_every_n_steps``) and the last step."""
+    step = trainer.global_step if step is None else step
+    return step % (every or trainer.log_every_n_steps) == 0 or 0 < trainer.max_steps <= step
+
+
+def total_grad_norm(optimizer) -> torch.Tensor | None:
+    """The 2-norm of all gradients of ``optimizer``'s parameters, as ``clip_grad_norm_`` measures it before
+    clipping (one fused kernel, no host sync); ``None`` when no parameter has a gradient."""
+    grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+    return torch.nn.utils.get_total_norm(grads, error_if_nonfinite=False) if grads else None
+
+
 def log_at_step(trainer, metrics: dict[str, float]) -> None:
     """Send ``metrics`` to every logger at ``trainer.global_step``, the optimizer steps done.
 
@@ -76,7 +91,9 @@ class LanguageModel(pl.LightningModule):
     bytes do not depend on the batch size (``test/*`` likewise).  The bytes come with the batches
     (:class:`~glubench.data.windows.ValWindows` with ``token_bytes``); batches without them leave
     bpb out.  ``history`` keeps each
-    validation's ``(step, tokens_seen, val_loss)`` for curves.
+    validation's ``(step, tokens_seen, val_loss)`` for curves.  ``train_clock`` counts the training
+    seconds (running from ``on_train_start`` to ``on_train_end``, paused during validation), the one
+    clock of the budget and throughput callbacks.
 
     The hyperparameters are saved in every checkpoint as plain values, so
     ``LanguageModel.load_from_checkpoint(path)`` needs nothing else.
@@ -92,7 +109,6 @@ class LanguageModel(pl.LightningModule):
                  ) -> None:
         super().__init__()
         model, optim = _plain(model), _plain(optim if optim is not None else OptimConfig())
-        model.pop("_ffn_hidden", None)
         self.save_hyperparameters({"model": model, "optim": optim, "max_steps": max_steps})
         self.model_cfg = ModelConfig(**model)
         self.optim = OptimConfig(**optim)
@@ -106,8 +122,9 @@ class LanguageModel(pl.LightningModule):
         self.last_val: dict[str, float] = {}
         self.last_test: dict[str, float] = {}
         self.last_loss: torch.Tensor | None = None  # last training loss, left on the device
-        self._last_step_seen = -1
-        self._pending_grad_norm: torch.Tensor | None = None
+        self.train_clock = Stopwatch()
+        self._step_at_batch_start: int | None = None
+        self._grad_norm: torch.Tensor | None = None  # this batch's pre-clip gradient norm, once computed
 
     @property
     def max_steps(self) -> int:
@@ -131,6 +148,21 @@ class LanguageModel(pl.LightningModule):
 
     # ---------------------------------------------------------------------------- training
 
+    def on_train_start(self) -> None:
+        self.train_clock.sync = torch.cuda.synchronize if self.device.type == "cuda" else None
+        self.train_clock.start()
+
+    def on_validation_start(self) -> None:
+        self.train_clock.pause()
+
+    def on_validation_end(self) -> None:
+        # not after the sanity check (before on_train_start) nor after trainer.validate()
+        if self.trainer.state.fn == "fit" and not self.trainer.sanity_checking:
+            self.train_clock.resume()
+
+    def on_train_end(self) -> None:
+        self.train_clock.pause()
+
     def training_step(self, batch, batch_idx):
         x, y = batch  # (B, T), (B, T)
         logits = self.model(x)  # (B, T, V)
@@ -139,31 +171,53 @@ class LanguageModel(pl.LightningModule):
         self.last_loss = loss.detach()
         return loss
 
-    def _logs_now(self) -> bool:
-        """Whether the optimizer step just finished is a logging step (or the last one)."""
-        t = self.trainer
-        return t.global_step % t.log_every_n_steps == 0 or 0 < t.max_steps <= t.global_step
+    @property
+    def step_finished(self) -> bool:
+        """In ``on_train_batch_end``: whether this batch finished an optimizer step (``False`` on the
+        micro-batches of gradient accumulation before the last)."""
+        return self.trainer.global_step != self._step_at_batch_start
+
+    def on_train_batch_start(self, batch, batch_idx) -> None:
+        self._step_at_batch_start, self._grad_norm = self.trainer.global_step, None
 
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
         # After the optimizer step (so the row carries the steps done, as results.json does), and
         # only at logging steps: reading the loss back is a host sync on a GPU.
-        step = self.trainer.global_step
-        if step != self._last_step_seen:  # not while gradients are still accumulating
-            self._last_step_seen = step
-            if self._logs_now():
-                self._log({"train/loss": float(self.last_loss)})
+        if self.step_finished and is_logging_step(self.trainer):
+            metrics = {"train/loss": float(self.last_loss)}
+            if self._grad_norm is not None:
+                metrics["train/grad_norm"] = float(self._grad_norm)
+            self._log(metrics)
 
-    def on_before_optimizer_step(self, optimizer) -> None:
-        t = self.trainer
-        if (t.global_step + 1) % t.log_every_n_steps == 0:  # the step about to finish is a logging step
-            grads = [p.grad for p in self.parameters() if p.grad is not None]
-            if grads:  # the norm before clipping, as clip_grad_norm_ measures it
-                self._pending_grad_norm = torch.nn.utils.get_total_norm(grads, error_if_nonfinite=False)
+    def grad_norm(self, optimizer) -> torch.Tensor | None:
+        """:func:`total_grad_norm` of this optimizer step, computed once and shared by the non-finite
+        guard, the clipping and ``train/grad_norm`` (all before clipping)."""
+        if self._grad_norm is None:
+            self._grad_norm = total_grad_norm(optimizer)
+        return self._grad_norm
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        """Lightning's clipping, except that norm clipping (the default) scales by :meth:`grad_norm`.
+
+        ``clip_grad_norm_``, which Lightning calls, is ``get_total_norm`` then ``clip_grads_with_norm_``,
+        so this clips exactly as Lightning does without computing the norm again.  Lightning has unscaled
+        ``16-mixed`` gradients before this hook.  Value clipping, no clipping (``gradient_clip_val`` null
+        or 0) and FSDP or DeepSpeed, which clip their own way, are left to Lightning.
+        """
+        from lightning.pytorch.plugins.precision import DeepSpeedPrecision, FSDPPrecision
+
+        if is_logging_step(self.trainer, self.trainer.global_step + 1):
+            self.grad_norm(optimizer)  # train/grad_norm of the step about to finish
+        if (not gradient_clip_val or gradient_clip_algorithm not in (None, "norm")
+                or isinstance(self.trainer.precision_plugin, (DeepSpeedPrecision, FSDPPrecision))):
+            self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+            return
+        norm = self.grad_norm(optimizer)
+        if norm is not None:
+            params = [p for group in optimizer.param_groups for p in group["params"]]
+            torch.nn.utils.clip_grads_with_norm_(params, gradient_clip_val, norm)
 
     def _log(self, metrics: dict[str, float]) -> None:
-        if self._pending_grad_norm is not None and "train/loss" in metrics:
-            metrics = {**metrics, "train/grad_norm": float(self._pending_grad_norm)}
-            self._pending_grad_norm = None
         self.log_dict(metrics, logger=False)  # trainer.callback_metrics, for callbacks and the results
         log_at_step(self.trainer, metrics)
 

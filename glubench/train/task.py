@@ -1,10 +1,10 @@
-"""One job: ``fit`` trains a model and writes ``results.json``; ``evaluate`` scores a checkpoint.
+"""One training job: :func:`run` trains (:func:`fit`) and always writes ``results.json``.
 
 The Trainer, its callbacks and its loggers are built from the config groups with
-``hydra.utils.instantiate``; glubench adds only what exists at run time (the run dir, the resume
-point, the W&B run's config and default tags, the checkpoint IO plugin).  Lightning, torch and W&B
-are imported inside the functions that need them, so that importing this module (the command
-line checks a config first) stays fast.
+``hydra.utils.instantiate`` (:mod:`glubench.train.evaluate` builds them the same way); glubench
+adds only what exists at run time (the run dir, the resume point, the W&B run's config and default
+tags, the checkpoint IO plugin).  Lightning, torch and W&B are imported inside the functions that
+need them, so that importing this module (the command line checks a config first) stays fast.
 """
 
 from __future__ import annotations
@@ -120,6 +120,7 @@ def _instantiate(key: str, node: DictConfig, **kwargs: Any) -> Any:
 
 
 def device_name(module) -> str:
+    """The device ``module`` is on, for ``results.json``: the GPU's name, or ``cpu (<processor>, <n> threads)``."""
     import torch
 
     if module.device.type == "cuda":
@@ -128,6 +129,7 @@ def device_name(module) -> str:
 
 
 def versions() -> dict[str, str]:
+    """The Python, torch and Lightning versions, for ``results.json``."""
     import lightning
     import torch
 
@@ -138,18 +140,16 @@ def _callback(trainer, cls):
     return next((c for c in trainer.callbacks if isinstance(c, cls)), None)
 
 
-def fit(cfg: DictConfig, result: RunResult, model_cfg=None) -> RunResult:
-    """Run one training job described by ``cfg`` (already validated into ``model_cfg``), filling ``result``."""
-    model_cfg = model_cfg or validate_config(cfg)
+def fit(cfg: DictConfig, result: RunResult, model_cfg) -> RunResult:
+    """Run one training job described by ``cfg`` (already validated into ``model_cfg``), filling ``result``
+    (whose ``config`` is the redacted run config the loggers get)."""
     out = output_dir()
     t_start = time.perf_counter()
 
     import lightning.pytorch as pl
 
     from glubench.core.logging import route_through_root
-    from glubench.core.secrets import redact
     from glubench.data.datamodule import LMDataModule
-    from glubench.nn.flops import flops_per_token
     from glubench.nn.transformer import count_params
     from glubench.train.budget import plan_from_config, realised
     from glubench.train.callbacks import BudgetCallback, DeadUnitsCallback, ThroughputCallback
@@ -171,15 +171,13 @@ def fit(cfg: DictConfig, result: RunResult, model_cfg=None) -> RunResult:
 
     module = LanguageModel(model_cfg, cfg.optim, max_steps=t.max_steps)
     counts = count_params(module.model)
-    fpt = flops_per_token(counts.matmul, model_cfg.n_layers, model_cfg.d_model, model_cfg.seq_len)
     result.params_total, result.params_nonembedding = counts.total, counts.nonembedding
     result.params_ffn, result.ffn_hidden = counts.ffn_per_layer, model_cfg.ffn_hidden
-    result.ffn_matching_error, result.flops_per_token = model_cfg.ffn_matching_error, fpt
+    result.ffn_matching_error = model_cfg.ffn_matching_error
 
     ckpt = find_checkpoint(cfg.ckpt_path, out)
     resume_step = checkpoint_step(ckpt) if ckpt is not None else None
-    config = redact(OmegaConf.to_container(cfg, resolve=True))
-    loggers = build_loggers(cfg, out, resume_step, config)
+    loggers = build_loggers(cfg, out, resume_step, result.config)
     callbacks = build_callbacks(cfg)
     trainer = build_trainer(cfg, out, callbacks, loggers)
 
@@ -187,6 +185,10 @@ def fit(cfg: DictConfig, result: RunResult, model_cfg=None) -> RunResult:
     plan = plan_from_config(cfg, model_cfg, counts.matmul, trainer.world_size, counts.nonembedding)
     trainer.fit_loop.epoch_loop.max_steps = module.max_steps = plan.max_steps
     dm.num_batches = plan.max_steps * t.accumulate_grad_batches
+    result.flops_per_token = plan.flops_per_token
+    throughput = _callback(trainer, ThroughputCallback)
+    if throughput is not None and throughput.flops_per_token is None:
+        throughput.flops_per_token = plan.flops_per_token
     budget_cb = _callback(trainer, BudgetCallback)
     if plan.mode == "time":
         if budget_cb is None:
@@ -223,7 +225,6 @@ def fit(cfg: DictConfig, result: RunResult, model_cfg=None) -> RunResult:
         # The last step was not a validation step, or the checkpoint was already finished: score it now.
         trainer.validate(module, datamodule=dm, verbose=False)
 
-    throughput = _callback(trainer, ThroughputCallback)
     speed = (throughput.summary() if throughput else None) or {}
     collect()
     result.status = "completed"
@@ -300,11 +301,11 @@ def run(cfg: DictConfig, model_cfg=None) -> RunResult:
                 log.error(f"glubench: error: {e}")
                 if sys.exc_info()[0] is None:
                     raise
-        _finish_wandb(result.status, preempted=faults.RECEIVED is not None)
+        finish_wandb(result.status, preempted=faults.RECEIVED is not None)
     return result
 
 
-def _finish_wandb(status: str, preempted: bool = False) -> None:
+def finish_wandb(status: str, preempted: bool = False) -> None:
     """Close this process's W&B run; a preempted one is marked so (W&B expects it to resume)."""
     if "wandb" in sys.modules:
         import wandb

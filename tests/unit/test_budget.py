@@ -5,6 +5,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from glubench.core.clock import Stopwatch
 from glubench.train.budget import TIME_MODE_MAX_STEPS, plan_budget
 from glubench.train.callbacks import BudgetCallback
 from glubench.train.devices import devices_per_node, world_size
@@ -67,13 +68,16 @@ def test_world_size_counts_as_lightning_does():
 def test_time_callback_stops_at_the_first_step_past_the_limit():
     """Fake clock: 0.3 s per step, 1.0 s limit -> steps end at 0.3, 0.6, 0.9, 1.2: stop after step 4."""
     now = [0.0]
-    cb = BudgetCallback(seconds_limit=1.0, clock=lambda: now[0])
+    cb = BudgetCallback(seconds_limit=1.0)
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)  # replaced by the callback
     trainer = SimpleNamespace(global_step=0, world_size=1, should_stop=False,
                               lr_scheduler_configs=[SimpleNamespace(scheduler=sched)])
-    module = SimpleNamespace(warmup_steps=1, min_lr_ratio=0.1, device=SimpleNamespace(type="cpu"))
+    # The module's training clock, which LanguageModel starts with training and pauses during validation.
+    module = SimpleNamespace(warmup_steps=1, min_lr_ratio=0.1, train_clock=Stopwatch(lambda: now[0]),
+                             step_finished=True)
     cb.on_train_start(trainer, module)
+    module.train_clock.start()
     horizons, lrs = [], []
     while not trainer.should_stop:
         lrs.append(opt.param_groups[0]["lr"])  # the LR this step trains with
@@ -83,10 +87,10 @@ def test_time_callback_stops_at_the_first_step_past_the_limit():
         sched.step()
         horizons.append(cb.horizon)
         if trainer.global_step == 2:  # validation takes 5 s of wall clock, which is not counted
-            cb.on_validation_start(trainer, module)
+            module.train_clock.pause()
             now[0] += 5.0
-            cb.on_validation_end(trainer, module)
-    cb.on_train_end(trainer, module)
+            module.train_clock.resume()
+    module.train_clock.pause()
     assert trainer.global_step == 4
     assert cb.stopped_at == pytest.approx(1.2) and cb.seconds == pytest.approx(1.2)
     assert 0 <= cb.stopped_at - 1.0 < cb.last_step_seconds == pytest.approx(0.3)

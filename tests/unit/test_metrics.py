@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from glubench.core.clock import Stopwatch
 from glubench.data.windows import IGNORE_INDEX, ValWindows
 from glubench.nn.config import ModelConfig
 from glubench.nn.flops import mfu
@@ -77,7 +78,9 @@ class FakeClock:
 
 def test_throughput_with_fake_clock_excludes_warmup_and_pauses():
     clock = FakeClock()
-    meter = ThroughputMeter(warmup_steps=2, clock=clock)
+    watch = Stopwatch(clock)
+    watch.start()
+    meter = ThroughputMeter(watch, warmup_steps=2)
     for tokens in (1000, 1000):  # warmup: 10 s each, never counted
         clock.t += 10
         meter.step(tokens)
@@ -89,9 +92,9 @@ def test_throughput_with_fake_clock_excludes_warmup_and_pauses():
     r = meter.read()
     assert r["tokens_per_sec"] == pytest.approx(4096 / 2.0)
     assert r["step_time_ms"] == pytest.approx(2000 / 3)
-    meter.pause()
+    watch.pause()
     clock.t += 50  # validation: not counted
-    meter.resume()
+    watch.resume()
     clock.t += 2.0
     meter.step(3000)
     r = meter.read()
@@ -103,7 +106,9 @@ def test_throughput_with_fake_clock_excludes_warmup_and_pauses():
 
 def test_throughput_no_warmup():
     clock = FakeClock()
-    meter = ThroughputMeter(warmup_steps=0, clock=clock)
+    watch = Stopwatch(clock)
+    watch.start()
+    meter = ThroughputMeter(watch, warmup_steps=0)
     clock.t += 4
     meter.step(400)
     assert meter.read()["tokens_per_sec"] == pytest.approx(100.0)
@@ -154,16 +159,20 @@ def test_throughput_callback_counts_accumulation_and_devices_with_fake_clock():
     from glubench.train.callbacks import ThroughputCallback
 
     cb = ThroughputCallback(flops_per_token=6.0, peak_flops=1200.0, warmup_steps=1, log_every_n_steps=100)
-    trainer = SimpleNamespace(global_step=0, world_size=4)
-    module = SimpleNamespace(device=torch.device("cpu"), log_dict=lambda *a, **k: None)
-    cb.on_train_start(trainer, module)
+    trainer = SimpleNamespace(global_step=0, world_size=4, max_steps=3)
     clock = FakeClock()
-    cb.meter.watch.clock = clock
+    # The module's side, as LanguageModel keeps it: its training clock, the tokens of its micro-batches
+    # and whether the batch just ended finished an optimizer step.
+    module = SimpleNamespace(train_clock=Stopwatch(clock), tokens_seen=0, step_finished=False)
+    cb.on_train_start(trainer, module)
+    module.train_clock.start()
     # accumulate_grad_batches=2; Lightning raises global_step at the end of the 2nd micro-batch.
     # Micro-batches of 3, 5 | 2, 2 | 4, 4 windows of 8 tokens; optimizer steps take 9, 1, 3 s.
     for windows, dt in (((3, 5), 9.0), ((2, 2), 1.0), ((4, 4), 3.0)):
         for i, n in enumerate(windows):
             clock.t += dt / 2
+            module.tokens_seen += _batch(n)[1].numel()
+            module.step_finished = i == 1
             if i == 1:
                 trainer.global_step += 1
             cb.on_train_batch_end(trainer, module, None, _batch(n), 0)
@@ -195,3 +204,91 @@ def test_throughput_callback_under_lightning_gradient_accumulation():
     s = cb.summary()
     assert s["measured_steps"] == 2  # warmup step excluded
     assert s["tokens_per_sec"] == pytest.approx((3 + 4 + 5 + 6) * 4 / s["measured_seconds"])
+
+
+def _tiny(cls=LanguageModel, max_steps=4):
+    torch.manual_seed(0)
+    return cls(ModelConfig(vocab_size=16, d_model=8, n_layers=1, n_heads=2, seq_len=4), OptimConfig(warmup_steps=1),
+               max_steps=max_steps)
+
+
+def test_training_clock_counts_training_only():
+    """``train_clock`` runs from ``on_train_start`` to ``on_train_end`` and stops for validation: neither the
+    sanity check, nor the validations during fit, nor ``trainer.validate`` after it count."""
+    now = [0.0]
+
+    class Ticking(LanguageModel):
+        def training_step(self, batch, batch_idx):
+            now[0] += 1.0
+            return super().training_step(batch, batch_idx)
+
+        def validation_step(self, batch, batch_idx):
+            now[0] += 100.0
+            super().validation_step(batch, batch_idx)
+
+    class Setup(pl.Callback):  # work between the sanity check and the training, not counted either
+        def on_train_start(self, trainer, pl_module):
+            now[0] += 10_000.0
+
+    module = _tiny(Ticking)
+    module.train_clock.clock = lambda: now[0]
+    loader = torch.utils.data.DataLoader([(torch.randint(0, 16, (2, 4)),) * 2 for _ in range(4)], batch_size=None)
+    trainer = pl.Trainer(accelerator="cpu", max_steps=4, val_check_interval=2, num_sanity_val_steps=1,
+                         limit_val_batches=1, logger=False, enable_progress_bar=False, enable_checkpointing=False,
+                         enable_model_summary=False, callbacks=[Setup()])
+    trainer.fit(module, train_dataloaders=loader, val_dataloaders=loader)
+    trainer.validate(module, dataloaders=loader, verbose=False)
+    assert now[0] == 4 * 1.0 + (1 + 2 + 1) * 100.0 + 10_000.0  # 4 steps; sanity check, 2 validations, 1 after
+    assert module.train_clock.elapsed() == 4.0
+
+
+@pytest.mark.parametrize("clip_val,algorithm,scaler", [(0.05, None, False), (0.05, None, True), (1e-3, "value", False),
+                                                        (0, None, False)])
+def test_clipping_is_lightnings_with_one_norm_per_step(monkeypatch, clip_val, algorithm, scaler):
+    """LanguageModel's clipping trains bit for bit as Lightning's own (``clip_grad_norm_``), while the gradient
+    norm is computed once per optimizer step for the guard, the clipping and ``train/grad_norm`` together.
+    ``scaler``: 16-mixed with a GradScaler (which Lightning uses on CUDA), whose gradients Lightning unscales
+    before clipping; the initial scale overflows, so the first updates are skipped too."""
+    from lightning.pytorch.plugins.precision import MixedPrecision
+
+    from glubench.train.callbacks import NonFiniteGuard
+
+    calls = {"n": 0}
+    inner = torch.nn.utils.clip_grad._get_total_norm
+
+    def counting(*args, **kwargs):
+        calls["n"] += 1
+        return inner(*args, **kwargs)
+
+    norms = []
+
+    class LightningClipping(LanguageModel):
+        configure_gradient_clipping = pl.LightningModule.configure_gradient_clipping
+
+        def on_before_optimizer_step(self, optimizer):  # the pre-clip norm, as clip_grad_norm_ measures it
+            norms.append(inner([p.grad for g in optimizer.param_groups for p in g["params"]]))
+
+    def fit(module):
+        data = [(torch.randint(0, 16, (b, 4), generator=torch.Generator().manual_seed(b)),) * 2 for b in range(1, 9)]
+        amp = [MixedPrecision("16-mixed", "cpu", torch.amp.GradScaler("cpu", init_scale=2.0**20))] if scaler else []
+        trainer = pl.Trainer(accelerator="cpu", max_steps=4, accumulate_grad_batches=2, log_every_n_steps=2,
+                             gradient_clip_val=clip_val, gradient_clip_algorithm=algorithm, logger=False,
+                             enable_progress_bar=False, enable_checkpointing=False, enable_model_summary=False,
+                             callbacks=[NonFiniteGuard("stop")], plugins=amp)
+        trainer.fit(module, train_dataloaders=torch.utils.data.DataLoader(data, batch_size=None))
+        return trainer
+
+    reference = _tiny(LightningClipping)
+    fit(reference)
+    monkeypatch.setattr(torch.nn.utils.clip_grad, "_get_total_norm", counting)
+    monkeypatch.setattr(torch.nn.utils, "get_total_norm", counting)
+    ours = _tiny()
+    trainer = fit(ours)
+    assert trainer.global_step == 4 and calls["n"] == 4
+    if scaler:
+        assert trainer.precision_plugin.scaler.get_scale() < 2.0**20  # overflowing steps were skipped
+    for a, b in zip(ours.parameters(), reference.parameters(), strict=True):
+        assert torch.equal(a, b)
+    if clip_val:
+        assert float(norms[-1]) > clip_val  # the clipping did act
+    assert trainer.callback_metrics["train/grad_norm"].item() == pytest.approx(float(norms[-1]), rel=1e-6)
