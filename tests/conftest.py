@@ -2,10 +2,10 @@
 
 An isolated token cache and W&B offline for every test (and the subprocesses they start), plus
 the helpers more than one test file needs: composing the real config (:func:`compose_cfg`), a
-seconds-long training run (:func:`ci_run`), reading offline W&B runs (:func:`wandb_history`)
-and markdown tables (:func:`markdown_table`), and the synthetic sweep losses (:data:`LOSSES`, imported
-as ``from conftest import LOSSES``).  Unit tests live in ``tests/unit/`` (no training run, no
-subprocess), end-to-end ones in ``tests/integration/``.
+seconds-long training run (:func:`ci_run`), reading offline W&B runs (:func:`wandb_history`),
+markdown tables (:func:`markdown_table`) and the synthetic sweep losses (:func:`sweep_losses`).
+Unit tests live in ``tests/unit/`` (no training run, no subprocess), end-to-end ones in
+``tests/integration/``.
 """
 
 import json
@@ -27,17 +27,6 @@ from glubench.core.paths import CONF_DIR  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
-
-# Final val losses per variant and seed of the synthetic sweeps (test_report.py, test_tuned.py).  relu and
-# bilinear have equal sample variances, so Welch's degrees of freedom are exactly n1 + n2 - 2 = 4 and the
-# t quantile is from a table.
-LOSSES = {
-    "relu": [2.0, 2.2, 2.4],      # mean 2.2, sample std 0.2
-    "swiglu": [1.9, 2.0, 2.1],    # mean 2.0, sample std 0.1
-    "bilinear": [1.8, 2.0, 2.2],  # mean 2.0, sample std 0.2
-    "gelu": [2.9, 3.0, 3.1],      # mean 3.0, sample std 0.1
-}
-T_975_DF4 = 2.7764451051977987  # t_{0.975, 4}, from a t table
 
 
 def _compose(overrides=(), hydra: bool = False, config_name: str = "config"):
@@ -164,3 +153,24 @@ def glubench_console_logging():
     logger.setLevel(before[1])
     logger.propagate = before[2]
     logger._glubench_configured = before[3]
+
+
+@pytest.fixture
+def sweep_losses() -> dict[str, list[float]]:
+    """Final val losses per variant and seed of the synthetic sweeps (test_report.py, test_tuned.py).
+
+    relu and bilinear have equal sample variances, so Welch's degrees of freedom are exactly
+    n1 + n2 - 2 = 4 and the t quantile is from a table (:func:`t_975_df4`).
+    """
+    return {
+        "relu": [2.0, 2.2, 2.4],      # mean 2.2, sample std 0.2
+        "swiglu": [1.9, 2.0, 2.1],    # mean 2.0, sample std 0.1
+        "bilinear": [1.8, 2.0, 2.2],  # mean 2.0, sample std 0.2
+        "gelu": [2.9, 3.0, 3.1],      # mean 3.0, sample std 0.1
+    }
+
+
+@pytest.fixture
+def t_975_df4() -> float:
+    """t_{0.975, 4}, from a t table."""
+    return 2.7764451051977987

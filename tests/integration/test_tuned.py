@@ -4,7 +4,6 @@ import math
 from pathlib import Path
 
 import pytest
-from conftest import LOSSES, T_975_DF4
 from omegaconf import OmegaConf
 
 from glubench.sweep.report import report_sweep
@@ -14,9 +13,9 @@ TUNED_LR = {"relu": 3e-3, "swiglu": 1e-3, "bilinear": 2e-3, "gelu": 3e-3}
 
 
 @pytest.fixture
-def tuned_sweep(tmp_path):
-    """LOSSES again, but every variant trained at its own LR, with a flops budget record."""
-    for ffn, losses in LOSSES.items():
+def tuned_sweep(tmp_path, sweep_losses):
+    """sweep_losses again, but every variant trained at its own LR, with a flops budget record."""
+    for ffn, losses in sweep_losses.items():
         for seed, loss in enumerate(losses):
             d = tmp_path / ffn / f"s{seed}"
             d.mkdir(parents=True)
@@ -30,7 +29,7 @@ def tuned_sweep(tmp_path):
 
 
 
-def test_tuned_lr_is_a_column_not_a_grouping_key(tuned_sweep, markdown_table):
+def test_tuned_lr_is_a_column_not_a_grouping_key(tuned_sweep, markdown_table, t_975_df4):
     report = report_sweep([tuned_sweep], plots=False, wandb_choice="off", tuned=("optim.lr",))
     assert report.keys == ["model.ffn"] and len(report.groups) == 4
     md = (tuned_sweep / "summary.md").read_text()
@@ -46,7 +45,7 @@ def test_tuned_lr_is_a_column_not_a_grouping_key(tuned_sweep, markdown_table):
     assert rows["relu"][col["train s"]] == "3.0"
     # Each variant is compared with relu at relu's own tuned LR: bilinear's Welch interval by hand.
     cmp = {r[0]: r for r in markdown_table(md, "| variant")}
-    half = T_975_DF4 * math.sqrt(0.04 / 3 * 2)
+    half = t_975_df4 * math.sqrt(0.04 / 3 * 2)
     assert cmp["bilinear"][1] == "-0.2000"
     assert cmp["bilinear"][2] == f"[{-0.2 - half:+.4f}, {-0.2 + half:+.4f}]"
 
@@ -79,11 +78,11 @@ def test_a_tuned_lr_at_the_edge_of_the_search_range_is_flagged():
     assert at_bound(1.25e-4, [1e-4, 0.1]) == "lower" and at_bound(1.3e-4, [1e-4, 0.1]) is None
 
 
-def test_ranking_and_summary_text():
+def test_ranking_and_summary_text(sweep_losses):
     from glubench.sweep.tune import ranking, summary_text
 
     runs = {v: [RunResult(status="completed", ffn=v, seed=s, val_loss=x) for s, x in enumerate(xs)]
-            for v, xs in LOSSES.items()}
+            for v, xs in sweep_losses.items()}
     assert ranking(runs)[2:] == ["relu", "gelu"] and set(ranking(runs)[:2]) == {"swiglu", "bilinear"}  # tie at 2.0
     record = {"dir": "d", "shared_lr": 1e-3, "ranking_tuned": ["swiglu", "relu"], "ranking_shared": ["relu", "swiglu"],
               "ranking_changed": True,

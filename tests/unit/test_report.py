@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import LOSSES, T_975_DF4
 
 from glubench.sweep.report import main, report_sweep, welch
 from glubench.train.results import RunResult
@@ -32,9 +31,9 @@ def _write_run(folder, ffn, seed, loss, status="completed", lr=1e-3, error=None)
 
 
 @pytest.fixture
-def sweep(tmp_path):
+def sweep(tmp_path, sweep_losses):
     i = 0
-    for ffn, losses in LOSSES.items():
+    for ffn, losses in sweep_losses.items():
         for seed, loss in enumerate(losses):
             d = tmp_path / f"{i}_{ffn}_s{seed}"
             d.mkdir()
@@ -51,17 +50,17 @@ def _t4_two_sided_p(t):
     return 2 * (1 - cdf)
 
 
-def test_welch_by_hand():
+def test_welch_by_hand(sweep_losses, t_975_df4):
     # Equal variances: se = sqrt(0.04/3 + 0.04/3), df = 4.
-    w = welch(LOSSES["bilinear"], LOSSES["relu"])
+    w = welch(sweep_losses["bilinear"], sweep_losses["relu"])
     se = math.sqrt(0.04 / 3 * 2)
     assert w.diff == pytest.approx(-0.2)
     assert w.df == pytest.approx(4.0)
-    assert (w.low, w.high) == pytest.approx((-0.2 - T_975_DF4 * se, -0.2 + T_975_DF4 * se))
+    assert (w.low, w.high) == pytest.approx((-0.2 - t_975_df4 * se, -0.2 + t_975_df4 * se))
     assert w.p == pytest.approx(_t4_two_sided_p(-0.2 / se))  # 0.2879
     assert w.significant is False  # [-0.653, 0.253] contains 0
     # Unequal variances: df = (0.05/3)^2 / ((0.04/3)^2/2 + (0.01/3)^2/2) = 0.005/0.0017.
-    w = welch(LOSSES["gelu"], LOSSES["relu"])
+    w = welch(sweep_losses["gelu"], sweep_losses["relu"])
     assert w.diff == pytest.approx(0.8)
     assert w.df == pytest.approx(0.005 / 0.0017)
     from scipy import stats
@@ -74,7 +73,7 @@ def test_welch_by_hand():
     assert (w.low, w.high) == pytest.approx((0.8 - half, 0.8 + half))
     assert w.significant is True
     # Another confidence level: the t quantile changes, the centre does not (t_{0.95, 4} = 2.1318 from a table).
-    w = welch(LOSSES["bilinear"], LOSSES["relu"], confidence=0.90)
+    w = welch(sweep_losses["bilinear"], sweep_losses["relu"], confidence=0.90)
     assert (w.low, w.high) == pytest.approx((-0.2 - 2.131846786 * math.sqrt(0.08 / 3),
                                              -0.2 + 2.131846786 * math.sqrt(0.08 / 3)))
     # n < 2: no interval, and the note says why.
@@ -93,7 +92,7 @@ def test_welch_by_hand():
         welch([], [1.0])
 
 
-def test_report_table_statistics_and_order(sweep, markdown_table):
+def test_report_table_statistics_and_order(sweep, markdown_table, sweep_losses, t_975_df4):
     report = report_sweep([sweep], wandb_choice="off")
     assert report.exit_code == 0 and report.keys == ["model.ffn"]
     md = (sweep / "summary.md").read_text()
@@ -118,7 +117,7 @@ def test_report_table_statistics_and_order(sweep, markdown_table):
     # Comparison table: bilinear's interval by hand (df = 4).
     cmp = {r[0]: r for r in markdown_table(md, "| variant")}
     assert set(cmp) == {"swiglu", "bilinear", "gelu"}
-    half = T_975_DF4 * math.sqrt(0.04 / 3 * 2)
+    half = t_975_df4 * math.sqrt(0.04 / 3 * 2)
     assert cmp["bilinear"][1] == "-0.2000"
     assert cmp["bilinear"][2] == f"[{-0.2 - half:+.4f}, {-0.2 + half:+.4f}]"
     assert cmp["bilinear"][4] == "no" and cmp["gelu"][4] == "yes: worse"
@@ -126,8 +125,8 @@ def test_report_table_statistics_and_order(sweep, markdown_table):
     with open(sweep / "results.csv") as f:
         csv_rows = list(csv.DictReader(f))
     assert len(csv_rows) == 12
-    assert sorted(float(r["val_loss"]) for r in csv_rows if r["ffn"] == "relu") == LOSSES["relu"]
-    assert {r["config.model.ffn"] for r in csv_rows} == set(LOSSES)
+    assert sorted(float(r["val_loss"]) for r in csv_rows if r["ffn"] == "relu") == sweep_losses["relu"]
+    assert {r["config.model.ffn"] for r in csv_rows} == set(sweep_losses)
     for name in ("val_loss_curves.png", "val_loss_bar.png", "tokens_per_sec.png"):
         assert (sweep / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
