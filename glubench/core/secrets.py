@@ -15,12 +15,15 @@ No Lightning import here, so the CLI can use it before any heavy work.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET", re.IGNORECASE)
 SECRET_KEY = re.compile(r"(?:^|[._])(?:[a-z0-9]+_)*(?:key|token|secret|password)$", re.IGNORECASE)
@@ -160,3 +163,16 @@ def credentials_present() -> bool:
         return netrc.netrc().authenticators("api.wandb.ai") is not None
     except (OSError, netrc.NetrcParseError):
         return False
+
+
+def wandb_mode(mode: str | None) -> str:
+    """The W&B mode of a run or a report: ``mode`` if given, else ``$WANDB_MODE``, else ``online`` iff
+    :func:`credentials_present` (else ``offline``, said once in the log)."""
+    if mode:
+        return mode
+    if os.environ.get("WANDB_MODE"):
+        return os.environ["WANDB_MODE"]
+    if credentials_present():
+        return "online"
+    log.info("glubench: no W&B credentials found; logging to W&B in offline mode (wandb sync later)")
+    return "offline"

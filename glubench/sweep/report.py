@@ -16,7 +16,6 @@ import io
 import json
 import logging
 import math
-import os
 import sys
 import warnings
 from dataclasses import asdict, dataclass, field, fields
@@ -501,11 +500,10 @@ def log_wandb(report: Report, out_dir: Path, plots: list[Path]) -> Optional[Path
     resumes one run.  Returns the run's local folder."""
     import wandb
 
-    from glubench.core.secrets import credentials_present, redact, redacted_argv
+    from glubench.core.secrets import redact, redacted_argv, wandb_mode
 
     flat = report.runs[0].flat if report.runs else {}
-    mode = flat.get("logger.wandb.mode") or os.environ.get("WANDB_MODE") or (
-        "online" if credentials_present() else "offline")
+    mode = wandb_mode(flat.get("logger.wandb.mode"))
     project = flat.get("logger.wandb.project") or "glubench"
     group = flat.get("logger.wandb.group") or flat.get("experiment_name") or "glubench"
     with redacted_argv():  # W&B records the command line, which may hold a secret override

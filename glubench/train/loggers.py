@@ -16,22 +16,10 @@ from typing import Any
 from lightning.pytorch.loggers import CSVLogger as _CSVLogger
 from lightning.pytorch.loggers import WandbLogger as _WandbLogger
 
-from glubench.core.secrets import credentials_present, redact
+from glubench.core.secrets import redact, wandb_mode
 from glubench.train.resume import keep_csv_history, wandb_run_id
 
 log = logging.getLogger(__name__)
-
-
-def wandb_mode(mode: str | None) -> str:
-    """``mode`` if given, else ``$WANDB_MODE``, else online iff W&B credentials exist (else offline)."""
-    if mode:
-        return mode
-    if os.environ.get("WANDB_MODE"):
-        return os.environ["WANDB_MODE"]
-    if credentials_present():
-        return "online"
-    log.info("glubench: no W&B credentials found; logging to W&B in offline mode (wandb sync later)")
-    return "offline"
 
 
 class WandbLogger(_WandbLogger):
