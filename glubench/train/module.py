@@ -9,6 +9,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.plugins.precision import DeepSpeedPrecision, FSDPPrecision
 
 from glubench.core.clock import Stopwatch
 from glubench.data.windows import IGNORE_INDEX
@@ -204,8 +205,6 @@ class LanguageModel(pl.LightningModule):
         ``16-mixed`` gradients before this hook.  Value clipping, no clipping (``gradient_clip_val`` null
         or 0) and FSDP or DeepSpeed, which clip their own way, are left to Lightning.
         """
-        from lightning.pytorch.plugins.precision import DeepSpeedPrecision, FSDPPrecision
-
         if is_logging_step(self.trainer, self.trainer.global_step + 1):
             self.grad_norm(optimizer)  # train/grad_norm of the step about to finish
         if (not gradient_clip_val or gradient_clip_algorithm not in (None, "norm")
