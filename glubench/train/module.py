@@ -129,12 +129,8 @@ class LanguageModel(pl.LightningModule):
 
     @property
     def max_steps(self) -> int:
-        """The schedule's horizon (a budget may set it after construction)."""
+        """The schedule's horizon in optimizer steps (the budget's, fixed at construction)."""
         return self.hparams.max_steps
-
-    @max_steps.setter
-    def max_steps(self, value: int) -> None:
-        self.hparams.max_steps = int(value)
 
     @property
     def warmup_steps(self) -> int:

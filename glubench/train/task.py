@@ -147,21 +147,28 @@ def fit(cfg: DictConfig, result: RunResult, model_cfg) -> RunResult:
     t_start = time.perf_counter()
 
     import lightning.pytorch as pl
+    import torch
 
     from glubench.core.logging import route_through_root
     from glubench.data.datamodule import LMDataModule
-    from glubench.nn.transformer import count_params
+    from glubench.nn.transformer import Transformer, count_params
     from glubench.train.budget import plan_from_config, realised
     from glubench.train.callbacks import BudgetCallback, DeadUnitsCallback, ThroughputCallback
+    from glubench.train.devices import world_size
     from glubench.train.module import LanguageModel
     from glubench.train.resume import checkpoint_step, find_checkpoint
 
     route_through_root("lightning", "lightning.pytorch", "lightning.fabric")
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     t = cfg.trainer
+    with torch.device("meta"):  # sizes only: nothing allocated, no random numbers drawn
+        counts = count_params(Transformer(model_cfg))
+    # The budget fixes the steps here, once: the data, the schedule and the Trainer are built with them.
+    plan = plan_from_config(cfg, model_cfg, counts.matmul, world_size(t), counts.nonembedding)
+    result.flops_per_token = plan.flops_per_token
     data = OmegaConf.to_container(cfg.data, resolve=True)
     dm = LMDataModule(data, seq_len=model_cfg.seq_len, seed=cfg.seed,
-                      num_batches=t.max_steps * t.accumulate_grad_batches)
+                      num_batches=plan.max_steps * t.accumulate_grad_batches)
     try:
         dm.setup()
     except (ValueError, FileNotFoundError) as e:  # data errors name their key (data.files, data.val_percent)
@@ -169,8 +176,7 @@ def fit(cfg: DictConfig, result: RunResult, model_cfg) -> RunResult:
     result.corpus_fingerprint = dm.splits.meta["fingerprint"]
     check_splits(model_cfg, dm.splits, cfg.data.name)
 
-    module = LanguageModel(model_cfg, cfg.optim, max_steps=t.max_steps)
-    counts = count_params(module.model)
+    module = LanguageModel(model_cfg, cfg.optim, max_steps=plan.max_steps)
     result.params_total, result.params_nonembedding = counts.total, counts.nonembedding
     result.params_ffn, result.ffn_hidden = counts.ffn_per_layer, model_cfg.ffn_hidden
     result.ffn_matching_error = model_cfg.ffn_matching_error
@@ -179,13 +185,7 @@ def fit(cfg: DictConfig, result: RunResult, model_cfg) -> RunResult:
     resume_step = checkpoint_step(ckpt) if ckpt is not None else None
     loggers = build_loggers(cfg, out, resume_step, result.config)
     callbacks = build_callbacks(cfg)
-    trainer = build_trainer(cfg, out, callbacks, loggers)
-
-    # The budget fixes the steps here, once: the schedule, the data and the Trainer all use them.
-    plan = plan_from_config(cfg, model_cfg, counts.matmul, trainer.world_size, counts.nonembedding)
-    trainer.fit_loop.epoch_loop.max_steps = module.max_steps = plan.max_steps
-    dm.num_batches = plan.max_steps * t.accumulate_grad_batches
-    result.flops_per_token = plan.flops_per_token
+    trainer = build_trainer(cfg, out, callbacks, loggers, max_steps=plan.max_steps)
     throughput = _callback(trainer, ThroughputCallback)
     if throughput is not None and throughput.flops_per_token is None:
         throughput.flops_per_token = plan.flops_per_token

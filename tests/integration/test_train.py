@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, ValidationError
@@ -132,6 +133,9 @@ def test_flops_budget_gives_cheaper_variant_more_steps(tmp_path, monkeypatch, ci
         assert r.budget["seconds"] > 0
     one_step = tokens_per_step * max(a.flops_per_token, b.flops_per_token)
     assert abs(a.budget["flops"] - b.budget["flops"]) <= one_step
+    # The LR schedule's horizon, saved in the checkpoint, is the budget's step count, not trainer.max_steps.
+    ckpt = torch.load(tmp_path / "b" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["hyper_parameters"]["max_steps"] == b.steps > 10
 
 
 def test_time_budget_stops_within_one_step_of_the_limit(tmp_path, monkeypatch, ci_run):
