@@ -31,6 +31,23 @@ def series(report) -> dict[str, dict[str, list]]:
     return out
 
 
+def setting(runs: list) -> str:
+    """What a series holds fixed, for a figure's title: block, corpus and tokenizer of its first run
+    (e.g. ``GPT-2-style block, pydocs, bpe 2048``); ``""`` when the runs carry no config."""
+    c = runs[0].flat if runs else {}
+    if not c:
+        return ""
+    norm, pos = c.get("model.norm", "layernorm"), c.get("model.pos", "learned")
+    block = {("layernorm", "learned"): "GPT-2-style block", ("rmsnorm", "rope"): "Llama-style block"}.get(
+        (norm, pos), f"{norm} + {pos} block")
+    files = c.get("data.files") or []
+    files = [files] if isinstance(files, str) else files
+    corpus = "/".join(Path(str(files[0])).parts[-2:]) if c.get("data.name") == "text" and files else c.get("data.name")
+    tok = c.get("data.tokenizer")
+    tok = f"{tok} {c.get('data.vocab_size')}" if tok == "bpe" else tok
+    return ", ".join(str(x) for x in (block, corpus, tok) if x)
+
+
 def _ladder_runs(runs: list) -> list[LadderRun]:
     return [LadderRun(flops=r.result.budget["flops"], loss=r.result.val_loss, size=str(r.result.params_nonembedding),
                       seed=r.result.seed)
@@ -89,6 +106,7 @@ def markdown(report, computed: list[tuple[str, list[dict], list[str]]]) -> str:
 def write_plots(report, out_dir: Path, computed) -> list[Path]:
     """The four ladder figures (:data:`PLOTS`), each as PNG and SVG; returns the PNG paths."""
     from matplotlib.figure import Figure  # no pyplot: no global state, no display needed
+    from matplotlib.ticker import FormatStrFormatter
 
     from glubench.sweep.report import save_figures
 
@@ -112,8 +130,9 @@ def write_plots(report, out_dir: Path, computed) -> list[Path]:
                 if fit is not None and fit.converged:
                     cs = [fit.c_min * (fit.c_max / fit.c_min) ** (k / 49) for k in range(50)]
                     ax.plot(cs, [fit.loss(c) for c in cs], color=colors[v], linewidth=1)
+            where = label or setting([r for rs in by_variant.values() for r in rs])
             ax.set(xscale="log", xlabel=xlabel, ylabel="final validation loss (nats/token)",
-                   title=label or report.experiment)
+                   title=f"{report.experiment}: {where}" if where else report.experiment)
             ax.grid(alpha=0.3, which="both")
             ax.legend(fontsize=7, title="seeds as points" + (", fits as lines" if name == "val_loss_vs_flops" else ""),
                       title_fontsize=7)
@@ -129,10 +148,19 @@ def write_plots(report, out_dir: Path, computed) -> list[Path]:
         ax.axhline(1.0, color="k", linewidth=0.8, linestyle="--")
         ax.set_xticks(range(len(shown)), [r["variant"] for r in shown], rotation=30, ha="right")
         ax.set(yscale="log", ylabel="compute multiplier vs relu (×; > 1: needs less compute)",
-               title=f"{label or report.experiment}: at relu's loss at its largest budget (95% CI)")
+               title=f"{label or setting([r for rs in by_series[label].values() for r in rs]) or report.experiment}:\n"
+                     "at relu's loss at its largest budget (95% CI)")
+        # Ratios near 1: a log axis (×2 and ÷2 look alike) with plain-number ticks where the data is.
+        lo, hi = ax.get_ylim()
+        ax.set_yticks([t for t in (0.25, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.1, 1.2, 1.3, 1.4, 1.5, 1.6, 1.8, 2.0, 2.5,
+                                   3.0, 4.0, 5.0, 7.0, 10.0) if lo <= t <= hi], minor=False)
+        ax.yaxis.set_major_formatter(FormatStrFormatter("%.2g"))
+        ax.yaxis.set_minor_formatter(FormatStrFormatter(""))
+        ax.set_ylim(lo, hi)
         ax.grid(axis="y", alpha=0.3, which="both")
     figs["compute_multiplier"] = fig
     return save_figures(figs, out_dir)
 
 
-__all__ = ["LADDER_COLUMNS", "PLOTS", "SIZE_KEYS", "is_ladder", "markdown", "series", "tables", "write_plots"]
+__all__ = ["LADDER_COLUMNS", "PLOTS", "SIZE_KEYS", "is_ladder", "markdown", "series", "setting", "tables",
+           "write_plots"]

@@ -150,3 +150,21 @@ def test_bad_input_is_one_clear_error():
         fit_power_law([1e15, -1.0, 1e17], [3.0, 2.9, 2.8])
     with pytest.raises(ConfigError, match="baseline = 'relu' has no runs"):
         ladder_table({"gelu": ladder()})
+
+
+def test_figure_titles_name_block_corpus_and_tokenizer():
+    from types import SimpleNamespace
+
+    from glubench.sweep.ladder import setting
+
+    def runs(**flat):
+        return [SimpleNamespace(flat=flat)]
+
+    assert setting(runs(**{"model.norm": "layernorm", "model.pos": "learned", "data.name": "pydocs",
+                           "data.tokenizer": "bpe", "data.vocab_size": 2048})) == "GPT-2-style block, pydocs, bpe 2048"
+    assert setting(runs(**{"model.norm": "rmsnorm", "model.pos": "rope", "data.name": "text",
+                           "data.files": ["/x/wikitext-2-tokenized/valid.txt"], "data.tokenizer": "byte"})) == (
+        "Llama-style block, wikitext-2-tokenized/valid.txt, byte")
+    assert setting(runs(**{"model.norm": "rmsnorm", "model.pos": "learned", "data.name": "pydocs"})) == (
+        "rmsnorm + learned block, pydocs")
+    assert setting([]) == "" and setting(runs()) == ""
