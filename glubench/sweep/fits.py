@@ -292,7 +292,8 @@ def seed_spread(runs: Sequence[LadderRun]) -> Optional[float]:
 
 def ladder_table(runs_by_variant: dict[str, Sequence[LadderRun]], baseline: str = BASELINE, n: int = 1000,
                  seed: int = 0, confidence: float = 0.95) -> tuple[list[dict], list[str]]:
-    """Rows (dicts keyed by :data:`LADDER_COLUMNS`, baseline first) and messages (refused fits, log-linear
+    """Rows (dicts keyed by :data:`LADDER_COLUMNS`, plus ``fit``, the row's :class:`PowerLawFit`; baseline
+    first) and messages (refused fits, log-linear
     fallbacks, undefined multipliers, failed resamples).  When the variants' forms differ, all are fitted
     log-linear, so that each multiplier compares like with like.  ``multiplier`` (at the baseline's
     :func:`target_loss`) and ``crossover`` (FLOPs) are numbers with bootstrap ``*_lo``/``*_hi``, or strings
@@ -312,7 +313,7 @@ def ladder_table(runs_by_variant: dict[str, Sequence[LadderRun]], baseline: str 
         f, runs = fits[v], runs_by_variant[v]
         row = dict.fromkeys(LADDER_COLUMNS)
         row.update(variant=v, form=f.form, alpha=f.alpha, E=f.E, multiplier="not defined", crossover="not defined",
-                   rmse=f.rmse, n_sizes=f.n_sizes, n_runs=len(runs), seed_spread=seed_spread(runs))
+                   rmse=f.rmse, n_sizes=f.n_sizes, n_runs=len(runs), seed_spread=seed_spread(runs), fit=f)
         rows.append(row)
         if v == baseline:
             row.update(multiplier=1.0 if f.converged else "not defined", crossover="baseline")

@@ -48,6 +48,10 @@ def setting(runs: list) -> str:
     return ", ".join(str(x) for x in (block, corpus, tok) if x)
 
 
+def _where(label: str, by_variant: dict[str, list]) -> str:
+    return label or setting([r for runs in by_variant.values() for r in runs])
+
+
 def _ladder_runs(runs: list) -> list[LadderRun]:
     return [LadderRun(flops=r.result.budget["flops"], loss=r.result.val_loss, size=str(r.result.params_nonembedding),
                       seed=r.result.seed)
@@ -118,6 +122,8 @@ def write_plots(report, out_dir: Path, computed) -> list[Path]:
                 ("val_loss_vs_params", "non-embedding parameters", lambda r: r.result.params_nonembedding),
                 ("val_loss_vs_seconds", "training wall-clock time (s, validation excluded)",
                  lambda r: r.result.budget.get("seconds"))]
+    # The lines are the fits of the multiplier table (its forms: all log-linear when the forms differ).
+    fitted = {label: {r["variant"]: r["fit"] for r in rows} for label, rows, _ in computed}
     figs = {}
     for name, xlabel, x_of in axes_for:
         fig = Figure(figsize=(6.5 * len(by_series), 4.8), layout="constrained")
@@ -126,11 +132,13 @@ def write_plots(report, out_dir: Path, computed) -> list[Path]:
             for v, runs in sorted(by_variant.items()):
                 pts = [(x, r.result.val_loss) for r in runs if (x := x_of(r))]
                 ax.scatter(*zip(*pts), s=12, color=colors[v], alpha=0.7, label=v)
-                fit = fit_runs(_ladder_runs(runs)) if name == "val_loss_vs_flops" else None
+                fit = None
+                if name == "val_loss_vs_flops":
+                    fit = fitted.get(label, {}).get(v) or fit_runs(_ladder_runs(runs))  # no relu: no table
                 if fit is not None and fit.converged:
                     cs = [fit.c_min * (fit.c_max / fit.c_min) ** (k / 49) for k in range(50)]
                     ax.plot(cs, [fit.loss(c) for c in cs], color=colors[v], linewidth=1)
-            where = label or setting([r for rs in by_variant.values() for r in rs])
+            where = _where(label, by_variant)
             ax.set(xscale="log", xlabel=xlabel, ylabel="final validation loss (nats/token)",
                    title=f"{report.experiment}: {where}" if where else report.experiment)
             ax.grid(alpha=0.3, which="both")
@@ -148,7 +156,7 @@ def write_plots(report, out_dir: Path, computed) -> list[Path]:
         ax.axhline(1.0, color="k", linewidth=0.8, linestyle="--")
         ax.set_xticks(range(len(shown)), [r["variant"] for r in shown], rotation=30, ha="right")
         ax.set(yscale="log", ylabel="compute multiplier vs relu (×; > 1: needs less compute)",
-               title=f"{label or setting([r for rs in by_series[label].values() for r in rs]) or report.experiment}:\n"
+               title=f"{_where(label, by_series[label]) or report.experiment}:\n"
                      "at relu's loss at its largest budget (95% CI)")
         # Ratios near 1: a log axis (×2 and ÷2 look alike) with plain-number ticks where the data is.
         lo, hi = ax.get_ylim()
