@@ -190,9 +190,7 @@ def fit(cfg: DictConfig, result: RunResult, model_cfg) -> RunResult:
     if throughput is not None and throughput.flops_per_token is None:
         throughput.flops_per_token = plan.flops_per_token
     budget_cb = _callback(trainer, BudgetCallback)
-    if plan.mode == "time":
-        if budget_cb is None:
-            raise ConfigError("callbacks.budget=null: budget=time needs the budget callback to stop the run")
+    if plan.mode == "time":  # validate_config made sure the budget callback is on
         budget_cb.seconds_limit = plan.target
     log.info(
         f"glubench: ffn={model_cfg.ffn} d_model={model_cfg.d_model} n_layers={model_cfg.n_layers} "
