@@ -46,7 +46,7 @@ def prepare(overrides: list[str]) -> dict:
     meta = {**splits.meta, "prepare_seconds": time.perf_counter() - t0, "folder": str(folder)}
     print(f"glubench-data: {meta['corpus']} ({meta['source']}), tokenizer={meta['tokenizer']} "
           f"vocab={meta['vocab_size']}, {meta['prepare_seconds']:.1f}s -> {folder}")
-    for split in ("train", "val"):
+    for split in (s for s in ("train", "val", "test") if s in meta):
         s = meta[split]
         bpt = f"{s['bytes'] / s['tokens']:.3f}" if s["tokens"] else "n/a"
         print(f"glubench-data:   {split:5s} tokens={s['tokens']:,} bytes={s['bytes']:,} bytes/token={bpt} "

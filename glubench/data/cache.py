@@ -26,7 +26,7 @@ import numpy as np
 
 from glubench.core.io import atomic_write_json, sha256_text
 from glubench.core.paths import default_cache_dir
-from glubench.data.sources import Corpus, DataSpec, in_val_split, load_corpus_spec
+from glubench.data.sources import Corpus, DataSpec, load_corpus_spec, split_of
 from glubench.data.tokenizers import build_tokenizer, token_dtype
 
 log = logging.getLogger(__name__)
@@ -36,21 +36,29 @@ CACHE_VERSION = 3  # 3: token_bytes.npy beside the tokens (bits per byte of any 
 
 @dataclass
 class TokenSplits:
-    """Memory-mapped token arrays plus what bits-per-byte needs."""
+    """Memory-mapped token arrays plus what bits-per-byte needs (``test`` is ``None`` without a test split)."""
 
     train: np.ndarray
     val: np.ndarray
     vocab_size: int
     meta: dict
     token_bytes: np.ndarray  # (vocab_size,) int64 UTF-8 bytes of each token id
+    test: np.ndarray | None = None
+
+
+def split_names(corpus: Corpus) -> tuple[str, ...]:
+    """The splits a corpus's token cache holds: train and val, and test when the corpus has one."""
+    return ("train", "val", "test") if corpus.has_test else ("train", "val")
 
 
 def cache_key(corpus: Corpus, tokenizer, val_percent: float) -> str:
     """Everything that changes the tokens: corpus fingerprint (content, revision, row rules,
-    token budget), split rule, tokenizer kind, vocab size and the tokenizer file's hash."""
+    token budget), split rule (with the test split's, when there is one), tokenizer kind, vocab size
+    and the tokenizer file's hash."""
+    test = [f"test={corpus.info.get('test_percent') or corpus.info.get('test_source')}"] if corpus.has_test else []
     return sha256_text(
         str(CACHE_VERSION), corpus.fingerprint, f"split={corpus.info.get('split')}", f"val_percent={val_percent}",
-        f"separator={corpus.separator!r}", tokenizer.kind, str(tokenizer.vocab_size), tokenizer.file_hash,
+        *test, f"separator={corpus.separator!r}", tokenizer.kind, str(tokenizer.vocab_size), tokenizer.file_hash,
     )[:24]
 
 
@@ -101,10 +109,12 @@ def _tokenize_rows(rows, tokenizer, separator: str, tmp: Path, split: str, num_p
 
 
 def _tokenize_stream(corpus: Corpus, tokenizer, tmp: Path, val_percent: float, batch_docs: int = 1000) -> dict:
-    """Tokenize a streamed corpus up to ``corpus.max_tokens`` (train + val), split by hash."""
+    """Tokenize a streamed corpus up to ``corpus.max_tokens`` (all splits together), split by hash."""
     dtype = token_dtype(tokenizer.vocab_size)
-    stats = {s: {"tokens": 0, "bytes": 0, "documents": 0, "dtype": dtype.name} for s in ("train", "val")}
-    pending: dict[str, list[str]] = {"train": [], "val": []}
+    names = split_names(corpus)
+    test_percent = corpus.info.get("test_percent", 0.0)
+    stats = {s: {"tokens": 0, "bytes": 0, "documents": 0, "dtype": dtype.name} for s in names}
+    pending: dict[str, list[str]] = {s: [] for s in names}
 
     def flush(split: str) -> None:
         texts, pending[split] = pending[split], []
@@ -116,14 +126,14 @@ def _tokenize_stream(corpus: Corpus, tokenizer, tmp: Path, val_percent: float, b
         stats[split]["documents"] += len(texts)
 
     for doc_id, text in corpus.stream():
-        split = "val" if in_val_split(doc_id, val_percent) else "train"
+        split = split_of(doc_id, val_percent, test_percent)
         pending[split].append(text + corpus.separator)
         if len(pending[split]) >= batch_docs:
             flush(split)
-            if corpus.max_tokens and stats["train"]["tokens"] + stats["val"]["tokens"] >= corpus.max_tokens:
+            if corpus.max_tokens and sum(s["tokens"] for s in stats.values()) >= corpus.max_tokens:
                 break
-    flush("train")
-    flush("val")
+    for split in names:
+        flush(split)
     return stats
 
 
@@ -131,7 +141,8 @@ def prepare_tokens(corpus: Corpus, tokenizer, cache_dir: Path, val_percent: floa
                    num_proc: int | None = None) -> Path:
     """Tokenize ``corpus`` once into ``<cache_dir>/tokens/<key>/`` and return that folder.
 
-    The folder holds ``train.bin`` and ``val.bin`` (flat uint16/uint32 token ids) and the
+    The folder holds ``train.bin``, ``val.bin`` and, for a corpus with a test split, ``test.bin``
+    (flat uint16/uint32 token ids) and the
     sidecar ``meta.json`` (source, fingerprint, revision, tokenizer and vocab, and per split
     the token, document and UTF-8 byte counts).  It is built under a temporary name and
     renamed into place, so a preparation killed midway never leaves a folder that a later
@@ -153,13 +164,14 @@ def prepare_tokens(corpus: Corpus, tokenizer, cache_dir: Path, val_percent: floa
             stats = _tokenize_stream(corpus, tokenizer, tmp, val_percent)
         else:
             corpus.load()
-            stats = {split: _tokenize_rows(rows, tokenizer, corpus.separator, tmp, split, num_proc)
-                     for split, rows in (("train", corpus.train), ("val", corpus.val))}
+            stats = {split: _tokenize_rows(getattr(corpus, split), tokenizer, corpus.separator, tmp, split, num_proc)
+                     for split in split_names(corpus)}
         meta.update(stats)
-        val = np.fromfile(tmp / "val.bin", dtype=stats["val"]["dtype"])
         tb = tokenizer.token_bytes()
         np.save(tmp / "token_bytes.npy", tb.astype(np.int64))
-        meta["val"]["predicted_bytes"] = int(tb[val[1:].astype(np.int64)].sum()) if val.size > 1 else 0
+        for split in split_names(corpus)[1:]:  # the scored splits: bytes of every token but the first
+            ids = np.fromfile(tmp / f"{split}.bin", dtype=stats[split]["dtype"])
+            meta[split]["predicted_bytes"] = int(tb[ids[1:].astype(np.int64)].sum()) if ids.size > 1 else 0
         for s in stats.values():
             s["bytes_per_token"] = s["bytes"] / s["tokens"] if s["tokens"] else None
         for p in tmp.glob("*.arrow"):  # datasets.map's intermediate files
@@ -185,27 +197,30 @@ def load_tokens(folder: Path, *, seq_len: int | None = None, name: str = "pydocs
 
     Raises:
         ValueError: a ``.bin`` file whose size disagrees with the sidecar (a damaged cache); with
-            ``seq_len``: fewer than 2 validation tokens, or fewer than ``seq_len + 1`` training tokens.
+            ``seq_len``: fewer than 2 validation (or test) tokens, or fewer than ``seq_len + 1`` training tokens.
     """
     folder = Path(folder)
     meta = json.loads((folder / "meta.json").read_text())
     arrays = {}
-    for split in ("train", "val"):
+    for split in ("train", "val", "test") if "test" in meta else ("train", "val"):
         dtype, n = np.dtype(meta[split]["dtype"]), meta[split]["tokens"]
         path = folder / f"{split}.bin"
         if path.stat().st_size != n * dtype.itemsize:
             raise ValueError(f"token cache {path} holds {path.stat().st_size} bytes, the sidecar says "
                              f"{n} x {dtype.itemsize}; delete {folder} to rebuild it")
         arrays[split] = np.memmap(path, dtype=dtype, mode="r", shape=(n,)) if n else np.zeros(0, dtype=dtype)
-    train, val = arrays["train"], arrays["val"]
+    train, val, test = arrays["train"], arrays["val"], arrays.get("test")
     if seq_len is not None and val.size < 2:
         raise ValueError(f"data.name={name!r}: the validation split has {val.size} tokens; "
                          "raise data.val_percent or give data.val_files")
+    if seq_len is not None and test is not None and test.size < 2:
+        raise ValueError(f"data.name={name!r}: the test split has {test.size} tokens; "
+                         "raise data.test_percent or give data.test_files")
     if seq_len is not None and train.size < seq_len + 1:
         raise ValueError(f"data.name={name!r}: the train split has {train.size} tokens, "
                          f"fewer than one window (model.seq_len={seq_len} + 1); use more text or a "
                          "smaller model.seq_len")
-    return TokenSplits(train, val, meta["vocab_size"], meta, np.load(folder / "token_bytes.npy"))
+    return TokenSplits(train, val, meta["vocab_size"], meta, np.load(folder / "token_bytes.npy"), test)
 
 
 # ---------------------------------------------------------------------------- preparation (file lock)

@@ -46,7 +46,18 @@ class LMDataModule(pl.LightningDataModule):
                                            num_workers=self.data["num_workers"])
 
     def val_dataloader(self):
-        ds = ValWindows(self.splits.val, self.seq_len, self.splits.token_bytes)
+        return self._scoring_loader(self.splits.val)
+
+    def test_dataloader(self):
+        """The test split, scored like validation; only for a corpus with one (``data.test_percent`` > 0,
+        ``data.test_files`` or ``data.test_split``)."""
+        if self.splits.test is None:
+            raise ValueError(f"data.name={self.data['name']!r} has no test split: set data.test_percent, "
+                             "data.test_files or data.test_split")
+        return self._scoring_loader(self.splits.test)
+
+    def _scoring_loader(self, tokens):
+        ds = ValWindows(tokens, self.seq_len, self.splits.token_bytes)
         if self.trainer is not None and self.trainer.world_size > 1:
             # Shard without padding: DistributedSampler would repeat windows to even out ranks.
             idx = list(range(self.trainer.global_rank, len(ds), self.trainer.world_size))

@@ -13,7 +13,11 @@ every cache built from it.  Rows and documents:
   (default ``"\\n\\n"``; ``""`` for Hub datasets whose rows are lines, wikitext) is appended to each row.
 
 Without a validation split (``data.val_split: null``, no ``data.val_files``), documents go to
-validation by a stable hash of their id (:func:`in_val_split`).
+validation by a stable hash of their id (:func:`in_val_split`).  A test split, when asked for, is a
+third share of the same hash (``data.test_percent``: the buckets just above validation's, so adding a
+test split leaves the validation documents unchanged and takes its documents from training), or a
+split of its own (``data.test_files``, ``data.test_split``).  It exists so that numbers chosen on
+validation (a learning rate from a grid) can be reported on text that played no part in the choice.
 """
 
 from __future__ import annotations
@@ -48,14 +52,15 @@ class CorpusUnavailable(RuntimeError):
 
 @dataclass
 class Corpus:
-    """A text corpus split into train and validation rows.
+    """A text corpus split into train, validation and (optionally) test rows.
 
-    ``train`` / ``val`` are sequences of strings (pydocs, tests), :class:`datasets.Dataset`
+    ``train`` / ``val`` / ``test`` are sequences of strings (pydocs, tests), :class:`datasets.Dataset`
     objects with a ``"text"`` column, or ``None`` until :meth:`load` runs ``loader`` (so a warm
     token cache never reads the text).  A streamed corpus's ``stream`` yields ``(doc_id, text)``,
-    split by :func:`in_val_split` while tokenizing, up to ``max_tokens``.  ``fingerprint`` is the
+    split by :func:`split_of` while tokenizing, up to ``max_tokens``.  ``fingerprint`` is the
     sha256 of everything that identifies the rows (text or content hashes, revision, row and
-    document rules); ``separator`` is appended to every row.
+    document rules); ``separator`` is appended to every row.  ``test`` stays ``None`` for a corpus
+    without a test split (``info["test_percent"]`` then 0 and no test files or split).
     """
 
     name: str
@@ -65,14 +70,20 @@ class Corpus:
     source: str
     separator: str = DOC_SEPARATOR
     info: dict = field(default_factory=dict)
-    loader: Optional[Callable[[], tuple[Any, Any]]] = None
+    loader: Optional[Callable[[], tuple[Any, Any, Any]]] = None
     stream: Optional[Callable[[], Iterable[tuple[str, str]]]] = None
     max_tokens: Optional[int] = None
+    test: Any = None
+
+    @property
+    def has_test(self) -> bool:
+        """Whether the corpus has a test split (known before :meth:`load`, from ``info``)."""
+        return bool(self.info.get("test_percent")) or bool(self.info.get("test_source"))
 
     def load(self) -> Corpus:
-        """Materialise ``train`` and ``val`` (a no-op once loaded or for a streamed corpus)."""
+        """Materialise ``train``, ``val`` and ``test`` (a no-op once loaded or for a streamed corpus)."""
         if self.train is None and self.loader is not None:
-            self.train, self.val = self.loader()
+            self.train, self.val, self.test = self.loader()
         return self
 
     def iter_train_texts(self, batch_size: int = 1000) -> Iterable[list[str]]:
@@ -89,7 +100,7 @@ class Corpus:
     def _stream_train(self) -> Iterable[str]:
         seen = 0
         for doc_id, text in self.stream():
-            if not in_val_split(doc_id, self.info["val_percent"]):
+            if split_of(doc_id, self.info["val_percent"], self.info.get("test_percent", 0.0)) == "train":
                 yield text
                 seen += len(text.encode("utf-8"))
                 if self.max_tokens is not None and seen >= self.max_tokens:
@@ -99,10 +110,21 @@ class Corpus:
 # ---------------------------------------------------------------------------- the split
 
 
+def _bucket(doc_id: str) -> int:
+    return int(hashlib.sha256(doc_id.encode("utf-8")).hexdigest()[:8], 16) % 10_000
+
+
 def in_val_split(doc_id: str, val_percent: float) -> bool:
     """Stable split: a document is in validation iff ``sha256(id) mod 10000 < 100·val_percent``."""
-    bucket = int(hashlib.sha256(doc_id.encode("utf-8")).hexdigest()[:8], 16) % 10_000
-    return bucket < round(val_percent * 100)
+    return _bucket(doc_id) < round(val_percent * 100)
+
+
+def split_of(doc_id: str, val_percent: float, test_percent: float = 0.0) -> str:
+    """``"val"``, ``"test"`` or ``"train"`` by the bucket ``b = sha256(id) mod 10000``: validation is
+    ``b < 100·val_percent`` (exactly :func:`in_val_split`), test the next ``100·test_percent`` buckets,
+    training the rest.  So a test split never moves a validation document."""
+    b, v = _bucket(doc_id), round(val_percent * 100)
+    return "val" if b < v else "test" if b < v + round(test_percent * 100) else "train"
 
 
 def paragraph_ids(lines: Sequence[str]) -> np.ndarray:
@@ -122,8 +144,9 @@ def paragraph_ids(lines: Sequence[str]) -> np.ndarray:
     return np.cumsum(starts) - 1
 
 
-def _hash_split(ds, val_percent: float, id_column: str | None, by_paragraph: bool):
-    """``(train, val)`` by :func:`in_val_split` of ``id_column``, else ``p<paragraph>``, else ``r<row index>``."""
+def _hash_split(ds, val_percent: float, test_percent: float, id_column: str | None, by_paragraph: bool):
+    """``(train, val, test)`` by :func:`split_of` of ``id_column``, else ``p<paragraph>``, else ``r<row index>``
+    (``test`` is ``None`` when ``test_percent`` is 0; ``val`` is empty when ``val_percent`` is 0)."""
     if id_column:
         if id_column not in ds.column_names:
             raise ValueError(f"data.id_column={id_column!r} is not a column; columns: {ds.column_names}")
@@ -132,9 +155,11 @@ def _hash_split(ds, val_percent: float, id_column: str | None, by_paragraph: boo
         ids = [f"p{i}" for i in paragraph_ids(ds.data.column("text"))]
     else:
         ids = [f"r{i}" for i in range(len(ds))]
-    in_val = functools.lru_cache(maxsize=4096)(lambda doc_id: in_val_split(doc_id, val_percent))  # paragraphs repeat
-    mask = np.fromiter(map(in_val, ids), dtype=bool, count=len(ids))
-    return ds.select(np.flatnonzero(~mask)), ds.select(np.flatnonzero(mask))
+    # paragraphs repeat over their lines: hash each id once
+    which = functools.lru_cache(maxsize=4096)(lambda doc_id: split_of(doc_id, val_percent, test_percent))
+    labels = np.array(list(map(which, ids)), dtype=object)
+    test = ds.select(np.flatnonzero(labels == "test")) if test_percent else None
+    return ds.select(np.flatnonzero(labels == "train")), ds.select(np.flatnonzero(labels == "val")), test
 
 
 def _text_only(ds, column: str):
@@ -147,12 +172,20 @@ def _text_only(ds, column: str):
     return ds
 
 
-def _train_val(train, val, spec: DataSpec, id_column: str | None, by_paragraph: bool = False):
-    """``(train, val)`` with their text as ``"text"``: ``val`` if given, else a hash split of ``train``."""
+def _train_val_test(train, val, test, spec: DataSpec, id_column: str | None, by_paragraph: bool = False):
+    """``(train, val, test)`` with their text as ``"text"``: ``val`` and ``test`` where given, else hash
+    shares of ``train`` (validation by ``data.val_percent``, test by ``data.test_percent``; ``test`` is
+    ``None`` when neither is asked for)."""
     train = _text_only(train, spec.text_column)
-    if val is not None:
-        return train, _text_only(val, spec.text_column)
-    return _hash_split(train, spec.val_percent, id_column, by_paragraph)
+    val = _text_only(val, spec.text_column) if val is not None else None
+    test = _text_only(test, spec.text_column) if test is not None else None
+    val_pct = 0.0 if val is not None else spec.val_percent
+    test_pct = 0.0 if test is not None else spec.test_percent
+    if val_pct or test_pct:
+        train, hval, htest = _hash_split(train, val_pct, test_pct, id_column, by_paragraph)
+        val = val if val is not None else hval
+        test = test if test is not None else htest
+    return train, val, test
 
 
 # ---------------------------------------------------------------------------- local files
@@ -168,6 +201,7 @@ class DataSpec:
     name: str = "pydocs"
     files: Optional[Any] = None  # local text/json/parquet files: a path, a glob or a list
     val_files: Optional[Any] = None  # validation files; null: a stable hash split of data.files
+    test_files: Optional[Any] = None  # test files; null: the test_percent share of data.files (if any)
     local_dir: Optional[str] = None  # a local snapshot of the Hub dataset repo (used instead of hub_id)
     format: Optional[str] = None  # text | json | parquet; null: from the files' extension
     hub_id: Optional[str] = None  # Hugging Face dataset id, e.g. Salesforce/wikitext
@@ -175,50 +209,65 @@ class DataSpec:
     revision: Optional[str] = None  # Hub commit/tag to pin; null: main
     train_split: str = "train"
     val_split: Optional[str] = None  # Hub split for validation; null: a stable hash split
+    test_split: Optional[str] = None  # Hub split for test (e.g. wikitext's "test"); null: test_percent's share
     text_column: str = "text"
     id_column: Optional[str] = None  # column whose value keys the hash split; null: row/paragraph index
     doc_separator: str = DOC_SEPARATOR  # appended to each row (json/parquet/Hub; text files keep their own lines)
     streaming: bool = False  # stream the Hub dataset (needs max_tokens)
     max_tokens: Optional[int] = None  # token budget of a streamed corpus (train + val)
     val_percent: float = 5.0  # share of documents in the validation split (stable hash)
+    # share of documents in a test split (the hash buckets after validation's): 0 = no test split
+    test_percent: float = 0.0
+
+
+def _test_info(spec: DataSpec, test_source: str | None) -> dict:
+    """The test split's entries of ``Corpus.info`` (empty without one, so older caches keep their keys)."""
+    if test_source:
+        return {"test_source": test_source}
+    return {"test_percent": spec.test_percent} if spec.test_percent else {}
 
 
 def _load_files(spec: DataSpec, cache_dir: Path) -> Corpus:
-    """``data.files`` (+ ``data.val_files``): checked and hashed now, rows loaded lazily."""
+    """``data.files`` (+ ``data.val_files``, ``data.test_files``): checked and hashed now, rows loaded lazily."""
     paths = expand_files(spec.files, "data.files")
     val_paths = expand_files(spec.val_files, "data.val_files") if spec.val_files else []
-    fmt = infer_format(paths + val_paths, spec.format)
-    hashes = [check_data_file(p, fmt, key) for key, group in (("data.files", paths), ("data.val_files", val_paths))
-              for p in group]
+    test_paths = expand_files(spec.test_files, "data.test_files") if spec.test_files else []
+    fmt = infer_format(paths + val_paths + test_paths, spec.format)
+    groups = (("data.files", paths), ("data.val_files", val_paths), ("data.test_files", test_paths))
+    hashes = [check_data_file(p, fmt, key) for key, group in groups for p in group]
     separator = "" if fmt == "text" else spec.doc_separator
     # Only what shapes the rows: a text file's rows ignore the column, id and separator keys,
     # so data=text and a Hub config pointed at the same files share one token cache.
     shape = ("text",) if fmt == "text" else (f"text_column={spec.text_column}", f"id_column={spec.id_column}",
                                              f"separator={separator!r}")
-    fingerprint = sha256_text(f"loader={LOADER_VERSION}", f"format={fmt}", *shape, "files", *hashes[: len(paths)],
-                              "val_files", *hashes[len(paths):])
+    n, nv = len(paths), len(val_paths)
+    test_part = ("test_files", *hashes[n + nv:]) if test_paths else ()  # absent: fingerprints as before
+    fingerprint = sha256_text(f"loader={LOADER_VERSION}", f"format={fmt}", *shape, "files", *hashes[:n],
+                              "val_files", *hashes[n:n + nv], *test_part)
 
     def loader():
         import datasets
 
-        data_files = {k: [str(p) for p in g] for k, g in (("train", paths), ("validation", val_paths)) if g}
+        data_files = {k: [str(p) for p in g]
+                      for k, g in (("train", paths), ("validation", val_paths), ("test", test_paths)) if g}
         kwargs = dict(sample_by="line", keep_linebreaks=True) if fmt == "text" else {}
         # The files were hashed above; rebuild datasets' Arrow copy so that it can never be an
         # older version of a file edited in place (datasets keys local files by path and mtime).
         dd = datasets.load_dataset(fmt, data_files=data_files, cache_dir=str(Path(cache_dir) / "hf-local"),
                                    download_mode="force_redownload", **kwargs)
-        return _train_val(dd["train"], dd.get("validation"), spec, None if fmt == "text" else spec.id_column,
-                          by_paragraph=fmt == "text")
+        return _train_val_test(dd["train"], dd.get("validation"), dd.get("test"), spec,
+                               None if fmt == "text" else spec.id_column, by_paragraph=fmt == "text")
 
     return Corpus(
         name=spec.name, train=None, val=None, fingerprint=fingerprint,
         source=f"{fmt} files: " + ", ".join(map(str, paths))
-        + (f"; validation: {', '.join(map(str, val_paths))}" if val_paths else ""),
+        + (f"; validation: {', '.join(map(str, val_paths))}" if val_paths else "")
+        + (f"; test: {', '.join(map(str, test_paths))}" if test_paths else ""),
         separator=separator, loader=loader,
         info={"kind": "files", "format": fmt, "files": [str(p) for p in paths],
               "val_files": [str(p) for p in val_paths], "file_sha256": hashes,
               "split": "val_files" if val_paths else ("hash of paragraph" if fmt == "text" else "hash of row"),
-              "val_percent": spec.val_percent},
+              "val_percent": spec.val_percent, **_test_info(spec, "test_files" if test_paths else None)},
     )
 
 
@@ -272,13 +321,15 @@ def _load_hub(spec: DataSpec) -> Corpus:
     ident = (f"loader={LOADER_VERSION}", f"hub={spec.hub_id}", f"config={spec.hub_config}",
              f"local_dir={bool(spec.local_dir)}", f"train_split={spec.train_split}",
              f"val_split={spec.val_split}", f"text_column={spec.text_column}", f"id_column={spec.id_column}",
-             f"separator={spec.doc_separator!r}")
+             f"separator={spec.doc_separator!r}", *([f"test_split={spec.test_split}"] if spec.test_split else []))
     info = {"kind": "hub", "hub_id": spec.hub_id, "hub_config": spec.hub_config, "local_dir": spec.local_dir,
             "train_split": spec.train_split, "val_split": spec.val_split, "val_percent": spec.val_percent,
-            "split": spec.val_split or "hash of row id"}
+            "split": spec.val_split or "hash of row id",
+            **_test_info(spec, f"split {spec.test_split}" if spec.test_split else None)}
     if spec.streaming:
-        if spec.val_split:
-            raise ValueError("data.val_split must be null with data.streaming=true (the stream is split by hash)")
+        if spec.val_split or spec.test_split:
+            raise ValueError("data.val_split and data.test_split must be null with data.streaming=true "
+                             "(the stream is split by hash)")
         ds = _hub_dataset(spec, split=spec.train_split, streaming=True)
 
         def stream():  # by batches: a row at a time is ten times slower
@@ -297,19 +348,19 @@ def _load_hub(spec: DataSpec) -> Corpus:
         extra = ["streaming", f"max_tokens={spec.max_tokens}"]
     else:
         dd = _hub_dataset(spec)
-        for key in ("train_split", "val_split"):
+        for key in ("train_split", "val_split", "test_split"):
             if getattr(spec, key) and getattr(spec, key) not in dd:
                 raise ValueError(f"data.{key}={getattr(spec, key)!r} is not a split of {origin}; "
                                  f"splits: {', '.join(dd)}")
-        train, val = _train_val(dd[spec.train_split], dd[spec.val_split] if spec.val_split else None, spec,
-                                spec.id_column)
-        extra = [dd[s]._fingerprint for s in (spec.train_split, spec.val_split) if s]
+        train, val, test = _train_val_test(dd[spec.train_split], dd[spec.val_split] if spec.val_split else None,
+                                           dd[spec.test_split] if spec.test_split else None, spec, spec.id_column)
+        extra = [dd[s]._fingerprint for s in (spec.train_split, spec.val_split, spec.test_split) if s]
         # Else the dataset's commit as far as the datasets cache knows it (for the sidecar).
         info["revision"] = revision = spec.revision or next(
             (part for f in dd[spec.train_split].cache_files for part in Path(f["filename"]).parts
              if re.fullmatch("[0-9a-f]{40}", part)), "unknown")
         info["datasets_fingerprints"] = extra
-        rows = dict(train=train, val=val, source=origin)
+        rows = dict(train=train, val=val, test=test, source=origin)
     return Corpus(name=spec.name, fingerprint=sha256_text(*ident, f"revision={revision}", *extra),
                   separator=spec.doc_separator, info=info, **rows)
 
@@ -345,7 +396,7 @@ def _pydocs_documents() -> list[tuple[str, str]]:
     return docs
 
 
-def _load_pydocs(cache_dir: Path, val_percent: float) -> Corpus:
+def _load_pydocs(cache_dir: Path, val_percent: float, test_percent: float = 0.0) -> Corpus:
     """The default corpus: the interpreter's own English documentation (about 2 MB), cached as JSON per build."""
     version = f"{sys.version} {sysconfig.get_paths()['stdlib']}"
     path = Path(cache_dir) / "corpora" / f"pydocs-{sha256_text(version, '1')[:16]}.json"  # 1: pydocs_documents' rules
@@ -356,26 +407,28 @@ def _load_pydocs(cache_dir: Path, val_percent: float) -> Corpus:
         atomic_write_json(path, docs)
     if not docs:
         raise ValueError("data.name='pydocs': this Python ships no documentation to build the corpus from")
-    train, val = [], []
+    rows: dict[str, list[str]] = {"train": [], "val": [], "test": []}
     for doc_id, text in docs:
-        (val if in_val_split(doc_id, val_percent) else train).append(text)
+        rows[split_of(doc_id, val_percent, test_percent)].append(text)
     return Corpus(
-        name="pydocs", train=train, val=val,
+        name="pydocs", train=rows["train"], val=rows["val"], test=rows["test"] if test_percent else None,
         fingerprint=sha256_text(sha256_text(*(f"{i}\0{t}" for i, t in docs)), sys.version),
         source=f"python {sys.version.split()[0]} pydoc_data.topics + stdlib docstrings",
-        info={"kind": "pydocs", "split": "hash of document id", "val_percent": val_percent},
+        info={"kind": "pydocs", "split": "hash of document id", "val_percent": val_percent,
+              **({"test_percent": test_percent} if test_percent else {})},
     )
 
 
 # ---------------------------------------------------------------------------- dispatch
 
 
-def check_source(name: str, files: Any, val_files: Any, local_dir: str | None, hub_id: str | None) -> None:
+def check_source(name: str, files: Any, val_files: Any, local_dir: str | None, hub_id: str | None,
+                 test_files: Any = None) -> None:
     """The rules on where ``data.name``'s text comes from, checked before anything is read.
 
     Raises:
         ConfigError: ``data=text`` without ``data.files``, an unknown corpus or a known one without a
-            source, or ``data.val_files`` without ``data.files``.
+            source, or ``data.val_files`` / ``data.test_files`` without ``data.files``.
     """
     if name == "text" and not files:
         raise ConfigError("data.files is required for data=text (a path, a glob or a list)")
@@ -387,6 +440,8 @@ def check_source(name: str, files: Any, val_files: Any, local_dir: str | None, h
                           f"(known corpora: {', '.join(CORPORA)})")
     if val_files and not files:
         raise ConfigError("data.val_files needs data.files (the training files)")
+    if test_files and not files:
+        raise ConfigError("data.test_files needs data.files (the training files)")
 
 
 def load_corpus_spec(spec: DataSpec, cache_dir: Path) -> Corpus:
@@ -403,9 +458,9 @@ def load_corpus_spec(spec: DataSpec, cache_dir: Path) -> Corpus:
             or column, no documentation in this Python (pydocs); CorpusUnavailable: a Hub dataset
             neither reachable nor cached (the message names it and how to point at a local copy).
     """
-    check_source(spec.name, spec.files, spec.val_files, spec.local_dir, spec.hub_id)
+    check_source(spec.name, spec.files, spec.val_files, spec.local_dir, spec.hub_id, spec.test_files)
     if spec.files:
         return _load_files(spec, cache_dir)
     if spec.local_dir or spec.hub_id:
         return _load_hub(spec)
-    return _load_pydocs(cache_dir, spec.val_percent)
+    return _load_pydocs(cache_dir, spec.val_percent, spec.test_percent)

@@ -72,6 +72,8 @@ class BPETokenizer(_Tokenizer):
         from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
         split = f"{corpus.info.get('split')}:{corpus.info.get('val_percent')}"
+        if corpus.has_test:  # a test split takes documents from the text the BPE is trained on
+            split += f":test={corpus.info.get('test_percent') or corpus.info.get('test_source')}"
         key = sha256_text(corpus.fingerprint, split, str(vocab_size))[:16]
         path = Path(cache_dir) / "tokenizers" / f"bpe-{key}-{vocab_size}.json"
         if not path.exists():

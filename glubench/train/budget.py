@@ -142,5 +142,7 @@ def plan_from_config(cfg, model_cfg, matmul_params: int, world_size: int, nonemb
         cfg.budget.mode, cfg.budget.value, max_steps=t.max_steps, tokens_per_step=tps,
         flops_per_token=flops_per_token(matmul_params, mc.n_layers, mc.d_model, mc.seq_len),
         reference_flops_per_token=flops_per_token(ref_matmul, mc.n_layers, mc.d_model, mc.seq_len),
-        warmup_steps=cfg.optim.warmup_steps, params=nonembedding_params,
+        # a warmup fraction < 1 is shorter than any run of at least one step
+        warmup_steps=cfg.optim.warmup_steps if cfg.optim.get("warmup_fraction") is None else 0,
+        params=nonembedding_params,
     )

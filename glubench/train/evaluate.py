@@ -22,7 +22,7 @@ from glubench.train.task import build_loggers, build_trainer, finish_wandb, outp
 
 log = logging.getLogger(__name__)
 
-SPLITS = ("val", "train")
+SPLITS = ("val", "train", "test")
 EVAL_FILE = "eval.json"
 TOKENIZER_KEYS = ("tokenizer", "vocab_size", "tokenizer_file")
 
@@ -83,6 +83,9 @@ def evaluate(cfg: DictConfig) -> dict:
         tokens, token_bytes, meta = getattr(splits, cfg.split), splits.token_bytes, splits.meta
     except (ValueError, FileNotFoundError) as e:
         raise ConfigError(str(e)) from e
+    if tokens is None:
+        raise ConfigError(f"split='test': data.name={data['name']!r} has no test split; score one with "
+                          "data.test_percent=P (or data.test_files=PATH) as trained, or another split")
     if tokens.size < 2:
         raise ConfigError(f"split={cfg.split!r} of data.name={data['name']!r} has {tokens.size} tokens; at least 2 "
                           "are needed")

@@ -42,8 +42,8 @@ def build_optimizer(model: torch.nn.Module, optim: OptimConfig, max_steps: int):
     no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
     groups = [{"params": decay, "weight_decay": optim.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     opt = torch.optim.AdamW(groups, lr=optim.lr, betas=(optim.beta1, optim.beta2), eps=optim.eps)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: lr_lambda(s, optim.warmup_steps, max_steps, optim.min_lr_ratio))
+    warmup = optim.warmup(max_steps)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_lambda(s, warmup, max_steps, optim.min_lr_ratio))
     return opt, sched
 
 
@@ -134,7 +134,7 @@ class LanguageModel(pl.LightningModule):
 
     @property
     def warmup_steps(self) -> int:
-        return self.optim.warmup_steps
+        return self.optim.warmup(self.max_steps)
 
     @property
     def min_lr_ratio(self) -> float:

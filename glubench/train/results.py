@@ -35,6 +35,11 @@ class RunResult:
     val_ppl: Optional[float] = None
     val_bpb: Optional[float] = None
     val_tokens: Optional[int] = None
+    # the test split, scored once after training (null when the corpus has none: data.test_percent = 0)
+    test_loss: Optional[float] = None
+    test_ppl: Optional[float] = None
+    test_bpb: Optional[float] = None
+    test_tokens: Optional[int] = None
     train_loss: Optional[float] = None
     tokens_seen: Optional[int] = None
     steps: Optional[int] = None

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -37,7 +38,11 @@ class DataConfig(DataSpec):
 
 @dataclass
 class OptimConfig:
-    """AdamW with linear warmup then cosine decay (``optim.*``)."""
+    """AdamW with linear warmup then cosine decay (``optim.*``).
+
+    ``warmup_fraction``, when set, replaces ``warmup_steps`` by that share of the run's optimizer steps
+    (:meth:`warmup`), so that runs of different lengths (the rungs of a ladder) warm up alike.
+    """
 
     lr: float = 1e-3
     weight_decay: float = 0.1
@@ -45,7 +50,15 @@ class OptimConfig:
     beta2: float = 0.95
     eps: float = 1e-8
     warmup_steps: int = 30
+    warmup_fraction: Optional[float] = None  # in [0, 1): warmup = round(fraction * steps); null: warmup_steps
     min_lr_ratio: float = 0.1  # final lr = lr * min_lr_ratio
+
+    def warmup(self, max_steps: int) -> int:
+        """Warmup optimizer steps of a run of ``max_steps`` steps: ``round(warmup_fraction · max_steps)``
+        when the fraction is set, else ``warmup_steps``."""
+        if self.warmup_fraction is None:
+            return self.warmup_steps
+        return int(round(self.warmup_fraction * max_steps))
 
 
 @dataclass
@@ -207,13 +220,16 @@ class DiagnosticsConfig:
 class LadderConfig:
     """A compute ladder (``ladder.*``; experiments ``ladder_ci``, ``ladder_cpu``, ``ladder_gpu``).
 
-    ``sizes`` names each rung and gives its ``d_model``, ``n_layers``, ``n_heads`` and ``lr``; ``size`` is
-    this job's rung (the sweep sets it).  The experiment's ``model.*`` and ``optim.lr`` read the rung by
-    interpolation, so a run's config records the sizes it trained.
+    ``sizes`` names each rung and gives its ``d_model``, ``n_layers``, ``n_heads`` and ``lr`` (the rule's
+    learning rate); ``size`` is this job's rung (the sweep sets it).  ``lr_scale`` multiplies the rung's
+    ``lr`` (``optim.lr: ${mul:...}``): sweeping it (0.5, 1, 2) is the per-variant LR grid, which the report
+    treats as a selection on the validation split, never as seeds.  The experiment's ``model.*`` and
+    ``optim.lr`` read the rung by interpolation, so a run's config records the sizes it trained.
     """
 
     size: Optional[str] = None
     sizes: dict[str, Any] = field(default_factory=dict)
+    lr_scale: float = 1.0
 
 
 @dataclass
@@ -246,7 +262,8 @@ class EvalConfig:
     """``glubench-eval``: score a checkpoint on a corpus split (``conf/eval.yaml``).
 
     ``data`` null scores the corpus the checkpoint was trained on; any ``data=...`` scores another
-    one with the checkpoint's own tokenizer.  ``split`` is ``val`` or ``train``.
+    one with the checkpoint's own tokenizer.  ``split`` is ``val``, ``train`` or ``test`` (a corpus with a test
+    split: ``data.test_percent`` > 0, ``data.test_files`` or ``data.test_split``).
     """
 
     ckpt_path: str = MISSING
@@ -286,10 +303,17 @@ def unknown_keys(cfg: DictConfig) -> list[str]:
     return found
 
 
+def _mul(*factors: float) -> float:
+    """``${mul:a,b,...}``: the product of numbers (the ladder's ``optim.lr`` = rung LR × ``ladder.lr_scale``)."""
+    return float(math.prod(float(f) for f in factors))
+
+
 def register_configs() -> None:
-    """Register :class:`Config` as ``base_config`` and :class:`EvalConfig` as ``base_eval``."""
+    """Register :class:`Config` as ``base_config``, :class:`EvalConfig` as ``base_eval`` and the ``mul``
+    resolver the configs use."""
     ConfigStore.instance().store(name="base_config", node=Config)
     ConfigStore.instance().store(name="base_eval", node=EvalConfig)
+    OmegaConf.register_new_resolver("mul", _mul, replace=True)
 
 
 register_configs()  # importing the schema is what makes a compose (CLI or test) typed

@@ -199,7 +199,9 @@ def fit(cfg: DictConfig, result: RunResult, model_cfg) -> RunResult:
     log.info(
         f"glubench: params total={counts.total:,} non-embedding={counts.nonembedding:,} "
         f"ffn/layer={counts.ffn_per_layer:,}; train tokens={dm.splits.train.size:,} "
-        f"val tokens={dm.splits.val.size:,} vocab={model_cfg.vocab_size}")
+        f"val tokens={dm.splits.val.size:,} "
+        + (f"test tokens={dm.splits.test.size:,} " if dm.splits.test is not None else "")
+        + f"vocab={model_cfg.vocab_size}")
     params = {"params/total": counts.total, "params/nonembedding": counts.nonembedding,
               "params/ffn_per_layer": counts.ffn_per_layer, "params/ffn_hidden": model_cfg.ffn_hidden}
     for lg in trainer.loggers:
@@ -222,6 +224,8 @@ def fit(cfg: DictConfig, result: RunResult, model_cfg) -> RunResult:
     if not module.last_val or module.history[-1]["step"] != trainer.global_step:
         # The last step was not a validation step, or the checkpoint was already finished: score it now.
         trainer.validate(module, datamodule=dm, verbose=False)
+    if dm.splits.test is not None:  # once, at the end: numbers chosen on validation are reported on test
+        trainer.test(module, datamodule=dm, verbose=False)
 
     speed = (throughput.summary() if throughput else None) or {}
     collect()
@@ -230,6 +234,9 @@ def fit(cfg: DictConfig, result: RunResult, model_cfg) -> RunResult:
     result.val_ppl = module.last_val.get("val/ppl")
     result.val_bpb = module.last_val.get("val/bpb")
     result.val_tokens = int(module.last_val.get("val/tokens", 0))
+    if module.last_test:
+        result.test_loss, result.test_ppl = module.last_test["test/loss"], module.last_test["test/ppl"]
+        result.test_bpb, result.test_tokens = module.last_test.get("test/bpb"), int(module.last_test["test/tokens"])
     result.train_tokens_per_sec = speed.get("tokens_per_sec")
     result.step_time_ms = speed.get("step_time_ms")
     result.mfu = speed.get("mfu")

@@ -162,7 +162,7 @@ def _check_data(d: DictConfig) -> None:
     if d.num_workers < 0:
         raise ConfigError(f"data.num_workers={d.num_workers} must be >= 0")
     files = None if OmegaConf.is_missing(d, "files") else d.files  # data=text leaves it ??? (MISSING)
-    check_source(d.name, files, d.val_files, d.local_dir, d.hub_id)
+    check_source(d.name, files, d.val_files, d.local_dir, d.hub_id, d.test_files)
     _one_of("data.tokenizer", d.tokenizer, TOKENIZERS)
     if d.format is not None:
         _one_of("data.format", d.format, FORMATS)
@@ -175,11 +175,19 @@ def _check_data(d: DictConfig) -> None:
                           "for data.tokenizer=bpe (256 byte tokens plus at least one merge)")
     if not 0 < d.val_percent < 100:
         raise ConfigError(f"data.val_percent={d.val_percent} must be in (0, 100)")
+    if not 0 <= d.test_percent < 100 - d.val_percent:
+        raise ConfigError(f"data.test_percent={d.test_percent} must be in [0, {100 - d.val_percent:g}) "
+                          f"(data.val_percent={d.val_percent} takes the rest; 0: no test split)")
+    if d.test_split and (files or not (d.hub_id or d.local_dir)):
+        raise ConfigError(f"data.test_split={d.test_split!r} names a Hub split: it needs data.hub_id or "
+                          "data.local_dir (for local files use data.test_files)")
     _check_cache_dir(d.cache_dir)
     if files:
         _check_files(d, "data.files")
     if d.val_files:
         _check_files(d, "data.val_files")
+    if d.test_files:
+        _check_files(d, "data.test_files")
 
 
 # ---------------------------------------------------------------------------- the rules
@@ -217,7 +225,9 @@ def validate_config(cfg: DictConfig) -> ModelConfig:
     lr_range = list(tune.lr_range)
     if len(lr_range) != 2 or not 0 < lr_range[0] < lr_range[1] or not math.isfinite(lr_range[1]):
         raise ConfigError(f"tune.lr_range={lr_range} must be [low, high] with 0 < low < high")
-    if o.warmup_steps < 0 or (steps_from_max_steps and o.warmup_steps >= t.max_steps):
+    if o.warmup_fraction is not None:
+        _in_range("optim.warmup_fraction", o.warmup_fraction, 0.0, 1.0)
+    elif o.warmup_steps < 0 or (steps_from_max_steps and o.warmup_steps >= t.max_steps):
         raise ConfigError(f"optim.warmup_steps={o.warmup_steps} must be in [0, trainer.max_steps={t.max_steps})")
     g = cfg.diagnostics
     for key, value in (("diagnostics.every_n_steps", g.every_n_steps),

@@ -169,9 +169,27 @@ def test_eval_cli_rejects_bad_input_in_one_line(tmp_path, finished_run):
     proc = _glubench(["ckpt_path=nope.ckpt"], tmp_path, entry="glubench-eval")
     assert proc.returncode == 2
     assert proc.stderr.strip() == "glubench-eval: error: ckpt_path='nope.ckpt': no such checkpoint file"
+    proc = _glubench([f"ckpt_path={finished_run}/checkpoints/last.ckpt", "split=tset"], tmp_path, entry="glubench-eval")
+    assert proc.returncode == 2 and "split='tset' is not known; valid: val, train, test" in proc.stderr
     proc = _glubench([f"ckpt_path={finished_run}/checkpoints/last.ckpt", "split=test"], tmp_path, entry="glubench-eval")
-    assert proc.returncode == 2 and "split='test' is not known; valid: val, train" in proc.stderr
+    assert proc.returncode == 2 and "split='test': data.name='pydocs' has no test split" in proc.stderr
     assert not (tmp_path / "outputs").exists()
+
+
+def test_test_split_is_scored_once_after_training_and_eval_reproduces_it(ci_run, compose_cfg, tmp_path, monkeypatch):
+    result = ci_run(tmp_path / "run", "logger=csv", "data.test_percent=5")
+    assert result.test_tokens > 0 and result.test_loss != result.val_loss
+    assert result.test_ppl == pytest.approx(math.exp(result.test_loss), rel=1e-12)
+    assert result.test_bpb == pytest.approx(result.test_loss / math.log(2), rel=1e-12)  # bytes: 1 byte a token
+    monkeypatch.chdir(tmp_path)
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    test = evaluate(compose_cfg([f"ckpt_path={ckpt}", "split=test"], config_name="eval"))
+    assert abs(test["loss"] - result.test_loss) <= 1e-6 and test["tokens"] == result.test_tokens
+    val = evaluate(compose_cfg([f"ckpt_path={ckpt}"], config_name="eval"))
+    assert abs(val["loss"] - result.val_loss) <= 1e-6
+    # the validation documents do not move when a test split is added: the same val tokens as without one
+    plain = ci_run(tmp_path / "plain", "logger=none")
+    assert plain.val_tokens == result.val_tokens and plain.test_loss is None
 
 
 def test_a_finished_checkpoint_is_reported_finished_and_paths_with_equals_work(finished_run, ci_run, tmp_path):

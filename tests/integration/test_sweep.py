@@ -221,19 +221,25 @@ def test_multirun_start_validates_each_job_once_and_logs_the_estimate(monkeypatc
 
 
 def test_ladder_ci_end_to_end(tmp_path):
-    """``glubench experiment=ladder_ci``: 18 short jobs over 3 rungs, then the report with the compute-multiplier
-    table and the four ladder figures as PNG and SVG."""
+    """``glubench experiment=ladder_ci``: 48 short jobs (2 variants x 4 rungs x the LR grid x 2 seeds), each
+    scored on a test split, then the report with the compute-multiplier table and the ladder figures."""
     proc = _glubench(["experiment=ladder_ci", f"hydra.sweep.dir={tmp_path}/sweep"], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     sweep = tmp_path / "sweep"
     results = [RunResult.read(p) for p in sweep.glob("*/results.json")]
-    assert len(results) == 18 and all(r.status == "completed" for r in results)
-    # the rungs: widths and depths from ladder.sizes; 2 tokens per non-embedding parameter
-    by_width = {r.config["model"]["d_model"]: r for r in results}
-    assert sorted(by_width) == [16, 24, 32]
+    assert len(results) == 48 and all(r.status == "completed" for r in results)
+    # one shape rule: 2 layers and head_dim 8 at every rung, only the width changes
+    assert sorted({r.config["model"]["d_model"] for r in results}) == [8, 16, 24, 32]
+    assert {(r.config["model"]["n_layers"], r.config["model"]["d_model"] // r.config["model"]["n_heads"])
+            for r in results} == {(2, 8)}
+    rung_lr = {"d8": 2.0e-2, "d16": 1.2e-2, "d24": 8.0e-3, "d32": 6.0e-3}
     for r in results:
         assert r.budget["mode"] == "tokens_per_param" and r.budget["target"] == 2 * r.params_nonembedding
         assert r.tokens_seen <= r.budget["target"] < r.tokens_seen + 8 * 32  # rounded down to whole steps
+        lad = r.config["ladder"]
+        assert r.config["optim"]["lr"] == pytest.approx(rung_lr[lad["size"]] * lad["lr_scale"])
+        assert r.test_tokens > 0 and r.test_loss is not None and r.test_loss != r.val_loss
+    assert sorted({r.config["ladder"]["lr_scale"] for r in results}) == [0.5, 1.0, 2.0]
     md = (sweep / "summary.md").read_text()
     assert "## Compute ladder" in md and "| swiglu | log-linear |" in md and "compute multiplier [95% CI]" in md
     for name in ("val_loss_vs_flops", "val_loss_vs_params", "val_loss_vs_seconds", "compute_multiplier"):

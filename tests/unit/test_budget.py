@@ -99,3 +99,21 @@ def test_time_callback_stops_at_the_first_step_past_the_limit():
     # lr_lambda with warmup 1 and horizon 4: step 0 warmup (1.0), then cosine over 3 steps to 0.1.
     cos = [0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * k / 3)) for k in (0, 1, 2)]
     assert lrs == pytest.approx([1.0, *cos])
+
+
+def test_warmup_fraction_replaces_warmup_steps_and_the_ladder_lr_is_the_rung_lr_times_its_scale(compose_cfg):
+    from glubench.train.module import build_optimizer
+    from glubench.train.schema import OptimConfig
+
+    assert OptimConfig(warmup_steps=30, warmup_fraction=0.05).warmup(97) == 5  # round(4.85)
+    assert OptimConfig(warmup_steps=30).warmup(97) == 30
+    opt, sched = build_optimizer(torch.nn.Linear(2, 2), OptimConfig(lr=1.0, warmup_fraction=0.1), max_steps=50)
+    lrs = []
+    for _ in range(7):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    # warmup round(0.1 * 50) = 5 steps, then cosine over the remaining 45 down to min_lr_ratio 0.1
+    assert lrs == pytest.approx([0.2, 0.4, 0.6, 0.8, 1.0, 1.0, 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi / 45))])
+    cfg = compose_cfg(["experiment=ladder_cpu", "ladder.size=d40", "ladder.lr_scale=0.5"])
+    assert cfg.optim.lr == pytest.approx(9.96e-3 * 0.5) and cfg.model.d_model == 40 and cfg.model.n_layers == 2

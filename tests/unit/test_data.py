@@ -70,6 +70,50 @@ def test_split_puts_a_document_in_validation_iff_its_hash_bucket_is_below_100_va
     assert 0.045 < share < 0.055
 
 
+def test_test_split_takes_the_buckets_just_above_validation():
+    # bucket 587 (doc1) and 743 (doc6): see BUCKETS
+    assert gs.split_of("doc1", 5.0, 1.0) == "test" and gs.split_of("doc6", 5.0, 1.0) == "train"  # [500, 600)
+    assert gs.split_of("doc6", 6.0, 1.5) == "test" and gs.split_of("doc1", 6.0, 1.5) == "val"  # [600, 750)
+    assert gs.split_of("doc2", 5.0, 30.5) == "test" and gs.split_of("doc0", 5.0, 30.5) == "train"  # 3538 < 3550
+    for doc, _ in BUCKETS.items():  # without a test split, validation is exactly in_val_split's
+        for pct in (5.0, 6.0, 60.0):
+            assert (gs.split_of(doc, pct) == "val") == in_val_split(doc, pct)
+            assert gs.split_of(doc, pct, 0.0) != "test"
+
+
+def test_text_file_test_split_leaves_validation_unchanged(shared_data, tmp_path, make_dm):
+    path = shared_data / "tinyshakespeare" / "input.txt"
+    raw = path.read_bytes()
+    plain = make_dm(["data=text", f"data.files={path}"], tmp_path)
+    three = make_dm(["data=text", f"data.files={path}", "data.test_percent=7"], tmp_path)
+    assert plain.splits.test is None and three.folder != plain.folder
+    assert np.array_equal(three.splits.val, plain.splits.val)  # the same documents, the same tokens
+    # bytes: every byte in exactly one split; the test paragraphs by hand, from the hash of "p<index>"
+    assert three.splits.train.size + three.splits.val.size + three.splits.test.size == len(raw)
+    lines = raw.decode("utf-8").splitlines(keepends=True)
+    para, starts = -1, []
+    for i, line in enumerate(lines):
+        if line.strip() and (i == 0 or not lines[i - 1].strip()):
+            para += 1
+        starts.append(para)
+    bucket = {p: int(hashlib.sha256(f"p{p}".encode()).hexdigest()[:8], 16) % 10_000 for p in set(starts)}
+    want = "".join(line for line, p in zip(lines, starts) if 500 <= bucket[p] < 1200).encode("utf-8")
+    assert bytes(np.asarray(three.splits.test, dtype=np.uint8)) == want
+    assert three.splits.meta["test"]["bytes"] == len(want) and three.splits.meta["test"]["predicted_bytes"] == len(
+        want) - 1
+
+
+def test_test_split_keys_are_checked_in_one_line(compose_cfg, tmp_path):
+    from glubench.train.validate import validate_config
+
+    for overrides, match in ((["data.test_percent=95"], r"^data.test_percent=95.0 must be in \[0, 95\)"),
+                             (["data.test_percent=-1"], r"^data.test_percent=-1.0 must be in \[0, 95\)"),
+                             (["data.test_split=test"], r"^data.test_split='test' names a Hub split"),
+                             ([f"data.test_files={tmp_path}/t.txt"], r"^data.test_files needs data.files")):
+        with pytest.raises(ConfigError, match=match):
+            validate_config(compose_cfg(overrides))
+
+
 def test_token_cache_hit_miss_and_atomicity(tmp_path, monkeypatch):
     corpus = _corpus()
     folder = prepare_tokens(corpus, ByteTokenizer(), tmp_path, 5.0)
