@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Optional
@@ -57,6 +58,9 @@ class RunResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     # mode, value, target, planned max_steps, and what was spent: steps, tokens, flops, seconds
     budget: dict[str, Any] = field(default_factory=dict)
+    # the machine's CPU count and [1, 5, 15]-minute load averages at the start and end (machine_load()):
+    # throughput measured on a busy machine is not comparable (glubench.sweep.stats.busy_machine)
+    machine: dict[str, Any] = field(default_factory=dict)
     config: dict[str, Any] = field(default_factory=dict)
 
     def write(self, output_dir: Path) -> Path:
@@ -71,3 +75,13 @@ class RunResult:
         data = json.loads(Path(path).read_text())
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def machine_load() -> dict[str, Any]:
+    """The machine's CPU count (``os.cpu_count``) and [1, 5, 15]-minute load averages (``os.getloadavg``;
+    ``None`` where the platform has none): ``{"cpu_count", "load"}``."""
+    try:
+        load = [round(x, 2) for x in os.getloadavg()]
+    except (AttributeError, OSError):  # Windows has no load average
+        load = None
+    return {"cpu_count": os.cpu_count(), "load": load}

@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from glubench.core.errors import ConfigError
 from glubench.core.io import WriteFailed
 from glubench.core.ranks import is_global_zero
-from glubench.train.results import RunResult
+from glubench.train.results import RunResult, machine_load
 from glubench.train.validate import check_splits, validate_config
 
 log = logging.getLogger(__name__)
@@ -284,8 +284,10 @@ def run(cfg: DictConfig, model_cfg=None) -> RunResult:
     from glubench.train import faults
 
     model_cfg = model_cfg or validate_config(cfg)
+    start = machine_load()  # a busy machine makes the run's throughput incomparable
     result = RunResult(status="failed", ffn=cfg.model.ffn, seed=cfg.seed,
-                       config=redact(OmegaConf.to_container(cfg, resolve=True)))
+                       config=redact(OmegaConf.to_container(cfg, resolve=True)),
+                       machine={"cpu_count": start["cpu_count"], "load_start": start["load"], "load_end": None})
     out = output_dir()
     redact_files([*(out / ".hydra").glob("*.yaml"), out.parent / "multirun.yaml"])
     try:
@@ -299,6 +301,7 @@ def run(cfg: DictConfig, model_cfg=None) -> RunResult:
                         else f"{type(e).__name__}: {e}")
         raise
     finally:
+        result.machine["load_end"] = machine_load()["load"]
         if is_global_zero():  # one results.json per run, whatever the number of processes
             try:
                 result.write(out)
