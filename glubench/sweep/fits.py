@@ -10,15 +10,15 @@ ignoring a true ``E > 0`` pulls the multiplier towards 1 (1.16 for a true 1.3 on
 Two fitted curves are compared by their compute-equivalent gain at a target loss ``L*``: the multiplier
 ``m = C_base(L*) / C_variant(L*)`` with ``C_f(L) = (A / (L − E))^(1/α)``; the variant reaches ``L*`` with
 ``1/m`` of the baseline's compute, so ``m > 1`` favours it.  If the exponents differ, ``m`` changes with
-``L*`` and the curves may cross (:func:`crossover`).  Intervals come from a bootstrap over the seeds of
-each size.  numpy + scipy only.
+``L*`` and the curves may cross (:func:`crossover`).  Point estimates only: the intervals, which must
+include the rungs' misfit, are :mod:`glubench.sweep.ladder_stats`'s.  numpy + scipy only.
 """
 
 from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Optional
 
@@ -32,7 +32,10 @@ SATURATING = "E + A C^-alpha"
 LOG_LINEAR = "log-linear"
 MIN_SIZES = 3  # fewer leave the log-linear law no degrees of freedom across sizes
 MIN_SIZES_E = 4  # the saturating law has three parameters
-SEARCH_DECADES = 6  # the crossover is searched this many decades beyond the data on each side
+SEARCH_DECADES = 1.0
+"""The crossover is searched at most this many decades beyond the data on each side: further out a power
+law fitted to a few rungs is not evidence (6 decades reported crossings for 33–58% of synthetic ladders
+whose true curves never cross)."""
 
 
 class Undefined(ValueError):
@@ -188,16 +191,14 @@ class Crossover:
 
 def crossover(base_fit: PowerLawFit, variant_fit: PowerLawFit,
               c_range: Optional[tuple[float, float]] = None) -> Crossover:
-    """The compute (FLOPs) where the two fitted curves cross, searched over ``c_range`` (default: the data
-    widened :data:`SEARCH_DECADES` decades each side): sign changes of their difference on a log grid,
+    """The compute (FLOPs) where the two fitted curves cross, searched over ``c_range`` (default: the data of
+    both fits widened :data:`SEARCH_DECADES` decade each side): sign changes of their difference on a log grid,
     refined by Brent's method.  Of several crossings, the one nearest the data's log-centre is reported.
     Raises :class:`Undefined` when a fit was refused.
     """
     base_fit._usable()
     variant_fit._usable()
-    if c_range is None:
-        widen = 10.0**SEARCH_DECADES
-        c_range = (min(base_fit.c_min, variant_fit.c_min) / widen, max(base_fit.c_max, variant_fit.c_max) * widen)
+    c_range = c_range or search_range(base_fit, variant_fit)
 
     def diff(x):
         return base_fit.loss(np.exp(x)) - variant_fit.loss(np.exp(x))
@@ -212,123 +213,15 @@ def crossover(base_fit: PowerLawFit, variant_fit: PowerLawFit,
     return Crossover(c, not lo <= c <= hi, bool(diff(math.log(c) + 1e-3) > 0))
 
 
-@dataclass
-class Interval:
-    """A bootstrap percentile interval: ``estimate`` from the full data (``None``: not defined), ``lo``/``hi``
-    from ``n_ok`` resamples; ``n_failed`` resamples whose fits failed and ``n_undefined`` whose statistic
-    was not defined (e.g. no crossing) are left out and counted."""
-
-    estimate: Optional[float]
-    lo: Optional[float]
-    hi: Optional[float]
-    n_ok: int
-    n_failed: int
-    n_undefined: int
+def search_range(*fits: PowerLawFit, decades: float = SEARCH_DECADES) -> tuple[float, float]:
+    """The compute range (FLOPs) a crossover is searched in: the fits' data widened ``decades`` each side."""
+    widen = 10.0**decades
+    return min(f.c_min for f in fits) / widen, max(f.c_max for f in fits) * widen
 
 
-def _by_size(runs: Sequence[LadderRun]) -> list[list[LadderRun]]:
+def by_size(runs: Sequence[LadderRun]) -> dict[str, list[LadderRun]]:
+    """``{size label: runs}`` in first-seen order."""
     groups: dict[str, list[LadderRun]] = {}
     for r in runs:
         groups.setdefault(r.size, []).append(r)
-    return list(groups.values())
-
-
-def _value(stat: Callable[[PowerLawFit, PowerLawFit], Optional[float]], *fits: PowerLawFit) -> Optional[float]:
-    try:
-        return stat(*fits)
-    except Undefined:
-        return None
-
-
-def bootstrap(base_runs: Sequence[LadderRun], variant_runs: Sequence[LadderRun], n: int = 1000, seed: int = 0,
-              confidence: float = 0.95, c_range: Optional[tuple[float, float]] = None,
-              fits: Optional[tuple[PowerLawFit, PowerLawFit]] = None) -> dict[str, Interval]:
-    """Percentile intervals of ``"multiplier"`` (:func:`compute_multiplier` at the full-data
-    :func:`target_loss`) and ``"crossover"`` (:func:`crossover` over ``c_range``, FLOPs; resamples whose
-    curves do not cross count as undefined) from ``n`` resamples: runs drawn with replacement within each
-    size (every size kept), both curves refitted in the forms of the full-data ``fits`` (base, variant;
-    default: :func:`fit_runs` of each).  Raises :class:`Undefined` if a full-data fit is refused."""
-    full = fits or (fit_runs(base_runs), fit_runs(variant_runs))
-    target = target_loss(full[0])
-    full[1]._usable()
-    stats = {"multiplier": lambda b, v: compute_multiplier(b, v, target),
-             "crossover": lambda b, v: crossover(b, v, c_range).flops}
-    groups = (_by_size(base_runs), _by_size(variant_runs))
-    rng = np.random.default_rng(seed)
-    samples: dict[str, list[Optional[float]]] = {k: [] for k in stats}
-    failed = 0
-    for _ in range(n):
-        fits = [fit_runs([s[i] for s in g for i in rng.integers(0, len(s), len(s))], f.form)
-                for g, f in zip(groups, full)]
-        if not all(f.converged for f in fits):
-            failed += 1
-            continue
-        for k, stat in stats.items():
-            samples[k].append(_value(stat, *fits))
-    q = 50 * np.array([1 - confidence, 1 + confidence])
-    out = {}
-    for k, stat in stats.items():
-        ok = [v for v in samples[k] if v is not None]
-        lo, hi = np.percentile(ok, q).tolist() if ok else (None, None)
-        out[k] = Interval(_value(stat, *full), lo, hi, len(ok), failed, len(samples[k]) - len(ok))
-    return out
-
-
-def bootstrap_multiplier(base_runs: Sequence[LadderRun], variant_runs: Sequence[LadderRun], n: int = 1000,
-                         seed: int = 0, confidence: float = 0.95) -> Interval:
-    """The ``"multiplier"`` interval of :func:`bootstrap`."""
-    return bootstrap(base_runs, variant_runs, n, seed, confidence)["multiplier"]
-
-
-LADDER_COLUMNS = ("variant", "form", "alpha", "E", "multiplier", "multiplier_lo", "multiplier_hi", "crossover",
-                  "crossover_lo", "crossover_hi", "extrapolated", "rmse", "n_sizes", "n_runs", "seed_spread")
-
-
-def seed_spread(runs: Sequence[LadderRun]) -> Optional[float]:
-    """Mean over sizes with two or more seeds of the std (ddof=1) of final loss; ``None`` if there are none."""
-    stds = [float(np.std([r.loss for r in g], ddof=1)) for g in _by_size(runs) if len(g) > 1]
-    return float(np.mean(stds)) if stds else None
-
-
-def ladder_table(runs_by_variant: dict[str, Sequence[LadderRun]], baseline: str = BASELINE, n: int = 1000,
-                 seed: int = 0, confidence: float = 0.95) -> tuple[list[dict], list[str]]:
-    """Rows (dicts keyed by :data:`LADDER_COLUMNS`, plus ``fit``, the row's :class:`PowerLawFit`; baseline
-    first) and messages (refused fits, log-linear
-    fallbacks, undefined multipliers, failed resamples).  When the variants' forms differ, all are fitted
-    log-linear, so that each multiplier compares like with like.  ``multiplier`` (at the baseline's
-    :func:`target_loss`) and ``crossover`` (FLOPs) are numbers with bootstrap ``*_lo``/``*_hi``, or strings
-    saying why not; ``seed_spread`` is :func:`seed_spread` (nats/token).  Raises :class:`ConfigError` when
-    the baseline has no runs."""
-    if baseline not in runs_by_variant:
-        raise ConfigError(f"baseline = {baseline!r} has no runs; variants with runs: {sorted(runs_by_variant)}")
-    fits = {v: fit_runs(r) for v, r in runs_by_variant.items()}
-    messages = [f"{v}: fit refused: {f.why}" for v, f in fits.items() if not f.converged]
-    messages += [f"{v}: {LOG_LINEAR} fit ({f.why})" for v, f in fits.items() if f.converged and f.form == LOG_LINEAR]
-    if len({f.form for f in fits.values() if f.converged}) > 1:
-        messages.append(f"every variant is fitted {LOG_LINEAR}, the form the weakest ladder supports")
-        fits = {v: fit_runs(r, LOG_LINEAR) if fits[v].converged else fits[v] for v, r in runs_by_variant.items()}
-    base = fits[baseline]
-    rows = []
-    for v in [baseline] + [k for k in runs_by_variant if k != baseline]:
-        f, runs = fits[v], runs_by_variant[v]
-        row = dict.fromkeys(LADDER_COLUMNS)
-        row.update(variant=v, form=f.form, alpha=f.alpha, E=f.E, multiplier="not defined", crossover="not defined",
-                   rmse=f.rmse, n_sizes=f.n_sizes, n_runs=len(runs), seed_spread=seed_spread(runs), fit=f)
-        rows.append(row)
-        if v == baseline:
-            row.update(multiplier=1.0 if f.converged else "not defined", crossover="baseline")
-        if v == baseline or not (base.converged and f.converged):
-            continue
-        m, c = bootstrap(runs_by_variant[baseline], runs, n, seed, confidence, fits=(base, f)).values()
-        if m.estimate is None:
-            messages.append(f"{v}: multiplier not defined: L* = {target_loss(base):.4g} nats is not above E of a fit")
-        else:
-            row.update(multiplier=m.estimate, multiplier_lo=m.lo, multiplier_hi=m.hi)
-        if c.estimate is None:
-            row["crossover"] = "none in range"
-        else:
-            row.update(crossover=c.estimate, crossover_lo=c.lo, crossover_hi=c.hi,
-                       extrapolated=crossover(base, f).extrapolated)
-        if m.n_failed:
-            messages.append(f"{v}: {m.n_failed} of {n} bootstrap resamples failed to fit and were left out")
-    return rows, messages
+    return groups

@@ -1,174 +1,252 @@
-"""The compute ladder in a report: runs of several sizes or budgets, fitted per variant against training FLOPs.
+"""The compute ladder of a report: runs of several sizes, grouped into series, the LR chosen per variant and
+rung, fitted per variant against training compute under two conventions, written to ``ladder.json``.
 
-A *series* is one setting apart from the model size: the variant's block (``model.norm``, ``model.pos``),
-corpus, tokenizer, init and every other swept key that does not grow with the size (:data:`SIZE_KEYS`).
-Within a series each variant's runs (all sizes, all seeds) are fitted by :mod:`glubench.sweep.fits` and
-compared with ``relu``'s: the compute multiplier at relu's loss at its largest budget, its bootstrap
-interval, the crossover if the curves cross.  Series never mix: a Llama-style and a GPT-2-style block
-are two fits.  Figures: val loss against training FLOPs (with the fits), non-embedding parameters and
-training seconds, and the multipliers with their intervals; each as PNG and SVG.
+A *series* is one setting apart from the model size and learning rate: the variant's block
+(``model.norm``, ``model.pos``), corpus, tokenizer, init and every other swept key that does not grow with
+the rung (:data:`SIZE_KEYS`) and is not the learning-rate grid (:data:`LR_KEYS`).  Series never mix: a
+Llama-style and a GPT-2-style block are two fits.  Within a series, variant and rung, runs that differ in
+the learning rate are *candidates*, never extra seeds: the LR with the lowest mean validation loss over
+seeds wins, and the fits use the winners' **test** loss when every winner has one (the split played no
+part in the choice), else their validation loss (and the report says so).  The statistics are
+:mod:`glubench.sweep.ladder_stats`'s; the same :class:`Point` records come from ``results.json`` files
+(:func:`points_from_report`) or from a table of runs (:mod:`glubench.sweep.ladder_table`).
 """
 
 from __future__ import annotations
 
+import logging
+from dataclasses import dataclass, field
 from pathlib import Path
+from statistics import fmean
+from typing import Any, Optional
 
-from glubench.sweep.fits import BASELINE, LADDER_COLUMNS, LadderRun, fit_runs, ladder_table
+from glubench.core.io import atomic_write_json
+from glubench.sweep.fits import BASELINE, SEARCH_DECADES, LadderRun
+from glubench.sweep.ladder_stats import CONFIDENCE, N_DRAWS, ROW_KEYS, ladder_table
+
+log = logging.getLogger(__name__)
 
 SIZE_KEYS = ("model.d_model", "model.n_layers", "model.n_heads", "model.d_ff", "model.seq_len", "ladder.size",
-             "optim.lr", "optim.warmup_steps", "trainer.max_steps", "budget.value", "data.batch_size")
+             "optim.warmup_steps", "trainer.max_steps", "budget.value", "data.batch_size")
 """Config keys that change with the rung of a ladder, not with the setting being compared."""
-PLOTS = ("val_loss_vs_flops", "val_loss_vs_params", "val_loss_vs_seconds", "compute_multiplier")
+LR_KEYS = ("optim.lr", "ladder.lr_scale")
+"""The learning-rate grid: candidates of one rung, selected on validation loss (label: ``ladder.lr_scale``)."""
+CONVENTIONS = {
+    "flops": "glubench's training FLOPs (budget.flops: 6·N per token for every matmul incl. the tied head, "
+             "plus attention)",
+    "6ND": "Kaplan et al. 2020's 6·N·D: 6 × non-embedding parameters × training tokens",
+}
+"""Compute conventions: name -> what it counts.  The multiplier depends on it (the head is 33–62% of a
+small rung's FLOPs)."""
+JSON_FILE = "ladder.json"
 
 
-def series(report) -> dict[str, dict[str, list]]:
-    """``{series label: {variant: [completed Run]}}`` over the report's groups (label ``""`` when only the
-    variant and sizes are swept)."""
-    out: dict[str, dict[str, list]] = {}
-    for g in report.groups:
-        label = " ".join(f"{k.split('.')[-1]}={v}" for k, v in g.others.items() if k not in SIZE_KEYS)
-        out.setdefault(label, {}).setdefault(g.ffn, []).extend(g.runs)
-    return out
+@dataclass
+class Point:
+    """One completed run as the ladder sees it: its ``series`` label, ``variant``, ``rung`` and ``seed``;
+    validation and test loss (nats/token; test ``None`` without a test split); ``compute`` per convention
+    (FLOPs); the LR candidate (``lr`` label, ``lr_value`` to order the grid); non-embedding ``params``
+    and training ``seconds`` for the figures; ``flat`` its config (dotted keys)."""
+
+    series: str
+    variant: str
+    rung: str
+    seed: int
+    val_loss: float
+    test_loss: Optional[float] = None
+    compute: dict[str, float] = field(default_factory=dict)
+    lr: Optional[str] = None
+    lr_value: Optional[float] = None
+    params: Optional[float] = None
+    seconds: Optional[float] = None
+    flat: dict[str, Any] = field(default_factory=dict)
+
+
+def _lr(flat: dict) -> tuple[Optional[str], Optional[float]]:
+    scale, lr = flat.get("ladder.lr_scale"), flat.get("optim.lr")
+    if scale is not None:
+        return f"×{float(scale):g}", float(scale)
+    return (f"{float(lr):.3g}", float(lr)) if lr is not None else (None, None)
+
+
+def _point(series: str, run) -> Optional[Point]:
+    r, flat = run.result, run.flat
+    budget = r.budget or {}
+    compute = {}
+    if budget.get("flops"):
+        compute["flops"] = float(budget["flops"])
+    tokens = budget.get("tokens") or r.tokens_seen
+    if r.params_nonembedding and tokens:
+        compute["6ND"] = 6.0 * r.params_nonembedding * float(tokens)
+    if not compute:
+        return None
+    lr, lr_value = _lr(flat)
+    rung = flat.get("ladder.size")
+    return Point(series, r.ffn, str(rung if rung is not None else r.params_nonembedding), int(r.seed),
+                 float(r.val_loss), getattr(r, "test_loss", None), compute, lr, lr_value,
+                 r.params_nonembedding, budget.get("seconds"), flat)
+
+
+def series_label(values: dict[str, Any]) -> str:
+    """``"norm=rmsnorm data=text"``: the swept keys of a group that are neither rung nor LR keys."""
+    return " ".join(f"{k.split('.')[-1]}={v}" for k, v in values.items() if k not in SIZE_KEYS + LR_KEYS)
+
+
+def points_from_report(report) -> list[Point]:
+    """A :class:`Point` per completed run of ``report`` (a :class:`glubench.sweep.runs.Report`) that
+    recorded its compute."""
+    return [p for g in report.groups for run in g.runs if (p := _point(series_label(g.others), run)) is not None]
+
+
+def is_ladder(points: list[Point]) -> bool:
+    """Whether some variant of some series spans more than one rung."""
+    rungs: dict[tuple[str, str], set] = {}
+    for p in points:
+        rungs.setdefault((p.series, p.variant), set()).add(p.rung)
+    return any(len(r) > 1 for r in rungs.values())
+
+
+def setting_fields(flat: dict[str, Any]) -> dict[str, Optional[str]]:
+    """What a series holds fixed: ``block`` (GPT-2-style, Llama-style or norm + pos), ``corpus``,
+    ``tokenizer`` (with its vocabulary size for BPE) and ``init``; ``None`` where the config has no value."""
+    if not flat:
+        return dict.fromkeys(("block", "corpus", "tokenizer", "init"))
+    norm, pos = flat.get("model.norm", "layernorm"), flat.get("model.pos", "learned")
+    block = {("layernorm", "learned"): "GPT-2-style block", ("rmsnorm", "rope"): "Llama-style block"}.get(
+        (norm, pos), f"{norm} + {pos} block")
+    files = flat.get("data.files") or []
+    files = [files] if isinstance(files, str) else files
+    corpus = ("/".join(Path(str(files[0])).parts[-2:]) if flat.get("data.name") == "text" and files
+              else flat.get("data.name"))
+    tok = flat.get("data.tokenizer")
+    tok = f"{tok} {flat.get('data.vocab_size')}" if tok == "bpe" else tok
+    return {"block": block, "corpus": corpus, "tokenizer": tok, "init": flat.get("model.init")}
 
 
 def setting(runs: list) -> str:
-    """What a series holds fixed, for a figure's title: block, corpus and tokenizer of its first run
-    (e.g. ``GPT-2-style block, pydocs, bpe 2048``); ``""`` when the runs carry no config."""
+    """What a series holds fixed, for a figure's title: block, corpus and tokenizer of its first run (a
+    ``Run`` or :class:`Point` with ``flat``), e.g. ``GPT-2-style block, pydocs, bpe 2048``; ``""`` without."""
     c = runs[0].flat if runs else {}
     if not c:
         return ""
-    norm, pos = c.get("model.norm", "layernorm"), c.get("model.pos", "learned")
-    block = {("layernorm", "learned"): "GPT-2-style block", ("rmsnorm", "rope"): "Llama-style block"}.get(
-        (norm, pos), f"{norm} + {pos} block")
-    files = c.get("data.files") or []
-    files = [files] if isinstance(files, str) else files
-    corpus = "/".join(Path(str(files[0])).parts[-2:]) if c.get("data.name") == "text" and files else c.get("data.name")
-    tok = c.get("data.tokenizer")
-    tok = f"{tok} {c.get('data.vocab_size')}" if tok == "bpe" else tok
-    return ", ".join(str(x) for x in (block, corpus, tok) if x)
+    f = setting_fields(c)
+    return ", ".join(str(x) for x in (f["block"], f["corpus"], f["tokenizer"]) if x)
 
 
-def _where(label: str, by_variant: dict[str, list]) -> str:
-    return label or setting([r for runs in by_variant.values() for r in runs])
+def select_lr(points: list[Point]) -> tuple[list[Point], list[dict]]:
+    """Per (series, variant, rung): the runs of the LR with the lowest mean validation loss over seeds, and
+    one record per selection that had a choice: ``series``, ``variant``, ``rung``, ``grid`` (labels in
+    increasing LR), ``means`` (label -> mean val loss), ``chosen`` and ``edge`` (the winner is the
+    smallest or largest LR tried: the optimum may lie outside the grid)."""
+    cells: dict[tuple, dict[Optional[str], list[Point]]] = {}
+    for p in points:
+        cells.setdefault((p.series, p.variant, p.rung), {}).setdefault(p.lr, []).append(p)
+    chosen, records = [], []
+    for (series, variant, rung), by_lr in cells.items():
+        means = {lr: fmean(p.val_loss for p in ps) for lr, ps in by_lr.items()}
+        best = min(means, key=lambda lr: (means[lr], str(lr)))
+        chosen += by_lr[best]
+        if len(by_lr) > 1:
+            grid = sorted(by_lr, key=lambda lr: by_lr[lr][0].lr_value or 0.0)
+            records.append({"series": series, "variant": variant, "rung": rung, "grid": grid, "means": means,
+                            "chosen": best, "edge": best in (grid[0], grid[-1])})
+    return chosen, records
 
 
-def _ladder_runs(runs: list) -> list[LadderRun]:
-    return [LadderRun(flops=r.result.budget["flops"], loss=r.result.val_loss, size=str(r.result.params_nonembedding),
-                      seed=r.result.seed)
-            for r in runs if (r.result.budget or {}).get("flops")]
+@dataclass
+class SeriesResult:
+    """One series under one compute convention: its ``rows`` (:func:`glubench.sweep.ladder_stats.ladder_table`),
+    ``messages``, the LR ``choices`` (:func:`select_lr`), which loss was fitted (``loss_source``: ``test``
+    or ``val``), the baseline's ``target_loss`` L* and the chosen ``points`` (for the figures)."""
+
+    label: str
+    convention: str
+    setting: dict[str, Optional[str]]
+    loss_source: str
+    rows: list[dict]
+    messages: list[str]
+    choices: list[dict]
+    points: list[Point]
+    target_loss: Optional[float] = None
+
+    def loss_of(self, p: Point) -> float:
+        """The loss that went into the fit for ``p`` (nats/token)."""
+        return p.test_loss if self.loss_source == "test" else p.val_loss
 
 
-def is_ladder(report) -> bool:
-    """Whether some variant's runs span more than one size or training budget."""
-    return any(len({(r.result.params_nonembedding, round((r.result.budget or {}).get("flops") or 0, -3))
-                    for r in runs}) > 1
-               for by_variant in series(report).values() for runs in by_variant.values())
-
-
-def tables(report, n_boot: int = 1000) -> list[tuple[str, list[dict], list[str]]]:
-    """Per series with a ``relu`` baseline: ``(label, rows keyed by fits.LADDER_COLUMNS, messages)``."""
+def _analyse_series(label: str, points: list[Point], baseline: str, n_draws: int, confidence: float,
+                    extras: bool) -> list[SeriesResult]:
+    chosen, choices = select_lr(points)
+    source = "test" if all(p.test_loss is not None for p in chosen) else "val"
     out = []
-    for label, by_variant in series(report).items():
-        if BASELINE in by_variant:
-            rows, messages = ladder_table({v: _ladder_runs(r) for v, r in by_variant.items()}, BASELINE, n=n_boot)
-            out.append((label, rows, messages))
+    for conv in CONVENTIONS:
+        use = [p for p in chosen if conv in p.compute]
+        if len(use) < len(chosen) or not use:
+            continue
+        result = SeriesResult(label, conv, setting_fields(use[0].flat), source, [], [], choices, use)
+        by_variant: dict[str, list[LadderRun]] = {}
+        for p in use:
+            by_variant.setdefault(p.variant, []).append(LadderRun(p.compute[conv], result.loss_of(p), p.rung, p.seed))
+        result.rows, result.messages = ladder_table(by_variant, baseline, n_draws, confidence=confidence,
+                                                    extras=extras)
+        base = result.rows[0]["fit"]
+        result.target_loss = float(base.loss(base.c_max)) if base.converged else None
+        out.append(result)
     return out
 
 
-def markdown(report, computed: list[tuple[str, list[dict], list[str]]]) -> str:
-    """The ``## Compute ladder`` section of summary.md: one multiplier table per series, then the notes."""
-    from glubench.sweep.report import fmt, markdown_table
-
-    def interval(row: dict, key: str, spec: str) -> str:
-        lo, hi = row[f"{key}_lo"], row[f"{key}_hi"]
-        return fmt(row[key], spec) + (f" [{fmt(lo, spec)}, {fmt(hi, spec)}]" if lo is not None else "")
-
-    parts = ["## Compute ladder: compute-equivalent gain over relu"]
-    header = ["variant", "fit", "α", "E", "compute multiplier [95% CI]", "crossover (FLOPs) [95% CI]", "RMSE (nats)",
-              "sizes", "runs", "seed spread (nats)"]
-    for label, rows, messages in computed:
-        body = []
-        for r in rows:
-            m, c = interval(r, "multiplier", ".3f"), interval(r, "crossover", ".2e")
-            c += " (extrapolated)" if r["extrapolated"] else ""
-            body.append([r["variant"], str(r["form"]), fmt(r["alpha"], ".4f"), fmt(r["E"], ".3f"), m, c,
-                         fmt(r["rmse"], ".4f"), str(r["n_sizes"]), str(r["n_runs"]), fmt(r["seed_spread"], ".4f")])
-        parts += [f"### {label or report.experiment}", markdown_table(header, body)]
-        parts += [f"- {m}" for m in messages]
-    parts.append(
-        "Each variant's final val loss L (nats/token) is fitted against its training FLOPs C with "
-        "L = E + A·C^−α (Kaplan et al. 2020; Hoffmann et al. 2022), or the pure power law (E = 0, `log-linear`) when "
-        "the ladder cannot pin E down.  Compute multiplier = C_relu(L*) / C_variant(L*) at L* = relu's fitted loss "
-        "at its largest budget: > 1 means the variant reaches that loss with less compute.  Intervals: 95% "
-        "percentile bootstrap over the seeds of each size (approximate with 3 seeds: resampling 3 runs "
-        "understates the spread).  A crossover is where the two fitted curves meet; outside the runs' compute "
-        "range it is an extrapolation, not a measurement.  Seed spread: the mean over sizes of the standard "
-        "deviation across seeds, to read each gap against.")
-    return "\n\n".join(parts)
+def analyse(points: list[Point], baseline: str = BASELINE, n_draws: int = N_DRAWS, confidence: float = CONFIDENCE,
+            extras: bool = True) -> list[SeriesResult]:
+    """Every series with a ``baseline`` variant (sorted by label), under each compute convention all its
+    chosen runs recorded (series without the baseline are skipped, with a log line)."""
+    by_series: dict[str, list[Point]] = {}
+    for p in points:
+        by_series.setdefault(p.series, []).append(p)
+    out = []
+    for label, pts in sorted(by_series.items()):
+        if not any(p.variant == baseline for p in pts):
+            log.info(f"glubench-report: ladder series {label or '(all runs)'!r} has no {baseline} runs: not fitted")
+            continue
+        out += _analyse_series(label, pts, baseline, n_draws, confidence, extras)
+    return out
 
 
-def write_plots(report, out_dir: Path, computed) -> list[Path]:
-    """The four ladder figures (:data:`PLOTS`), each as PNG and SVG; returns the PNG paths."""
-    from matplotlib.figure import Figure  # no pyplot: no global state, no display needed
-    from matplotlib.ticker import FormatStrFormatter
-
-    from glubench.sweep.report import save_figures
-
-    by_series = series(report)
-    variants = sorted({v for s in by_series.values() for v in s})
-    colors = {v: f"C{i % 10}" for i, v in enumerate(variants)}
-    axes_for = [("val_loss_vs_flops", "training compute (FLOPs, analytic 6N + 12LdT per token)",
-                 lambda r: r.result.budget.get("flops")),
-                ("val_loss_vs_params", "non-embedding parameters", lambda r: r.result.params_nonembedding),
-                ("val_loss_vs_seconds", "training wall-clock time (s, validation excluded)",
-                 lambda r: r.result.budget.get("seconds"))]
-    # The lines are the fits of the multiplier table (its forms: all log-linear when the forms differ).
-    fitted = {label: {r["variant"]: r["fit"] for r in rows} for label, rows, _ in computed}
-    figs = {}
-    for name, xlabel, x_of in axes_for:
-        fig = Figure(figsize=(6.5 * len(by_series), 4.8), layout="constrained")
-        for i, (label, by_variant) in enumerate(by_series.items()):
-            ax = fig.add_subplot(1, len(by_series), i + 1)
-            for v, runs in sorted(by_variant.items()):
-                pts = [(x, r.result.val_loss) for r in runs if (x := x_of(r))]
-                ax.scatter(*zip(*pts), s=12, color=colors[v], alpha=0.7, label=v)
-                fit = None
-                if name == "val_loss_vs_flops":
-                    fit = fitted.get(label, {}).get(v) or fit_runs(_ladder_runs(runs))  # no relu: no table
-                if fit is not None and fit.converged:
-                    cs = [fit.c_min * (fit.c_max / fit.c_min) ** (k / 49) for k in range(50)]
-                    ax.plot(cs, [fit.loss(c) for c in cs], color=colors[v], linewidth=1)
-            where = _where(label, by_variant)
-            ax.set(xscale="log", xlabel=xlabel, ylabel="final validation loss (nats/token)",
-                   title=f"{report.experiment}: {where}" if where else report.experiment)
-            ax.grid(alpha=0.3, which="both")
-            ax.legend(fontsize=7, title="seeds as points" + (", fits as lines" if name == "val_loss_vs_flops" else ""),
-                      title_fontsize=7)
-        figs[name] = fig
-    fig = Figure(figsize=(6.5 * max(1, len(computed)), 4.2), layout="constrained")
-    for i, (label, rows, _) in enumerate(computed):
-        ax = fig.add_subplot(1, max(1, len(computed)), i + 1)
-        shown = [r for r in rows if isinstance(r["multiplier"], float) and r["variant"] != BASELINE]
-        for k, r in enumerate(shown):
-            lo, hi = r["multiplier_lo"], r["multiplier_hi"]
-            err = [[r["multiplier"] - lo], [hi - r["multiplier"]]] if lo is not None else None
-            ax.errorbar([k], [r["multiplier"]], yerr=err, fmt="o", color=colors.get(r["variant"], "k"), capsize=4)
-        ax.axhline(1.0, color="k", linewidth=0.8, linestyle="--")
-        ax.set_xticks(range(len(shown)), [r["variant"] for r in shown], rotation=30, ha="right")
-        ax.set(yscale="log", ylabel="compute multiplier vs relu (×; > 1: needs less compute)",
-               title=f"{_where(label, by_series[label]) or report.experiment}:\n"
-                     "at relu's loss at its largest budget (95% CI)")
-        # Ratios near 1: a log axis (×2 and ÷2 look alike) with plain-number ticks where the data is.
-        lo, hi = ax.get_ylim()
-        ax.set_yticks([t for t in (0.25, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.1, 1.2, 1.3, 1.4, 1.5, 1.6, 1.8, 2.0, 2.5,
-                                   3.0, 4.0, 5.0, 7.0, 10.0) if lo <= t <= hi], minor=False)
-        ax.yaxis.set_major_formatter(FormatStrFormatter("%.2g"))
-        ax.yaxis.set_minor_formatter(FormatStrFormatter(""))
-        ax.set_ylim(lo, hi)
-        ax.grid(axis="y", alpha=0.3, which="both")
-    figs["compute_multiplier"] = fig
-    return save_figures(figs, out_dir)
+def _variant_json(row: dict, choices: list[dict]) -> dict[str, Any]:
+    d = {k: row[k] for k in ROW_KEYS if k != "variant"}
+    for k in ("multiplier_ci", "dalpha_ci", "crossover_ci"):
+        d[k] = list(d[k]) if d[k] is not None else None
+    d["lr"] = {c["rung"]: {"chosen": c["chosen"], "grid": c["grid"], "edge": c["edge"]}
+               for c in choices if c["variant"] == row["variant"]}
+    d["multiplier_vs_loss"] = row.get("curve")
+    return d
 
 
-__all__ = ["LADDER_COLUMNS", "PLOTS", "SIZE_KEYS", "is_ladder", "markdown", "series", "setting", "tables",
-           "write_plots"]
+def _finite(x: Any) -> Any:
+    """``x`` with every non-finite float (NaN, ±inf) replaced by ``None``: strict JSON has neither."""
+    if isinstance(x, float):
+        return x if x == x and abs(x) != float("inf") else None
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_finite(v) for v in x]
+    return x
+
+
+def to_json(results: list[SeriesResult], baseline: str = BASELINE, n_draws: int = N_DRAWS,
+            confidence: float = CONFIDENCE) -> dict[str, Any]:
+    """The content of ``ladder.json``: the method's constants, then per series and convention its setting,
+    the fitted loss, L* and per variant the keys of :data:`glubench.sweep.ladder_stats.ROW_KEYS`."""
+    return {
+        "baseline": baseline, "confidence": confidence, "n_draws": n_draws, "crossover_search_decades": SEARCH_DECADES,
+        "method": "rung-level residuals, paired between variants, Student-t scaled draws (glubench.sweep.ladder_stats)",
+        "series": [{"label": r.label, **r.setting, "compute": r.convention,
+                    "compute_definition": CONVENTIONS[r.convention], "loss": r.loss_source,
+                    "target_loss": r.target_loss, "messages": r.messages,
+                    "variants": {row["variant"]: _variant_json(row, r.choices) for row in r.rows}}
+                   for r in results]}
+
+
+def write_json(path: Path, results: list[SeriesResult], **kwargs: Any) -> Path:
+    """Write :func:`to_json` atomically to ``path``; returns it."""
+    atomic_write_json(Path(path), _finite(to_json(results, **kwargs)))
+    return Path(path)

@@ -1,5 +1,6 @@
 """Experiment sweeps end to end: one-word multiruns, the automatic report, failures as results."""
 
+import json
 import math
 import os
 import subprocess
@@ -222,7 +223,8 @@ def test_multirun_start_validates_each_job_once_and_logs_the_estimate(monkeypatc
 
 def test_ladder_ci_end_to_end(tmp_path):
     """``glubench experiment=ladder_ci``: 48 short jobs (2 variants x 4 rungs x the LR grid x 2 seeds), each
-    scored on a test split, then the report with the compute-multiplier table and the ladder figures."""
+    scored on a test split, then the report with the compute-multiplier table, ladder.json (fitted on the test
+    loss of the LR that won on validation) and the five ladder figures."""
     proc = _glubench(["experiment=ladder_ci", f"hydra.sweep.dir={tmp_path}/sweep"], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     sweep = tmp_path / "sweep"
@@ -240,7 +242,24 @@ def test_ladder_ci_end_to_end(tmp_path):
         assert r.config["optim"]["lr"] == pytest.approx(rung_lr[lad["size"]] * lad["lr_scale"])
         assert r.test_tokens > 0 and r.test_loss is not None and r.test_loss != r.val_loss
     assert sorted({r.config["ladder"]["lr_scale"] for r in results}) == [0.5, 1.0, 2.0]
+    for r in results:  # the machine's CPUs and load at the start and end of each job
+        assert r.machine["cpu_count"] == os.cpu_count()
+        assert len(r.machine["load_start"]) == 3 and len(r.machine["load_end"]) == 3
     md = (sweep / "summary.md").read_text()
     assert "## Compute ladder" in md and "| swiglu | log-linear |" in md and "compute multiplier [95% CI]" in md
-    for name in ("val_loss_vs_flops", "val_loss_vs_params", "val_loss_vs_seconds", "compute_multiplier"):
+    for name in ("val_loss_vs_flops", "val_loss_vs_params", "val_loss_vs_seconds", "compute_multiplier",
+                 "multiplier_vs_loss"):
         assert (sweep / f"{name}.png").read_bytes()[:8] == PNG and (sweep / f"{name}.svg").stat().st_size > 1000
+    # ladder.json beside summary.md: per series and compute convention, every key of issue 23 per variant
+    doc = json.loads((sweep / "ladder.json").read_text())
+    assert [s["compute"] for s in doc["series"]] == ["flops", "6ND"]
+    for s in doc["series"]:
+        assert s["block"] == "GPT-2-style block" and s["loss"] == "test"
+        swiglu = s["variants"]["swiglu"]
+        assert set(swiglu) >= {"multiplier", "multiplier_ci", "alpha", "dalpha", "dalpha_ci", "holdout_error",
+                               "loo_multiplier_range", "crossover", "crossover_ci", "crossover_share", "n_rungs",
+                               "n_seeds"}
+        assert swiglu["n_rungs"] == 4 and swiglu["n_seeds"] == 2 and len(swiglu["multiplier_ci"]) == 2
+        # the LR grid is a selection: one winner per rung (2 seeds each), never 6 runs pooled as seeds
+        assert sorted(swiglu["lr"]) == ["d16", "d24", "d32", "d8"]
+        assert all(c["grid"] == ["×0.5", "×1", "×2"] and c["chosen"] in c["grid"] for c in swiglu["lr"].values())

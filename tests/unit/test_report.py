@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from glubench.sweep import ladder_figures
 from glubench.sweep.report import main, report_sweep, welch
 from glubench.train.results import RunResult
 
@@ -242,12 +243,15 @@ def test_wandb_summary_run_lists_the_runs_that_did_not_complete(sweep, monkeypat
     assert [t["data"] for t in problems] == [[[str(d), "swiglu", "3", "failed", "RuntimeError: boom"]]]
 
 
-def test_repeated_reports_of_a_group_reuse_one_wandb_run(sweep, monkeypatch):
+def test_repeated_reports_of_a_sweep_reuse_one_wandb_run_and_two_sweeps_get_two(sweep, tmp_path_factory,
+                                                                                 monkeypatch):
     """Two reports of the same folder: two offline run folders ``offline-run-<time>-<id>`` (W&B adds
-    ``-1`` when both start in the same second), one run id, and that id is ``summary-`` + the
-    first 12 hex digits of sha256("glubench" NUL "synthetic" NUL)."""
+    ``-1`` when both start in the same second), one run id, and that id is ``summary-`` + the first 12 hex
+    digits of sha256("glubench" NUL "synthetic" NUL <the sweep folder, resolved> NUL).  Another sweep of the
+    same project and group gets another id (issue 24: two sweeps must not write into one summary run)."""
     import hashlib
     import re
+    import shutil
 
     monkeypatch.setenv("WANDB_MODE", "offline")
     report_sweep([sweep], plots=False, wandb_choice="on")
@@ -255,11 +259,21 @@ def test_repeated_reports_of_a_group_reuse_one_wandb_run(sweep, monkeypatch):
     runs = sorted((sweep / "wandb").glob("offline-run-*"))
     assert len(runs) == 2
     # project "glubench" (no logger.project), group = experiment_name "synthetic" (no logger.group)
-    expected = "summary-" + hashlib.sha256(b"glubench\0synthetic\0").hexdigest()[:12]
+    key = b"glubench\0synthetic\0" + str(sweep.resolve()).encode() + b"\0"
+    expected = "summary-" + hashlib.sha256(key).hexdigest()[:12]
     ids = {re.fullmatch(r"offline-run-\d{8}_\d{6}-(summary-[0-9a-f]{12})(-\d+)?", p.name).group(1) for p in runs}
     assert ids == {expected}
     # The run's own record inside each folder carries the same id.
     assert sorted(f.name for r in runs for f in r.glob("*.wandb")) == [f"run-{expected}.wandb"] * 2
+    # A second sweep of the same group (a copy of the runs in another folder): a different summary run.
+    other = tmp_path_factory.mktemp("second_sweep")
+    for d in sweep.iterdir():
+        if (d / "results.json").exists():
+            shutil.copytree(d, other / d.name)
+    report_sweep([other], plots=False, wandb_choice="on")
+    (second,) = (other / "wandb").glob("offline-run-*")
+    assert second.name.split("-", 3)[-1].startswith("summary-") and expected not in second.name
+    assert re.fullmatch(r"offline-run-\d{8}_\d{6}-summary-[0-9a-f]{12}", second.name)
 
 
 def test_console_script_runs(monkeypatch, capsys, glubench_console_logging):
@@ -296,7 +310,8 @@ def _ladder_run(folder, ffn, norm, d_model, seed, loss, flops):
 
 def test_ladder_fits_each_block_apart_and_single_size_sweeps_are_unchanged(tmp_path_factory, sweep):
     """Two blocks x two variants x 4 sizes x 2 seeds from known laws: one fit per block, never mixed;
-    a single-size sweep's summary gets no ladder section."""
+    the multiplier under both compute conventions in ladder.json; a single-size sweep's summary gets no
+    ladder section."""
     from glubench.sweep import ladder
 
     # L = A·C^-α with α = 0.1: swiglu needs 1/1.25 of relu's compute in the rmsnorm block, 1/1.1 in the other
@@ -311,18 +326,75 @@ def test_ladder_fits_each_block_apart_and_single_size_sweeps_are_unchanged(tmp_p
                     folder = tmp_path / "ladder" / f"{norm}_{ffn}_{d}_{seed}"
                     folder.mkdir(parents=True)
                     _ladder_run(folder, ffn, norm, d, seed, loss, c)
-    report = report_sweep([tmp_path / "ladder"], plots=True, wandb_choice="off")
-    assert ladder.is_ladder(report)
-    by_label = {label: {r["variant"]: r for r in rows} for label, rows, _ in report.ladder}
-    assert set(by_label) == {"norm=layernorm", "norm=rmsnorm"}  # one series per block
+    report = report_sweep([tmp_path / "ladder"], plots=True, wandb_choice="off", n_draws=400)
+    assert ladder.is_ladder(ladder.points_from_report(report))
+    by_label = {(r.label, r.convention): {row["variant"]: row for row in r.rows} for r in report.ladder}
+    assert set(by_label) == {(f"norm={n}", c) for n in gain for c in ("flops", "6ND")}  # one series per block
     for norm, m in gain.items():
-        assert by_label[f"norm={norm}"]["swiglu"]["multiplier"] == pytest.approx(m, rel=0.01)
-        assert by_label[f"norm={norm}"]["swiglu"]["n_runs"] == 8  # 4 sizes x 2 seeds, this block only
+        swiglu = by_label[(f"norm={norm}", "flops")]["swiglu"]
+        assert swiglu["multiplier"] == pytest.approx(m, rel=0.01)
+        assert swiglu["n_runs"] == 8 and swiglu["n_rungs"] == 4 and swiglu["n_seeds"] == 2  # this block only
+        # 6·N·D = 6 · 12d² · C/6 ∝ C^(5/3) here, so L ∝ (6ND)^-0.06 and that multiplier is m^(0.1/0.06)
+        assert by_label[(f"norm={norm}", "6ND")]["swiglu"]["multiplier"] == pytest.approx(m ** (5 / 3), rel=0.01)
     md = (tmp_path / "ladder" / "summary.md").read_text()
     assert "## Compute ladder" in md and "### norm=rmsnorm" in md
-    for name in ladder.PLOTS:
+    assert "**Fitted on the validation loss**" in md  # no test split in these runs
+    doc = json.loads((tmp_path / "ladder" / "ladder.json").read_text())
+    assert [(s["label"], s["compute"], s["block"]) for s in doc["series"]] == [
+        ("norm=layernorm", "flops", "GPT-2-style block"), ("norm=layernorm", "6ND", "GPT-2-style block"),
+        ("norm=rmsnorm", "flops", "rmsnorm + learned block"), ("norm=rmsnorm", "6ND", "rmsnorm + learned block")]
+    assert doc["series"][2]["variants"]["swiglu"]["multiplier"] == pytest.approx(1.25, rel=0.01)
+    for name in ladder_figures.PLOTS:
         for ext in ("png", "svg"):
             assert (tmp_path / "ladder" / f"{name}.{ext}").stat().st_size > 1000, (name, ext)
     single = report_sweep([sweep], plots=False, wandb_choice="off")
-    assert not ladder.is_ladder(single) and single.ladder == []
-    assert "Compute ladder" not in (sweep / "summary.md").read_text()
+    assert not ladder.is_ladder(ladder.points_from_report(single)) and single.ladder == []
+    assert "Compute ladder" not in (sweep / "summary.md").read_text() and not (sweep / "ladder.json").exists()
+
+
+def test_busy_machine_and_spread_throughput_are_marked_not_ranked(tmp_path, markdown_table):
+    """Load 5.0 on 2 CPUs at the start of one relu seed (> 1.5 per CPU), and swiglu seeds 1,000 vs 1,600
+    tokens/s (1.6× > 1.5×): both groups' tokens/s are marked, the others' are not (issue 24)."""
+    from glubench.sweep.stats import busy_machine, throughput_problem
+
+    idle, busy = {"cpu_count": 2, "load_start": [1.0, 1, 1], "load_end": [2.0, 2, 2]}, \
+        {"cpu_count": 2, "load_start": [5.0, 3, 1], "load_end": [2.0, 2, 2]}
+    speeds = {"relu": [1000.0, 1010.0], "swiglu": [1000.0, 1600.0], "gelu": [1000.0, 1300.0]}
+    for i, (ffn, tps) in enumerate(speeds.items()):
+        for seed, x in enumerate(tps):
+            d = tmp_path / f"{i}_{ffn}_s{seed}"
+            d.mkdir()
+            RunResult(status="completed", ffn=ffn, seed=seed, val_loss=2.0 + i / 10 + seed / 100,
+                      train_tokens_per_sec=x, config={"model": {"ffn": ffn}, "seed": seed},
+                      machine=busy if (ffn, seed) == ("relu", 1) else idle).write(d)
+    assert busy_machine(RunResult("completed", "relu", 0, machine=busy)) == "load 5.0 on 2 CPUs"
+    assert busy_machine(RunResult("completed", "relu", 0, machine=idle)) is None
+    assert busy_machine(RunResult("completed", "relu", 0)) is None  # an older results.json: nothing recorded
+    assert throughput_problem([], [1000.0, 1600.0]) == "seeds differ 1.6× in tokens/s"
+    assert throughput_problem([], [1000.0, 1300.0]) is None
+    report_sweep([tmp_path], wandb_choice="off", plots=False)
+    md = (tmp_path / "summary.md").read_text()
+    tps = {r[1]: r[9] for r in markdown_table(md)}  # the tokens/s column
+    assert tps == {"relu": "1,005 ⚠", "swiglu": "1,300 ⚠", "gelu": "1,150"}
+    assert ("⚠ tokens/s not comparable (not a property of the FFN, do not rank by it): relu: busy machine (load 5.0 "
+            "on 2 CPUs); swiglu: seeds differ 1.6× in tokens/s.") in md
+
+
+def test_val_loss_figure_is_a_dot_plot_with_every_seed_and_the_t_interval(sweep, monkeypatch, sweep_losses):
+    from glubench.sweep import figures
+    from glubench.sweep.report import build_report
+
+    figs = {}
+    monkeypatch.setattr(figures, "save_figures", lambda f, out: figs.update(f) or [])
+    figures.write_plots(build_report([sweep]), sweep)
+    ax = figs["val_loss_bar"].axes[0]
+    points = sorted(x for c in ax.collections for x, _ in c.get_offsets() if len(c.get_offsets()) == 3)
+    assert points == pytest.approx(sorted(x for v in sweep_losses.values() for x in v))  # 12 seeds, 4 variants
+    assert all(t.get_rotation() == 0 for t in ax.get_yticklabels())
+    assert not any("axis starts" in t.get_text() for t in (*ax.texts, ax.yaxis.label, ax.xaxis.label))
+    # relu: mean 2.2, sd 0.2, n 3: the interval 2.2 ± t(0.975, 2)·0.2/√3 (t = 4.302653 from a table)
+    half = 4.302652730 * 0.2 / math.sqrt(3)
+    from matplotlib.collections import LineCollection
+
+    bars = [seg for c in ax.collections if isinstance(c, LineCollection) for seg in c.get_segments()]
+    assert any(seg[0][0] == pytest.approx(2.2 - half) and seg[1][0] == pytest.approx(2.2 + half) for seg in bars)
