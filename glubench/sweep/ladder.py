@@ -83,7 +83,7 @@ def _point(series: str, run) -> Optional[Point]:
     lr, lr_value = _lr(flat)
     rung = flat.get("ladder.size")
     return Point(series, r.ffn, str(rung if rung is not None else r.params_nonembedding), int(r.seed),
-                 float(r.val_loss), getattr(r, "test_loss", None), compute, lr, lr_value,
+                 float(r.val_loss), r.test_loss, compute, lr, lr_value,
                  r.params_nonembedding, budget.get("seconds"), flat)
 
 

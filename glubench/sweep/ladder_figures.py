@@ -17,6 +17,7 @@ AXES = {"val_loss_vs_flops": ("training compute (FLOPs, glubench's count incl. t
         "val_loss_vs_params": ("non-embedding parameters", "params"),
         "val_loss_vs_seconds": ("training wall-clock time (s, validation excluded)", "seconds")}
 TICKS = (0.25, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.1, 1.2, 1.3, 1.4, 1.5, 1.6, 1.8, 2.0, 2.5, 3.0, 4.0, 5.0, 7.0, 10.0)
+COARSE_TICKS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0)  # wider than ×3
 
 
 def _title(experiment: str, result: SeriesResult) -> str:
@@ -33,7 +34,7 @@ def _plain_log_ticks(axis, lo: float, hi: float) -> None:
     """Plain-number ticks on a log axis of ratios near 1 (×2 and ÷2 look alike; 10^0.1 does not read)."""
     from matplotlib.ticker import FormatStrFormatter, NullFormatter
 
-    axis.set_ticks([t for t in TICKS if lo <= t <= hi])
+    axis.set_ticks([t for t in (TICKS if hi / lo <= 3 else COARSE_TICKS) if lo <= t <= hi])
     axis.set_major_formatter(FormatStrFormatter("%.2g"))
     axis.set_minor_formatter(NullFormatter())
 
@@ -104,6 +105,7 @@ def _multiplier_panel(ax, experiment: str, convs: dict[str, SeriesResult], color
                         label=markers[conv][1] if k == 0 else None)
     ax.axvline(1.0, color="k", linewidth=0.8, linestyle="--")
     ax.set_yticks(range(len(variants)), list(reversed(variants)), fontsize=FONT)
+    ax.set_ylim(-0.6, len(variants) - 0.4)
     ax.set_xscale("log")
     lo, hi = ax.get_xlim()
     _plain_log_ticks(ax.xaxis, lo, hi)

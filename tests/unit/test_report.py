@@ -398,3 +398,33 @@ def test_val_loss_figure_is_a_dot_plot_with_every_seed_and_the_t_interval(sweep,
 
     bars = [seg for c in ax.collections if isinstance(c, LineCollection) for seg in c.get_segments()]
     assert any(seg[0][0] == pytest.approx(2.2 - half) and seg[1][0] == pytest.approx(2.2 + half) for seg in bars)
+
+
+def test_a_ladder_sweep_with_an_lr_grid_and_a_test_split_is_one_series_fitted_on_the_chosen_test_losses(tmp_path):
+    """results.json files of relu and swiglu x 4 rungs x ladder.lr_scale 0.5/1/2 x 2 seeds: optim.lr and
+    ladder.lr_scale differ between runs but split neither the series nor the fits; ×1 wins on validation
+    everywhere, and the fits use its test losses (relu's law and swiglu's 1.25× law, × 1.1)."""
+    rungs = {"d8": 1e9, "d16": 8e9, "d24": 2.7e10, "d32": 6.4e10}
+    for ffn, m in (("relu", 1.0), ("swiglu", 1.25)):
+        for rung, c in rungs.items():
+            for scale, pen in ((0.5, 0.2), (1.0, 0.0), (2.0, 0.1)):
+                for seed in (0, 1):
+                    law = 40 * (c * m) ** -0.1
+                    cfg = {"model": {"ffn": ffn}, "seed": seed, "ladder": {"size": rung, "lr_scale": scale},
+                           "optim": {"lr": 0.01 * scale * 8 / int(rung[1:])}, "experiment_name": "ladder_ci"}
+                    d = tmp_path / f"{ffn}_{rung}_{scale}_{seed}"
+                    d.mkdir()
+                    RunResult(status="completed", ffn=ffn, seed=seed, val_loss=law + pen + 1e-3 * seed,
+                              test_loss=law * 1.1 * (1 + 1e-3 * (seed - 0.5)), params_nonembedding=int(c / 1e5),
+                              budget={"flops": c, "tokens": c / 6e5}, config=cfg).write(d)
+    report = report_sweep([tmp_path], plots=False, wandb_choice="off", n_draws=200)
+    assert [(r.label, r.convention, r.loss_source) for r in report.ladder] == [("", "flops", "test"),
+                                                                                ("", "6ND", "test")]
+    relu, swiglu = report.ladder[0].rows
+    assert (swiglu["n_runs"], swiglu["n_rungs"], swiglu["n_seeds"]) == (8, 4, 2)
+    assert swiglu["multiplier"] == pytest.approx(1.25, rel=1e-4)
+    assert report.ladder[0].target_loss == pytest.approx(40 * 6.4e10**-0.1 * 1.1, rel=1e-5)
+    assert {(c["variant"], c["rung"], c["chosen"], c["edge"]) for c in report.ladder[0].choices} == {
+        (v, r, "×1", False) for v in ("relu", "swiglu") for r in rungs}
+    md = (tmp_path / "summary.md").read_text()
+    assert "Fitted on the **test** loss of the chosen runs" in md and "| relu | ×1 | ×1 | ×1 | ×1 |" in md
