@@ -234,7 +234,7 @@ def test_ladder_ci_end_to_end(tmp_path):
     assert sorted({r.config["model"]["d_model"] for r in results}) == [8, 16, 24, 32]
     assert {(r.config["model"]["n_layers"], r.config["model"]["d_model"] // r.config["model"]["n_heads"])
             for r in results} == {(2, 8)}
-    rung_lr = {"d8": 2.0e-2, "d16": 1.2e-2, "d24": 8.0e-3, "d32": 6.0e-3}
+    rung_lr = {"d8": 4.0e-2, "d16": 2.4e-2, "d24": 1.6e-2, "d32": 1.2e-2}
     for r in results:
         assert r.budget["mode"] == "tokens_per_param" and r.budget["target"] == 2 * r.params_nonembedding
         assert r.tokens_seen <= r.budget["target"] < r.tokens_seen + 8 * 32  # rounded down to whole steps

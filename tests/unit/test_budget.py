@@ -116,4 +116,4 @@ def test_warmup_fraction_replaces_warmup_steps_and_the_ladder_lr_is_the_rung_lr_
     # warmup round(0.1 * 50) = 5 steps, then cosine over the remaining 45 down to min_lr_ratio 0.1
     assert lrs == pytest.approx([0.2, 0.4, 0.6, 0.8, 1.0, 1.0, 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi / 45))])
     cfg = compose_cfg(["experiment=ladder_cpu", "ladder.size=d40", "ladder.lr_scale=0.5"])
-    assert cfg.optim.lr == pytest.approx(9.96e-3 * 0.5) and cfg.model.d_model == 40 and cfg.model.n_layers == 2
+    assert cfg.optim.lr == pytest.approx(1.49e-2 * 0.5) and cfg.model.d_model == 40 and cfg.model.n_layers == 2
