@@ -110,26 +110,53 @@ class ResumeState(pl.Callback):
             self._pending = None
 
 
+def at_step_boundary(trainer) -> bool:
+    """Whether the fit loop is between optimizer steps: no batch in flight, every gradient-accumulation
+    micro-batch of the last step done, no validation under way, so a checkpoint now resumes exactly."""
+    done = trainer.fit_loop.epoch_loop.batch_progress.total
+    return (not trainer.validating and done.ready == done.completed
+            and done.completed % trainer.accumulate_grad_batches == 0)
+
+
 class InterruptCheckpoint(pl.Callback):
     """Save a checkpoint to ``path`` when ``fit`` is interrupted (Ctrl-C, SIGTERM), so no step is lost.
 
     ``path`` defaults to ``<run dir>/checkpoints/last.ckpt``.
 
-    Lightning turns SIGTERM into ``SIGTERMException`` (a ``SystemExit``) between batches and
-    calls ``on_exception`` before unwinding; Ctrl-C arrives here as ``KeyboardInterrupt``.
-    Other exceptions (bugs, :class:`Diverged`) leave the last regular checkpoint in place.
-    Unlike Lightning's ``OnExceptionCheckpoint`` the file is kept after a normal teardown.
+    :class:`FitSignals` makes Lightning stop at an optimizer-step boundary (``SIGTERMException``, a
+    ``SystemExit``) and Lightning calls ``on_exception`` before unwinding.  The checkpoint is written
+    only at such a boundary (:func:`at_step_boundary`): a second Ctrl-C (``KeyboardInterrupt``) stops in
+    the middle of a step, whose weights, counters and schedule disagree, so the last periodic
+    checkpoint stays the resume point.  Nothing is written either when the periodic checkpoint of
+    this very step exists (``last.ckpt`` already links to it) or for other exceptions (bugs,
+    :class:`Diverged`).  Unlike Lightning's ``OnExceptionCheckpoint`` the file is kept after a normal
+    teardown.
     """
 
     def __init__(self, path: str | os.PathLike | None = None) -> None:
         self.path = Path(path) if path is not None else None
+        self._saved_step: int | None = None  # the step of the last checkpoint written (or resumed from)
 
     def setup(self, trainer, pl_module, stage: str) -> None:
         if self.path is None:
             self.path = Path(trainer.default_root_dir) / CHECKPOINT_DIR / LAST_CHECKPOINT
 
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
+        self._saved_step = trainer.global_step
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
+        self._saved_step = checkpoint.get("global_step")  # the resume point until a new checkpoint is written
+
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         if not isinstance(exception, (KeyboardInterrupt, SystemExit)) or trainer.global_step == 0:
+            return
+        if self._saved_step == trainer.global_step and self.path.exists():
+            return  # the periodic checkpoint of this step is there and last.ckpt names it
+        if not at_step_boundary(trainer):
+            where = (f"during the validation at step {trainer.global_step}" if trainer.validating
+                     else f"in the middle of step {trainer.global_step + 1}")
+            log.warning(f"glubench: stopped {where}: no checkpoint written; {self.path} "
+                        f"(step {self._saved_step or 0}) is the resume point")
             return
         try:
             trainer.save_checkpoint(self.path, weights_only=False)  # optimizer too: resumable
@@ -138,16 +165,42 @@ class InterruptCheckpoint(pl.Callback):
 
 
 class FitSignals(pl.Callback):
-    """Marks when Lightning's own SIGTERM handling is active (while the Trainer runs).
+    """Stops a fitting run at the first optimizer-step boundary after Ctrl-C or a preemption signal.
 
-    See :func:`glubench.train.faults.preemption_as_interrupt`; the task always adds this callback.
+    :func:`glubench.train.faults.preemption_as_interrupt` records the signal while fitting; this
+    callback takes SIGTERM back from Lightning when training starts (Lightning would stop at the
+    next *batch*, in the middle of a gradient accumulation) and hands the signal to Lightning's
+    handler once an optimizer step has finished and no validation follows it, or once that
+    validation (and the periodic checkpoint) is done.  Lightning then raises ``SIGTERMException`` at
+    the end of the batch, with every loop counter, the LR schedule and the data position agreeing
+    with ``global_step``.  A run at its last step simply finishes.  The task always adds this callback.
     """
 
+    def __init__(self) -> None:
+        self._lightning_sigterm: Any = None
+
     def setup(self, trainer, pl_module, stage: str) -> None:
-        faults.LIGHTNING_OWNS_SIGTERM = True
+        faults.DEFERRING = stage == "fit"
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._lightning_sigterm = faults.defer_sigterm()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if faults.RECEIVED and getattr(pl_module, "step_finished", True) and not _validation_follows(trainer):
+            self._stop(trainer)
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if faults.RECEIVED and trainer.state.fn == "fit" and not trainer.sanity_checking:
+            self._stop(trainer)
+
+    def _stop(self, trainer) -> None:
+        if self._lightning_sigterm is None or trainer.should_stop or trainer.global_step >= trainer.max_steps > 0:
+            return  # not deferring, or the run ends after this step anyway
+        faults.hand_over(self._lightning_sigterm)
+        self._lightning_sigterm = None
 
     def teardown(self, trainer, pl_module, stage: str) -> None:
-        faults.LIGHTNING_OWNS_SIGTERM = False
+        faults.DEFERRING = False
 
     on_exception = teardown  # Lightning skips callback teardown when fit raises
 

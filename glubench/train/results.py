@@ -19,9 +19,10 @@ class RunResult:
     """Everything a run reports.  Losses are in nats per token; ``val_bpb`` in bits per UTF-8 byte.
 
     ``status`` is ``completed``, ``failed``, ``diverged`` or ``interrupted``; ``error`` holds the
-    message when the run did not complete.  ``history`` lists each validation as
-    ``{"step", "tokens_seen", "val_loss"}``.  ``diagnostics`` holds optional analyses keyed by
-    name, e.g. ``dead_units`` (:meth:`glubench.train.callbacks.DeadUnitsCallback.summary`).
+    message when the run did not complete (the signal, for an interrupted one).  ``val_loss`` is the
+    latest validation's, at ``val_step`` (an interrupted run's last one, not its final number).
+    ``history`` lists each validation as ``{"step", "tokens_seen", "val_loss"}``.  ``diagnostics`` holds
+    optional analyses keyed by name, e.g. ``dead_units`` (:meth:`glubench.train.callbacks.DeadUnitsCallback.summary`).
     """
 
     status: str
@@ -36,6 +37,7 @@ class RunResult:
     val_ppl: Optional[float] = None
     val_bpb: Optional[float] = None
     val_tokens: Optional[int] = None
+    val_step: Optional[int] = None  # the optimizer step val_loss was measured at (an interrupted run: its last)
     # the test split, scored once after training (null when the corpus has none: data.test_percent = 0)
     test_loss: Optional[float] = None
     test_ppl: Optional[float] = None

@@ -211,6 +211,7 @@ def fit(cfg: DictConfig, result: RunResult, model_cfg) -> RunResult:
 
     def collect() -> None:  # also on an exception: an interrupted run reports what it has
         result.steps, result.history = trainer.global_step, module.history
+        _last_validation(module, result)
         result.tokens_seen = module.tokens_seen * trainer.world_size
         train_loss = trainer.callback_metrics.get("train/loss")
         result.train_loss = float(train_loss) if train_loss is not None else None
@@ -230,10 +231,6 @@ def fit(cfg: DictConfig, result: RunResult, model_cfg) -> RunResult:
     speed = (throughput.summary() if throughput else None) or {}
     collect()
     result.status = "completed"
-    result.val_loss = module.last_val.get("val/loss")
-    result.val_ppl = module.last_val.get("val/ppl")
-    result.val_bpb = module.last_val.get("val/bpb")
-    result.val_tokens = int(module.last_val.get("val/tokens", 0))
     if module.last_test:
         result.test_loss, result.test_ppl = module.last_test["test/loss"], module.last_test["test/ppl"]
         result.test_bpb, result.test_tokens = module.last_test.get("test/bpb"), int(module.last_test["test/tokens"])
@@ -252,6 +249,19 @@ def fit(cfg: DictConfig, result: RunResult, model_cfg) -> RunResult:
         log.info("glubench: trainer.fast_dev_run: a smoke test (one step, one validation batch), not a result")
     _wandb_summary(trainer, result)
     return result
+
+
+def _last_validation(module, result: RunResult) -> None:
+    """The latest validation into ``result``: ``val_loss`` and its ``val_step`` (an interrupted run reports
+    the last one it has, also one restored from its checkpoint), and ppl, bpb and tokens when this process
+    scored it (``module.last_val``, which is then ``history[-1]``)."""
+    if not module.history:
+        return
+    result.val_step, result.val_loss = module.history[-1]["step"], module.history[-1]["val_loss"]
+    last = module.last_val
+    if last:
+        result.val_loss, result.val_ppl, result.val_bpb = last.get("val/loss"), last.get("val/ppl"), last.get("val/bpb")
+        result.val_tokens = int(last.get("val/tokens", 0))
 
 
 def _wandb_summary(trainer, result: RunResult) -> None:
@@ -297,8 +307,7 @@ def run(cfg: DictConfig, model_cfg=None) -> RunResult:
         result.status, result.error = "diverged", str(e)
     except BaseException as e:
         result.status = "interrupted" if isinstance(e, (KeyboardInterrupt, SystemExit)) else "failed"
-        result.error = (f"interrupted by {faults.RECEIVED} at step {result.steps}" if faults.RECEIVED
-                        else f"{type(e).__name__}: {e}")
+        result.error = _stop_reason(e, result.steps)
         raise
     finally:
         result.machine["load_end"] = machine_load()["load"]
@@ -309,8 +318,20 @@ def run(cfg: DictConfig, model_cfg=None) -> RunResult:
                 log.error(f"glubench: error: {e}")
                 if sys.exc_info()[0] is None:
                     raise
-        finish_wandb(result.status, preempted=faults.RECEIVED is not None)
+        finish_wandb(result.status, preempted=faults.RECEIVED in [s.name for s in faults.PREEMPTION_SIGNALS])
     return result
+
+
+def _stop_reason(e: BaseException, steps: int | None) -> str:
+    """``results.json``'s ``error`` for an exception out of :func:`fit`: the signal that interrupted the run
+    (``interrupted by SIGINT (Ctrl-C) at step 119``), else the exception."""
+    from glubench.train import faults
+
+    if not (faults.RECEIVED or isinstance(e, KeyboardInterrupt)):
+        return f"{type(e).__name__}: {e}"
+    where = f" at step {steps}" if steps is not None else " before training started"
+    forced = "; a second Ctrl-C stopped it mid-step, so it resumes from the last periodic checkpoint"
+    return f"interrupted by {faults.describe(faults.RECEIVED)}{where}" + (forced if faults.FORCED else "")
 
 
 def finish_wandb(status: str, preempted: bool = False) -> None:
