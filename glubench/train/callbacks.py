@@ -470,15 +470,17 @@ class BudgetCallback(pl.Callback):
 class LearningRateMonitor(_LearningRateMonitor):
     """Lightning's ``LearningRateMonitor`` (``lr-AdamW/pg1`` and ``/pg2``: the decayed and the
     undecayed parameter groups), except that a run without a logger (``logger=none``) logs nothing
-    instead of refusing to start."""
+    instead of refusing to start, and that with gradient accumulation it logs once per optimizer step
+    (at its first micro-batch), not once per micro-batch: Lightning's logging-step test counts
+    optimizer steps, so each of a logging step's micro-batches passed it and wrote the same row."""
 
     def on_train_start(self, trainer, *args: Any, **kwargs: Any) -> None:
         if trainer.loggers:
             super().on_train_start(trainer, *args, **kwargs)
 
-    def on_train_batch_start(self, trainer, *args: Any, **kwargs: Any) -> None:
-        if trainer.loggers:
-            super().on_train_batch_start(trainer, *args, **kwargs)
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx, *args: Any, **kwargs: Any) -> None:
+        if trainer.loggers and batch_idx % trainer.accumulate_grad_batches == 0:
+            super().on_train_batch_start(trainer, pl_module, batch, batch_idx, *args, **kwargs)
 
     def on_train_epoch_start(self, trainer, *args: Any, **kwargs: Any) -> None:
         if trainer.loggers:
@@ -493,6 +495,21 @@ class ProgressBar(TQDMProgressBar):
     ``trainer.log_every_n_steps``), not after every step as ``self.log(..., prog_bar=True)``
     would do.
     """
+
+    @property
+    def total_train_batches(self) -> int | float:
+        """The bar counts optimizer steps, up to ``max_steps`` (``inf`` under ``budget=time``).
+
+        Lightning's total is the steps *left* (or the epoch's micro-batches), while its count is the
+        batch index, which starts past 0 after a resume and runs ``accumulate_grad_batches`` times
+        faster than the steps: the bar then lost its total (``120/?``).
+        """
+        steps = self.trainer.max_steps
+        return steps if 0 < steps < TIME_MODE_MAX_STEPS else float("inf")
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if getattr(pl_module, "step_finished", True):  # the last micro-batch of a step: the step count moves
+            super().on_train_batch_end(trainer, pl_module, outputs, batch, trainer.global_step - 1)
 
     def get_metrics(self, trainer, pl_module) -> dict:
         metrics = super().get_metrics(trainer, pl_module)

@@ -136,6 +136,27 @@ def versions() -> dict[str, str]:
     return {"python": platform.python_version(), "torch": torch.__version__, "lightning": lightning.__version__}
 
 
+def val_check_batches(t: DictConfig, max_steps: int) -> Any:
+    """Lightning's ``val_check_interval`` for ``trainer.val_check_interval`` counted in optimizer steps.
+
+    Lightning counts training batches, which are gradient-accumulation micro-batches: glubench's
+    interval (README, schema) counts optimizer steps, so it becomes ``steps × accumulate_grad_batches``
+    batches.  An interval beyond the run's ``max_steps`` is clamped to it (one info line): the run
+    validates at its end, as Lightning users expect of a short run.  A fraction of an epoch is
+    Lightning's own and passes through; so does ``budget=time``'s step cap (the clock stops first).
+    """
+    from glubench.train.budget import TIME_MODE_MAX_STEPS
+
+    v = t.val_check_interval
+    if isinstance(v, float):
+        return v
+    if v > max_steps and max_steps != TIME_MODE_MAX_STEPS:
+        log.info(f"glubench: trainer.val_check_interval={v} > the run's {max_steps} optimizer steps: "
+                 f"validating at step {max_steps} only")
+        v = max_steps
+    return v * t.accumulate_grad_batches
+
+
 def _callback(trainer, cls):
     return next((c for c in trainer.callbacks if isinstance(c, cls)), None)
 
@@ -185,7 +206,8 @@ def fit(cfg: DictConfig, result: RunResult, model_cfg) -> RunResult:
     resume_step = checkpoint_step(ckpt) if ckpt is not None else None
     loggers = build_loggers(cfg, out, resume_step, result.config)
     callbacks = build_callbacks(cfg)
-    trainer = build_trainer(cfg, out, callbacks, loggers, max_steps=plan.max_steps)
+    trainer = build_trainer(cfg, out, callbacks, loggers, max_steps=plan.max_steps,
+                            val_check_interval=val_check_batches(t, plan.max_steps))
     throughput = _callback(trainer, ThroughputCallback)
     if throughput is not None and throughput.flops_per_token is None:
         throughput.flops_per_token = plan.flops_per_token

@@ -110,7 +110,7 @@ def _check_devices(t: DictConfig) -> None:
         raise ConfigError(f"trainer.devices={devices} but the {kind} indices available are 0..{available - 1}")
 
 
-def _check_trainer(t: DictConfig, steps_from_max_steps: bool) -> None:
+def _check_trainer(t: DictConfig) -> None:
     _positive_ints([("trainer.max_steps", t.max_steps), ("trainer.log_every_n_steps", t.log_every_n_steps),
                     ("trainer.accumulate_grad_batches", t.accumulate_grad_batches),
                     ("trainer.num_nodes", t.num_nodes)])
@@ -122,11 +122,8 @@ def _check_trainer(t: DictConfig, steps_from_max_steps: bool) -> None:
         if t.check_val_every_n_epoch is None:
             raise ConfigError(f"trainer.val_check_interval={v} is a fraction of an epoch, which Lightning counts only "
                               "with trainer.check_val_every_n_epoch set (e.g. 1)")
-    else:
+    else:  # an interval beyond the run's steps is clamped to them (glubench.train.task.val_check_batches)
         _positive_ints([("trainer.val_check_interval", v)])
-        # Other budgets set the steps later (glubench.train.budget.plan_budget checks them).
-        if steps_from_max_steps and v > t.max_steps:
-            raise ConfigError(f"trainer.val_check_interval={v} must be <= trainer.max_steps={t.max_steps}")
     _one_of("trainer.precision", str(t.precision), PRECISIONS)
     clip = t.gradient_clip_val
     if clip is not None and not (isinstance(clip, (int, float)) and math.isfinite(clip) and clip >= 0):
@@ -212,7 +209,7 @@ def validate_config(cfg: DictConfig) -> ModelConfig:
     b = cfg.budget
     check_budget(b.mode, b.value)
     steps_from_max_steps = b.mode == "tokens" and b.value is None
-    _check_trainer(t, steps_from_max_steps)
+    _check_trainer(t)
     if not (math.isfinite(o.lr) and o.lr > 0):
         raise ConfigError(f"optim.lr={o.lr} must be a positive number")
     tune = cfg.tune
