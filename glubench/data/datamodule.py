@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +11,30 @@ import torch
 
 from glubench.data.cache import TokenSplits, prepare_splits
 from glubench.data.windows import StartAt, TrainBatches, ValWindows
+
+
+class ResumableLoader(torch.utils.data.DataLoader):
+    """The training loader, over a :class:`~glubench.data.windows.StartAt` sampler, with the data position as its state.
+
+    Lightning saves ``state_dict()`` in every checkpoint and calls ``load_state_dict()`` on resume
+    (its ``Stateful`` loader protocol), so a resumed run continues at the next training batch;
+    batch ``i`` is a pure function of ``(seed, i)``, so the position is all there is to restore.
+
+    Args:
+        dataset: the :class:`~glubench.data.windows.TrainBatches` (items are whole batches).
+        sampler: where to start.
+        position: returns the index of the next batch to train on (read when a checkpoint is written).
+    """
+
+    def __init__(self, dataset, sampler: StartAt, position: Callable[[], int], **kwargs: Any) -> None:
+        super().__init__(dataset, batch_size=None, sampler=sampler, **kwargs)
+        self.position = position
+
+    def state_dict(self) -> dict[str, int]:
+        return {"next_batch": int(self.position())}
+
+    def load_state_dict(self, state_dict: dict[str, int]) -> None:
+        self.sampler.start = int(state_dict["next_batch"])
 
 
 class LMDataModule(pl.LightningDataModule):
@@ -40,10 +64,16 @@ class LMDataModule(pl.LightningDataModule):
         rank, world = (t.global_rank, t.world_size) if t is not None else (0, 1)
         ds = TrainBatches(self.splits.train, self.seq_len, self.data["batch_size"], self.num_batches,
                           self.seed, rank, world)
-        # On resume Lightning has restored global_step by now: continue at the next batch.
-        start = t.global_step * t.accumulate_grad_batches if t is not None else 0
-        return torch.utils.data.DataLoader(ds, batch_size=None, sampler=StartAt(start, len(ds)),
-                                           num_workers=self.data["num_workers"])
+        # On resume Lightning has restored global_step by now (and then loads the loader's state too).
+        start = self._batches_done()
+        return ResumableLoader(ds, sampler=StartAt(start, len(ds)), position=self._batches_done,
+                               num_workers=self.data["num_workers"])
+
+    def _batches_done(self) -> int:
+        """Training batches consumed: optimizer steps × gradient-accumulation micro-batches (checkpoints are
+        written at optimizer-step boundaries only)."""
+        t = self.trainer
+        return t.global_step * t.accumulate_grad_batches if t is not None else 0
 
     def val_dataloader(self):
         return self._scoring_loader(self.splits.val)

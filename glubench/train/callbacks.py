@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -69,15 +70,43 @@ class StepCheckpoint(ModelCheckpoint):
                  save_top_k: int = 1, **kwargs: Any) -> None:
         kwargs = {"filename": "step-{step}", "auto_insert_metric_name": False, "save_last": "link", **kwargs}
         super().__init__(dirpath=dirpath, save_top_k=save_top_k, every_n_train_steps=every_n_train_steps, **kwargs)
+        self._found_files = False  # the folder held files at setup and this run does not resume from them
 
     def setup(self, trainer, pl_module, stage: str) -> None:
         if self.dirpath is None:
             self.dirpath = str(Path(trainer.default_root_dir) / CHECKPOINT_DIR)
-        super().setup(trainer, pl_module, stage)
+        with warnings.catch_warnings():
+            # Lightning warns whenever the folder holds files.  On a resume they are this run's own
+            # checkpoints, which this callback goes on managing (its state comes back with the
+            # checkpoint, load_state_dict below), so the warning would be untrue there; whether the
+            # run resumes is known only after setup, so on_train_start says it when it is true.
+            warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
+            super().setup(trainer, pl_module, stage)
+        folder = Path(self.dirpath)
+        self._found_files = stage == "fit" and folder.is_dir() and any(folder.iterdir())
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._found_files = False  # resuming: the files are this run's
+        super().load_state_dict(state_dict)
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        super().on_train_start(trainer, pl_module)
+        if self._found_files and trainer.is_global_zero:
+            log.warning(f"glubench: {self.dirpath} already holds checkpoints this run does not resume from; "
+                        "those of the steps it saves are replaced")
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if not _validation_follows(trainer):
             super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
+    def _save_checkpoint(self, trainer, filepath: str) -> None:
+        # Every save of ModelCheckpoint goes through here.  The module's on_save_checkpoint pauses its
+        # training clock too, but Lightning calls it after collecting the state (~1 ms of a small
+        # model's write); pausing here keeps the whole checkpoint out of tokens/s and budget=time.
+        clock = getattr(trainer.lightning_module, "train_clock", None)
+        if clock is not None:
+            clock.pause()  # the next training batch restarts it (LanguageModel.on_train_batch_start)
+        super()._save_checkpoint(trainer, filepath)
 
     def on_validation_end(self, trainer, pl_module) -> None:
         super().on_validation_end(trainer, pl_module)

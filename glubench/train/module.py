@@ -94,7 +94,7 @@ class LanguageModel(pl.LightningModule):
     bpb out.  ``history`` keeps each
     validation's ``(step, tokens_seen, val_loss)`` for curves.  ``train_clock`` counts the training
     seconds (running from ``on_train_start`` to ``on_train_end``, paused during validation), the one
-    clock of the budget and throughput callbacks.
+    clock of the budget and throughput callbacks; checkpoint writes are not counted either.
 
     The hyperparameters are saved in every checkpoint as plain values, so
     ``LanguageModel.load_from_checkpoint(path)`` needs nothing else.
@@ -176,6 +176,7 @@ class LanguageModel(pl.LightningModule):
 
     def on_train_batch_start(self, batch, batch_idx) -> None:
         self._step_at_batch_start, self._grad_norm = self.trainer.global_step, None
+        self.train_clock.resume()  # after a checkpoint written between steps (on_save_checkpoint paused it)
 
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
         # After the optimizer step (so the row carries the steps done, as results.json does), and
@@ -273,6 +274,9 @@ class LanguageModel(pl.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # Writing a checkpoint is not training: the clock stops before the file is written and restarts
+        # with the next batch.  (Checkpoints after a validation are written while it is paused anyway.)
+        self.train_clock.pause()
         checkpoint["glubench"] = {"tokens_seen": self.tokens_seen, "history": self.history}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:

@@ -24,6 +24,7 @@ import csv
 import os
 import random
 import secrets
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -136,13 +137,21 @@ def keep_csv_history(csv_logger, resume_step: int) -> int:
     it, because the resumed run logs them again.
     """
     path = Path(csv_logger.log_dir) / "metrics.csv"
-    if global_rank() != 0 or not path.is_file():
+    if global_rank() != 0:
         return 0
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        keys = list(reader.fieldnames or [])
-        rows = [r for r in reader if r.get("step") not in (None, "") and _before(r, resume_step)]
-    writer = csv_logger.experiment  # creating the writer removes metrics.csv
+    keys, rows = [], []
+    if path.is_file():
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            keys = list(reader.fieldnames or [])
+            rows = [r for r in reader if r.get("step") not in (None, "") and _before(r, resume_step)]
+    with warnings.catch_warnings():
+        # Creating the writer removes metrics.csv and warns that the previous log files will be deleted:
+        # untrue here, the rows up to the checkpoint were read above and are written back at once.
+        warnings.filterwarnings("ignore", message="Experiment logs directory .* exists and is not empty")
+        writer = csv_logger.experiment
+    if not rows:
+        return 0
     writer.metrics = [{k: v for k, v in r.items() if v != ""} for r in rows] + writer.metrics
     writer.metrics_keys = sorted(set(writer.metrics_keys) | set(keys))
     writer.save()
