@@ -9,7 +9,9 @@ weights, the optimizer, the LR scheduler, the loop counters (``global_step``) an
   as tensors and plain values so the checkpoint still loads with ``torch.load(weights_only=True)``;
 - the data position: training batch ``i`` is a pure function of ``(seed, i)``
   (:class:`glubench.data.windows.TrainBatches`), so a resumed datamodule starts at batch
-  ``global_step × accumulate_grad_batches`` (checkpoints are written at optimizer-step boundaries);
+  ``global_step × accumulate_grad_batches`` (checkpoints are written at optimizer-step boundaries,
+  interrupts included); the loader also carries it as its Lightning state
+  (:class:`glubench.data.datamodule.ResumableLoader`);
 - a stable W&B run id per run dir (:func:`wandb_run_id`), so a requeued job continues the
   same W&B run (``resume="allow"``) instead of forking a new one;
 - the CSV history: Lightning's ``CSVLogger`` deletes an existing ``metrics.csv``;
