@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import shlex
 import shutil
 import sys
 from pathlib import Path
@@ -45,6 +46,8 @@ def main(cfg: DictConfig) -> float | None:
         model_cfg = validate_config(cfg)
         check_job_launch(cfg)
         if not cfg.tune.variants:
+            if _in_multirun() and (done := _completed(output_dir(), cfg.overwrite)) is not None:
+                return done  # a resubmitted sweep keeps its completed jobs
             check_output_dir(output_dir(), cfg.overwrite)
     except ConfigError as e:
         return _config_error(e)
@@ -62,8 +65,8 @@ def main(cfg: DictConfig) -> float | None:
     except (KeyboardInterrupt, SystemExit):  # run() has written status "interrupted" and the checkpoint
         from glubench.train import faults
 
-        log.error(f"glubench: interrupted{' by ' + faults.RECEIVED if faults.RECEIVED else ''} -> "
-                  f"{output_dir() / RESULTS_FILE}; the same command in the same run dir resumes")
+        log.error(redact(f"glubench: interrupted by {faults.describe(faults.RECEIVED)} -> "
+                         f"{output_dir() / RESULTS_FILE}; {resume_hint()}"))
         faults.forward_preemption()  # under submitit: requeue the job now that everything is saved
         sys.exit(faults.exit_status())
     except WriteFailed as e:  # disk full, permission lost: one line, the previous files are intact
@@ -106,6 +109,50 @@ def eval_main(cfg: DictConfig) -> float | None:
         _discard_rejected_run_dir()
         sys.exit(2)
     return record["loss"]
+
+
+def _completed(out: Path, overwrite: bool) -> float | None:
+    """The ``val_loss`` of a completed run in ``out`` that is kept (``overwrite=false``), else ``None``."""
+    from glubench.train.results import RunResult
+
+    path = out / RESULTS_FILE
+    if overwrite or not path.is_file():
+        return None
+    try:
+        done = RunResult.read(path)
+    except (OSError, ValueError, TypeError):
+        return None
+    if done.status != "completed" or done.val_loss is None:
+        return None
+    log.info(f"glubench: {out} holds a completed run (val_loss={done.val_loss:.4f}); kept")
+    return done.val_loss
+
+
+def resume_hint() -> str:
+    """What resumes this interrupted job: the command with its overrides and the run dir, e.g.
+    ``to resume: glubench experiment=ci hydra.run.dir=outputs/ci/2026-01-02/10-11-12-123456``.
+
+    The default run dir is timestamped, so running the same command again would start afresh.  A
+    multirun job resumes with its sweep: the sweep's own overrides (kept in ``<sweep dir>/multirun.yaml``)
+    and ``hydra.sweep.dir``; its completed jobs are kept.
+    """
+    from hydra.core.hydra_config import HydraConfig
+
+    out = output_dir()
+    if not HydraConfig.initialized():
+        return f"to resume, run it again in {out}"
+    hc = HydraConfig.get()
+    own = ("hydra.run.dir=", "hydra.sweep.dir=", "hydra.mode=")  # set below, or Hydra's own
+    hydra_args = [o for o in hc.overrides.hydra if not o.startswith(own)]
+    if not _in_multirun():
+        args = [*hc.overrides.task, *hydra_args, f"hydra.run.dir={out}"]
+        return "to resume: glubench " + shlex.join(args)
+    sweep = next((p for p in out.parents if (p / "multirun.yaml").is_file()), out.parent)
+    from omegaconf import OmegaConf
+
+    task = OmegaConf.select(OmegaConf.load(sweep / "multirun.yaml"), "hydra.overrides.task") or []
+    args = ["--multirun", *task, *hydra_args, f"hydra.sweep.dir={sweep}"]
+    return "to resume the sweep (its completed jobs are kept): glubench " + shlex.join(args)
 
 
 def _config_error(e: ConfigError) -> None:
