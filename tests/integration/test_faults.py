@@ -68,7 +68,6 @@ def _cases(split):
         ("dropout-one", ["model.dropout=1.0"], "model.dropout"),
         ("model-vocab-set", ["model.vocab_size=1000"], "model.vocab_size"),
         ("max_steps-zero", ["trainer.max_steps=0"], "trainer.max_steps"),
-        ("val-interval-beyond-steps", ["trainer.val_check_interval=50"], "trainer.val_check_interval"),
         ("log-every-zero", ["trainer.log_every_n_steps=0"], "trainer.log_every_n_steps"),
         ("accumulate-zero", ["trainer.accumulate_grad_batches=0"], "trainer.accumulate_grad_batches"),
         ("unknown-precision", ["trainer.precision=fp8"], "trainer.precision"),
@@ -337,6 +336,40 @@ def test_credentials_typed_on_the_command_line_reach_no_sink(tmp_path):
 # ---------------------------------------------------------------------------- interruption
 
 
+def test_resume_hint_names_the_run_dir_or_the_sweep(tmp_path, compose_cfg):
+    """The interrupt message's command: a single run's overrides plus its run dir (the default one is
+    timestamped, so the same command would start afresh); a multirun job's sweep, from multirun.yaml.  A
+    resubmitted sweep keeps its completed jobs (their val_loss, no training, no error)."""
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf, open_dict
+
+    from glubench.cli.main import resume_hint
+
+    def hydra_job(overrides, mode, out):
+        cfg = compose_cfg(overrides, hydra=True)
+        with open_dict(cfg):
+            cfg.hydra.mode, cfg.hydra.runtime.output_dir = mode, str(out)
+        HydraConfig.instance().set_config(cfg)
+        return cfg
+
+    try:
+        hydra_job(["experiment=ci", "logger.wandb.tags=[a,b]"], "RUN", tmp_path / "run")
+        assert resume_hint() == (f"to resume: glubench experiment=ci 'logger.wandb.tags=[a,b]' "
+                                 f"hydra.run.dir={tmp_path}/run")
+        sweep = tmp_path / "sweep"
+        (sweep / "1_relu_s0").mkdir(parents=True)
+        OmegaConf.save({"hydra": {"overrides": {"task": ["experiment=ci", "optim.lr=1e-3,3e-3"]}}},
+                       sweep / "multirun.yaml")
+        cfg = hydra_job(["experiment=ci", "optim.lr=3e-3"], "MULTIRUN", sweep / "1_relu_s0")
+        assert resume_hint() == ("to resume the sweep (its completed jobs are kept): glubench --multirun "
+                                 f"experiment=ci optim.lr=1e-3,3e-3 hydra.sweep.dir={sweep}")
+        (sweep / "1_relu_s0" / "results.json").write_text(json.dumps({"status": "completed", "ffn": "relu",
+                                                                       "seed": 0, "val_loss": 4.25}))
+        assert main(cfg) == 4.25 and not (sweep / "1_relu_s0" / "checkpoints").exists()
+    finally:
+        HydraConfig.instance().cfg = None
+
+
 def test_sigterm_leaves_results_and_checkpoint(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
     cmd = [sys.executable, "-m", "glubench", "experiment=ci", "logger=none", "trainer.max_steps=100000",
@@ -361,12 +394,21 @@ def test_sigterm_leaves_results_and_checkpoint(tmp_path):
     assert ckpt["global_step"] == data["steps"]  # saved at the interruption, not only at step 25
 
 
-def _start(run_dir: Path, env: dict) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "glubench", "experiment=ci", "logger=csv", "trainer.max_steps=120",
-           "trainer.val_check_interval=20", "trainer.log_every_n_steps=5", "trainer.deterministic=true",
-           "optim.warmup_steps=5", f"hydra.run.dir={run_dir}"]
-    return subprocess.Popen(cmd, cwd=run_dir.parent, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+def _start(run_dir: Path, env: dict, args: list[str] | None = None) -> subprocess.Popen:
+    """``glubench`` with ``args`` (default: a 120-step CI run in ``run_dir``)."""
+    args = args or ["experiment=ci", "logger=csv", "trainer.max_steps=120", "trainer.val_check_interval=20",
+                    "trainer.log_every_n_steps=5", "trainer.deterministic=true", "optim.warmup_steps=5",
+                    f"hydra.run.dir={run_dir}"]
+    return subprocess.Popen([sys.executable, "-m", "glubench", *args], cwd=run_dir.parent, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _printed_resume_command(err: str) -> list[str]:
+    """The arguments of the ``to resume: glubench ...`` command an interrupted run prints."""
+    import shlex
+
+    line = next(ln for ln in err.splitlines() if "; to resume: glubench " in ln)
+    return shlex.split(line.split("; to resume: glubench ", 1)[1])
 
 
 def _signal_after(proc: subprocess.Popen, run_dir: Path, step: int, sig: int) -> tuple[int, str]:
@@ -382,16 +424,17 @@ def _signal_after(proc: subprocess.Popen, run_dir: Path, step: int, sig: int) ->
 
 
 def test_preempted_twice_finishes_with_the_uninterrupted_numbers(tmp_path):
-    """SLURM's time-limit warning (SIGUSR1), then a preemption (SIGTERM), each followed by the same command in
-    the same run dir (what a requeue does): the third attempt finishes with the uninterrupted run's numbers."""
+    """SLURM's time-limit warning (SIGUSR1), then a preemption (SIGTERM), each followed by the command the
+    interrupted run printed (what a requeue does too): the third attempt finishes with the uninterrupted run's
+    numbers."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "WANDB_MODE": "offline"}
     full_dir = tmp_path / "full"
     full = _start(full_dir, env)
     assert full.wait(timeout=300) == 0, full.stderr.read()[-3000:]
     run_dir = tmp_path / "run"
-    steps = []
+    steps, args = [], None
     for sig, after, status in ((signal.SIGUSR1, 20, 138), (signal.SIGTERM, 60, 143)):
-        code, err = _signal_after(_start(run_dir, env), run_dir, after, sig)
+        code, err = _signal_after(_start(run_dir, env, args), run_dir, after, sig)
         assert code == status, err[-3000:]
         data = json.loads((run_dir / "results.json").read_text())
         name = signal.Signals(sig).name
@@ -400,8 +443,10 @@ def test_preempted_twice_finishes_with_the_uninterrupted_numbers(tmp_path):
         ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
         assert ckpt["global_step"] == data["steps"] >= after  # saved at the interrupted step
         steps.append(data["steps"])
+        args = _printed_resume_command(err)
+        assert args[-1] == f"hydra.run.dir={run_dir}"
     assert steps[1] > steps[0]  # the second attempt resumed and went on
-    last = _start(run_dir, env)
+    last = _start(run_dir, env, args)
     assert last.wait(timeout=300) == 0, last.stderr.read()[-3000:]
     done, ref = (json.loads((d / "results.json").read_text()) for d in (run_dir, full_dir))
     assert done["status"] == "completed" and done["steps"] == 120

@@ -161,3 +161,52 @@ def test_callback_in_a_training_run(tmp_path, monkeypatch, ci_run):
     assert result.diagnostics["dead_units"]["every_n_steps"] == 5
     header = (tmp_path / "csv" / "metrics.csv").read_text().splitlines()[0].split(",")
     assert {"act/layer0/dead_frac", "act/layer1/gate_sat_frac", "act/dead_frac"} <= set(header)
+
+
+def test_checkpoint_writes_are_outside_the_training_clock(tmp_path, monkeypatch, ci_run):
+    """A fake clock ticks 1 ms per reading and jumps 1000 s during each checkpoint write: the training seconds
+    (budget, tokens/s) must not contain a single jump.  Checkpoints every 3 steps between validations are
+    written between training batches, where the clock runs."""
+    import glubench.train.faults as faults
+    import glubench.train.module as module
+    from glubench.core.clock import Stopwatch
+
+    now, writes = [0.0], []
+
+    def clock():
+        now[0] += 1e-3
+        return now[0]
+
+    real_save = faults.AtomicCheckpointIO.save_checkpoint
+
+    def slow_save(self, checkpoint, path, storage_options=None):
+        now[0] += 1000.0
+        writes.append(checkpoint["global_step"])
+        real_save(self, checkpoint, path, storage_options)
+
+    monkeypatch.setattr(module, "Stopwatch", lambda: Stopwatch(clock=clock))
+    monkeypatch.setattr(faults.AtomicCheckpointIO, "save_checkpoint", slow_save)
+    r = ci_run(tmp_path, "trainer.max_steps=12", "trainer.val_check_interval=12",
+               "callbacks.model_checkpoint.every_n_train_steps=3")
+    assert writes == [3, 6, 9, 12] and now[0] > 4000
+    assert 0 < r.budget["seconds"] < 1000  # each reading adds 1 ms; one write would add 1000 s
+    assert r.train_tokens_per_sec > 10 * 8 * 32 / 1000  # (10 measured steps of 256 tokens in under 1000 s)
+
+
+def test_short_run_validates_at_its_end(tmp_path, ci_run, compose_cfg, monkeypatch, caplog):
+    """trainer.max_steps=6 below val_check_interval=10 (experiment=ci): clamped with one info line, not refused;
+    the run validates at step 6 and glubench-eval on its last.ckpt gives results.json's val_loss."""
+    import logging
+
+    from glubench.train.evaluate import evaluate
+
+    with caplog.at_level(logging.INFO, logger="glubench"):
+        r = ci_run(tmp_path / "run", "trainer.max_steps=6", "optim.warmup_steps=2")
+    assert r.status == "completed" and [h["step"] for h in r.history] == [6] and r.val_step == 6
+    clamped = [m for m in caplog.messages if "val_check_interval" in m]
+    assert clamped == ["glubench: trainer.val_check_interval=10 > the run's 6 optimizer steps: "
+                       "validating at step 6 only"]
+    (tmp_path / "eval").mkdir()
+    monkeypatch.chdir(tmp_path / "eval")
+    score = evaluate(compose_cfg([f"ckpt_path={tmp_path}/run/checkpoints/last.ckpt"], config_name="eval"))["loss"]
+    assert abs(score - r.val_loss) <= 1e-6
