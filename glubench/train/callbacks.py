@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import LearningRateMonitor as _LearningRateMonitor
 from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.callbacks.progress.tqdm_progress import convert_inf
 
 from glubench.analysis.dead_units import STAT_KEYS, probe_batch, probe_stats
 from glubench.core.clock import Stopwatch
@@ -530,11 +531,19 @@ class ProgressBar(TQDMProgressBar):
         """The bar counts optimizer steps, up to ``max_steps`` (``inf`` under ``budget=time``).
 
         Lightning's total is the steps *left* (or the epoch's micro-batches), while its count is the
-        batch index, which starts past 0 after a resume and runs ``accumulate_grad_batches`` times
-        faster than the steps: the bar then lost its total (``120/?``).
+        batch index, which runs ``accumulate_grad_batches`` times faster than the steps.
         """
         steps = self.trainer.max_steps
         return steps if 0 < steps < TIME_MODE_MAX_STEPS else float("inf")
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        super().on_train_start(trainer, pl_module)
+        # Lightning sets the total and the title in on_train_epoch_start, which it skips for a run
+        # resumed in the middle of its epoch: that bar showed "Training: 120/?".
+        bar = self.train_progress_bar
+        bar.total = convert_inf(self.total_train_batches)
+        bar.initial = bar.n = trainer.global_step
+        bar.set_description(f"Epoch {trainer.current_epoch}")
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if getattr(pl_module, "step_finished", True):  # the last micro-batch of a step: the step count moves
