@@ -20,6 +20,7 @@ import hydra
 from omegaconf import DictConfig
 
 import glubench.train.schema  # noqa: F401  (registers the typed schemas)
+from glubench.cli import help as _help
 from glubench.core.errors import ConfigError
 from glubench.core.io import WriteFailed
 from glubench.core.paths import CONF_DIR
@@ -30,6 +31,7 @@ from glubench.train.task import output_dir, run
 from glubench.train.validate import check_output_dir, validate_config
 
 log = logging.getLogger("glubench")
+_help.register()  # the resolvers of glubench --help's template
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
@@ -51,6 +53,7 @@ def main(cfg: DictConfig) -> float | None:
             check_output_dir(output_dir(), cfg.overwrite)
     except ConfigError as e:
         return _config_error(e)
+    _log_config()
     if cfg.tune.variants:  # a driver experiment (e.g. tuned_variants_cpu): studies + seed runs, no job here
         from hydra.core.hydra_config import HydraConfig
 
@@ -81,13 +84,9 @@ def main(cfg: DictConfig) -> float | None:
             sys.exit(1)
         log.error(f"glubench: job failed (recorded in {output_dir() / RESULTS_FILE}); the sweep goes on")
         return None  # the sweep's report lists it and sets the exit status
-    nan = float("nan")
-    log.info(
-        f"glubench: {result.status}: ffn={result.ffn} val_loss={result.val_loss or nan:.4f} "
-        f"val_ppl={result.val_ppl or nan:.3f} val_bpb={result.val_bpb or nan:.4f} "
-        f"tokens/s={result.train_tokens_per_sec or nan:,.0f} wall={result.wall_time_s or nan:.1f}s "
-        f"-> {output_dir() / RESULTS_FILE}"
-    )
+    from glubench.train.console import summary_line
+
+    log.info(summary_line(result, output_dir() / RESULTS_FILE))
     if result.status == "diverged":
         log.error(f"glubench: diverged: {result.error}")
         if not _in_multirun():
@@ -193,6 +192,17 @@ def _discard_rejected_run_dir() -> None:
             break
 
 
+def _log_config() -> None:
+    """DEBUG (``debug=default``): the group choices and overrides the config was composed from, and where it is."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if HydraConfig.initialized():
+        hc = HydraConfig.get()
+        choices = " ".join(f"{k}={v}" for k, v in hc.runtime.choices.items() if v is not None and "/" not in k)
+        log.debug(f"glubench: config: {choices}; overrides: {' '.join(hc.overrides.task) or 'none'}; "
+                  f"composed config: {output_dir() / (hc.output_subdir or '.hydra') / 'config.yaml'}")
+
+
 def _in_multirun() -> bool:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
@@ -213,13 +223,26 @@ def _with_redacted_printouts(app) -> None:
         app()
 
 
+def _check_overrides(prog: str, config_name: str) -> None:
+    """Exit 2 with one line for an override Hydra would refuse with a traceback or a paragraph
+    (:func:`glubench.cli.overrides.check_overrides`), before Hydra starts."""
+    from glubench.cli.overrides import check_overrides
+
+    error = check_overrides(sys.argv[1:], config_name)
+    if error:
+        print(redact(f"{prog}: error: {error}"), file=sys.stderr)
+        sys.exit(2)
+
+
 def cli() -> None:
     """The ``glubench`` console script (:func:`main`)."""
+    _check_overrides("glubench", "config")
     _with_redacted_printouts(main)
 
 
 def eval_cli() -> None:
     """The ``glubench-eval`` console script (:func:`eval_main`)."""
+    _check_overrides("glubench-eval", "eval")
     _with_redacted_printouts(eval_main)
 
 

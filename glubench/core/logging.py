@@ -4,14 +4,30 @@ Hydra job also the per-job log file (``<run dir>/<job name>.log``) with timestam
 Modules log through ``logging.getLogger(__name__)`` (all under the ``glubench`` logger); nothing
 prints.  Under Hydra the handlers come from ``conf/hydra/job_logging/glubench.yaml``; the other
 commands (``glubench-report``, ``-data``, ``-analyze``, ``-bench``) call :func:`configure`.
+
+The console of a training job carries glubench's own lines and every warning or error
+(:class:`Console`); the per-job log carries everything, the libraries' INFO lines included.
+``verbose=true`` puts all of it on the console too.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
+import warnings
 
 from glubench.core.ranks import global_rank
+
+FILE_ONLY = {"console": False}
+"""``log.info(..., extra=FILE_ONLY)``: a detail for the per-job log, not the console (:class:`Console`)."""
+
+KNOWN_WARNINGS = (
+    # torch deprecated LeafSpec (a FutureWarning on construction); Lightning 2.6's CombinedLoader
+    # (lightning/pytorch/utilities/_pytree.py) still builds one per fit/validate/test: nothing to act on.
+    (r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning),
+)
+"""``(message regex, category)`` of library warnings that say nothing about the user's run: ignored by
+:func:`ignore_known_warnings`, each scoped to its exact message."""
 
 
 class MaxLevel(logging.Filter):
@@ -52,6 +68,38 @@ class RankZero(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         return record.levelno >= logging.WARNING or global_rank() == 0
+
+
+class Console(logging.Filter):
+    """What a training job prints: glubench's own lines and any warning or error; the rest goes to the log
+    file only.
+
+    Left to ``train.log`` (the file handler has no such filter): Lightning's INFO lines (``GPU available:
+    False``, ``TPU available``, the litlogger "Tip", ```Trainer.fit` stopped: max_steps reached``,
+    ```Trainer(val_check_interval=1.0)` was configured ...``: the hardware is in ``results.json`` and the
+    stop is the run's plan), any other library's INFO lines, and glubench's own details marked
+    :data:`FILE_ONLY`.  Hydra's launcher lines (``[HYDRA] #0 : ...``) are not job records and stay.
+
+    Args:
+        verbose: pass every record (``verbose=true`` on the command line).
+    """
+
+    def __init__(self, verbose: bool = False) -> None:
+        super().__init__()
+        self.verbose = bool(verbose)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.verbose or record.levelno >= logging.WARNING:
+            return True
+        ours = record.name == "glubench" or record.name.startswith(("glubench.", "hydra", "HYDRA"))
+        return ours and getattr(record, "console", True)
+
+
+def ignore_known_warnings() -> None:
+    """Ignore the library warnings of :data:`KNOWN_WARNINGS` (each by its exact message); any other warning
+    still prints.  Called where a command starts Lightning (training, ``glubench-eval``)."""
+    for message, category in KNOWN_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, category=category)
 
 
 class _Console(logging.StreamHandler):

@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
@@ -86,6 +87,8 @@ def _tokenize_rows(rows, tokenizer, separator: str, tmp: Path, split: str, num_p
 
     if not isinstance(rows, datasets.Dataset):
         rows = datasets.Dataset.from_dict({"text": list(rows)})
+    if not sys.stderr.isatty():  # its bars' redraws would pile up as lines in a log file
+        datasets.disable_progress_bars()
     dtype = token_dtype(tokenizer.vocab_size)
     stats = {"tokens": 0, "bytes": 0, "documents": len(rows), "dtype": dtype.name}
     with open(tmp / f"{split}.bin", "wb") as f:
@@ -150,9 +153,11 @@ def prepare_tokens(corpus: Corpus, tokenizer, cache_dir: Path, val_percent: floa
     """
     final = Path(cache_dir) / "tokens" / cache_key(corpus, tokenizer, val_percent)
     if (final / "meta.json").exists():
+        log.debug("glubench: token cache hit: %s (tokenizer=%s, vocab %d) in %s", corpus.source, tokenizer.kind,
+                  tokenizer.vocab_size, final)
         return final
-    log.info("tokenizing %s (tokenizer=%s, vocab %d) into %s", corpus.source, tokenizer.kind,
-             tokenizer.vocab_size, final)
+    log.info("glubench: token cache miss: tokenizing %s (tokenizer=%s, vocab %d) into %s", corpus.source,
+             tokenizer.kind, tokenizer.vocab_size, final)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}."))
     try:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -524,7 +525,23 @@ class ProgressBar(TQDMProgressBar):
     host only when the bar refreshes (every ``refresh_rate`` steps; ``conf/callbacks/default.yaml`` sets
     ``trainer.log_every_n_steps``), not after every step as ``self.log(..., prog_bar=True)``
     would do.
+
+    Only on a terminal: when stdout is a file or a pipe (a batch job's log, ``| tee``) a bar's
+    carriage-return redraws pile up as dozens of lines, so there is no bar and each validation
+    during training logs one line instead (``glubench: step 100/300 val_loss=2.6312``).
     """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if not sys.stdout.isatty():
+            self.disable()
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        super().on_validation_end(trainer, pl_module)
+        loss = getattr(pl_module, "last_val", {}).get("val/loss")
+        if self.is_disabled and trainer.state.fn == "fit" and not trainer.sanity_checking and loss is not None:
+            of = f"/{trainer.max_steps}" if 0 < trainer.max_steps < TIME_MODE_MAX_STEPS else ""
+            log.info(f"glubench: step {trainer.global_step}{of} val_loss={loss:.4f}")
 
     @property
     def total_train_batches(self) -> int | float:

@@ -69,12 +69,13 @@ def evaluate(cfg: DictConfig) -> dict:
 
     import torch
 
-    from glubench.core.logging import route_through_root
+    from glubench.core.logging import ignore_known_warnings, route_through_root
     from glubench.data.cache import prepare_splits
     from glubench.data.windows import ValWindows
     from glubench.train.module import LanguageModel
 
     route_through_root("lightning", "lightning.pytorch", "lightning.fabric")
+    ignore_known_warnings()
     module = LanguageModel(**hparams)  # what LanguageModel.load_from_checkpoint does, without a second read
     module.load_state_dict(state["state_dict"])
     seq_len = module.model_cfg.seq_len

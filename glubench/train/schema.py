@@ -248,13 +248,14 @@ class Config:
     budget: BudgetConfig = field(default_factory=BudgetConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
     faults: FaultsConfig = field(default_factory=FaultsConfig)
-    # null/auto/last: resume from <run dir>/checkpoints/last.ckpt if it exists; never; or a path
-    ckpt_path: Optional[str] = None
+    # auto (or last): resume from <run dir>/checkpoints/last.ckpt if it exists; never; or a path
+    ckpt_path: Optional[str] = "auto"
     diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
     ladder: LadderConfig = field(default_factory=LadderConfig)
     seed: int = 0
     experiment_name: str = "default"
     overwrite: bool = False  # replace a completed results.json in the same output dir (else refuse)
+    verbose: bool = False  # the console shows every library's messages and W&B's, not only glubench's
 
 
 @dataclass
@@ -273,6 +274,7 @@ class EvalConfig:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     seed: int = 0
     experiment_name: str = "eval"
+    verbose: bool = False
 
 
 def unknown_keys(cfg: DictConfig) -> list[str]:
@@ -308,12 +310,19 @@ def _mul(*factors: float) -> float:
     return float(math.prod(float(f) for f in factors))
 
 
+def zfill(value: Any, width: int = 3) -> str:
+    """``${zfill:${hydra.job.num},3}``: ``value`` as an integer padded with zeros to ``width`` digits, so that
+    sweep job folders sort in job order (``000``, ``001``, ..., ``010``) rather than as text."""
+    return f"{int(value):0{int(width)}d}"
+
+
 def register_configs() -> None:
-    """Register :class:`Config` as ``base_config``, :class:`EvalConfig` as ``base_eval`` and the ``mul``
-    resolver the configs use."""
+    """Register :class:`Config` as ``base_config``, :class:`EvalConfig` as ``base_eval`` and the resolvers
+    the configs use: ``mul`` and ``zfill`` (the sweep folder names)."""
     ConfigStore.instance().store(name="base_config", node=Config)
     ConfigStore.instance().store(name="base_eval", node=EvalConfig)
     OmegaConf.register_new_resolver("mul", _mul, replace=True)
+    OmegaConf.register_new_resolver("zfill", zfill, replace=True)
 
 
 register_configs()  # importing the schema is what makes a compose (CLI or test) typed

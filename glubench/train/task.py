@@ -62,7 +62,8 @@ def build_loggers(cfg: DictConfig, out: Path, resume_step: int | None = None, co
         if name == "wandb":
             ffn = cfg.model.ffn if "model" in cfg else "?"
             extra.update(run_config=config, default_tags=default_tags(cfg) if "model" in cfg else [],
-                         group=node.group or cfg.experiment_name, name=node.name or f"{ffn}-s{cfg.seed}")
+                         group=node.group or cfg.experiment_name, name=node.name or f"{ffn}-s{cfg.seed}",
+                         verbose=bool(cfg.get("verbose", False)))
             if job_type:
                 extra["job_type"] = job_type
         # not recursive: the run's config (W&B's) holds _target_ nodes of its own, which must stay data
@@ -170,16 +171,18 @@ def fit(cfg: DictConfig, result: RunResult, model_cfg) -> RunResult:
     import lightning.pytorch as pl
     import torch
 
-    from glubench.core.logging import route_through_root
+    from glubench.core.logging import ignore_known_warnings, route_through_root
     from glubench.data.datamodule import LMDataModule
     from glubench.nn.transformer import Transformer, count_params
     from glubench.train.budget import plan_from_config, realised
     from glubench.train.callbacks import BudgetCallback, DeadUnitsCallback, ThroughputCallback
+    from glubench.train.console import announce
     from glubench.train.devices import world_size
     from glubench.train.module import LanguageModel
     from glubench.train.resume import checkpoint_step, find_checkpoint
 
     route_through_root("lightning", "lightning.pytorch", "lightning.fabric")
+    ignore_known_warnings()
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     t = cfg.trainer
     with torch.device("meta"):  # sizes only: nothing allocated, no random numbers drawn
@@ -214,22 +217,11 @@ def fit(cfg: DictConfig, result: RunResult, model_cfg) -> RunResult:
     budget_cb = _callback(trainer, BudgetCallback)
     if plan.mode == "time":  # validate_config made sure the budget callback is on
         budget_cb.seconds_limit = plan.target
-    log.info(
-        f"glubench: ffn={model_cfg.ffn} d_model={model_cfg.d_model} n_layers={model_cfg.n_layers} "
-        f"d_ff={model_cfg.d_ff} ffn_hidden={model_cfg.ffn_hidden} "
-        f"(FFN params {model_cfg.ffn_matching_error:+.3%} vs non-gated baseline)")
-    log.info(
-        f"glubench: params total={counts.total:,} non-embedding={counts.nonembedding:,} "
-        f"ffn/layer={counts.ffn_per_layer:,}; train tokens={dm.splits.train.size:,} "
-        f"val tokens={dm.splits.val.size:,} "
-        + (f"test tokens={dm.splits.test.size:,} " if dm.splits.test is not None else "")
-        + f"vocab={model_cfg.vocab_size}")
     params = {"params/total": counts.total, "params/nonembedding": counts.nonembedding,
               "params/ffn_per_layer": counts.ffn_per_layer, "params/ffn_hidden": model_cfg.ffn_hidden}
     for lg in trainer.loggers:
         lg.log_hyperparams(params)
-    if ckpt is not None:
-        log.info(f"glubench: resuming from {ckpt} (step {resume_step})")
+    announce(cfg, model_cfg, counts, dm.splits, plan, out, trainer.loggers, ckpt, resume_step)
 
     def collect() -> None:  # also on an exception: an interrupted run reports what it has
         result.steps, result.history = trainer.global_step, module.history
