@@ -4,6 +4,7 @@
     glubench-analyze regions [--run-dir DIR] [--out DIR] [OVERRIDES...]
 
 OVERRIDES are Hydra overrides of the training config (``model=small``, ``model.ffn=relu``, ...).
+``regions`` writes into ``outputs/analyze/regions/<date>/<time>/`` unless ``--out`` says otherwise.
 """
 
 from __future__ import annotations
@@ -23,6 +24,17 @@ from glubench.cli.data import compose
 SMALL_MLP_WIDTHS = (16, 16)
 
 log = logging.getLogger(__name__)
+
+
+DESCRIPTION = ("Activation diagnostics that need no training run of their own: the variance of a transformer's "
+               "residual stream and FFN pre-activations at initialization (init), and exact linear-region counts "
+               "of ReLU networks before and after training (regions).")
+
+
+def default_out(command: str) -> Path:
+    """``outputs/analyze/<command>/<date>/<time>/`` under the current directory, like a training run's
+    ``outputs/<experiment>/<date>/<time>/`` (nothing is written outside ``outputs/``)."""
+    return Path("outputs") / "analyze" / command / time.strftime("%Y-%m-%d") / time.strftime("%H-%M-%S")
 
 
 def _probe(cfg, batch: int):
@@ -192,7 +204,7 @@ def cmd_regions(args) -> int:
     from glubench.core.io import atomic_write_json
     from glubench.nn.transformer import Transformer
 
-    out = Path(args.out or f"regions-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
+    out = Path(args.out or default_out("regions")).resolve()
     out.mkdir(parents=True, exist_ok=True)
 
     # 1) the tiny 2-input MLP: exact partition of [-1, 1]², before and after training
@@ -266,32 +278,43 @@ def cmd_regions(args) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``glubench-analyze`` console script."""
-    from glubench.core.logging import configure
+def build_parser() -> argparse.ArgumentParser:
+    """The ``glubench-analyze`` argument parser (subcommands ``init`` and ``regions``)."""
     from glubench.nn.config import FFN_VARIANTS
 
-    configure()
-    p = argparse.ArgumentParser(prog="glubench-analyze", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="glubench-analyze", description=DESCRIPTION)
     sub = p.add_subparsers(dest="cmd", required=True)
     pi = sub.add_parser("init", help="variance of the residual stream and FFN pre-activations at initialization")
-    pi.add_argument("--ffn", default=",".join(FFN_VARIANTS))
-    pi.add_argument("--init", default="scaled_normal,fan_in,normal,kaiming")
+    pi.add_argument("--ffn", default=",".join(FFN_VARIANTS),
+                    help="comma-separated FFN variants (model.ffn) to profile (default: all)")
+    pi.add_argument("--init", default="scaled_normal,fan_in,normal,kaiming",
+                    help="comma-separated initialization schemes (model.init) to profile, each with every --ffn")
     pi.add_argument("--batch", type=int, default=8, help="probe windows of model.seq_len")
-    pi.add_argument("--he-width", type=int, default=2048)
-    pi.add_argument("--seed", type=int, default=0)
+    pi.add_argument("--he-width", type=int, default=2048,
+                    help="width (and sample count) of the plain ReLU stack of the He et al. check")
+    pi.add_argument("--seed", type=int, default=0, help="seed of the weights and of the He-check inputs")
     pi.add_argument("--json", help="also write the numbers to this JSON file")
     pi.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. model=small")
     pr = sub.add_parser("regions", help="exact linear-region counts and a PNG of a 2-D partition")
     pr.add_argument("--run-dir", help="a finished relu/reglu/relu2 run (results.json + checkpoints/last.ckpt); "
                                       "default: train a tiny ReLU model briefly")
-    pr.add_argument("--out", help="output folder (default ./regions-<time>)")
+    pr.add_argument("--out", help="output folder (default outputs/analyze/regions/<date>/<time>)")
     pr.add_argument("--steps", type=int, default=200, help="training steps when no --run-dir is given")
-    pr.add_argument("--mlp-steps", type=int, default=500)
+    pr.add_argument("--mlp-steps", type=int, default=500,
+                    help="Adam steps of the small 2-16-16-1 ReLU MLP between its 'before' and 'after' partitions")
     pr.add_argument("--paths", type=int, default=16, help="random segments / triangles per layer")
     pr.add_argument("--batch", type=int, default=4, help="probe windows")
-    pr.add_argument("--seed", type=int, default=0)
+    pr.add_argument("--seed", type=int, default=0, help="seed of the small MLP and of the random segments")
     pr.add_argument("overrides", nargs="*", help="Hydra overrides for the training run (no --run-dir)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``glubench-analyze`` console script."""
+    from glubench.core.logging import configure
+
+    configure()
+    p = build_parser()
     args = p.parse_args(argv)
     for key in ("batch", "paths", "steps", "mlp_steps", "he_width"):
         if getattr(args, key, 1) <= 0:

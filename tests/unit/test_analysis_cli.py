@@ -237,3 +237,20 @@ def test_small_mlp_segment_counts_match_numpy_reference():
     pats = np.concatenate(pats, axis=1)
     assert count_on_segment(layers, np.array([-1.0, -1.0]), np.array([1.0, 1.0]))[-1] == \
         1 + np.any(pats[1:] != pats[:-1], axis=1).sum()
+
+
+def test_cli_help_is_plain_text_and_every_option_is_explained():
+    import argparse
+
+    from glubench.cli.analyze import build_parser, default_out
+
+    parser = build_parser()
+    assert "``" not in parser.description and parser.description.startswith("Activation diagnostics")
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for name, sub in subparsers.choices.items():
+        for action in sub._actions:
+            assert action.help, f"glubench-analyze {name} {action.option_strings or action.dest} has no help"
+    # regions writes under outputs/, as every other command does
+    out = default_out("regions")
+    assert out.parts[:3] == ("outputs", "analyze", "regions") and len(out.parts) == 5
+    assert "outputs/analyze/regions/<date>/<time>" in subparsers.choices["regions"].format_help()
