@@ -132,6 +132,29 @@ def test_parameter_matching_within_half_percent(d_model, mult, bias):
         assert abs(n / base - 1) <= 0.005, (name, d_model, d_ff, bias, n, base)
 
 
+def test_matching_error_bounds():
+    """The residual the docstring of ffn_hidden_dim states, over every d_ff up to 4096: parameters counted by
+    hand (2 or 3 matrices of d_model x h, biases on each input and the output), not by ffn_params."""
+    def error(d, d_ff, bias, m):
+        h = ffn_hidden_dim(d, d_ff, True, bias, m)
+        gated, base = 3 * d * h + ((2 * h + d) if bias else 0), 2 * d * d_ff + ((d_ff + d) if bias else 0)
+        return gated / base - 1
+
+    d_models = [8, 16, 24, 48, 64, 96, 128, 768, 4096]
+    for d_ff in range(1, 4097):
+        worst = max(abs(error(d, d_ff, False, None)) for d in d_models)
+        assert worst <= 1 / (2 * d_ff) + 1e-12 and (worst <= 0.005 or d_ff < 100), d_ff
+        worst = max(abs(error(d, d_ff, True, None)) for d in d_models)
+        assert worst < 0.77 / d_ff and (worst <= 0.005 or d_ff < 150), d_ff
+        for m in (8, 64):
+            if d_ff >= m:
+                assert max(abs(error(d, d_ff, b, m)) for d in d_models for b in (False, True)) < 0.77 * (m + 1) / d_ff
+    # the thresholds are tight, and the examples the docstring and the README give
+    assert abs(error(64, 98, False, None)) > 0.005 and max(abs(error(d, 148, True, None)) for d in d_models) > 0.005
+    assert round(error(64, 100, True, None), 5) == -0.00741 and round(error(96, 100, True, None), 5) == 0.0067
+    assert ffn_hidden_dim(768, 3120, True, False, 64) == 2048 and round(error(768, 3120, False, 64), 4) == -0.0154
+
+
 @pytest.mark.parametrize("bias", [False, True])
 def test_extra_variants_are_matched_like_the_rest(bias):
     base = 2 * 100 * 400 + ((400 + 100) if bias else 0)
