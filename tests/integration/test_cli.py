@@ -61,8 +61,10 @@ def test_unknown_trainer_flag_is_one_line_and_exit_2(tmp_path):
     proc = _glubench(["experiment=ci", "+trainer.no_such_flag=1"], tmp_path)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert proc.stderr.strip() == "glubench: error: trainer.no_such_flag=1 is not an argument of lightning.Trainer"
-    typo = _glubench(["experiment=ci", "+trainer.max_step=20"], tmp_path)  # Hydra's own hint for the typo
+    typo = _glubench(["experiment=ci", "+trainer.max_step=20"], tmp_path)  # an added key: unknown_keys' hint
     assert typo.returncode == 2 and "did you mean trainer.max_steps?" in typo.stderr
+    typo = _glubench(["experiment=ci", "trainer.max_step=20"], tmp_path)  # a changed key: one line too
+    assert (typo.returncode, typo.stderr.count("\n")) == (2, 1) and "did you mean trainer.max_steps?" in typo.stderr
     assert not (tmp_path / "outputs").exists()  # a rejected config leaves no run folder
 
 

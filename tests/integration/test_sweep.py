@@ -45,6 +45,16 @@ def test_ci_sweep_end_to_end(tmp_path, markdown_table):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "glubench: sweep of 6 jobs" in proc.stdout and "estimated total time" in proc.stdout
     sweep = tmp_path / "sweep"
+    # Job folders sort in job order (zero-padded numbers), and each job prints at most 3 lines: Hydra's
+    # launch line, what it trains, its result (the rest is in its train.log); no warnings.
+    assert sorted(p.parent.name for p in sweep.glob("*/results.json")) == [
+        "000_relu_s0", "001_relu_s1", "002_gelu_s0", "003_gelu_s1", "004_swiglu_s0", "005_swiglu_s1"]
+    assert proc.stderr == ""
+    lines = proc.stdout.splitlines()
+    starts = [i for i, line in enumerate(lines) if "[HYDRA] \t#" in line]
+    ends = [*starts[1:], lines.index("", starts[-1])]
+    assert len(starts) == 6 and all(b - a <= 3 for a, b in zip(starts, ends)), proc.stdout
+    assert "glubench: params total=" in (sweep / "000_relu_s0" / "train.log").read_text()
     rows = markdown_table((sweep / "summary.md").read_text())
     assert sorted(r[1] for r in rows) == ["gelu", "relu", "swiglu"]
     assert [r[8] for r in rows] == ["2", "2", "2"]  # n seeds

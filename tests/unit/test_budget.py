@@ -84,6 +84,7 @@ def test_time_callback_stops_at_the_first_step_past_the_limit():
         now[0] += 0.3
         trainer.global_step += 1
         cb.on_train_batch_end(trainer, module, None, None, trainer.global_step - 1)
+        opt.step()  # no gradients, so no update; torch warns when the scheduler steps before any optimizer step
         sched.step()
         horizons.append(cb.horizon)
         if trainer.global_step == 2:  # validation takes 5 s of wall clock, which is not counted

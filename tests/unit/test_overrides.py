@@ -41,3 +41,16 @@ def test_eval_overrides():
     assert check_overrides(["ckpt_path=x", "split=val"], "eval") is None
     assert check_overrides(["ckpt_path=x", "data.files=y"], "eval").startswith(
         "data.files=y: data is null (no data= chosen); choose data=fineweb_edu|pydocs|text|")
+
+
+@pytest.mark.parametrize("experiment,name", [("ci_variants", "{:03d}_relu_s0"), ("ladder_ci", "{:03d}_relu_d16_s0")])
+def test_sweep_job_folders_sort_in_job_order(experiment, name, compose_cfg):
+    from omegaconf import open_dict
+
+    cfg = compose_cfg([f"experiment={experiment}"], hydra=True)
+    names = []
+    for num in (0, 1, 2, 10, 11, 100):
+        with open_dict(cfg):
+            cfg.hydra.job.num = num
+        names.append(cfg.hydra.sweep.subdir)
+    assert names == [name.format(n) for n in (0, 1, 2, 10, 11, 100)] and sorted(names) == names
