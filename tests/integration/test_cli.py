@@ -124,7 +124,7 @@ def test_train_log_csv_and_wandb_rows_at_the_steps_done(tmp_path, wandb_history)
 
 def test_wandb_run_has_default_tags_and_job_type(tmp_path, ci_run, wandb_records):
     ci_run(tmp_path, "logger=wandb", "trainer.max_steps=4", "trainer.val_check_interval=4", "optim.warmup_steps=1",
-           "logger.wandb.tags=[mine]")
+           "trainer.log_every_n_steps=2", "logger.wandb.tags=[mine]")
     (wb,) = (tmp_path / "wandb").glob("offline-run-*")
     run = next(r.run for r in wandb_records(next(wb.glob("*.wandb"))) if r.WhichOneof("record_type") == "run")
     assert run.job_type == "train" and run.run_group == "ci" and run.display_name == "relu-s0"

@@ -187,7 +187,7 @@ def test_schema_rejects_while_composing(case_id, overrides, key, compose_cfg):
 
 
 def test_cli_bad_input_exit_codes(tmp_path):
-    """The console script itself: exit 2 and exactly one stderr line; a schema error exits 1 (Hydra)."""
+    """The console script itself: exit 2 and exactly one stderr line, for a bad value and a misspelt key alike."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     base = [sys.executable, "-m", "glubench", "experiment=ci", "logger=none", f"hydra.run.dir={tmp_path}/run"]
     procs = [subprocess.Popen([*base, extra], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -195,7 +195,8 @@ def test_cli_bad_input_exit_codes(tmp_path):
     (out1, err1), (out2, err2) = (p.communicate(timeout=120) for p in procs)
     assert procs[0].returncode == 2, err1
     assert err1.strip() == f"glubench: error: model.ffn='swiglu2' is not a known FFN variant; valid: {VALID_FFNS}"
-    assert procs[1].returncode == 1 and "d_modle" in err2, err2
+    assert procs[1].returncode == 2, err2
+    assert err2 == "glubench: error: model.d_modle=64: no key 'd_modle' in model; did you mean model.d_model?\n"
     assert not (tmp_path / "run" / "results.json").exists()
 
 
