@@ -43,7 +43,9 @@ def test_eval_overrides():
         "data.files=y: data is null (no data= chosen); choose data=fineweb_edu|pydocs|text|")
 
 
-@pytest.mark.parametrize("experiment,name", [("ci_variants", "{:03d}_relu_s0"), ("ladder_ci", "{:03d}_relu_d16_s0")])
+@pytest.mark.parametrize("experiment,name", [
+    ("ci_variants", "{:03d}_relu_s0"), ("ladder_ci", "{:03d}_relu_d8_lr1.0_s0"),
+    ("ladder_gpu", "{:03d}_relu_d256_lr1.0_s0")])
 def test_sweep_job_folders_sort_in_job_order(experiment, name, compose_cfg):
     from omegaconf import open_dict
 
