@@ -12,6 +12,7 @@ import json
 import os
 import struct
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -57,8 +58,23 @@ def ci_run(monkeypatch):
     return _run
 
 
-def _wandb_records(path: Path):
-    """Records of an offline W&B ``.wandb`` file.
+def _wandb_records(path: Path, timeout_s: float = 30.0) -> list:
+    """Records of an offline W&B ``.wandb`` file, once W&B has written the run's ``exit`` record.
+
+    ``wandb.finish()`` returns before W&B's service process has written the whole offline file (a
+    command waits for it when it exits; a test reading the file in the same process must wait too),
+    so the file is read again until its ``exit`` record is there, or ``timeout_s`` has passed.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        records = list(_read_wandb_file(path))
+        if any(r.WhichOneof("record_type") == "exit" for r in records) or time.monotonic() > deadline:
+            return records
+        time.sleep(0.1)
+
+
+def _read_wandb_file(path: Path):
+    """Records of an offline W&B ``.wandb`` file, as they are now.
 
     The file is a LevelDB-style log (a 7-byte ``:W&B`` header, then 32 KiB blocks of chunks
     with a 7-byte ``crc32, length, type`` header; types FULL=1, FIRST=2, MIDDLE=3, LAST=4)
