@@ -291,6 +291,25 @@ def data_spec(data: Mapping[str, Any]) -> DataSpec:
     return DataSpec(**{k: v for k, v in _plain(data).items() if k in keys})
 
 
+def load_tokenizer(data: Mapping[str, Any]):
+    """The tokenizer a ``data.*`` section trains with (a checkpoint's ``datamodule_hyper_parameters``), for
+    encoding prompts and decoding samples; a ``bpe`` one is read from the cache (trained again if absent,
+    which needs its corpus).
+
+    Raises:
+        ConfigError, CorpusUnavailable, TokenizerUnavailable, ValueError: see
+            :func:`~glubench.data.sources.load_corpus_spec` and :func:`~glubench.data.tokenizers.build_tokenizer`.
+    """
+    from glubench.data.tokenizers import ByteTokenizer
+
+    data = _plain(data)
+    if data["tokenizer"] == "bytes":  # no corpus needed
+        return ByteTokenizer()
+    cache_dir = Path(os.path.expanduser(data["cache_dir"])) if data.get("cache_dir") else default_cache_dir()
+    corpus = load_corpus_spec(data_spec(data), cache_dir) if data["tokenizer"] == "bpe" else None
+    return build_tokenizer(data["tokenizer"], corpus, data["vocab_size"], cache_dir, data.get("tokenizer_file"))
+
+
 def prepare_splits(data: Mapping[str, Any], *, seq_len: int | None = None,
                    tokenizer_data: Mapping[str, Any] | None = None) -> tuple[Path, TokenSplits]:
     """The one way to get the tokens of a ``data.*`` config section: prepare the token cache or find

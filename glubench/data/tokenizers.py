@@ -25,8 +25,9 @@ def token_dtype(vocab_size: int) -> np.dtype:
 
 class _Tokenizer:
     """Shared interface: ``kind``, ``vocab_size``, ``file_hash`` (sha256 of the tokenizer's files,
-    "" when it has none), :meth:`encode_flat` and :meth:`token_bytes` (``(vocab_size,)`` int64
-    UTF-8 byte length of each token id); ``tok`` is the library's tokenizer, if any.
+    "" when it has none), :meth:`encode_flat`, :meth:`encode`, :meth:`token_bytes` (``(vocab_size,)``
+    int64 UTF-8 byte length of each token id) and ``decode(ids)`` (text; bytes that are not valid UTF-8
+    become U+FFFD); ``tok`` is the library's tokenizer, if any.
     Subclasses implement ``encode_batch(texts)``: each text's ids, no special tokens added."""
 
     kind = ""
@@ -42,6 +43,10 @@ class _Tokenizer:
         values = np.fromiter((i for e in encs for i in e), dtype=dtype, count=int(lengths.sum()))
         return values, lengths
 
+    def encode(self, text: str) -> list[int]:
+        """``text``'s ids, as training saw them (no special tokens added)."""
+        return list(self.encode_batch([text])[0])
+
 
 class ByteTokenizer(_Tokenizer):
     """UTF-8 bytes as tokens: vocab 256, one byte per token."""
@@ -52,6 +57,12 @@ class ByteTokenizer(_Tokenizer):
         raw = [t.encode("utf-8") for t in texts]
         lengths = np.fromiter(map(len, raw), dtype=np.int64, count=len(raw))
         return np.frombuffer(b"".join(raw), dtype=np.uint8).astype(np.uint16), lengths
+
+    def encode_batch(self, texts: Sequence[str]) -> list:
+        return [list(t.encode("utf-8")) for t in texts]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return bytes(ids).decode("utf-8", errors="replace")
 
     def token_bytes(self) -> np.ndarray:
         return np.ones(self.vocab_size, dtype=np.int64)
@@ -91,6 +102,9 @@ class BPETokenizer(_Tokenizer):
     def encode_batch(self, texts: Sequence[str]) -> list:
         return [e.ids for e in self.tok.encode_batch(list(texts), add_special_tokens=False)]
 
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.tok.decode(list(ids), skip_special_tokens=False)
+
     def token_bytes(self) -> np.ndarray:
         # ByteLevel maps each byte to one printable character, so a token's length in
         # characters is its length in bytes.
@@ -106,7 +120,7 @@ GPT2_URLS = {
 }
 
 
-def _tiktoken_cache_dir() -> Path:
+def tiktoken_cache_dir() -> Path:
     # tiktoken's own rule (tiktoken/load.py: read_file_cached).
     d = os.environ.get("TIKTOKEN_CACHE_DIR") or os.environ.get("DATA_GYM_CACHE_DIR")
     return Path(d) if d else Path(tempfile.gettempdir()) / "data-gym-cache"
@@ -150,11 +164,11 @@ class GPT2Tokenizer(_Tokenizer):
                                     special_tokens={"<|endoftext|>": len(ranks)})
             file_hash = sha256_text(*(file_sha256(p) for p in files.values()))
             return cls(enc, enc.n_vocab, file_hash)
-        cached = all((_tiktoken_cache_dir() / hashlib.sha1(u.encode()).hexdigest()).exists()
+        cached = all((tiktoken_cache_dir() / hashlib.sha1(u.encode()).hexdigest()).exists()
                      for u in GPT2_URLS.values())
         if hf_offline() and not cached:
             raise TokenizerUnavailable(f"data.tokenizer='gpt2': GPT-2's BPE files are not in tiktoken's cache "
-                                       f"({_tiktoken_cache_dir()}) and offline mode forbids downloading; {how}")
+                                       f"({tiktoken_cache_dir()}) and offline mode forbids downloading; {how}")
         try:
             enc = tiktoken.get_encoding("gpt2")
         except Exception as e:  # requests/HTTP errors: no network, no cache
@@ -164,6 +178,9 @@ class GPT2Tokenizer(_Tokenizer):
 
     def encode_batch(self, texts: Sequence[str]) -> list:
         return self.tok.encode_ordinary_batch(list(texts))
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.tok.decode(list(ids), errors="replace")
 
     def token_bytes(self) -> np.ndarray:
         out = np.zeros(self.vocab_size, dtype=np.int64)  # 0: a gap in the id space, never produced
