@@ -225,3 +225,18 @@ def count_params(model: Transformer) -> ParamCounts:
         ffn_total=ffn_layer * cfg.n_layers,
         matmul=matmul,
     )
+
+
+def load_weights(model: Transformer, state_dict: dict[str, torch.Tensor]) -> Transformer:
+    """Load the weights of a ``LanguageModel`` checkpoint's ``state_dict`` (keys ``model.*``; other keys, such as
+    metric states, are ignored) into ``model``; returns it in eval mode.
+
+    Raises:
+        ValueError: the weights do not fit ``model.cfg`` (names the first missing and unexpected keys).
+    """
+    sd = {k.removeprefix("model."): v for k, v in state_dict.items() if k.startswith("model.")}
+    missing, unexpected = model.load_state_dict(sd, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"the checkpoint's weights do not fit its model config (missing: {missing[:3]}, "
+                         f"unexpected: {unexpected[:3]})")
+    return model.eval()
