@@ -1,7 +1,7 @@
 """Shared test setup and fixtures.
 
-An isolated token cache and W&B offline for every test (and the subprocesses they start), plus
-the helpers more than one test file needs: composing the real config (:func:`compose_cfg`), a
+An isolated token cache (and Hugging Face modules cache) and W&B offline for every test (and the subprocesses
+they start), plus the helpers more than one test file needs: composing the real config (:func:`compose_cfg`), a
 seconds-long training run (:func:`ci_run`), reading offline W&B runs (:func:`wandb_history`),
 markdown tables (:func:`markdown_table`) and the synthetic sweep losses (:func:`sweep_losses`).
 Unit tests live in ``tests/unit/`` (no training run, no subprocess), end-to-end ones in
@@ -22,6 +22,8 @@ os.environ.setdefault("GLUBENCH_CACHE", tempfile.mkdtemp(prefix="glubench-test-c
 os.environ["WANDB_MODE"] = "offline"
 os.environ["WANDB_SILENT"] = "true"
 os.environ.setdefault("WANDB_DISABLE_GIT", "true")
+# transformers copies an export's own modeling file (trust_remote_code) here: not into ~/.cache
+os.environ.setdefault("HF_MODULES_CACHE", tempfile.mkdtemp(prefix="glubench-test-hf-modules-"))
 
 import glubench.train.schema  # noqa: E402, F401  (registers the typed config schema for hydra.compose)
 from glubench.core.paths import CONF_DIR  # noqa: E402

@@ -11,8 +11,8 @@ REPO = __import__("pathlib").Path(__file__).resolve().parents[2]
 
 
 def test_imports_flow_one_way():
-    """import-linter contracts in pyproject.toml: cli > sweep > train > data > analysis > nn > core, and
-    nn/analysis/core import neither Lightning nor Hydra.  A new cycle or upward import fails here."""
+    """import-linter contracts in pyproject.toml: cli > sweep > train > export > data > analysis > nn > core, and
+    nn/analysis/core/export import neither Lightning nor Hydra.  A new cycle or upward import fails here."""
     # in a subprocess: import-linter disables every logger that exists when it runs
     code = ("import sys; from importlinter.cli import lint_imports; "
             f"sys.exit(lint_imports(config_filename={str(REPO / 'pyproject.toml')!r}, no_cache=True))")
@@ -22,7 +22,8 @@ def test_imports_flow_one_way():
 
 def test_command_line_path_loads_neither_torch_nor_lightning():
     """What `glubench --help` and a one-line config error import: so they stay fast."""
-    code = ("import sys, glubench.cli.main, glubench.train.validate, glubench.sweep.report; "
+    code = ("import sys, glubench.cli.main, glubench.cli.export, glubench.cli.sample, glubench.train.validate, "
+            "glubench.sweep.report; "
             "print(sorted(m for m in ('torch', 'lightning', 'wandb', 'datasets') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
