@@ -63,6 +63,10 @@ def evaluate(cfg: DictConfig) -> dict:
         raise ConfigError(f"split={cfg.split!r} is not known; valid: {', '.join(SPLITS)}")
     ckpt = Path(os.path.expanduser(str(cfg.ckpt_path)))
     state, hparams, trained_on, step = load_checkpoint(ckpt)
+    if cfg.tasks:
+        from glubench.train.downstream import check_downstream, run_downstream
+
+        check_downstream(cfg)
     data = dict(trained_on)
     if cfg.data is not None:  # another corpus, read with the checkpoint's tokenizer
         data = {**OmegaConf.to_container(cfg.data, resolve=True), **{k: trained_on[k] for k in TOKENIZER_KEYS}}
@@ -96,9 +100,11 @@ def evaluate(cfg: DictConfig) -> dict:
     config = redact({**OmegaConf.to_container(cfg, resolve=True), "data": data})
     loggers = build_loggers(cfg, out, config=config, job_type="eval")
     trainer = build_trainer(cfg, out, callbacks=[], loggers=loggers, enable_checkpointing=False)
-    status = "failed"
+    status, tasks = "failed", None
     try:
         trainer.test(module, dataloaders=loader, verbose=False)
+        if cfg.tasks:
+            tasks = run_downstream(cfg, hparams, trained_on, state, out, source={"ckpt_path": str(ckpt), "step": step})
         status = "completed"
     finally:
         finish_wandb(status)
@@ -108,7 +114,7 @@ def evaluate(cfg: DictConfig) -> dict:
         "source": meta.get("source"), "corpus_fingerprint": meta.get("fingerprint"),
         "tokenizer": data["tokenizer"], "vocab_size": meta.get("vocab_size"), "ffn": module.model_cfg.ffn,
         "loss": m.get("test/loss"), "ppl": m.get("test/ppl"), "bpb": m.get("test/bpb"),
-        "tokens": int(m.get("test/tokens", 0)),
+        "tokens": int(m.get("test/tokens", 0)), "tasks": tasks,
         "wall_time_s": time.perf_counter() - t_start, "model": hparams["model"], "data": config["data"],
     }
     atomic_write_json(out / EVAL_FILE, record)

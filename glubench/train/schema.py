@@ -138,6 +138,7 @@ class WandbConfig:
     mode: Optional[str] = None  # online | offline | disabled; null: online iff credentials exist
     tags: list[str] = field(default_factory=list)
     job_type: str = "train"
+    log_model: Any = False  # Lightning's: true uploads the checkpoints as W&B artifacts at the end, "all" as written
 
 
 @dataclass
@@ -259,17 +260,30 @@ class Config:
 
 
 @dataclass
+class HarnessConfig:
+    """lm-evaluation-harness settings of ``glubench-eval tasks=[...]`` (``harness.*``)."""
+
+    include_path: Optional[str] = None  # a folder of task YAMLs beyond the harness's own (local tasks)
+    num_fewshot: Optional[int] = None  # null: each task's default
+    limit: Optional[float] = None  # documents per task (a fraction if < 1); null: all
+    batch_size: int = 1
+
+
+@dataclass
 class EvalConfig:
     """``glubench-eval``: score a checkpoint on a corpus split (``conf/eval.yaml``).
 
     ``data`` null scores the corpus the checkpoint was trained on; any ``data=...`` scores another
     one with the checkpoint's own tokenizer.  ``split`` is ``val``, ``train`` or ``test`` (a corpus with a test
-    split: ``data.test_percent`` > 0, ``data.test_files`` or ``data.test_split``).
+    split: ``data.test_percent`` > 0, ``data.test_files`` or ``data.test_split``).  ``tasks`` also runs
+    lm-evaluation-harness tasks on the checkpoint's Hugging Face export (:mod:`glubench.train.downstream`).
     """
 
     ckpt_path: str = MISSING
     split: str = "val"
     data: Optional[DataConfig] = None
+    tasks: list[str] = field(default_factory=list)
+    harness: HarnessConfig = field(default_factory=HarnessConfig)
     trainer: TrainerConfig = MISSING
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     seed: int = 0
