@@ -53,10 +53,12 @@ def evaluate(cfg: DictConfig) -> dict:
 
     Writes ``<run dir>/eval.json`` (atomically) and, with ``logger=wandb``, a ``job_type=eval``
     W&B run; returns the record: ``loss`` (nats per token), ``ppl``, ``bpb`` (bits per UTF-8 byte),
-    ``tokens`` (predicted), the split, the corpus and the checkpoint's step.
+    ``tokens`` (predicted), the split, the corpus and the checkpoint's step; with ``cfg.tasks``, also
+    ``tasks``, lm-evaluation-harness's ``{task: {metric: value}}`` (:mod:`glubench.train.downstream`).
 
     Raises:
-        ConfigError: a bad ``ckpt_path``, ``split`` or data key (one line).
+        ConfigError: a bad ``ckpt_path``, ``split``, data key or task, a checkpoint the export cannot represent
+            (one line).
     """
     t_start = time.perf_counter()
     if cfg.split not in SPLITS:
