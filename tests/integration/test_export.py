@@ -253,9 +253,10 @@ def test_export_with_wandb_logs_the_folder_as_a_model_artifact(tiny_checkpoint, 
     monkeypatch.chdir(tmp_path)  # outside Hydra the run dir (and W&B's folder) is the current dir
     ckpt = tiny_checkpoint("gpt2", "relu")
     export(compose_cfg([f"ckpt_path={ckpt}", "logger=wandb"], config_name="export"))
-    records = [r for f in tmp_path.glob("wandb/*/*.wandb") for r in wandb_records(f)]
+    records = [r for f in tmp_path.glob("wandb/offline-run-*/*.wandb") for r in wandb_records(f)]
     arts = [r.artifact for r in records if r.WhichOneof("record_type") == "artifact"]
-    assert arts and {(a.name, a.type) for a in arts} == {("hf-relu", "model")}
+    kinds = sorted({r.WhichOneof("record_type") for r in records})
+    assert arts and {(a.name, a.type) for a in arts} == {("hf-relu", "model")}, (kinds, list(tmp_path.rglob("*")))
     names = {Path(e.path).name for a in arts for e in a.manifest.contents}
     assert {"config.json", "model.safetensors", "tokenizer.json", "generation_config.json"} <= names
 
