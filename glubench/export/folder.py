@@ -157,5 +157,5 @@ def load_folder(folder: Path, trust_remote_code: bool = False):
         raise ExportError(f"ckpt_path={str(folder)!r} runs its own modeling code (modeling_glubench.py); "
                           "add trust_remote_code=true to allow it")
     model = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=trust_remote_code, dtype=torch.float32)
-    tok = AutoTokenizer.from_pretrained(folder)
+    tok = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)  # else it asks on a terminal
     return model.eval(), tok, int(model.config.max_position_embeddings)
