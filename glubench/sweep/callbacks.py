@@ -9,7 +9,6 @@ the report at the end lists it and the command exits with status 1.  Without it,
 
 from __future__ import annotations
 
-import itertools
 import logging
 import math
 import sys
@@ -38,13 +37,14 @@ def collects_job_failures() -> bool:
 
 def job_overrides(config: DictConfig) -> Optional[list[list[str]]]:
     """The override list of every job Hydra's BasicSweeper will launch, in its order, or ``None`` for
-    another sweeper.  Hydra's public override parser reads ``hydra.sweeper.params`` then the command
-    line (a later override of a key replaces an earlier one in its place); the jobs are the Cartesian
-    product of each key's values, the first key varying slowest, as in the BasicSweeper.
+    another sweeper: ``hydra.sweeper.params`` then the command line, parsed by Hydra's override parser and
+    expanded by the BasicSweeper's own ``split_arguments``, as ``BasicSweeper.sweep`` does.
 
     Raises:
         ConfigError: a sweep that cannot be enumerated (``interval(...)``: only a search sweeper can).
     """
+    # BasicSweeper lives in hydra._internal (hydra-core 1.3): the sweeper itself, so that this list is its list
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
@@ -55,17 +55,14 @@ def job_overrides(config: DictConfig) -> Optional[list[list[str]]]:
     args += list(OmegaConf.to_container(config.hydra.overrides.task, resolve=False))
     gh = GlobalHydra.instance()  # the config loader expands glob(...) sweeps over config groups
     parser = OverridesParser.create(config_loader=gh.config_loader() if gh.is_initialized() else None)
-    choices: dict[str, list[str]] = {}
-    for o in parser.parse_overrides(args):
-        key = o.get_key_element()
-        if not o.is_sweep_override():
-            choices[key] = [f"{key}={o.get_value_element_as_str()}"]
-        elif o.is_discrete_sweep():
-            choices[key] = [f"{key}={v}" for v in o.sweep_string_iterator()]
-        else:
+    overrides = parser.parse_overrides(args)
+    # Hydra's own error names only the sweep type; ours names the override, before any job runs.
+    for o in overrides:
+        if o.is_sweep_override() and not o.is_discrete_sweep():
             raise ConfigError(f"{o.input_line}: the basic sweeper runs only choice and range sweeps, not "
                               f"{o.value_type.name if o.value_type else 'this'} (use a search sweeper)")
-    return [list(job) for job in itertools.product(*choices.values())]
+    (jobs,) = BasicSweeper.split_arguments(overrides, max_batch_size=None)  # one batch: every job
+    return jobs
 
 
 class SweepReport(Callback):

@@ -158,48 +158,46 @@ def test_collects_job_failures_only_in_a_multirun_with_the_callback():
     assert cfg.hydra.callbacks.glubench_report._target_ == "glubench.sweep.callbacks.SweepReport"
 
 
-BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
+def test_job_overrides_are_the_jobs_of_the_sweep_written_out_by_hand(compose_cfg):
+    """``glubench experiment=ci_variants model.ffn=relu,swiglu optim.lr=1e-3,3e-3``: the experiment sweeps
+    model.ffn over relu,gelu,swiglu and seed over 0,1; the command line's model.ffn replaces the experiment's,
+    the experiment= choice is in every job, and the keys vary in that order, the first slowest."""
+    from omegaconf import open_dict
 
-
-def _sweep_config(params, task):
-    return OmegaConf.create({"hydra": {"sweeper": {"_target_": BASIC_SWEEPER, "params": params},
-                                       "overrides": {"task": task}}})
-
-
-def test_job_overrides_enumerate_the_basic_sweepers_jobs():
-    """The jobs in the BasicSweeper's order: sweeper params first, then the command line; the
-    first key varies slowest; a fixed override is in every job."""
     from glubench.sweep.callbacks import job_overrides
 
-    jobs = job_overrides(_sweep_config({"model.ffn": "relu,swiglu"}, ["seed=0,1", "trainer.max_steps=5"]))
-    assert jobs == [
-        ["model.ffn=relu", "seed=0", "trainer.max_steps=5"],
-        ["model.ffn=relu", "seed=1", "trainer.max_steps=5"],
-        ["model.ffn=swiglu", "seed=0", "trainer.max_steps=5"],
-        ["model.ffn=swiglu", "seed=1", "trainer.max_steps=5"],
+    cfg = compose_cfg(["experiment=ci_variants"], hydra=True)
+    with open_dict(cfg):
+        cfg.hydra.overrides.task = ["experiment=ci_variants", "model.ffn=relu,swiglu", "optim.lr=1e-3,3e-3"]
+    e = "experiment=ci_variants"
+    assert job_overrides(cfg) == [
+        ["model.ffn=relu", "seed=0", e, "optim.lr=0.001"],
+        ["model.ffn=relu", "seed=0", e, "optim.lr=0.003"],
+        ["model.ffn=relu", "seed=1", e, "optim.lr=0.001"],
+        ["model.ffn=relu", "seed=1", e, "optim.lr=0.003"],
+        ["model.ffn=swiglu", "seed=0", e, "optim.lr=0.001"],
+        ["model.ffn=swiglu", "seed=0", e, "optim.lr=0.003"],
+        ["model.ffn=swiglu", "seed=1", e, "optim.lr=0.001"],
+        ["model.ffn=swiglu", "seed=1", e, "optim.lr=0.003"],
     ]
-    # The command line replaces a sweeper param of the same key, in that key's place; range() expands;
-    # add/force-add prefixes are kept; a value is written back as Hydra parsed it (1e-3 -> 0.001).
-    jobs = job_overrides(_sweep_config({"model.ffn": "relu,swiglu", "seed": "0,1"},
-                                       ["model.ffn=gelu", "+extra=range(2,4)", "++optim.lr=1e-3"]))
-    assert jobs == [
-        ["model.ffn=gelu", "seed=0", "+extra=2", "++optim.lr=0.001"],
-        ["model.ffn=gelu", "seed=0", "+extra=3", "++optim.lr=0.001"],
-        ["model.ffn=gelu", "seed=1", "+extra=2", "++optim.lr=0.001"],
-        ["model.ffn=gelu", "seed=1", "+extra=3", "++optim.lr=0.001"],
-    ]
-    assert job_overrides(_sweep_config({}, ["seed=3"])) == [["seed=3"]]  # a multirun of one job
 
 
-def test_job_overrides_other_sweepers_and_bad_sweeps():
+def test_job_overrides_other_sweepers_and_bad_sweeps(compose_cfg):
+    """Another sweeper enumerates its own jobs (None); an interval sweep is one line naming the override."""
+    from omegaconf import open_dict
+
     from glubench.core.errors import ConfigError
     from glubench.sweep.callbacks import job_overrides
 
     optuna = OmegaConf.create({"hydra": {"sweeper": {"_target_": "hydra_plugins.optuna.OptunaSweeper"},
                                          "overrides": {"task": ["seed=0,1"]}}})
     assert job_overrides(optuna) is None
-    with pytest.raises(ConfigError, match=r"optim.lr=interval\(0.1, 1\).*only choice and range sweeps"):
-        job_overrides(_sweep_config({}, ["optim.lr=interval(0.1, 1)"]))
+    cfg = compose_cfg(["experiment=ci"], hydra=True)
+    with open_dict(cfg):
+        cfg.hydra.overrides.task = ["optim.lr=interval(0.1, 1)"]
+    with pytest.raises(ConfigError, match=r"^optim.lr=interval\(0.1, 1\): the basic sweeper runs only choice and "
+                                          r"range sweeps, not INTERVAL_SWEEP \(use a search sweeper\)$"):
+        job_overrides(cfg)
 
 
 def test_multirun_start_validates_each_job_once_and_logs_the_estimate(monkeypatch, caplog, compose_cfg):
