@@ -510,10 +510,3 @@ def test_redact_hides_secret_env_values():
     assert "/root/secretless" not in secrets
     obj = {"a": ["x-abcdef0123456789-y", 3], "tok-98765432": {"b": "false"}}
     assert redact(obj, secrets) == {"a": ["x-***-y", 3], "***": {"b": "false"}}
-
-
-def test_no_eval_or_exec_in_the_package():
-    paths = sorted((REPO / "glubench").rglob("*.py"))
-    assert len(paths) > 30  # the whole package, every subpackage
-    for path in paths:
-        assert not re.search(r"(?<![\w.])(eval|exec)\s*\(", path.read_text()), path
