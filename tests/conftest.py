@@ -3,9 +3,13 @@
 An isolated token cache (and Hugging Face modules cache) and W&B offline for every test (and the subprocesses
 they start), plus the helpers more than one test file needs: composing the real config (:func:`compose_cfg`), a
 seconds-long training run (:func:`ci_run`), reading offline W&B runs (:func:`wandb_history`),
-markdown tables (:func:`markdown_table`) and the synthetic sweep losses (:func:`sweep_losses`).
-Unit tests live in ``tests/unit/`` (no training run, no subprocess), end-to-end ones in
-``tests/integration/``.
+markdown tables (:func:`markdown_table`), a prepared data module (:func:`make_dm`) and the synthetic sweep
+losses (:func:`sweep_losses`).
+
+Unit tests live in ``tests/unit/``: no training run, no Lightning ``Trainer``, no subprocess.  Everything
+else is in ``tests/integration/``.  Markers (pyproject.toml, ``--strict-markers``): ``heavy``, the end-to-end
+runs over ~20 s; ``slow``, the longer ones.  ``pytest`` runs neither, ``pytest -m heavy`` the heavy ones,
+``pytest -m "not slow"`` both the default and the heavy ones (CI), ``pytest -m slow`` the slow ones.
 """
 
 import json
@@ -58,6 +62,24 @@ def ci_run(monkeypatch):
         return run(_compose(["experiment=ci", "logger=none", *overrides]))
 
     return _run
+
+
+@pytest.fixture
+def make_dm(compose_cfg):
+    """``make_dm(overrides, cache, setup=True, seq_len=32, **kw)``: the :class:`LMDataModule` of the composed
+    config's data section with ``data.cache_dir=cache``, set up unless ``setup=False``."""
+    from omegaconf import OmegaConf
+
+    from glubench.data.datamodule import LMDataModule
+
+    def make(overrides, cache, setup=True, seq_len=32, **kw) -> LMDataModule:
+        cfg = compose_cfg([f"data.cache_dir={cache}", *overrides])
+        dm = LMDataModule(OmegaConf.to_container(cfg.data, resolve=True), seq_len=seq_len, **kw)
+        if setup:
+            dm.setup()
+        return dm
+
+    return make
 
 
 def _wandb_records(path: Path, timeout_s: float = 30.0) -> list:

@@ -2,15 +2,12 @@
 
 import csv
 import json
-import random
 
-import numpy as np
 import pytest
 import torch
 
 import glubench.train.callbacks as callbacks
 import glubench.train.resume as resume
-from glubench.data.windows import TrainBatches
 
 
 class Killed(Exception):
@@ -67,68 +64,6 @@ def test_kill_and_resume_equals_uninterrupted(tmp_path, monkeypatch, ci_run, wan
     # logged every 2 steps, labelled with the optimizer steps done, none twice
     assert [s for s, tl, _ in both if tl is not None] == [2, 4, 6, 8]
     assert [s for s, _, vl in both if vl is not None] == [4, 8]  # as results.json's history
-
-
-def test_keep_csv_history_keeps_rows_up_to_the_resume_step(tmp_path):
-    from lightning.pytorch.loggers import CSVLogger
-
-    path = tmp_path / "csv" / "metrics.csv"
-    path.parent.mkdir(parents=True)
-    # Rows carry the optimizer steps done; LearningRateMonitor labels the LR of step k+1 with k and
-    # logs it when step k+1 starts, i.e. after checkpoint k.
-    path.write_text("lr-AdamW,step,train/loss,val/loss\n0.1,4,,\n,5,2.5,\n,10,2.0,\n,10,,2.1\n0.2,10,,\n"
-                    ",15,1.5,\n")
-    logger = CSVLogger(save_dir=str(tmp_path), name="csv", version="")
-    # Resuming from the step-10 checkpoint keeps rows 4, 5, 10 (loss and val) and drops the LR row
-    # at 10 and the loss at 15: the resumed run logs both again.
-    assert resume.keep_csv_history(logger, resume_step=10) == 4
-    logger.log_metrics({"lr-AdamW": 0.2}, step=10)
-    logger.log_metrics({"train/loss": 1.4}, step=15)
-    logger.save()
-    rows = list(csv.DictReader(open(path)))
-    assert [(r["step"], r["lr-AdamW"], r["train/loss"], r["val/loss"]) for r in rows] == [
-        ("4", "0.1", "", ""), ("5", "", "2.5", ""), ("10", "", "2.0", ""), ("10", "", "", "2.1"),
-        ("10", "0.2", "", ""), ("15", "", "1.4", "")]
-
-
-def test_find_checkpoint(tmp_path):
-    assert resume.find_checkpoint(None, tmp_path) is None  # a first start finds nothing
-    last = resume.last_checkpoint(tmp_path)
-    last.parent.mkdir()
-    last.write_bytes(b"x")
-    for value in (None, "auto", "last"):
-        assert resume.find_checkpoint(value, tmp_path) == last
-    assert resume.find_checkpoint("never", tmp_path) is None
-    assert resume.find_checkpoint(str(last), tmp_path / "elsewhere") == last
-    with pytest.raises(FileNotFoundError, match="ckpt_path='nope.ckpt'"):
-        resume.find_checkpoint("nope.ckpt", tmp_path)
-
-
-def test_rng_states_round_trip_through_weights_only_load(tmp_path):
-    torch.manual_seed(1), np.random.seed(2), random.seed(3)
-    torch.randn(3), np.random.randn(3), random.random()
-    torch.save({"rng": resume.collect_rng_states()}, tmp_path / "s.pt")
-    expected = (torch.randn(4), np.random.randn(4), random.random())
-    torch.manual_seed(9), np.random.seed(9), random.seed(9)
-    resume.set_rng_states(torch.load(tmp_path / "s.pt", weights_only=True)["rng"])
-    got = (torch.randn(4), np.random.randn(4), random.random())
-    assert torch.equal(got[0], expected[0]) and np.array_equal(got[1], expected[1]) and got[2] == expected[2]
-
-
-def test_wandb_run_id_is_kept_only_when_resuming(tmp_path):
-    first = resume.wandb_run_id(tmp_path, resuming=False)
-    assert resume.wandb_run_id(tmp_path, resuming=True) == first
-    assert resume.wandb_run_id(tmp_path, resuming=False) != first
-
-
-def test_ranks_split_the_global_batch():
-    tokens = np.arange(1000, dtype=np.uint16)
-    whole = TrainBatches(tokens, seq_len=8, batch_size=6, num_batches=3, seed=5)[2]
-    parts = [TrainBatches(tokens, seq_len=8, batch_size=3, num_batches=3, seed=5, rank=r, world_size=2)[2]
-             for r in (0, 1)]
-    assert torch.equal(torch.cat([p[0] for p in parts]), whole[0])
-    assert torch.equal(torch.cat([p[1] for p in parts]), whole[1])
-    assert torch.equal(whole[1][:, :-1], whole[0][:, 1:])  # targets are the inputs shifted by one
 
 
 # ---------------------------------------------------------------------------- signals, then the same command
@@ -229,27 +164,3 @@ def test_signal_mid_step_then_resume_equals_uninterrupted(sig, accumulate, tmp_p
     for d in dirs:  # glubench-eval on last.ckpt gives results.json's val_loss
         score = _eval_loss(d / "checkpoints" / "last.ckpt", compose_cfg, monkeypatch, tmp_path / f"eval-{d.name}")
         assert math.isclose(score, RunResult.read(d / "results.json").val_loss, abs_tol=1e-6)
-
-
-def test_progress_bar_counts_optimizer_steps_after_a_resume():
-    """Resumed at step 120 of 300 with 4 micro-batches per step (Lightning then skips on_train_epoch_start, where
-    it sets the total): the bar reads 120/300 at once and 121/300 after the next step, where Lightning's showed
-    ``Training: 481/?``."""
-    from types import SimpleNamespace
-
-    bar = callbacks.ProgressBar(refresh_rate=1)
-    bar.enable()  # the bar as on a terminal (under pytest stdout is not one, and the bar disables itself)
-    trainer = SimpleNamespace(max_steps=300, global_step=120, current_epoch=0, loggers=[], progress_bar_metrics={},
-                              training=True, num_training_batches=1200, max_epochs=-1)
-    bar._trainer = trainer
-    bar.on_train_start(trainer, None)
-    assert (bar.train_progress_bar.n, bar.train_progress_bar.total) == (120, 300)
-    assert bar.train_progress_bar.desc.startswith("Epoch 0")
-    module = SimpleNamespace(step_finished=False, last_loss=torch.tensor(2.5))
-    bar.on_train_batch_end(trainer, module, None, None, 480)  # a micro-batch inside step 121: no move
-    assert bar.train_progress_bar.n == 120
-    trainer.global_step, module.step_finished = 121, True
-    bar.on_train_batch_end(trainer, module, None, None, 483)  # the step's last micro-batch
-    assert (bar.train_progress_bar.n, bar.train_progress_bar.total) == (121, 300)
-    trainer.max_steps = 10**9  # budget=time: the step cap is not a total
-    assert bar.total_train_batches == float("inf")

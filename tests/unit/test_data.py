@@ -4,8 +4,6 @@ import io
 import json
 import os
 import re
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -333,43 +331,15 @@ def test_infer_format_and_check_data_file(tmp_path):
     assert str(e.value) == f"data.files: {empty} is empty"
 
 
-def test_data_modules_import_no_torch_or_lightning():
-    code = ("import sys, glubench.data.files, glubench.data.sources, glubench.data.tokenizers, glubench.data.cache; "
-            "print(sorted(m for m in ('torch', 'lightning', 'pytorch_lightning') if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
-    assert out.stdout.strip() == "[]"
-
-
 # ---------------------------------------------------------------------------- real corpora, Hub configs
 
 
-import math  # noqa: E402
-
 import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
-from glubench.core.paths import CONF_DIR  # noqa: E402
 from glubench.data.cache import prepare_dataset  # noqa: E402
-from glubench.data.datamodule import LMDataModule  # noqa: E402
 from glubench.data.sources import CorpusUnavailable, paragraph_ids  # noqa: E402
-
-
-@pytest.fixture
-def make_dm(compose_cfg):
-    """``make_dm(overrides, cache, setup=True, seq_len=32, **kw)``: the :class:`LMDataModule` of the composed
-    config's data section with ``data.cache_dir=cache``, set up unless ``setup=False``."""
-    def make(overrides, cache, setup=True, seq_len=32, **kw) -> LMDataModule:
-        cfg = compose_cfg([f"data.cache_dir={cache}", *overrides])
-        dm = LMDataModule(OmegaConf.to_container(cfg.data, resolve=True), seq_len=seq_len, **kw)
-        if setup:
-            dm.setup()
-        return dm
-
-    return make
 
 
 def test_paragraph_ids_attach_blank_lines_to_the_paragraph_before():
@@ -499,43 +469,6 @@ def test_prepare_splits_takes_the_data_section_as_dictconfig_or_dict(shared_data
                             "window (model.seq_len=2000000 + 1); use more text or a smaller model.seq_len")
 
 
-def test_bpb_is_loss_over_ln2_times_tokens_per_byte(shared_data, tmp_path, make_dm):
-    import lightning.pytorch as pl
-
-    from glubench.nn.config import ModelConfig
-    from glubench.train.module import LanguageModel
-
-    path = tmp_path / "shakespeare-100k.txt"  # a slice keeps validation quick on 2 shared cores
-    raw = (shared_data / "tinyshakespeare" / "input.txt").read_bytes()[:100_000]
-    path.write_bytes(raw[: raw.rindex(b"\n\n") + 2])
-    dm = make_dm(["data=text", f"data.files={path}", "data.tokenizer=bpe", "data.vocab_size=300",
-                    "data.val_batch_size=64"], tmp_path, seq_len=64)
-    s = dm.splits
-    dm_corpus = gs.load_corpus_spec(gd.data_spec(dm.data), tmp_path)
-    tok = gt.BPETokenizer.train_or_load(dm_corpus, 300, tmp_path)
-    first = tok.tok.decode([int(s.val[0])]).encode()
-    predicted_bytes = s.meta["val"]["bytes"] - len(first)  # every byte but the first token's
-    torch.manual_seed(0)
-    module = LanguageModel(ModelConfig(vocab_size=s.vocab_size, d_model=32, n_layers=1, n_heads=2, seq_len=64))
-    trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
-    trainer.validate(module, dataloaders=dm.val_dataloader(), verbose=False)
-    loss, bpb = module.last_val["val/loss"], module.last_val["val/bpb"]
-    # Independent reference: F.cross_entropy over every predicted validation token.
-    module.eval()
-    val = torch.from_numpy(np.asarray(s.val, dtype=np.int64))
-    n = val.numel() - 1
-    full = n // 64
-    with torch.no_grad():
-        x = val[: full * 64].view(full, 64)
-        y = val[1 : full * 64 + 1].view(full, 64)
-        nll = F.cross_entropy(module(x).flatten(0, 1), y.flatten(), reduction="sum").item()
-        if n > full * 64:  # the last, shorter window
-            nll += F.cross_entropy(module(val[full * 64 : -1][None])[0], val[full * 64 + 1 :], reduction="sum").item()
-    assert loss == pytest.approx(nll / n, rel=1e-4)
-    assert bpb == pytest.approx(loss / math.log(2) * n / predicted_bytes, rel=1e-6)
-    assert dm_corpus.fingerprint == s.meta["fingerprint"]
-
-
 def test_corpus_smaller_than_one_window_errors_clearly(tmp_path, make_dm):
     small = tmp_path / "small.txt"
     small.write_text("".join(f"Paragraph {i} is short.\n\n" for i in range(60)))
@@ -588,52 +521,3 @@ def test_gpt2_vocab_reaches_the_model_config(compose_cfg):
     from glubench.train.validate import validate_config
 
     assert validate_config(compose_cfg(["data.tokenizer=gpt2"])).vocab_size == 50257
-
-
-_PREPARE = """
-import hashlib, json, logging, sys
-logging.basicConfig(level=logging.INFO, format="%(message)s")
-from glubench.data.cache import prepare_splits
-folder, splits = prepare_splits(json.loads(sys.argv[1]))
-tokens = bytes(splits.train.astype("uint8")) + bytes(splits.val.astype("uint8"))
-print(json.dumps({"folder": str(folder), "sha": hashlib.sha256(tokens).hexdigest(), "n": len(tokens),
-                  "old": tokens.count(b"old"), "new": tokens.count(b"new")}))
-"""
-
-
-def test_processes_started_together_on_a_file_edited_in_place_share_one_new_cache(tmp_path):
-    """A corpus file edited in place (same size, mtime restored): 4 processes started at the same instant, with
-    no parent preparing first, all memory-map the same new cache, built once, holding the new text."""
-    import os
-    import subprocess
-    import sys
-
-    path = tmp_path / "corpus.txt"
-    old = "".join(f"Paragraph {i} says something old.\n\n" for i in range(400))
-    path.write_text(old)
-    data = {"name": "text", "files": str(path), "val_percent": 10.0, "tokenizer": "bytes", "vocab_size": 256,
-            "cache_dir": str(tmp_path / "cache")}
-    env = {**os.environ, "PYTHONPATH": str(CONF_DIR.parents[1])}
-
-    def start():
-        return subprocess.Popen([sys.executable, "-c", _PREPARE, json.dumps(data)], env=env, text=True,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-
-    first = start()
-    before = json.loads(first.communicate(timeout=300)[0].strip().splitlines()[-1])
-    stat = path.stat()
-    new = old.replace("old", "new")
-    assert len(new) == len(old)
-    path.write_text(new)
-    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # the size/mtime shortcut would call this unchanged
-    procs = [start() for _ in range(4)]
-    outs = [p.communicate(timeout=300) for p in procs]
-    assert all(p.returncode == 0 for p in procs), [e[-2000:] for _, e in outs]
-    seen = [json.loads(out.strip().splitlines()[-1]) for out, _ in outs]
-    assert len({s["folder"] for s in seen}) == 1 and seen[0]["folder"] != before["folder"]
-    assert len({s["sha"] for s in seen}) == 1
-    # bytes tokenizer: the cache holds exactly the new text's bytes (train and validation paragraphs)
-    assert (before["n"], before["old"], before["new"]) == (len(old), 400, 0)
-    assert (seen[0]["n"], seen[0]["old"], seen[0]["new"]) == (len(new), 0, 400)
-    tokenized = sum(err.count("(tokenizer=bytes, vocab 256) into") for _, err in outs)  # the miss line
-    assert tokenized == 1  # one process built it; the others waited on the lock and found it

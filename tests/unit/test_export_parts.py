@@ -1,5 +1,8 @@
 """The export's pieces without a checkpoint: the rotary layout change, the exported tokenizers, the standalone
-model's cache and padding, the sampling loop and the harness summary."""
+model's cache and padding, the sampling loop, the harness summary, and the modeling file's imports."""
+
+import ast
+from pathlib import Path
 
 import pytest
 import torch
@@ -8,6 +11,8 @@ from glubench.nn.sampling import sample
 from glubench.nn.transformer import apply_rope, rope_angles
 
 pytest.importorskip("transformers")
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def rotate_half_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -118,3 +123,14 @@ def test_harness_summary_names_metrics_without_filters_and_stderrs():
                            "gsm8k": {"exact_match,strict-match": 0.1, "exact_match_stderr,strict-match": "N/A"}}}
     assert summarize(results) == {"hellaswag": {"acc": 0.25, "acc_norm": 0.5},
                                   "gsm8k": {"exact_match/strict-match": 0.1}}
+
+
+def test_modeling_file_depends_on_torch_and_transformers_only():
+    src = (REPO / "glubench" / "export" / "modeling_glubench.py").read_text()
+    roots = set()
+    for node in ast.walk(ast.parse(src)):
+        if isinstance(node, ast.Import):
+            roots |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            roots.add(node.module.split(".")[0])
+    assert roots <= {"__future__", "torch", "transformers"}, roots
