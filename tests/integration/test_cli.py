@@ -223,6 +223,7 @@ def test_bias_dropout_and_bf16_paths_train(tmp_path, ci_run):
 # ---------------------------------------------------------------------------- the wheel
 
 
+@pytest.mark.heavy
 def test_wheel_installs_and_runs_from_an_empty_folder(tmp_path):
     """pip wheel . ; install it into a fresh venv that reuses this environment's packages; run experiment=ci."""
     dist = tmp_path / "dist"

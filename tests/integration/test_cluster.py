@@ -24,6 +24,7 @@ def _env():
     return {**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
 
 
+@pytest.mark.heavy
 def test_local_launcher_multirun_runs_both_variants(tmp_path):
     cmd = [sys.executable, "-m", "glubench", "--multirun", "hydra/launcher=local", *SHORT, "logger=none",
            "model.ffn=relu,swiglu", f"hydra.sweep.dir={tmp_path}/sweep"]
@@ -34,6 +35,7 @@ def test_local_launcher_multirun_runs_both_variants(tmp_path):
                                                                      ("swiglu", "completed", 4)]
 
 
+@pytest.mark.heavy
 def test_ddp_on_two_cpu_processes_matches_one_process(tmp_path, monkeypatch, compose_cfg):
     # Global batch 8 either way: 2 processes × 4 windows, the same windows (TrainBatches slices
     # one global batch by rank), gradients averaged by DDP; validation shards the windows and

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import tomllib
 
 from glubench.nn.config import FFN_VARIANTS
@@ -22,6 +23,7 @@ def _glubench(args, cwd):
                           text=True, timeout=600)
 
 
+@pytest.mark.heavy
 def test_a_default_style_run_prints_a_few_lines_and_train_log_keeps_the_rest(tmp_path):
     # The default loggers (W&B + CSV), checkpoints and the progress bar, at CI size; stdout is a pipe.
     run_dir = tmp_path / "run"

@@ -231,6 +231,7 @@ def _signal_after(proc: subprocess.Popen, run_dir: Path, step: int, sig: int) ->
     return proc.returncode, err
 
 
+@pytest.mark.heavy
 def test_preempted_twice_finishes_with_the_uninterrupted_numbers(tmp_path):
     """SLURM's time-limit warning (SIGUSR1), then a preemption (SIGTERM), each followed by the command the
     interrupted run printed (what a requeue does too): the third attempt finishes with the uninterrupted run's

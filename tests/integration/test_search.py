@@ -10,6 +10,7 @@ import pytest
 optuna = pytest.importorskip("optuna", reason="the [search] extra is not installed (.ci/run installs it)")
 
 
+@pytest.mark.heavy
 def test_optuna_lr_sweep_leaves_a_study_whose_best_is_the_lowest_val_loss(tmp_path):
     sweep = tmp_path / "sweep"
     cmd = [sys.executable, "-m", "glubench", "--multirun", "experiment=ci", "logger=none", "hparams_search=lr_optuna",

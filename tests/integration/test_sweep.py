@@ -86,6 +86,7 @@ def test_bad_job_config_stops_the_sweep_before_any_job(tmp_path):
     assert not list(tmp_path.rglob("results.json"))
 
 
+@pytest.mark.heavy
 def test_ladder_ci_end_to_end(tmp_path):
     """``glubench experiment=ladder_ci``: 48 short jobs (2 variants x 4 rungs x the LR grid x 2 seeds), each
     scored on a test split, then the report with the compute-multiplier table, ladder.json (fitted on the test
