@@ -77,7 +77,7 @@ def test_help_says_what_glubench_does_then_the_config(tmp_path):
     variants = text[text.index("== FFN variants"):text.index("== Experiments")]
     assert all(f" {name} " in variants.replace("\n", " ") for name in FFN_VARIANTS)
     experiments = text[text.index("== Experiments"):text.index("== Companion")]
-    for path in (REPO / "glubench" / "conf" / "experiment").glob("*.yaml"):
+    for path in (REPO / "conf" / "experiment").glob("*.yaml"):
         assert f"  {path.stem} " in experiments, path.stem
     commands = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
     companion = text[text.index("== Companion"):text.index("== Configuration groups")]

@@ -5,7 +5,7 @@ import os
 import subprocess
 import sys
 
-from glubench.core.paths import CONF_DIR
+import glubench.data.cache as gd
 
 _PREPARE = """
 import hashlib, json, logging, sys
@@ -26,7 +26,7 @@ def test_processes_started_together_on_a_file_edited_in_place_share_one_new_cach
     path.write_text(old)
     data = {"name": "text", "files": str(path), "val_percent": 10.0, "tokenizer": "bytes", "vocab_size": 256,
             "cache_dir": str(tmp_path / "cache")}
-    env = {**os.environ, "PYTHONPATH": str(CONF_DIR.parents[1])}
+    env = {**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.dirname(gd.__file__)))}  # this copy
 
     def start():
         return subprocess.Popen([sys.executable, "-c", _PREPARE, json.dumps(data)], env=env, text=True,
