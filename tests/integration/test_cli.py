@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from glubench.train.evaluate import evaluate
 from glubench.train.module import LanguageModel
@@ -249,6 +250,9 @@ def test_wheel_installs_and_runs_from_an_empty_folder(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     val_loss = json.loads((empty / "run" / "results.json").read_text())["val_loss"]
     assert val_loss == pytest.approx(CI_VAL_LOSS, abs=1e-6)
+    sources = OmegaConf.load(empty / "run" / ".hydra" / "hydra.yaml").hydra.runtime.config_sources
+    (main,) = [s.path for s in sources if s.provider == "main"]
+    assert Path(main).resolve() == (site / "glubench" / "conf").resolve()  # the wheel's configs, not conf/
     where = subprocess.run([str(py), "-c", "import glubench; print(glubench.__file__)"], capture_output=True, text=True,
                            cwd=empty, env=env).stdout
     assert str(venv) in where  # the wheel's package ran, not the checkout
