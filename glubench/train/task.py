@@ -120,12 +120,14 @@ def _instantiate(key: str, node: DictConfig, **kwargs: Any) -> Any:
         raise ConfigError(f"{key}: {node.get('_target_')} does not accept this config ({msg})") from None
 
 
-def device_name(module) -> str:
-    """The device ``module`` is on, for ``results.json``: the GPU's name, or ``cpu (<processor>, <n> threads)``."""
+def device_name(device) -> str:
+    """``device`` (a ``torch.device`` or its string, e.g. ``"cuda:0"``) as ``results.json`` names it: the GPU's
+    name, or ``cpu (<processor>, <n> threads)`` (any other device type is named as the host CPU)."""
     import torch
 
-    if module.device.type == "cuda":
-        return torch.cuda.get_device_name(module.device)
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
     return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
@@ -229,7 +231,8 @@ def fit(cfg: DictConfig, result: RunResult, model_cfg) -> RunResult:
         result.tokens_seen = module.tokens_seen * trainer.world_size
         train_loss = trainer.callback_metrics.get("train/loss")
         result.train_loss = float(train_loss) if train_loss is not None else None
-        result.precision, result.device, result.versions = str(trainer.precision), device_name(module), versions()
+        result.precision, result.versions = str(trainer.precision), versions()
+        result.device = device_name(module.device)
         result.wall_time_s = time.perf_counter() - t_start
 
     try:

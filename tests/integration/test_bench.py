@@ -1,19 +1,21 @@
-"""The throughput benchmark end to end (glubench.cli.bench), torch.compile without recompiles, and the hot path's
-host syncs."""
+"""The throughput benchmark end to end (glubench.bench, its command glubench.cli.bench), the command's
+import cost, torch.compile without recompiles, and the hot path's host syncs."""
 
 import json
+import subprocess
+import sys
 
 import lightning.pytorch as pl
 import torch
 
-import glubench.cli.bench as bench
+import glubench.cli.bench as command
 import glubench.train.module as gmodule
 from glubench.nn.config import ModelConfig
 
 
 def test_benchmark_end_to_end_writes_json_and_table(tmp_path):
     out = tmp_path / "bench"
-    rc = bench.main(["--ffn", "swiglu", "--contenders", "lightning", "plain", "--split-gated", "--d-model", "16",
+    rc = command.main(["--ffn", "swiglu", "--contenders", "lightning", "plain", "--split-gated", "--d-model", "16",
                      "--n-layers", "1", "--n-heads", "2", "--seq-len", "8", "--batch-size", "2", "--warmup", "1",
                      "--steps", "2", "--repeats", "1", "--out", str(out)])
     assert rc == 0
@@ -23,7 +25,17 @@ def test_benchmark_end_to_end_writes_json_and_table(tmp_path):
     for r in data["runs"]:
         assert r["measured_steps"] == 2 and r["tokens_per_sec"] > 0 and r["peak_mem_mib"] > 0
     assert data["meta"]["precision"] == "32-true"
+    assert {k: data["meta"]["config"][k] for k in ("d_model", "n_layers", "n_heads", "seq_len", "vocab_size")} == {
+        "d_model": 16, "n_layers": 1, "n_heads": 2, "seq_len": 8, "vocab_size": 256}  # flat, one key per flag
     assert "lightning / plain" in (out / "bench.md").read_text()
+
+
+def test_command_loads_no_torch_until_the_flags_pass():
+    """--help and a bad flag answer without importing torch (the engine loads after the check)."""
+    code = ("import sys, glubench.cli.bench as c; c.parser().format_help(); rc = c.main(['--steps', '0']); "
+            "print(rc, 'torch' in sys.modules, 'lightning' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert proc.stdout.split() == ["2", "False", "False"] and "--steps=0" in proc.stderr
 
 
 def test_compile_has_no_recompiles_after_warmup(monkeypatch):
