@@ -26,6 +26,22 @@ def _interval(value, ci, spec: str) -> str:
     return fmt(value, spec) + (f" [{fmt(ci[0], spec)}, {fmt(ci[1], spec)}]" if ci else "")
 
 
+MULTIPLIER_SHOWN = 100.0  # a multiplier interval beyond [1/100, 100] is shown as "<0.01" / ">100"
+
+
+def _multiplier_interval(value, ci) -> str:
+    """The multiplier and its interval; a bound beyond ``MULTIPLIER_SHOWN`` either way is shown as such.
+
+    A draw whose variant never reaches L* counts as multiplier 0 (infinite compute), and a 3-parameter fit on
+    few rungs gives draws of 10^5 and more: such a bound says "unbounded", and printing its digits would
+    suggest a measurement.  ``ladder.json`` keeps the numbers."""
+    if value is None or not ci:
+        return _interval(value, ci, ".3f")
+    lo = f"<{1 / MULTIPLIER_SHOWN:g}" if ci[0] < 1 / MULTIPLIER_SHOWN else fmt(ci[0], ".3f")
+    hi = f">{MULTIPLIER_SHOWN:g}" if ci[1] > MULTIPLIER_SHOWN else fmt(ci[1], ".3f")
+    return f"{fmt(value, '.3f')} [{lo}, {hi}]"
+
+
 def _crossover(row: dict) -> str:
     if row["variant"] == BASELINE:
         return "baseline"
@@ -44,8 +60,8 @@ def _row(row: dict, other: dict | None) -> list[str]:
     loo = row["loo_multiplier_range"]
     return [row["variant"], str(row["form"]), fmt(row["alpha"], ".4f"),
             "—" if base else _interval(row["dalpha"], row["dalpha_ci"], "+.4f") + sig,
-            _interval(row["multiplier"], row["multiplier_ci"], ".3f"),
-            _interval(other["multiplier"], other["multiplier_ci"], ".3f") if other else "—",
+            _multiplier_interval(row["multiplier"], row["multiplier_ci"]),
+            _multiplier_interval(other["multiplier"], other["multiplier_ci"]) if other else "—",
             fmt(row["holdout_error"], "+.3f"), "—" if base or not loo else f"{loo[0]:.3f}–{loo[1]:.3f}",
             _crossover(row), "—" if row["crossover_share"] is None else f"{row['crossover_share']:.0%}",
             str(row["n_rungs"]), str(row["n_seeds"]), fmt(row["seed_spread"], ".4f")]
@@ -84,7 +100,8 @@ def _notes(confidence: float = 0.95) -> str:
         "(Kaplan et al. 2020; Hoffmann et al. 2022) or the pure power law (E = 0, `log-linear`) when the ladder "
         f"cannot pin E down.  Compute multiplier = C_{BASELINE}(L*) / C_variant(L*) at L* = {BASELINE}'s fitted "
         "loss at its largest compute (> 1: the variant needs less compute), under glubench's FLOPs (with the tied "
-        "head) and under 6·N·D (non-embedding parameters × tokens).  Intervals: "
+        "head) and under 6·N·D (non-embedding parameters × tokens); an interval bound beyond 100× either way "
+        "reads <0.01 or >100 (unbounded: ladder.json has the number).  Intervals: "
         f"{confidence:.0%}, from the rung-level residuals of both fits, paired rung by rung, with Student-t "
         "degrees of freedom = rungs − parameters (they include how far the rungs miss the curves, not only seed "
         "noise; `glubench.sweep.ladder_stats`).  Δα = the variant's α minus the baseline's (≠ 0: its interval "

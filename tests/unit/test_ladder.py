@@ -169,3 +169,11 @@ def test_ladder_figures_are_log_log_name_the_rungs_and_show_points_and_lines(mon
     assert all(t.get_rotation() == 0 for t in mult.get_yticklabels())
     assert [t.get_text() for t in mult.get_yticklabels()] == ["swiglu"]
     assert math.isclose(mult.get_xlim()[0] < 1.3 < mult.get_xlim()[1], True)
+
+
+def test_multiplier_interval_beyond_a_factor_100_reads_as_unbounded():
+    from glubench.sweep.ladder_tables import _multiplier_interval
+
+    assert _multiplier_interval(0.88, (0.0, 108231.7)) == "0.880 [<0.01, >100]"
+    assert _multiplier_interval(1.062, (0.9861, 1.154)) == "1.062 [0.986, 1.154]"
+    assert _multiplier_interval(1.0, None) == "1.000"
