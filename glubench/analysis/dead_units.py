@@ -25,7 +25,6 @@ import numpy as np
 import torch
 
 from glubench.analysis.hooks import run_with_hooks
-from glubench.nn.ffn import FeedForward
 
 STAT_KEYS = ("dead_frac", "active_frac", "gate_mean", "gate_sat_frac")
 
@@ -68,13 +67,6 @@ def activation_stats(z: torch.Tensor, act: Callable[[torch.Tensor], torch.Tensor
         stats["gate_mean"] = float(a.mean())
         stats["gate_sat_frac"] = float((grad.abs() < saturation_tol).float().mean())
     return stats
-
-
-def ffn_stats(ffn: FeedForward, x: torch.Tensor, eps: float = 1e-3, saturation_tol: float = 1e-2) -> dict[str, float]:
-    """:func:`activation_stats` of ``ffn`` on inputs ``x`` ``(..., d_model)`` (the FFN's own input)."""
-    with torch.no_grad():
-        z = ffn.w_in(x)[..., : ffn.hidden]  # gated: rows [0, hidden) are the gate W
-    return activation_stats(z, ffn.act, ffn.gated, eps, saturation_tol)
 
 
 def probe_stats(model: torch.nn.Module, probe: torch.Tensor, eps: float = 1e-3,

@@ -27,10 +27,6 @@ class Stopwatch:
             self.sync()
         return self.clock()
 
-    @property
-    def running(self) -> bool:
-        return self._since is not None
-
     def resume(self) -> None:
         """Start a segment (no-op while running)."""
         if self._since is None:

@@ -26,7 +26,7 @@ EXTENSIONS = {".txt": "text", ".text": "text", ".md": "text", ".json": "json", "
               ".parquet": "parquet"}
 CHUNK_BYTES = 1 << 20  # read size: memory stays flat whatever the file's size
 
-# (absolute path, size, mtime_ns) -> (sha256 hex, whether check_text_file passed).  Only files
+# (absolute path, size, mtime_ns) -> (sha256 hex, whether the text check passed).  Only files
 # that passed their check are cached, so a bad file is reported again on every call.
 _HASHES: dict[tuple[str, int, int], tuple[str, bool]] = {}
 
@@ -40,7 +40,7 @@ def expand_files(files: Any, key: str = "data.files") -> list[Path]:
     """The paths ``files`` names, in order: a path, a glob or a list (or ListConfig) of either.
 
     ``~`` is expanded; a glob's matches are sorted (``**`` recurses).  A plain path is kept
-    even if it is a folder, so that :func:`check_text_file` can say so.
+    even if it is a folder, so that :func:`check_data_file` can say so.
 
     Raises:
         ConfigError: no pattern given, a path that does not exist, or a glob that matches nothing.
@@ -132,34 +132,17 @@ def _sha256(path: Path, key: str, text: bool) -> str:
     return h.hexdigest()
 
 
-def check_text_file(path: Path, key: str = "data.files") -> str:
-    """Check that ``path`` is a readable, non-empty UTF-8 text file; return the hex sha256 of its bytes.
-
-    Reads the file once, in :data:`CHUNK_BYTES` chunks through an incremental UTF-8 decoder
-    (memory stays flat), hashing the same chunks.
-
-    Raises:
-        ConfigError: the file is missing, a folder, unreadable, empty or only whitespace,
-            binary (the first NUL byte's offset) or not UTF-8 (the first bad byte and its
-            offset, or a truncated final character).
-    """
-    return _sha256(path, key, text=True)
-
-
-def content_sha256(path: Path, key: str = "data.files") -> str:
-    """The hex sha256 of a non-empty data file's bytes (json, parquet, compressed text); the
-    content itself is checked by the datasets builder that reads it.
-
-    Raises:
-        ConfigError: the file is missing, a folder, empty or unreadable.
-    """
-    return _sha256(path, key, text=False)
-
-
 def check_data_file(path: Path, fmt: str, key: str = "data.files") -> str:
-    """The sha256 of one file of format ``fmt`` (:func:`infer_format`), checked as text if it is plain text.
+    """The hex sha256 of one data file's bytes; a plain-text file (``fmt`` ``text``, :func:`infer_format`,
+    not compressed) is also checked to be readable, non-empty UTF-8 text.
+
+    The file is read once, in :data:`CHUNK_BYTES` chunks through an incremental UTF-8 decoder (memory
+    stays flat), hashing the same chunks.  Other formats (json, parquet, compressed text) are only
+    hashed: the datasets builder that reads them checks their content.
 
     Raises:
-        ConfigError: see :func:`check_text_file` and :func:`content_sha256`.
+        ConfigError: the file is missing, a folder, unreadable or empty; for text also only whitespace,
+            binary (the first NUL byte's offset) or not UTF-8 (the first bad byte and its offset, or a
+            truncated final character).
     """
     return _sha256(path, key, text=fmt == "text" and Path(path).suffix not in COMPRESSED)

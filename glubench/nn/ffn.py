@@ -27,19 +27,9 @@ from glubench.nn.config import get_variant
 Activation = Callable[[torch.Tensor], torch.Tensor]
 
 
-def gelu_exact(x: torch.Tensor) -> torch.Tensor:
-    """GELU with the exact erf form, ``x·Φ(x)`` (Hendrycks & Gimpel 2016), not the tanh approximation."""
-    return F.gelu(x, approximate="none")
-
-
 def relu_squared(x: torch.Tensor) -> torch.Tensor:
     """Squared ReLU, ``max(x, 0)²`` (So et al. 2021, "Primer", arXiv 2109.08668, §3)."""
     return F.relu(x).square()
-
-
-def elu(x: torch.Tensor) -> torch.Tensor:
-    """ELU with ``alpha = 1``: ``x`` for ``x > 0``, ``exp(x) - 1`` otherwise (Clevert et al. 2016)."""
-    return F.elu(x, alpha=1.0)
 
 
 def identity(x: torch.Tensor) -> torch.Tensor:
@@ -118,12 +108,12 @@ class GatedMLP(FeedForward):
 
 ACTIVATIONS: dict[str, Activation] = {
     "relu": F.relu,
-    "gelu": gelu_exact,
+    "gelu": F.gelu,  # the exact erf form x·Φ(x) (Hendrycks & Gimpel 2016), not the tanh approximation
     "silu": F.silu,  # Swish with beta = 1 (Ramachandran et al. 2017)
     "sigmoid": torch.sigmoid,
     "identity": identity,
     "mish": F.mish,
-    "elu": elu,
+    "elu": F.elu,  # alpha = 1 (Clevert et al. 2016)
     "relu2": relu_squared,
 }
 """Activation name (:attr:`glubench.nn.config.FFNVariant.activation`) -> function."""
@@ -148,8 +138,6 @@ __all__ = [
     "GatedMLP",
     "MLP",
     "build_ffn",
-    "elu",
-    "gelu_exact",
     "identity",
     "relu_squared",
 ]

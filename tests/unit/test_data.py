@@ -229,21 +229,21 @@ def _count_opens(monkeypatch, path) -> list:
     (b"ok text \xe2\x82", "is not UTF-8 text (truncated character at byte offset 8)"),
 ])
 @pytest.mark.parametrize("chunk", [1 << 20, 3])  # 3: characters and NULs split across reads
-def test_check_text_file_names_the_file_and_the_byte(tmp_path, monkeypatch, content, message, chunk):
+def test_check_data_file_text_names_the_file_and_the_byte(tmp_path, monkeypatch, content, message, chunk):
     monkeypatch.setattr(gf, "CHUNK_BYTES", chunk)
     path = tmp_path / "f.txt"
     path.write_bytes(content)
     with pytest.raises(ConfigError) as e:
-        gf.check_text_file(path, "data.val_files")
+        gf.check_data_file(path, "text", "data.val_files")
     assert str(e.value) == f"data.val_files: {path} {message}"
 
 
-def test_check_text_file_folder_missing_and_unreadable(tmp_path):
+def test_check_data_file_text_folder_missing_and_unreadable(tmp_path):
     with pytest.raises(ConfigError) as e:
-        gf.check_text_file(tmp_path)
+        gf.check_data_file(tmp_path, "text")
     assert str(e.value) == f"data.files: {tmp_path} is a folder; give files or a glob such as '{tmp_path}/*.txt'"
     with pytest.raises(ConfigError) as e:
-        gf.check_text_file(tmp_path / "gone.txt")
+        gf.check_data_file(tmp_path / "gone.txt", "text")
     assert str(e.value) == f"data.files: {tmp_path / 'gone.txt'} does not exist"
     locked = tmp_path / "locked.txt"
     locked.write_text("secret\n")
@@ -252,23 +252,23 @@ def test_check_text_file_folder_missing_and_unreadable(tmp_path):
         if os.access(locked, os.R_OK):
             pytest.skip("running as a user who can read any file (root)")
         with pytest.raises(ConfigError) as e:
-            gf.check_text_file(locked)
+            gf.check_data_file(locked, "text")
         assert str(e.value) == f"data.files: {locked} cannot be read (Permission denied)"
     finally:
         locked.chmod(0o600)
 
 
-def test_check_text_file_returns_the_sha256_across_chunk_boundaries(tmp_path, monkeypatch):
+def test_check_data_file_text_returns_the_sha256_across_chunk_boundaries(tmp_path, monkeypatch):
     monkeypatch.setattr(gf, "CHUNK_BYTES", 3)
     data = "a\u00e9\u20ac\U0001f600 \u00fcber\n".encode()  # 2-, 3- and 4-byte characters split by 3-byte reads
     path = tmp_path / "u.txt"
     path.write_bytes(data)
-    assert gf.check_text_file(path) == hashlib.sha256(data).hexdigest()
+    assert gf.check_data_file(path, "text") == hashlib.sha256(data).hexdigest()
     # A bad continuation byte after a lead byte that ended the previous read: reported at the lead byte.
     bad = tmp_path / "b.txt"
     bad.write_bytes(b"abc\xe2\x82xyz")  # offset 3: a 3-byte lead, then 'x' where a continuation must be
     with pytest.raises(ConfigError, match=r"\(byte 0xe2 at byte offset 3\)$"):
-        gf.check_text_file(bad)
+        gf.check_data_file(bad, "text")
 
 
 def test_file_hash_is_computed_once_per_process_until_the_file_changes(tmp_path, monkeypatch):
@@ -276,21 +276,21 @@ def test_file_hash_is_computed_once_per_process_until_the_file_changes(tmp_path,
     path.write_bytes(b"first version\n")
     gf.clear_hash_cache()
     opened = _count_opens(monkeypatch, path)
-    assert gf.check_text_file(path) == hashlib.sha256(b"first version\n").hexdigest()
-    assert gf.check_text_file(path, "data.val_files") == hashlib.sha256(b"first version\n").hexdigest()
-    assert gf.content_sha256(path) == hashlib.sha256(b"first version\n").hexdigest()
+    assert gf.check_data_file(path, "text") == hashlib.sha256(b"first version\n").hexdigest()
+    assert gf.check_data_file(path, "text", "data.val_files") == hashlib.sha256(b"first version\n").hexdigest()
+    assert gf.check_data_file(path, "json") == hashlib.sha256(b"first version\n").hexdigest()
     assert len(opened) == 1
     st = path.stat()
     path.write_bytes(b"other version\n")  # same size: only the mtime tells
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
-    assert gf.check_text_file(path) == hashlib.sha256(b"other version\n").hexdigest()
+    assert gf.check_data_file(path, "text") == hashlib.sha256(b"other version\n").hexdigest()
     assert len(opened) == 2
     # A hash taken without the text check does not vouch for the text.
     blob = tmp_path / "blob.txt"
     blob.write_bytes(b"\x00binary")
-    assert gf.content_sha256(blob) == hashlib.sha256(b"\x00binary").hexdigest()
+    assert gf.check_data_file(blob, "json") == hashlib.sha256(b"\x00binary").hexdigest()
     with pytest.raises(ConfigError, match="NUL byte at byte offset 0"):
-        gf.check_text_file(blob)
+        gf.check_data_file(blob, "text")
 
 
 def test_expand_files_paths_globs_lists_and_home(tmp_path, monkeypatch):
@@ -303,7 +303,7 @@ def test_expand_files_paths_globs_lists_and_home(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path))
     got = gf.expand_files(OmegaConf.create({"f": ["~/c.md", f"{tmp_path}/*.txt", f"{tmp_path}/**/d.txt"]}).f)
     assert got == [tmp_path / "c.md", tmp_path / "a.txt", tmp_path / "b.txt", tmp_path / "sub" / "d.txt"]
-    assert gf.expand_files(tmp_path / "sub") == [tmp_path / "sub"]  # kept, for check_text_file to refuse
+    assert gf.expand_files(tmp_path / "sub") == [tmp_path / "sub"]  # kept, for check_data_file to refuse
     with pytest.raises(ConfigError) as e:
         gf.expand_files(["~/a.txt", "~/zzz.txt"], "data.val_files")
     assert str(e.value) == "data.val_files='~/zzz.txt': no such file"

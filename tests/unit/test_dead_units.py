@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from glubench.analysis.dead_units import activation_stats, ffn_stats, outputs_exact_zeros, probe_stats
+from glubench.analysis.dead_units import activation_stats, outputs_exact_zeros, probe_stats
 from glubench.nn.config import FFN_VARIANTS, ModelConfig
 from glubench.nn.ffn import ACTIVATIONS, build_ffn
 from glubench.nn.transformer import Transformer
@@ -24,7 +24,8 @@ def test_three_of_eight_dead_units_with_bias():
         ffn.w_in.weight.copy_(w)
         ffn.w_in.bias.copy_(b)
     x = torch.tensor([[1.0, 1.0], [-1.0, -1.0], [0.5, -2.0], [-0.5, 0.25]])  # 4 probe tokens
-    stats = ffn_stats(ffn, x)
+    with torch.no_grad():
+        stats = activation_stats(ffn.w_in(x), ffn.act, ffn.gated)
     assert stats["dead_frac"] == 0.375
     # on per token (units 3..7): [1,0,1,0,1], [0,1,0,1,0], [1,0,0,1,0], [0,1,1,0,0] -> 9 of 32
     assert stats["active_frac"] == pytest.approx(9 / 32)
