@@ -29,8 +29,10 @@ os.environ.setdefault("WANDB_DISABLE_GIT", "true")
 # transformers copies an export's own modeling file (trust_remote_code) here: not into ~/.cache
 os.environ.setdefault("HF_MODULES_CACHE", tempfile.mkdtemp(prefix="glubench-test-hf-modules-"))
 
-import glubench.train.schema  # noqa: E402, F401  (registers the typed config schema for hydra.compose)
 from glubench.core.paths import CONF_DIR  # noqa: E402
+from glubench.train.schema import register_configs  # noqa: E402
+
+register_configs()  # the typed config schema and resolvers for hydra.compose, as each command registers them
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"

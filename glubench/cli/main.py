@@ -19,7 +19,6 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-import glubench.train.schema  # noqa: F401  (registers the typed schemas)
 from glubench.cli import help as _help
 from glubench.core.errors import ConfigError
 from glubench.core.io import WriteFailed
@@ -27,11 +26,15 @@ from glubench.core.paths import CONF_DIR
 from glubench.core.secrets import redact
 from glubench.sweep.cluster import check_job_launch
 from glubench.train.results import RESULTS_FILE
+from glubench.train.schema import register_configs
 from glubench.train.task import output_dir, run
 from glubench.train.validate import check_output_dir, validate_config
 
 log = logging.getLogger("glubench")
 _help.register()  # the resolvers of glubench --help's template
+# The typed schemas and the configs' resolvers, when the command's module loads rather than in cli(): a
+# submitit worker (hydra/launcher=slurm) unpickles main from here and composes the job's config again.
+register_configs()
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")

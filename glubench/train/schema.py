@@ -1,8 +1,9 @@
 """The typed schema of the ``glubench`` config: every key, its type and its default, declared once.
 
-Hydra composes ``conf/config.yaml`` onto :class:`Config` (registered as ``base_config`` when this
-module is imported), so a misspelt key or a wrong type is Hydra's error while composing.  A key
-added with ``+`` that nothing reads is refused by :func:`unknown_keys` before any work.  Rules
+Hydra composes ``conf/config.yaml`` onto :class:`Config` (registered as ``base_config`` by
+:func:`register_configs`, which each command calls before composing), so a misspelt key or a wrong
+type is Hydra's error while composing.  A key added with ``+`` that nothing reads is refused by
+:func:`unknown_keys` before any work.  Rules
 that involve values or several keys live in :mod:`glubench.train.validate`.  No torch here:
 importing the schema must stay fast (the command line is checked before anything heavy loads).
 """
@@ -338,5 +339,3 @@ def register_configs() -> None:
     OmegaConf.register_new_resolver("mul", _mul, replace=True)
     OmegaConf.register_new_resolver("zfill", zfill, replace=True)
 
-
-register_configs()  # importing the schema is what makes a compose (CLI or test) typed
