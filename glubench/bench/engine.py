@@ -30,7 +30,7 @@ from glubench.core.io import atomic_write_bytes, atomic_write_json
 from glubench.nn.config import FFN_VARIANTS
 from glubench.nn.flops import flops_per_token
 from glubench.nn.transformer import Transformer, count_params
-from glubench.train.callbacks import ProgressBar
+from glubench.train.callbacks import GlubenchProgressBar
 from glubench.train.metrics import peak_flops
 from glubench.train.module import COMPILE_OPTIONS, LanguageModel, build_optimizer
 from glubench.train.schema import OptimConfig
@@ -135,7 +135,7 @@ def run_lightning(cfg: BenchConfig, ffn: str, batches: Batches, device: torch.de
                          max_steps=total, logger=False, enable_checkpointing=False, enable_model_summary=False,
                          enable_progress_bar=cfg.progress_bar, gradient_clip_val=1.0, log_every_n_steps=10,
                          num_sanity_val_steps=0, limit_val_batches=0,  # the progress bar as glubench sets it
-                         callbacks=[_StepMarker(marks)] + ([ProgressBar(refresh_rate=10)] if cfg.progress_bar else []))
+                         callbacks=[_StepMarker(marks)] + ([GlubenchProgressBar(refresh_rate=10)] if cfg.progress_bar else []))
     loader = torch.utils.data.DataLoader([batches[i % len(batches)] for i in range(total)], batch_size=None)
     with warnings.catch_warnings():  # training alone is timed: the module's validation_step gets no loader, as meant
         warnings.filterwarnings("ignore", message="You defined a `validation_step` but have no `val_dataloader`")

@@ -91,7 +91,7 @@ def quiet_transformers() -> None:
 def log_artifact(cfg: DictConfig, folder: Path, record: dict) -> None:
     """Log ``folder`` as a W&B model artifact ``hf-<ffn>`` (metadata: the export record) in a ``job_type=export``
     run; other loggers of ``cfg.logger`` are ignored (an export has no metrics)."""
-    from glubench.train.loggers import WandbLogger
+    from glubench.train.loggers import GlubenchWandbLogger
     from glubench.train.task import build_loggers, finish_wandb, output_dir
 
     if cfg.logger.get("wandb") is not None and cfg.logger.wandb.name is None:
@@ -101,7 +101,7 @@ def log_artifact(cfg: DictConfig, folder: Path, record: dict) -> None:
     status = "failed"
     try:
         for lg in loggers:
-            if isinstance(lg, WandbLogger):
+            if isinstance(lg, GlubenchWandbLogger):
                 import wandb
 
                 artifact = wandb.Artifact(f"hf-{record['ffn']}", type="model", metadata=record)

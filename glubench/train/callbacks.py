@@ -5,8 +5,8 @@
 * :class:`NonFiniteGuard`: a non-finite loss or gradient stops the run (or drops the batch).
 * :class:`ThroughputCallback`, :class:`BudgetCallback`: tokens/s, MFU and training seconds
   (validation excluded); the budget callback also stops a ``budget=time`` run.
-* :class:`LearningRateMonitor`: Lightning's, also in a run without a logger.
-* :class:`ProgressBar`: Lightning's bar without a host sync per step.
+* :class:`StepLRMonitor`: Lightning's ``LearningRateMonitor``, once per optimizer step, also without a logger.
+* :class:`GlubenchProgressBar`: Lightning's bar without a host sync per step.
 * :class:`DeadUnitsCallback`: dead units, sparsity and gate saturation on a fixed probe batch.
 * :class:`FitSignals`: internal; marks when Lightning handles SIGTERM itself (always added).
 
@@ -27,8 +27,7 @@ from typing import Any
 import lightning.pytorch as pl
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import LearningRateMonitor as _LearningRateMonitor
-from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.callbacks.progress.tqdm_progress import convert_inf
 
 from glubench.analysis.dead_units import STAT_KEYS, probe_batch, probe_stats
@@ -498,7 +497,7 @@ class BudgetCallback(pl.Callback):
             self.horizon = max(steps + 1, math.ceil(steps * self.seconds_limit / now))
 
 
-class LearningRateMonitor(_LearningRateMonitor):
+class StepLRMonitor(LearningRateMonitor):
     """Lightning's ``LearningRateMonitor`` (``lr-AdamW/pg1`` and ``/pg2``: the decayed and the
     undecayed parameter groups), except that a run without a logger (``logger=none``) logs nothing
     instead of refusing to start, and that with gradient accumulation it logs once per optimizer step
@@ -518,7 +517,7 @@ class LearningRateMonitor(_LearningRateMonitor):
             super().on_train_epoch_start(trainer, *args, **kwargs)
 
 
-class ProgressBar(TQDMProgressBar):
+class GlubenchProgressBar(TQDMProgressBar):
     """Lightning's progress bar, showing ``loss`` (the last training loss) at each refresh.
 
     The module keeps its loss as a device tensor (``last_loss``); it is read back to the

@@ -1,7 +1,7 @@
 """What a training job says: a few lines on the console, every detail in ``train.log``.
 
 A single run prints what it trains, on which data and budget, where its files go, its progress
-(:class:`glubench.train.callbacks.ProgressBar`) and its final numbers (:func:`summary_line`).  A job
+(:class:`glubench.train.callbacks.GlubenchProgressBar`) and its final numbers (:func:`summary_line`).  A job
 of a sweep prints only what it trains and its final line (Hydra's launcher line above it names the
 job's overrides); the other lines go to ``train.log`` only (:data:`glubench.core.logging.FILE_ONLY`).
 ``verbose=true`` shows everything; ``debug=default`` adds glubench's DEBUG lines (config, token
@@ -35,7 +35,7 @@ def announce(cfg: DictConfig, model_cfg, counts, splits, plan, out: Path, logger
     """Log what the job trains (console), its data, budget and files (console in a single run, else
     ``train.log``), the budget plan and the resume decision (DEBUG), and a resume (console)."""
     from glubench.train.budget import TIME_MODE_MAX_STEPS
-    from glubench.train.loggers import CSVLogger, WandbLogger
+    from glubench.train.loggers import GlubenchCSVLogger, GlubenchWandbLogger
 
     detail = FILE_ONLY if in_sweep() else {}
     log.info(f"glubench: ffn={model_cfg.ffn} d_model={model_cfg.d_model} n_layers={model_cfg.n_layers} "
@@ -51,9 +51,9 @@ def announce(cfg: DictConfig, model_cfg, counts, splits, plan, out: Path, logger
              else f"up to {plan.target:g} s of training" if plan.max_steps >= TIME_MODE_MAX_STEPS
              else f"{plan.max_steps:,} steps x {plan.tokens_per_step:,} tokens")
     files = ["train.log", "results.json"]
-    files += ["csv/"] if any(isinstance(lg, CSVLogger) for lg in loggers) else []
+    files += ["csv/"] if any(isinstance(lg, GlubenchCSVLogger) for lg in loggers) else []
     files += ["checkpoints/"] if cfg.callbacks and cfg.callbacks.get("model_checkpoint") else []
-    where = [lg.describe() for lg in loggers if isinstance(lg, WandbLogger) and is_global_zero()]
+    where = [lg.describe() for lg in loggers if isinstance(lg, GlubenchWandbLogger) and is_global_zero()]
     log.info(f"glubench: {steps}{'' if fdr else f' (budget={plan.mode})'} -> {out} ({', '.join(files)})"
              + "".join(f"; {w}" for w in where), extra=detail)
     log.debug(f"glubench: budget plan {plan}")

@@ -13,8 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from lightning.pytorch.loggers import CSVLogger as _CSVLogger
-from lightning.pytorch.loggers import WandbLogger as _WandbLogger
+from lightning.pytorch.loggers import CSVLogger, WandbLogger
 
 from glubench.core.secrets import redact, wandb_mode
 from glubench.train.resume import keep_csv_history, wandb_run_id
@@ -22,7 +21,7 @@ from glubench.train.resume import keep_csv_history, wandb_run_id
 log = logging.getLogger(__name__)
 
 
-class WandbLogger(_WandbLogger):
+class GlubenchWandbLogger(WandbLogger):
     """Lightning's ``WandbLogger`` with glubench's run identity.
 
     Args:
@@ -65,7 +64,7 @@ class WandbLogger(_WandbLogger):
         return f"W&B {run.url}" if run.url else "W&B disabled"
 
 
-class CSVLogger(_CSVLogger):
+class GlubenchCSVLogger(CSVLogger):
     """Lightning's ``CSVLogger`` writing ``<save_dir>/<name>/metrics.csv`` (no version folder).
 
     A resumed run (``resume_step`` set) keeps the rows logged up to that step

@@ -128,10 +128,10 @@ class WandbConfig:
     """Weights & Biases (``logger.wandb.*``): offline unless credentials exist or ``mode`` says otherwise.
 
     ``group`` defaults to ``experiment_name`` and ``name`` to ``<ffn>-s<seed>``; ``tags`` are added
-    to the default tags (ffn, model size, corpus).  Built by :class:`glubench.train.loggers.WandbLogger`.
+    to the default tags (ffn, model size, corpus).  Built by :class:`glubench.train.loggers.GlubenchWandbLogger`.
     """
 
-    _target_: str = "glubench.train.loggers.WandbLogger"
+    _target_: str = "glubench.train.loggers.GlubenchWandbLogger"
     project: str = "glubench"
     entity: Optional[str] = None
     group: Optional[str] = None
@@ -146,7 +146,7 @@ class WandbConfig:
 class CSVConfig:
     """Per-step metrics in ``<run dir>/<name>/metrics.csv`` (``logger.csv.*``)."""
 
-    _target_: str = "glubench.train.loggers.CSVLogger"
+    _target_: str = "glubench.train.loggers.GlubenchCSVLogger"
     name: str = "csv"
 
 

@@ -84,7 +84,7 @@ def test_progress_bar_counts_optimizer_steps_after_a_resume():
     ``Training: 481/?``."""
     from types import SimpleNamespace
 
-    bar = callbacks.ProgressBar(refresh_rate=1)
+    bar = callbacks.GlubenchProgressBar(refresh_rate=1)
     bar.enable()  # the bar as on a terminal (under pytest stdout is not one, and the bar disables itself)
     trainer = SimpleNamespace(max_steps=300, global_step=120, current_epoch=0, loggers=[], progress_bar_metrics={},
                               training=True, num_training_batches=1200, max_epochs=-1)
