@@ -66,10 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    from glubench.core.errors import ConfigError
+    from glubench.core.errors import ConfigError, CorpusUnavailable, TokenizerUnavailable
     from glubench.core.logging import configure
-    from glubench.data.sources import CorpusUnavailable
-    from glubench.data.tokenizers import TokenizerUnavailable
 
     configure()
     usage_errors = (ConfigError, HydraException, OmegaConfBaseException)

@@ -116,8 +116,7 @@ def log_artifact(cfg: DictConfig, folder: Path, record: dict) -> None:
 def main(cfg: DictConfig) -> None:
     """``glubench-export ckpt_path=... [out_dir=...] [logger=wandb]``; exit 2 with one line on bad input."""
     from glubench.cli.main import _discard_rejected_run_dir
-    from glubench.data.sources import CorpusUnavailable
-    from glubench.data.tokenizers import TokenizerUnavailable
+    from glubench.core.errors import CorpusUnavailable, TokenizerUnavailable
 
     try:
         export(cfg)

@@ -20,8 +20,7 @@ import hydra
 from omegaconf import DictConfig
 
 from glubench.cli import help as _help
-from glubench.core.errors import ConfigError
-from glubench.core.io import WriteFailed
+from glubench.core.errors import ConfigError, WriteFailed
 from glubench.core.paths import CONF_DIR
 from glubench.core.secrets import redact
 from glubench.sweep.cluster import check_job_launch

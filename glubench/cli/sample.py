@@ -152,8 +152,7 @@ def generate_samples(cfg: DictConfig) -> list[str]:
 def main(cfg: DictConfig) -> None:
     """``glubench-sample ckpt_path=... [prompt=...] [temperature=0]``; exit 2 with one line on bad input."""
     from glubench.cli.main import _discard_rejected_run_dir
-    from glubench.data.sources import CorpusUnavailable
-    from glubench.data.tokenizers import TokenizerUnavailable
+    from glubench.core.errors import CorpusUnavailable, TokenizerUnavailable
 
     try:
         generate_samples(cfg)

@@ -10,15 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
-
-class WriteFailed(OSError):
-    """A file could not be written (disk full, permission lost, ...); its previous version is intact.
-
-    ``str()`` is one line naming the file and the reason, for the user.
-    """
-
-    def __str__(self) -> str:
-        return f"cannot write {self.filename}: {self.strerror}; its previous version, if any, is intact"
+from glubench.core.errors import WriteFailed
 
 
 def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:

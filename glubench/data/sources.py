@@ -37,17 +37,13 @@ from typing import Any, Optional
 
 import numpy as np
 
-from glubench.core.errors import ConfigError
+from glubench.core.errors import ConfigError, CorpusUnavailable
 from glubench.core.io import atomic_write_json, sha256_text
 from glubench.data.files import check_data_file, expand_files, infer_format
 
 DOC_SEPARATOR = "\n\n"
 LOADER_VERSION = 2  # bump when a rule that changes rows or documents changes
 CORPORA = ("pydocs", "text", "tinyshakespeare", "wikitext2", "wikitext103", "tinystories", "fineweb_edu")
-
-
-class CorpusUnavailable(RuntimeError):
-    """A corpus that cannot be loaded here (offline and not cached); the message says how to fix it."""
 
 
 @dataclass

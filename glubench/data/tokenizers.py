@@ -10,12 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
+from glubench.core.errors import TokenizerUnavailable
 from glubench.core.io import atomic_write_bytes, file_sha256, sha256_text
 from glubench.data.sources import Corpus, hf_offline
-
-
-class TokenizerUnavailable(RuntimeError):
-    """A tokenizer whose files or package are missing here; the message says how to provide them."""
 
 
 def token_dtype(vocab_size: int) -> np.dtype:

@@ -27,15 +27,10 @@ from dataclasses import dataclass
 
 import torch
 
-from glubench.core.errors import ConfigError
+from glubench.core.errors import ExportError
 from glubench.export.modeling_glubench import ACTIVATIONS as REMOTE_ACTIVATIONS
 from glubench.nn.config import ModelConfig, get_variant
 from glubench.nn.transformer import NORM_EPS, ROPE_BASE
-
-
-class ExportError(ConfigError):
-    """A checkpoint the export cannot represent exactly; the message is one line naming the setting."""
-
 
 GPT2_ACTIVATIONS = {"relu": "relu", "gelu": "gelu", "silu": "silu", "mish": "mish", "relu2": "relu2"}
 """glubench activation -> ``transformers`` ``ACT2FN`` name of the same function (GPT-2's ``activation_function``)."""

@@ -16,8 +16,9 @@ from pathlib import Path
 
 import torch
 
+from glubench.core.errors import ExportError
 from glubench.core.io import atomic_write_json
-from glubench.export.convert import ExportError, ExportPlan, hf_config, hf_weights, model_config, plan_export
+from glubench.export.convert import ExportPlan, hf_config, hf_weights, model_config, plan_export
 from glubench.nn.config import ModelConfig
 from glubench.nn.transformer import Transformer, load_weights
 

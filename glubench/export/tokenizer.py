@@ -24,7 +24,8 @@ import json
 import os
 from pathlib import Path
 
-from glubench.data.tokenizers import GPT2_URLS, TokenizerUnavailable, tiktoken_cache_dir
+from glubench.core.errors import TokenizerUnavailable
+from glubench.data.tokenizers import GPT2_URLS, tiktoken_cache_dir
 
 EOT = "<|endoftext|>"
 FREE_BYTE = 0xFF

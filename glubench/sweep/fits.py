@@ -25,7 +25,7 @@ from typing import Optional
 import numpy as np
 from scipy.optimize import OptimizeWarning, brentq, curve_fit
 
-from glubench.core.errors import ConfigError
+from glubench.core.errors import FitError, Undefined
 
 BASELINE = "relu"  # the variant every other one is compared with
 SATURATING = "E + A C^-alpha"
@@ -36,10 +36,6 @@ SEARCH_DECADES = 1.0
 """The crossover is searched at most this many decades beyond the data on each side: further out a power
 law fitted to a few rungs is not evidence (6 decades reported crossings for 33–58% of synthetic ladders
 whose true curves never cross)."""
-
-
-class Undefined(ValueError):
-    """A multiplier or crossover that the fits do not define; the message says why."""
 
 
 @dataclass
@@ -125,12 +121,12 @@ def fit_power_law(C: Sequence[float], L: Sequence[float], sizes: Optional[Sequen
     Bounds ``0 ≤ E ≤ min L``, ``A > 0``, ``0 < α ≤ 10``.  The log-linear law (``E = 0``, least squares of
     ``log L`` on ``log C``) replaces it when there are fewer than 4 sizes, se(E) > E, or E ends at a bound;
     ``form`` (:data:`SATURATING` or :data:`LOG_LINEAR`) forces one.  Fewer than 3 sizes, a failed
-    optimisation or a loss that does not fall give ``converged=False``.  Raises :class:`ConfigError` on
+    optimisation or a loss that does not fall give ``converged=False``.  Raises :class:`FitError` on
     input of unequal lengths or with values that are not finite and positive.
     """
     C, L = np.asarray(C, float), np.asarray(L, float)
     if C.shape != L.shape or C.ndim != 1 or not np.all(np.isfinite(C) & np.isfinite(L) & (C > 0) & (L > 0)):
-        raise ConfigError(f"C = {C.tolist()}, L = {L.tolist()}: need two equal-length lists of finite values > 0")
+        raise FitError(f"C = {C.tolist()}, L = {L.tolist()}: need two equal-length lists of finite values > 0")
     n_sizes = len(set(sizes if sizes is not None else C.tolist()))
     if n_sizes < MIN_SIZES:
         why = f"only {n_sizes} distinct size(s); a scaling fit needs at least {MIN_SIZES}"

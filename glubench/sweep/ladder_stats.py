@@ -44,6 +44,7 @@ from typing import Optional
 
 import numpy as np
 
+from glubench.core.errors import Undefined
 from glubench.sweep.fits import (
     LOG_LINEAR,
     MIN_SIZES,
@@ -51,7 +52,6 @@ from glubench.sweep.fits import (
     SATURATING,
     LadderRun,
     PowerLawFit,
-    Undefined,
     by_size,
     compute_multiplier,
     crossover,
@@ -356,12 +356,12 @@ def ladder_table(runs_by_variant: dict[str, Sequence[LadderRun]], baseline: str,
     (:func:`loo_multipliers`).  Numbers a fit cannot give are ``None`` and a message says why.
 
     Raises:
-        ConfigError: the baseline has no runs.
+        FitError: the baseline has no runs.
     """
-    from glubench.core.errors import ConfigError
+    from glubench.core.errors import FitError
 
     if baseline not in runs_by_variant:
-        raise ConfigError(f"baseline = {baseline!r} has no runs; variants with runs: {sorted(runs_by_variant)}")
+        raise FitError(f"baseline = {baseline!r} has no runs; variants with runs: {sorted(runs_by_variant)}")
     fits, messages = _fits(runs_by_variant)
     base = fits[baseline]
     base_rf = rung_fit(runs_by_variant[baseline], base) if base.converged else None

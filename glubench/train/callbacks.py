@@ -32,10 +32,10 @@ from lightning.pytorch.callbacks.progress.tqdm_progress import convert_inf
 
 from glubench.analysis.dead_units import STAT_KEYS, probe_batch, probe_stats
 from glubench.core.clock import Stopwatch
+from glubench.core.errors import Diverged
 from glubench.nn.flops import mfu
 from glubench.train import faults
 from glubench.train.budget import TIME_MODE_MAX_STEPS
-from glubench.train.faults import Diverged
 from glubench.train.metrics import ThroughputMeter, peak_flops
 from glubench.train.module import LanguageModel, is_logging_step, log_at_step, lr_lambda, total_grad_norm
 from glubench.train.resume import CHECKPOINT_DIR, LAST_CHECKPOINT, collect_rng_states, set_rng_states

@@ -1,6 +1,6 @@
 """Training faults: divergence, interruptions and atomic checkpoints.
 
-- :class:`Diverged` is what :class:`glubench.train.callbacks.NonFiniteGuard` raises when the loss
+- :class:`~glubench.core.errors.Diverged` is what :class:`glubench.train.callbacks.NonFiniteGuard` raises when the loss
   or its gradient stops being finite, with the step and the last finite loss.
 - :class:`AtomicCheckpointIO` writes checkpoints through a temp file and ``os.replace`` and
   reads them with ``torch.load(weights_only=True)``.
@@ -23,22 +23,8 @@ from typing import Any
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
+from glubench.core.errors import Interrupted
 from glubench.core.io import atomic_write
-
-
-class Diverged(RuntimeError):
-    """Training produced a non-finite loss or gradient (the run's status becomes ``diverged``).
-
-    Attributes:
-        step: the optimizer step (``trainer.global_step``, 0-based) whose loss or gradient was non-finite.
-        last_finite_loss, last_finite_step: the latest finite training loss and its step (``None``
-            if no step had a finite loss).
-    """
-
-    def __init__(self, message: str, step: int, last_finite_loss: float | None,
-                 last_finite_step: int | None) -> None:
-        super().__init__(message)
-        self.step, self.last_finite_loss, self.last_finite_step = step, last_finite_loss, last_finite_step
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -62,10 +48,6 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if not Path(path).is_file():
             raise FileNotFoundError(f"Checkpoint file not found: {path}")
         return torch.load(path, map_location=map_location or "cpu", weights_only=True)
-
-
-class Interrupted(KeyboardInterrupt):
-    """An interrupting signal received outside ``trainer.fit`` (treated like Ctrl-C)."""
 
 
 PREEMPTION_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
@@ -109,7 +91,7 @@ def preemption_as_interrupt() -> Iterator[None]:
     to raise ``KeyboardInterrupt`` wherever Python happened to be (inside the optimizer's update,
     between the batch counters), which left a checkpoint a step off.  A second Ctrl-C stops at once
     (:data:`FORCED`; the last periodic checkpoint stays the resume point).  Outside ``fit`` (data
-    preparation, the final validation) the signals raise :class:`Interrupted` before the default
+    preparation, the final validation) the signals raise :class:`~glubench.core.errors.Interrupted` before the default
     action kills the process without ``results.json``.  The handlers that were there before
     (submitit's checkpoint-and-requeue) are kept for :func:`forward_preemption`, called once the
     results are written.  Only the main thread can install handlers; elsewhere this is a no-op.

@@ -19,8 +19,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from glubench.core.errors import ConfigError
-from glubench.core.io import WriteFailed
+from glubench.core.errors import ConfigError, Diverged, WriteFailed
 from glubench.core.ranks import is_global_zero
 from glubench.train.results import RunResult, machine_load
 from glubench.train.validate import check_splits, validate_config
@@ -299,7 +298,7 @@ def _wandb_summary(trainer, result: RunResult) -> None:
 def run(cfg: DictConfig, model_cfg=None) -> RunResult:
     """Train, then always write ``results.json`` and close the W&B run.
 
-    A diverged run (:class:`glubench.train.faults.Diverged`) returns with ``status: "diverged"``,
+    A diverged run (:class:`~glubench.core.errors.Diverged`) returns with ``status: "diverged"``,
     so the rest of a sweep goes on; Ctrl-C and SIGTERM (Lightning turns both into ``SystemExit``
     inside ``fit``) give ``status: "interrupted"`` and re-raise; anything else ``failed``.
 
@@ -320,7 +319,7 @@ def run(cfg: DictConfig, model_cfg=None) -> RunResult:
     try:
         with faults.preemption_as_interrupt(), redacted_argv():
             result = fit(cfg, result, model_cfg)
-    except faults.Diverged as e:
+    except Diverged as e:
         result.status, result.error = "diverged", str(e)
     except BaseException as e:
         result.status = "interrupted" if isinstance(e, (KeyboardInterrupt, SystemExit)) else "failed"

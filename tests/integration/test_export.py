@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from glubench.core.errors import ConfigError
-from glubench.export.convert import HANDLED_KEYS, ExportError, plan_export
+from glubench.core.errors import ConfigError, ExportError
+from glubench.export.convert import HANDLED_KEYS, plan_export
 from glubench.export.folder import EXPORT_FILE, export_folder
 from glubench.nn.config import FFN_VARIANTS, ModelConfig
 from glubench.train.module import LanguageModel

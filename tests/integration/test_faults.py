@@ -19,9 +19,9 @@ import pytest
 import torch
 
 from glubench.cli.main import main
+from glubench.core.errors import Diverged
 from glubench.nn.config import FFN_VARIANTS
 from glubench.train.callbacks import NonFiniteGuard
-from glubench.train.faults import Diverged
 
 REPO = Path(__file__).resolve().parents[2]
 VALID_FFNS = ", ".join(FFN_VARIANTS)

@@ -12,7 +12,7 @@ import glubench.data.cache as gd
 import glubench.data.files as gf
 import glubench.data.sources as gs
 import glubench.data.tokenizers as gt
-from glubench.core.errors import ConfigError
+from glubench.core.errors import ConfigError, TokenizerUnavailable
 from glubench.data.cache import load_tokens, prepare_tokens
 from glubench.data.sources import Corpus, DataSpec, in_val_split, load_corpus_spec
 from glubench.data.tokenizers import BPETokenizer, ByteTokenizer
@@ -338,8 +338,9 @@ import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
+from glubench.core.errors import CorpusUnavailable  # noqa: E402
 from glubench.data.cache import prepare_dataset  # noqa: E402
-from glubench.data.sources import CorpusUnavailable, paragraph_ids  # noqa: E402
+from glubench.data.sources import paragraph_ids  # noqa: E402
 
 
 def test_paragraph_ids_attach_blank_lines_to_the_paragraph_before():
@@ -481,9 +482,9 @@ def test_corpus_smaller_than_one_window_errors_clearly(tmp_path, make_dm):
 def test_gpt2_without_its_files_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path / "empty"))
-    with pytest.raises(gt.TokenizerUnavailable, match="data.tokenizer.*gpt2"):
+    with pytest.raises(TokenizerUnavailable, match="data.tokenizer.*gpt2"):
         gt.GPT2Tokenizer.load()
-    with pytest.raises(gt.TokenizerUnavailable, match=r"data.tokenizer_file=.*missing.*vocab.bpe"):
+    with pytest.raises(TokenizerUnavailable, match=r"data.tokenizer_file=.*missing.*vocab.bpe"):
         gt.GPT2Tokenizer.load(str(tmp_path))
 
 

@@ -5,12 +5,11 @@ import math
 import numpy as np
 import pytest
 
-from glubench.core.errors import ConfigError
+from glubench.core.errors import FitError, Undefined
 from glubench.sweep.fits import (
     LOG_LINEAR,
     SATURATING,
     LadderRun,
-    Undefined,
     compute_multiplier,
     crossover,
     fit_power_law,
@@ -158,9 +157,9 @@ def test_crossover_interval_brackets_the_crossing_and_every_draw_crosses():
 
 
 def test_bad_input_is_one_clear_error():
-    with pytest.raises(ConfigError, match="finite values > 0"):
+    with pytest.raises(FitError, match="finite values > 0"):
         fit_power_law([1e15, -1.0, 1e17], [3.0, 2.9, 2.8])
-    with pytest.raises(ConfigError, match="baseline = 'relu' has no runs"):
+    with pytest.raises(FitError, match="baseline = 'relu' has no runs"):
         ladder_table({"gelu": ladder()}, "relu")
 
 

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from glubench.core import io
-from glubench.core.io import WriteFailed, atomic_write, atomic_write_json
+from glubench.core.errors import WriteFailed
+from glubench.core.io import atomic_write, atomic_write_json
 from glubench.train.faults import AtomicCheckpointIO
 
 
