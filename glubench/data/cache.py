@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from glubench.core.io import atomic_write_json, sha256_text
+from glubench.core.io import atomic_write_json, plain_dict, sha256_text
 from glubench.core.paths import default_cache_dir
 from glubench.data.sources import Corpus, DataSpec, load_corpus_spec, split_of
 from glubench.data.tokenizers import build_tokenizer, token_dtype
@@ -276,19 +276,11 @@ def prepare_dataset(spec: DataSpec, tokenizer: str, vocab_size: int, cache_dir: 
 # ---------------------------------------------------------------------------- from the data.* config
 
 
-def _plain(data: Mapping[str, Any]) -> dict:
-    """``data`` as a plain dict of resolved values (a DictConfig's lists become lists, so that
-    :func:`request_key` hashes the same settings the same way whatever the caller passed)."""
-    from omegaconf import DictConfig, OmegaConf
-
-    return OmegaConf.to_container(data, resolve=True) if isinstance(data, DictConfig) else dict(data)
-
-
 def data_spec(data: Mapping[str, Any]) -> DataSpec:
     """The :class:`DataSpec` of a ``data.*`` section; keys that do not shape the corpus (batch
     sizes, workers, keys added by other features) are ignored."""
     keys = {f.name for f in fields(DataSpec)}
-    return DataSpec(**{k: v for k, v in _plain(data).items() if k in keys})
+    return DataSpec(**{k: v for k, v in plain_dict(data).items() if k in keys})
 
 
 def load_tokenizer(data: Mapping[str, Any]):
@@ -302,7 +294,7 @@ def load_tokenizer(data: Mapping[str, Any]):
     """
     from glubench.data.tokenizers import ByteTokenizer
 
-    data = _plain(data)
+    data = plain_dict(data)
     if data["tokenizer"] == "bytes":  # no corpus needed
         return ByteTokenizer()
     cache_dir = Path(os.path.expanduser(data["cache_dir"])) if data.get("cache_dir") else default_cache_dir()
@@ -328,8 +320,8 @@ def prepare_splits(data: Mapping[str, Any], *, seq_len: int | None = None,
             :func:`~glubench.data.sources.load_corpus_spec`, :func:`~glubench.data.tokenizers.build_tokenizer`;
             TimeoutError: see :func:`prepare_dataset`.
     """
-    data = _plain(data)
-    tok = data if tokenizer_data is None else _plain(tokenizer_data)
+    data = plain_dict(data)
+    tok = data if tokenizer_data is None else plain_dict(tokenizer_data)
     cache_dir = Path(os.path.expanduser(data["cache_dir"])) if data.get("cache_dir") else default_cache_dir()
     folder = prepare_dataset(data_spec(data), tok["tokenizer"], tok["vocab_size"], cache_dir,
                              tok.get("tokenizer_file"), data.get("num_proc"), tokenizer_spec=data_spec(tok))

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, is_dataclass
-from typing import Any
 
 import lightning.pytorch as pl
 import torch
@@ -12,6 +10,7 @@ import torch.nn.functional as F
 from lightning.pytorch.plugins.precision import DeepSpeedPrecision, FSDPPrecision
 
 from glubench.core.clock import Stopwatch
+from glubench.core.io import plain_dict
 from glubench.data.windows import IGNORE_INDEX
 from glubench.nn.config import ModelConfig
 from glubench.nn.transformer import Transformer
@@ -72,17 +71,6 @@ def log_at_step(trainer, metrics: dict[str, float]) -> None:
         lg.log_metrics(metrics, step=trainer.global_step)
 
 
-def _plain(cfg: Any) -> dict:
-    """A dataclass, DictConfig or mapping as a plain dict (checkpoints hold only plain values)."""
-    if is_dataclass(cfg):
-        return asdict(cfg)
-    if hasattr(cfg, "items"):
-        from omegaconf import OmegaConf
-
-        return OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(cfg)
-    raise TypeError(f"expected a dataclass or a mapping, got {type(cfg).__name__}")
-
-
 class LanguageModel(pl.LightningModule):
     """Trains a :class:`~glubench.nn.transformer.Transformer` with mean next-token cross-entropy.
 
@@ -109,7 +97,7 @@ class LanguageModel(pl.LightningModule):
     def __init__(self, model: ModelConfig | dict, optim: OptimConfig | dict | None = None, max_steps: int = 300
                  ) -> None:
         super().__init__()
-        model, optim = _plain(model), _plain(optim if optim is not None else OptimConfig())
+        model, optim = plain_dict(model), plain_dict(optim if optim is not None else OptimConfig())
         self.save_hyperparameters({"model": model, "optim": optim, "max_steps": max_steps})
         self.model_cfg = ModelConfig(**model)
         self.optim = OptimConfig(**optim)
