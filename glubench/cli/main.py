@@ -78,7 +78,7 @@ def main(cfg: DictConfig) -> float | None:
         log.error(f"glubench: error: {e}")
         sys.exit(1)
     except Exception:
-        from glubench.sweep.callbacks import collects_job_failures
+        from glubench.sweep.hydra_callbacks import collects_job_failures
 
         # results.json already says "failed"; the traceback goes to the console and train.log.
         log.error("glubench: job failed", exc_info=True)

@@ -2,7 +2,7 @@
 
 Hydra-free: it reads the files any glubench run writes (:class:`glubench.train.results.RunResult`), during
 or after a sweep.  ``glubench-report PATH...`` is the command line (``--table runs.csv`` for a compute
-ladder from anywhere); :class:`glubench.sweep.callbacks.SweepReport` calls :func:`report_sweep` at the end
+ladder from anywhere); :class:`glubench.sweep.hydra_callbacks.SweepReport` calls :func:`report_sweep` at the end
 of a multirun.  This module only puts the parts together:
 
 - :mod:`glubench.sweep.runs`: loading and grouping (seeds are replicates);

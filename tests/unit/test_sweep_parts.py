@@ -1,4 +1,4 @@
-"""The sweep glue in-process (glubench.sweep.callbacks): experiments as one-word sweeps, the jobs Hydra's
+"""The sweep glue in-process (glubench.sweep.hydra_callbacks): experiments as one-word sweeps, the jobs Hydra's
 BasicSweeper will launch, each validated once before any runs, the time estimate, and the report's exit status.
 The sweeps run end to end in tests/integration/test_sweep.py."""
 
@@ -10,7 +10,7 @@ from hydra import initialize_config_dir
 from omegaconf import OmegaConf
 
 from glubench.core.paths import CONF_DIR
-from glubench.sweep.callbacks import SweepReport
+from glubench.sweep.hydra_callbacks import SweepReport
 from glubench.train.results import RunResult
 
 
@@ -34,7 +34,7 @@ def test_job_overrides_are_the_jobs_of_the_sweep_written_out_by_hand(compose_cfg
     the experiment= choice is in every job, and the keys vary in that order, the first slowest."""
     from omegaconf import open_dict
 
-    from glubench.sweep.callbacks import job_overrides
+    from glubench.sweep.hydra_callbacks import job_overrides
 
     cfg = compose_cfg(["experiment=ci_variants"], hydra=True)
     with open_dict(cfg):
@@ -57,7 +57,7 @@ def test_job_overrides_other_sweepers_and_bad_sweeps(compose_cfg):
     from omegaconf import open_dict
 
     from glubench.core.errors import ConfigError
-    from glubench.sweep.callbacks import job_overrides
+    from glubench.sweep.hydra_callbacks import job_overrides
 
     optuna = OmegaConf.create({"hydra": {"sweeper": {"_target_": "hydra_plugins.optuna.OptunaSweeper"},
                                          "overrides": {"task": ["seed=0,1"]}}})
@@ -75,7 +75,7 @@ def test_multirun_start_validates_each_job_once_and_logs_the_estimate(monkeypatc
     for the time estimate; the messages go through logging."""
     import logging
 
-    import glubench.sweep.callbacks as sweep
+    import glubench.sweep.hydra_callbacks as sweep
     import glubench.train.validate as validate
 
     monkeypatch.setattr(sweep, "_measure_cpu_flops", lambda cfg, mc: (1e9, 2e9))
@@ -94,7 +94,7 @@ def test_multirun_start_validates_each_job_once_and_logs_the_estimate(monkeypatc
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):  # the callback composes each job
         SweepReport().on_multirun_start(cfg, config_name="config")
     assert sorted(seen) == [(f, s) for f in ("gelu", "relu", "swiglu") for s in (0, 1)]
-    messages = [r.getMessage() for r in caplog.records if r.name == "glubench.sweep.callbacks"]
+    messages = [r.getMessage() for r in caplog.records if r.name == "glubench.sweep.hydra_callbacks"]
     assert "glubench: sweep of 6 jobs -> /nowhere/sweep" in messages
     assert any(m.startswith("glubench: estimated total time: ~") and "for 6 jobs" in m for m in messages)
 
@@ -102,7 +102,7 @@ def test_multirun_start_validates_each_job_once_and_logs_the_estimate(monkeypatc
 def test_cpu_estimate_counts_tokens_and_validations(monkeypatch, compose_cfg):
     """The estimate is Σ tokens·fpt/rate + n_val·val_tokens·fpt/3/rate + overhead; with the rates
     fixed, check it against the formula by hand."""
-    import glubench.sweep.callbacks as sweep
+    import glubench.sweep.hydra_callbacks as sweep
     import glubench.train.validate as validate
     from glubench.nn.flops import flops_per_token
 
@@ -144,8 +144,8 @@ def test_callback_reports_and_exits_1_on_failure(tmp_path, capsys):
 
 
 def test_collects_job_failures_only_in_a_multirun_with_the_callback():
-    from glubench.sweep.callbacks import collects_job_failures
+    from glubench.sweep.hydra_callbacks import collects_job_failures
 
     assert collects_job_failures() is False  # no Hydra job here
     cfg = OmegaConf.load(Path(str(CONF_DIR)) / "config.yaml")
-    assert cfg.hydra.callbacks.glubench_report._target_ == "glubench.sweep.callbacks.SweepReport"
+    assert cfg.hydra.callbacks.glubench_report._target_ == "glubench.sweep.hydra_callbacks.SweepReport"
