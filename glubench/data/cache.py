@@ -308,7 +308,7 @@ def prepare_splits(data: Mapping[str, Any], *, seq_len: int | None = None,
     it (:func:`prepare_dataset`, one process at a time), then memory-map and check it (:func:`load_tokens`).
 
     Args:
-        data: the ``data.*`` section (DictConfig or dict; :class:`glubench.train.schema.DataConfig`).
+        data: the ``data.*`` section (DictConfig or dict; :class:`glubench.data.config.DataConfig`).
         seq_len: ``model.seq_len`` to check the splits against; ``None``: no checks.
         tokenizer_data: the ``data.*`` section whose tokenizer (kind, vocabulary and, for ``bpe``, training
             corpus) reads ``data``'s corpus, default ``data``: ``glubench-eval`` passes the checkpoint's.

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
 
+from glubench.core.io import plain_dict
 from glubench.data.cache import TokenSplits, prepare_splits
+from glubench.data.config import DataConfig
 from glubench.data.windows import StartAt, TrainBatches, ValWindows
 
 
@@ -38,19 +41,26 @@ class ResumableLoader(torch.utils.data.DataLoader):
 
 
 class LMDataModule(pl.LightningDataModule):
-    """Serves the token cache of ``data``, the whole ``data.*`` section as a dict
-    (:class:`glubench.train.schema.DataConfig`), saved in every checkpoint for ``glubench-eval``.
+    """Serves the token cache of ``data`` (the ``data.*`` section, a :class:`~glubench.data.config.DataConfig`),
+    saved in every checkpoint as plain values for ``glubench-eval``.
 
     ``seq_len`` is ``model.seq_len``, ``num_batches`` optimizer steps × gradient-accumulation
     micro-batches.  :meth:`setup` goes through :func:`glubench.data.cache.prepare_splits` on every
     rank: the first process to take the cache's lock builds it, the others find it (the same
     content hashes name the same folder in every process).
+
+    Args:
+        data: the section as a :class:`DataConfig`, or its fields as a DictConfig or mapping.
+
+    Raises:
+        TypeError: ``data`` has a key :class:`DataConfig` does not declare.
     """
 
-    def __init__(self, data: Mapping[str, Any], seq_len: int, num_batches: int = 1, seed: int = 0) -> None:
+    def __init__(self, data: DataConfig | Mapping[str, Any], seq_len: int, num_batches: int = 1,
+                 seed: int = 0) -> None:
         super().__init__()
-        self.data = dict(data)
-        self.save_hyperparameters(self.data)
+        self.data = data if isinstance(data, DataConfig) else DataConfig(**plain_dict(data))
+        self.save_hyperparameters(asdict(self.data))
         self.seq_len, self.num_batches, self.seed = seq_len, num_batches, seed
         self.folder: Path | None = None  # the token cache folder, once set up
         self.splits: TokenSplits | None = None
@@ -62,12 +72,12 @@ class LMDataModule(pl.LightningDataModule):
     def train_dataloader(self):
         t = self.trainer
         rank, world = (t.global_rank, t.world_size) if t is not None else (0, 1)
-        ds = TrainBatches(self.splits.train, self.seq_len, self.data["batch_size"], self.num_batches,
+        ds = TrainBatches(self.splits.train, self.seq_len, self.data.batch_size, self.num_batches,
                           self.seed, rank, world)
         # On resume Lightning has restored global_step by now (and then loads the loader's state too).
         start = self._batches_done()
         return ResumableLoader(ds, sampler=StartAt(start, len(ds)), position=self._batches_done,
-                               num_workers=self.data["num_workers"])
+                               num_workers=self.data.num_workers)
 
     def _batches_done(self) -> int:
         """Training batches consumed: optimizer steps × gradient-accumulation micro-batches (checkpoints are
@@ -82,7 +92,7 @@ class LMDataModule(pl.LightningDataModule):
         """The test split, scored like validation; only for a corpus with one (``data.test_percent`` > 0,
         ``data.test_files`` or ``data.test_split``)."""
         if self.splits.test is None:
-            raise ValueError(f"data.name={self.data['name']!r} has no test split: set data.test_percent, "
+            raise ValueError(f"data.name={self.data.name!r} has no test split: set data.test_percent, "
                              "data.test_files or data.test_split")
         return self._scoring_loader(self.splits.test)
 
@@ -92,5 +102,5 @@ class LMDataModule(pl.LightningDataModule):
             # Shard without padding: DistributedSampler would repeat windows to even out ranks.
             idx = list(range(self.trainer.global_rank, len(ds), self.trainer.world_size))
             ds = torch.utils.data.Subset(ds, idx)
-        return torch.utils.data.DataLoader(ds, batch_size=self.data["val_batch_size"], shuffle=False,
-                                           num_workers=self.data["num_workers"])
+        return torch.utils.data.DataLoader(ds, batch_size=self.data.val_batch_size, shuffle=False,
+                                           num_workers=self.data.num_workers)

@@ -191,7 +191,7 @@ def _train_val_test(train, val, test, spec: DataSpec, id_column: str | None, by_
 class DataSpec:
     """Where a corpus comes from: the ``data.*`` keys that select and shape its text.
 
-    :class:`glubench.train.schema.DataConfig` adds the tokenizer and batching keys to these.
+    :class:`glubench.data.config.DataConfig` adds the tokenizer and batching keys to these.
     """
 
     name: str = "pydocs"

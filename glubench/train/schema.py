@@ -19,22 +19,8 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from glubench.data.sources import DataSpec
+from glubench.data.config import DataConfig
 from glubench.nn.config import ModelConfig
-
-
-@dataclass
-class DataConfig(DataSpec):
-    """Corpus (the :class:`~glubench.data.sources.DataSpec` keys), tokenizer and batching (``data.*``)."""
-
-    tokenizer: str = "bytes"  # bytes | bpe | gpt2
-    vocab_size: int = 4096  # bpe only; bytes is 256, gpt2 50257
-    batch_size: int = 16  # training windows per step (per device)
-    val_batch_size: int = 32
-    num_workers: int = 0
-    cache_dir: str = "${oc.env:GLUBENCH_CACHE,'~/.cache/glubench'}"
-    tokenizer_file: Optional[str] = None  # gpt2: a folder with vocab.bpe and encoder.json
-    num_proc: Optional[int] = None  # tokenizing processes; null: one per core (<= 8) for large splits
 
 
 @dataclass
@@ -235,11 +221,29 @@ class LadderConfig:
 
 
 @dataclass
+class DataModuleConfig:
+    """The LightningDataModule (``datamodule.*``), built by ``hydra.utils.instantiate`` with the typed
+    ``data`` section, ``model.seq_len``, the run's training batches and ``seed``."""
+
+    _target_: str = "glubench.data.datamodule.LMDataModule"
+
+
+@dataclass
+class ModuleConfig:
+    """The LightningModule (``module.*``), built by ``hydra.utils.instantiate`` with the validated
+    ``model`` section, ``optim`` and the run's optimizer steps (the schedule's horizon)."""
+
+    _target_: str = "glubench.train.module.LanguageModel"
+
+
+@dataclass
 class Config:
     """The whole run: one group per section plus run-level keys."""
 
     model: ModelConfig = MISSING
     data: DataConfig = MISSING
+    datamodule: DataModuleConfig = field(default_factory=DataModuleConfig)
+    module: ModuleConfig = field(default_factory=ModuleConfig)
     trainer: TrainerConfig = MISSING
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     # Lightning callbacks by name (``conf/callbacks/``), each built with hydra.utils.instantiate;

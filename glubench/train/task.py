@@ -1,9 +1,10 @@
 """One training job: :func:`run` trains (:func:`fit`) and always writes ``results.json``.
 
-The Trainer, its callbacks and its loggers are built from the config groups with
-``hydra.utils.instantiate`` (:mod:`glubench.train.evaluate` builds them the same way); glubench
-adds only what exists at run time (the run dir, the resume point, the W&B run's config and default
-tags, the checkpoint IO plugin).  Lightning, torch and W&B are imported inside the functions that
+The datamodule, the LightningModule, the Trainer, its callbacks and its loggers are built from the
+config with ``hydra.utils.instantiate`` (:mod:`glubench.train.evaluate` builds the Trainer and loggers the
+same way); glubench adds only what exists at run time (the typed ``data`` and validated ``model``
+sections, the budget's steps, seconds and FLOPs per token, the run dir, the resume point, the W&B
+run's config and default tags, the checkpoint IO plugin).  Lightning, torch and W&B are imported inside the functions that
 need them, so that importing this module (the command line checks a config first) stays fast.
 """
 
@@ -70,12 +71,17 @@ def build_loggers(cfg: DictConfig, out: Path, resume_step: int | None = None, co
     return loggers
 
 
-def build_callbacks(cfg: DictConfig) -> list:
+def build_callbacks(cfg: DictConfig, runtime: dict[str, dict[str, Any]] | None = None) -> list:
     """The callbacks of ``cfg.callbacks`` (``conf/callbacks/``), built with ``hydra.utils.instantiate``.
 
     An entry that is null or has ``enabled: false`` is left out (``enabled`` is not passed on);
     :class:`~glubench.train.callbacks.FitSignals` is always added (it lets a SIGTERM outside
     ``fit`` still write ``status: interrupted``).
+
+    Args:
+        cfg: the run config.
+        runtime: per callback name, arguments known only once the run is planned (the budget's
+            seconds, the FLOPs per token); each is passed unless the config sets that argument.
 
     Raises:
         ConfigError: a callback's arguments are not accepted (one line naming it).
@@ -87,6 +93,9 @@ def build_callbacks(cfg: DictConfig) -> list:
         if node is None or not node.get("enabled", True):
             continue
         args = {k: v for k, v in OmegaConf.to_container(node, resolve=True).items() if k != "enabled"}
+        for key, value in (runtime or {}).get(name, {}).items():
+            if args.get(key) is None:
+                args[key] = value
         built.append(_instantiate(f"callbacks.{name}", OmegaConf.create(args)))
     return [*built, FitSignals()]
 
@@ -159,93 +168,125 @@ def val_check_batches(t: DictConfig, max_steps: int) -> Any:
     return v * t.accumulate_grad_batches
 
 
-def _callback(trainer, cls):
-    return next((c for c in trainer.callbacks if isinstance(c, cls)), None)
+def build_datamodule(cfg: DictConfig, model_cfg, plan):
+    """The datamodule of ``cfg.datamodule`` (``hydra.utils.instantiate``) over the typed ``data`` section, with
+    its tokens ready and the validation split checked against ``model.seq_len``.
+
+    Raises:
+        ConfigError: a data file, key or split the run cannot use (the message names the key).
+    """
+    dm = _instantiate("datamodule", cfg.datamodule, data=cfg.data, seq_len=model_cfg.seq_len, seed=cfg.seed,
+                      num_batches=plan.max_steps * cfg.trainer.accumulate_grad_batches, _convert_="object")
+    try:
+        dm.setup()
+    except (ValueError, FileNotFoundError) as e:  # data errors name their key (data.files, data.val_percent)
+        raise ConfigError(str(e)) from e
+    check_splits(model_cfg, dm.splits, cfg.data.name)
+    return dm
+
+
+def _runtime_arguments(plan) -> dict[str, dict[str, Any]]:
+    """What the throughput and budget callbacks learn from the budget plan (:func:`build_callbacks`'s ``runtime``)."""
+    budget = {"seconds_limit": plan.target} if plan.mode == "time" else {}  # validate_config: the callback is on
+    return {"throughput": {"flops_per_token": plan.flops_per_token}, "budget": budget}
 
 
 def fit(cfg: DictConfig, result: RunResult, model_cfg) -> RunResult:
     """Run one training job described by ``cfg`` (already validated into ``model_cfg``), filling ``result``
-    (whose ``config`` is the redacted run config the loggers get)."""
-    out = output_dir()
-    t_start = time.perf_counter()
-
+    (whose ``config`` is the redacted run config the loggers get).  :func:`run` handles its failures."""
+    out, t_start = output_dir(), time.perf_counter()
     import lightning.pytorch as pl
-    import torch
 
     from glubench.core.logging import ignore_known_warnings, route_through_root
-    from glubench.data.datamodule import LMDataModule
-    from glubench.nn.transformer import Transformer, count_params
-    from glubench.train.budget import plan_from_config, realised
-    from glubench.train.callbacks import BudgetCallback, DeadUnitsCallback, ThroughputCallback
+    from glubench.train.budget import plan_from_config
     from glubench.train.console import announce
     from glubench.train.devices import world_size
-    from glubench.train.module import LanguageModel
     from glubench.train.resume import checkpoint_step, find_checkpoint
 
     route_through_root("lightning", "lightning.pytorch", "lightning.fabric")
     ignore_known_warnings()
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    t = cfg.trainer
-    with torch.device("meta"):  # sizes only: nothing allocated, no random numbers drawn
-        counts = count_params(Transformer(model_cfg))
+    counts = param_counts(model_cfg)
     # The budget fixes the steps here, once: the data, the schedule and the Trainer are built with them.
-    plan = plan_from_config(cfg, model_cfg, counts.matmul, world_size(t), counts.nonembedding)
-    result.flops_per_token = plan.flops_per_token
-    data = OmegaConf.to_container(cfg.data, resolve=True)
-    dm = LMDataModule(data, seq_len=model_cfg.seq_len, seed=cfg.seed,
-                      num_batches=plan.max_steps * t.accumulate_grad_batches)
-    try:
-        dm.setup()
-    except (ValueError, FileNotFoundError) as e:  # data errors name their key (data.files, data.val_percent)
-        raise ConfigError(str(e)) from e
-    result.corpus_fingerprint = dm.splits.meta["fingerprint"]
-    check_splits(model_cfg, dm.splits, cfg.data.name)
-
-    module = LanguageModel(model_cfg, cfg.optim, max_steps=plan.max_steps)
-    result.params_total, result.params_nonembedding = counts.total, counts.nonembedding
-    result.params_ffn, result.ffn_hidden = counts.ffn_per_layer, model_cfg.ffn_hidden
-    result.ffn_matching_error = model_cfg.ffn_matching_error
-
+    plan = plan_from_config(cfg, model_cfg, counts.matmul, world_size(cfg.trainer), counts.nonembedding)
+    dm = build_datamodule(cfg, model_cfg, plan)
+    module = _instantiate("module", cfg.module, model=model_cfg, optim=cfg.optim, max_steps=plan.max_steps,
+                          _convert_="all")
+    record_model(result, counts, model_cfg, plan, dm)
     ckpt = find_checkpoint(cfg.ckpt_path, out)
     resume_step = checkpoint_step(ckpt) if ckpt is not None else None
     loggers = build_loggers(cfg, out, resume_step, result.config)
-    callbacks = build_callbacks(cfg)
+    callbacks = build_callbacks(cfg, _runtime_arguments(plan))
     trainer = build_trainer(cfg, out, callbacks, loggers, max_steps=plan.max_steps,
-                            val_check_interval=val_check_batches(t, plan.max_steps))
-    throughput = _callback(trainer, ThroughputCallback)
-    if throughput is not None and throughput.flops_per_token is None:
-        throughput.flops_per_token = plan.flops_per_token
-    budget_cb = _callback(trainer, BudgetCallback)
-    if plan.mode == "time":  # validate_config made sure the budget callback is on
-        budget_cb.seconds_limit = plan.target
-    params = {"params/total": counts.total, "params/nonembedding": counts.nonembedding,
-              "params/ffn_per_layer": counts.ffn_per_layer, "params/ffn_hidden": model_cfg.ffn_hidden}
-    for lg in trainer.loggers:
-        lg.log_hyperparams(params)
+                            val_check_interval=val_check_batches(cfg.trainer, plan.max_steps))
+    _log_param_counts(trainer, counts, model_cfg)
     announce(cfg, model_cfg, counts, dm.splits, plan, out, trainer.loggers, ckpt, resume_step)
-
-    def collect() -> None:  # also on an exception: an interrupted run reports what it has
-        result.steps, result.history = trainer.global_step, module.history
-        _last_validation(module, result)
-        result.tokens_seen = module.tokens_seen * trainer.world_size
-        train_loss = trainer.callback_metrics.get("train/loss")
-        result.train_loss = float(train_loss) if train_loss is not None else None
-        result.precision, result.versions = str(trainer.precision), versions()
-        result.device = device_name(module.device)
-        result.wall_time_s = time.perf_counter() - t_start
-
     try:
         trainer.fit(module, datamodule=dm, ckpt_path=ckpt, weights_only=True)
-    finally:
-        collect()
+    finally:  # also on an exception: an interrupted run reports what it has
+        record_progress(result, trainer, module, t_start)
     if not module.last_val or module.history[-1]["step"] != trainer.global_step:
         # The last step was not a validation step, or the checkpoint was already finished: score it now.
         trainer.validate(module, datamodule=dm, verbose=False)
     if dm.splits.test is not None:  # once, at the end: numbers chosen on validation are reported on test
         trainer.test(module, datamodule=dm, verbose=False)
+    record_progress(result, trainer, module, t_start)
+    record_end(result, trainer, module, plan)
+    if trainer.fast_dev_run:
+        log.info("glubench: trainer.fast_dev_run: a smoke test (one step, one validation batch), not a result")
+    _wandb_summary(trainer, result)
+    return result
 
+
+def param_counts(model_cfg):
+    """:func:`~glubench.nn.transformer.count_params` of the model ``model_cfg`` describes, built on the meta
+    device: sizes only, nothing allocated and no random numbers drawn."""
+    import torch
+
+    from glubench.nn.transformer import Transformer, count_params
+
+    with torch.device("meta"):
+        return count_params(Transformer(model_cfg))
+
+
+def _log_param_counts(trainer, counts, model_cfg) -> None:
+    params = {"params/total": counts.total, "params/nonembedding": counts.nonembedding,
+              "params/ffn_per_layer": counts.ffn_per_layer, "params/ffn_hidden": model_cfg.ffn_hidden}
+    for lg in trainer.loggers:
+        lg.log_hyperparams(params)
+
+
+def record_model(result: RunResult, counts, model_cfg, plan, dm) -> None:
+    """What the run trains, into ``result``: parameter counts, FFN widths, FLOPs per token, the corpus."""
+    result.params_total, result.params_nonembedding = counts.total, counts.nonembedding
+    result.params_ffn, result.ffn_hidden = counts.ffn_per_layer, model_cfg.ffn_hidden
+    result.ffn_matching_error = model_cfg.ffn_matching_error
+    result.flops_per_token = plan.flops_per_token
+    result.corpus_fingerprint = dm.splits.meta["fingerprint"]
+
+
+def record_progress(result: RunResult, trainer, module, t_start: float) -> None:
+    """How far the run got, into ``result``: steps, validation history and scores, tokens, the last training
+    loss, the precision, device and versions, the wall time since ``t_start`` (``time.perf_counter``)."""
+    result.steps, result.history = trainer.global_step, module.history
+    _last_validation(module, result)
+    result.tokens_seen = module.tokens_seen * trainer.world_size
+    train_loss = trainer.callback_metrics.get("train/loss")
+    result.train_loss = float(train_loss) if train_loss is not None else None
+    result.precision, result.versions = str(trainer.precision), versions()
+    result.device = device_name(module.device)
+    result.wall_time_s = time.perf_counter() - t_start
+
+
+def record_end(result: RunResult, trainer, module, plan) -> None:
+    """A finished run's status (``completed``, or ``diverged`` without a finite ``val_loss``), test scores,
+    whole-run throughput, the budget spent and the dead-unit diagnostics, into ``result``."""
+    from glubench.train.budget import realised
+    from glubench.train.callbacks import BudgetCallback, DeadUnitsCallback, ThroughputCallback
+
+    throughput, budget_cb, dead_units = (_callback(trainer, c) for c in
+                                         (ThroughputCallback, BudgetCallback, DeadUnitsCallback))
     speed = (throughput.summary() if throughput else None) or {}
-    collect()
     result.status = "completed"
     if module.last_test:
         result.test_loss, result.test_ppl = module.last_test["test/loss"], module.last_test["test/ppl"]
@@ -256,15 +297,14 @@ def fit(cfg: DictConfig, result: RunResult, model_cfg) -> RunResult:
     result.budget = realised(plan, result.tokens_seen, result.steps, budget_cb.seconds if budget_cb else math.nan,
                              budget_cb.stopped_at if budget_cb else None,
                              budget_cb.last_step_seconds if budget_cb else None)
-    dead_units = _callback(trainer, DeadUnitsCallback)
     if dead_units is not None and dead_units.history:
         result.diagnostics["dead_units"] = dead_units.summary(result.step_time_ms)
     if result.val_loss is None or not math.isfinite(result.val_loss):
         result.status = "diverged"
-    if trainer.fast_dev_run:
-        log.info("glubench: trainer.fast_dev_run: a smoke test (one step, one validation batch), not a result")
-    _wandb_summary(trainer, result)
-    return result
+
+
+def _callback(trainer, cls):
+    return next((c for c in trainer.callbacks if isinstance(c, cls)), None)
 
 
 def _last_validation(module, result: RunResult) -> None:

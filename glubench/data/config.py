@@ -1,0 +1,25 @@
+"""The typed ``data.*`` section: :class:`DataConfig`, what the datamodule and the token cache read.
+
+No torch here: the command line's schema (:mod:`glubench.train.schema`) declares the section with it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+from glubench.data.sources import DataSpec
+
+
+@dataclass
+class DataConfig(DataSpec):
+    """Corpus (the :class:`~glubench.data.sources.DataSpec` keys), tokenizer and batching (``data.*``)."""
+
+    tokenizer: str = "bytes"  # bytes | bpe | gpt2
+    vocab_size: int = 4096  # bpe only; bytes is 256, gpt2 50257
+    batch_size: int = 16  # training windows per step (per device)
+    val_batch_size: int = 32
+    num_workers: int = 0
+    cache_dir: str = "${oc.env:GLUBENCH_CACHE,'~/.cache/glubench'}"
+    tokenizer_file: Optional[str] = None  # gpt2: a folder with vocab.bpe and encoder.json
+    num_proc: Optional[int] = None  # tokenizing processes; null: one per core (<= 8) for large splits
