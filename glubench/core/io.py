@@ -1,4 +1,4 @@
-"""Atomic file writes, content hashes and plain values: nothing finished is ever lost or half-written."""
+"""Atomic file writes and content hashes: nothing finished is ever lost or half-written."""
 
 from __future__ import annotations
 
@@ -7,9 +7,8 @@ import json
 import os
 import tempfile
 from collections.abc import Callable
-from dataclasses import asdict, is_dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
 from glubench.core.errors import WriteFailed
 
@@ -73,22 +72,3 @@ def file_sha256(path: Path, chunk_bytes: int = 1 << 24) -> str:
             h.update(chunk)
     return h.hexdigest()
 
-
-def plain_dict(cfg: Any) -> dict:
-    """A dataclass, DictConfig or mapping as a plain dict of resolved values.
-
-    Checkpoints and JSON hold only plain values, and a cache key must hash the same settings the same
-    way whatever the caller passed (a DictConfig's lists become lists).
-
-    Raises:
-        TypeError: ``cfg`` is none of these.
-    """
-    if is_dataclass(cfg) and not isinstance(cfg, type):
-        return asdict(cfg)
-    from omegaconf import OmegaConf
-
-    if OmegaConf.is_config(cfg):
-        return OmegaConf.to_container(cfg, resolve=True)
-    if hasattr(cfg, "items"):
-        return dict(cfg)
-    raise TypeError(f"expected a dataclass, a DictConfig or a mapping, got {type(cfg).__name__}")

@@ -25,8 +25,9 @@ from typing import Any
 
 import numpy as np
 
-from glubench.core.io import atomic_write_json, plain_dict, sha256_text
+from glubench.core.io import atomic_write_json, sha256_text
 from glubench.core.paths import default_cache_dir
+from glubench.data.config import plain_dict
 from glubench.data.sources import Corpus, DataSpec, load_corpus_spec, split_of
 from glubench.data.tokenizers import build_tokenizer, token_dtype
 

@@ -10,9 +10,8 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 
-from glubench.core.io import plain_dict
 from glubench.data.cache import TokenSplits, prepare_splits
-from glubench.data.config import DataConfig
+from glubench.data.config import DataConfig, plain_dict
 from glubench.data.windows import StartAt, TrainBatches, ValWindows
 
 

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from lightning.pytorch.plugins.precision import DeepSpeedPrecision, FSDPPrecision
 
 from glubench.core.clock import Stopwatch
-from glubench.core.io import plain_dict
+from glubench.data.config import plain_dict
 from glubench.data.windows import IGNORE_INDEX
 from glubench.nn.config import ModelConfig
 from glubench.nn.transformer import Transformer

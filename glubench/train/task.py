@@ -4,8 +4,9 @@ The datamodule, the LightningModule, the Trainer, its callbacks and its loggers 
 config with ``hydra.utils.instantiate`` (:mod:`glubench.train.evaluate` builds the Trainer and loggers the
 same way); glubench adds only what exists at run time (the typed ``data`` and validated ``model``
 sections, the budget's steps, seconds and FLOPs per token, the run dir, the resume point, the W&B
-run's config and default tags, the checkpoint IO plugin).  Lightning, torch and W&B are imported inside the functions that
-need them, so that importing this module (the command line checks a config first) stays fast.
+run's config and default tags, the checkpoint IO plugin).  Lightning, torch and W&B are imported
+inside the functions that need them, so that importing this module (the command line checks a config
+first) stays fast.
 """
 
 from __future__ import annotations
