@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> dict:
     from glubench.data.cache import prepare_splits
     from glubench.data.datamodule import LMDataModule
     from glubench.data.files import clear_hash_cache
-    from glubench.train.validate import validate_config
+    from glubench.train.config_rules import validate_config
 
     cache = tempfile.mkdtemp(prefix="glubench-bench-data-")
     cfg = compose([*overrides, f"data.cache_dir={cache}"])

@@ -68,7 +68,7 @@ def cmd_init(args) -> int:
     from glubench.core.errors import ConfigError
     from glubench.nn.config import FFN_VARIANTS, INIT_SCHEMES
     from glubench.nn.transformer import Transformer
-    from glubench.train.validate import model_config
+    from glubench.train.config_rules import model_config
 
     ffns = _split(args.ffn, list(FFN_VARIANTS), "--ffn")
     inits = _split(args.init, INIT_SCHEMES, "--init")
@@ -174,9 +174,9 @@ def load_run(run_dir: Path):
     from omegaconf import OmegaConf
 
     from glubench.nn.transformer import Transformer
+    from glubench.train.config_rules import model_config
     from glubench.train.results import RESULTS_FILE, RunResult
     from glubench.train.resume import last_checkpoint
-    from glubench.train.validate import model_config
 
     res, ckpt_path = run_dir / RESULTS_FILE, last_checkpoint(run_dir)
     for p in (res, ckpt_path):

@@ -37,7 +37,7 @@ def prepare(overrides: list[str]) -> dict:
             TokenizerUnavailable: see :mod:`glubench.data.sources` and :mod:`glubench.data.tokenizers`.
     """
     from glubench.data.cache import prepare_splits
-    from glubench.train.validate import validate_config
+    from glubench.train.config_rules import validate_config
 
     cfg = compose(overrides)
     validate_config(cfg)

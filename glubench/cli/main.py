@@ -24,10 +24,10 @@ from glubench.core.errors import ConfigError, WriteFailed
 from glubench.core.paths import CONF_DIR
 from glubench.core.secrets import redact
 from glubench.sweep.cluster import check_job_launch
+from glubench.train.config_rules import check_output_dir, validate_config
 from glubench.train.results import RESULTS_FILE
 from glubench.train.schema import register_configs
 from glubench.train.task import output_dir, run
-from glubench.train.validate import check_output_dir, validate_config
 
 log = logging.getLogger("glubench")
 _help.register()  # the resolvers of glubench --help's template

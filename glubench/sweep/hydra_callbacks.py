@@ -85,7 +85,7 @@ class SweepReport(Callback):
             return
         from hydra import compose
 
-        from glubench.train.validate import validate_config
+        from glubench.train.config_rules import validate_config
 
         cfgs, model_cfgs = [], []
         for i, overrides in enumerate(jobs):
@@ -107,7 +107,7 @@ class SweepReport(Callback):
                 log.warning(f"glubench: (no time estimate: {type(e).__name__}: {e})")
 
     def estimate_seconds(self, cfgs: list[DictConfig], model_cfgs: list[Any]) -> tuple[float, str]:
-        """Seconds for the jobs ``cfgs`` (``model_cfgs``: what :func:`glubench.train.validate.validate_config`
+        """Seconds for the jobs ``cfgs`` (``model_cfgs``: what :func:`glubench.train.config_rules.validate_config`
         returned for each) and how: ``Σ_jobs (train_tokens·fpt/train_flops + n_val·val_tokens·(fpt/3)/val_flops
         + job_overhead_s)``, ``fpt`` = :func:`glubench.nn.flops.flops_per_token`, the FLOP/s measured by a few
         steps of the first job's model on a CPU, or the dense peak (:func:`glubench.train.metrics.peak_flops`)

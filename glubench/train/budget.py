@@ -15,8 +15,7 @@ from dataclasses import dataclass
 from glubench.core.errors import ConfigError
 from glubench.nn.config import ffn_params
 from glubench.nn.flops import flops_per_token
-
-BUDGET_MODES = ("tokens", "flops", "time", "tokens_per_param")
+from glubench.train.schema import BudgetConfig
 
 # time mode: the step cap handed to Lightning and the data module; the clock stops first.
 TIME_MODE_MAX_STEPS = 10**9
@@ -44,22 +43,6 @@ class BudgetPlan:
     flops_per_token: float
 
 
-def check_budget(mode: str, value: float | None) -> None:
-    """The rules on ``budget.mode`` and ``budget.value`` alone (checked before any data is read).
-
-    Raises:
-        ConfigError: an unknown mode, a non-positive value, or no value for ``time`` or ``tokens_per_param``.
-    """
-    if mode not in BUDGET_MODES:
-        raise ConfigError(f"budget.mode={mode!r} is not known; valid: {', '.join(BUDGET_MODES)}")
-    if value is not None and not value > 0:
-        raise ConfigError(f"budget.value={value} must be positive or null")
-    needs = {"time": "the training seconds, e.g. budget.value=60",
-             "tokens_per_param": "the tokens per parameter, e.g. budget.value=20"}
-    if value is None and mode in needs:
-        raise ConfigError(f"budget.value=null: budget={mode} needs {needs[mode]}")
-
-
 def plan_budget(mode: str, value: float | None, *, max_steps: int, tokens_per_step: int,
                 flops_per_token: float, reference_flops_per_token: float | None = None,
                 warmup_steps: int = 0, params: int | None = None) -> BudgetPlan:
@@ -77,10 +60,10 @@ def plan_budget(mode: str, value: float | None, *, max_steps: int, tokens_per_st
       a compute ladder needs (Hoffmann et al. 2022 find ~20 tokens per parameter compute-optimal).
 
     Raises:
-        ConfigError: see :func:`check_budget`, or a budget that does not cover more than
+        ConfigError: see :class:`~glubench.train.schema.BudgetConfig`, or a budget that does not cover more than
             ``warmup_steps`` steps.
     """
-    check_budget(mode, value)
+    BudgetConfig(mode, value)  # its rules: a known mode, a positive value where one is needed
     if mode == "time":
         return BudgetPlan(mode, value, float(value), TIME_MODE_MAX_STEPS, tokens_per_step, flops_per_token)
     if mode == "tokens_per_param":

@@ -39,6 +39,7 @@ from glubench.train.budget import TIME_MODE_MAX_STEPS
 from glubench.train.metrics import ThroughputMeter, peak_flops
 from glubench.train.module import LanguageModel, is_logging_step, log_at_step, lr_lambda, total_grad_norm
 from glubench.train.resume import CHECKPOINT_DIR, LAST_CHECKPOINT, collect_rng_states, set_rng_states
+from glubench.train.schema import DiagnosticsConfig, FaultsConfig
 
 log = logging.getLogger(__name__)
 
@@ -264,8 +265,7 @@ class NonFiniteGuard(pl.Callback):
 
     def __init__(self, on_nonfinite: str = "stop", max_skips: int = 10, check_loss_only: bool | None = None,
                  check_every_n_steps: int = 1) -> None:
-        if on_nonfinite not in ("stop", "skip"):
-            raise ValueError(f"faults.on_nonfinite={on_nonfinite!r} is not known; valid: stop, skip")
+        FaultsConfig(on_nonfinite, max_skips)  # the section's rules (ConfigError)
         self.on_nonfinite, self.max_skips, self.check_loss_only = on_nonfinite, max_skips, check_loss_only
         self.every = max(1, check_every_n_steps)
         self.skipped = 0
@@ -590,8 +590,7 @@ class DeadUnitsCallback(pl.Callback):
 
     def __init__(self, every_n_steps: int = 50, probe_batch_size: int = 8, eps: float = 1e-3,
                  saturation_tol: float = 1e-2, probe: torch.Tensor | None = None) -> None:
-        if every_n_steps <= 0:
-            raise ValueError(f"diagnostics.every_n_steps={every_n_steps} must be a positive integer")
+        DiagnosticsConfig(True, every_n_steps, probe_batch_size, eps, saturation_tol)  # the section's rules
         self.every_n_steps, self.probe_batch_size = every_n_steps, probe_batch_size
         self.eps, self.saturation_tol, self.probe = eps, saturation_tol, probe
         self.history: list[dict] = []

@@ -3,9 +3,11 @@
 Hydra composes ``conf/config.yaml`` onto :class:`Config` (registered as ``base_config`` by
 :func:`register_configs`, which each command calls before composing), so a misspelt key or a wrong
 type is Hydra's error while composing.  A key added with ``+`` that nothing reads is refused by
-:func:`unknown_keys` before any work.  Rules
-that involve values or several keys live in :mod:`glubench.train.validate`.  No torch here:
-importing the schema must stay fast (the command line is checked before anything heavy loads).
+:func:`unknown_keys` before any work.  A section whose rules involve its own fields only checks them in
+its ``__post_init__`` (the budget, the faults, the diagnostics: the callbacks that take those values
+build the section too, so each rule exists once); rules across sections live in
+:mod:`glubench.train.config_rules`.  No torch here: importing the schema must stay fast (the command
+line is checked before anything heavy loads).
 """
 
 from __future__ import annotations
@@ -19,8 +21,12 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from glubench.core.errors import ConfigError
 from glubench.data.config import DataConfig
 from glubench.nn.config import ModelConfig
+
+BUDGET_MODES = ("tokens", "flops", "time", "tokens_per_param")
+NONFINITE_ACTIONS = ("stop", "skip")
 
 
 @dataclass
@@ -60,7 +66,7 @@ class TrainerConfig:
     (``val_check_interval`` steps, ``check_val_every_n_epoch: null``), no sanity validation, our
     datasets shard themselves across ranks (``use_distributed_sampler: false``), no model
     summary, gradient clipping at 1.0, and ``default_root_dir`` (null) is the run dir.
-    Unions of types are ``Any`` (OmegaConf types no unions); :mod:`glubench.train.validate`
+    Unions of types are ``Any`` (OmegaConf types no unions); :mod:`glubench.train.config_rules`
     checks the values glubench depends on.
     """
 
@@ -166,6 +172,21 @@ class BudgetConfig:
     mode: str = "tokens"
     value: Optional[float] = None
 
+    def __post_init__(self) -> None:
+        """The rules on ``budget.mode`` and ``budget.value`` (checked before any data is read).
+
+        Raises:
+            ConfigError: an unknown mode, a non-positive value, or no value for ``time`` or ``tokens_per_param``.
+        """
+        if self.mode not in BUDGET_MODES:
+            raise ConfigError(f"budget.mode={self.mode!r} is not known; valid: {', '.join(BUDGET_MODES)}")
+        if self.value is not None and not self.value > 0:
+            raise ConfigError(f"budget.value={self.value} must be positive or null")
+        needs = {"time": "the training seconds, e.g. budget.value=60",
+                 "tokens_per_param": "the tokens per parameter, e.g. budget.value=20"}
+        if self.value is None and self.mode in needs:
+            raise ConfigError(f"budget.value=null: budget={self.mode} needs {needs[self.mode]}")
+
 
 @dataclass
 class TuneConfig:
@@ -192,6 +213,14 @@ class FaultsConfig:
     on_nonfinite: str = "stop"  # stop | skip (drop the batch's update, at most max_skips times)
     max_skips: int = 10  # skip mode: the run is marked diverged when more batches than this are dropped
 
+    def __post_init__(self) -> None:
+        """Raises :class:`ConfigError` for an unknown ``on_nonfinite`` or a negative ``max_skips``."""
+        if self.on_nonfinite not in NONFINITE_ACTIONS:
+            raise ConfigError(f"faults.on_nonfinite={self.on_nonfinite!r} is not known; "
+                              f"valid: {', '.join(NONFINITE_ACTIONS)}")
+        if self.max_skips < 0:
+            raise ConfigError(f"faults.max_skips={self.max_skips} must be >= 0")
+
 
 @dataclass
 class DiagnosticsConfig:
@@ -202,6 +231,15 @@ class DiagnosticsConfig:
     probe_batch_size: int = 8  # validation windows of model.seq_len in the fixed probe batch
     eps: float = 1e-3  # smooth activations: |act(z)| < eps counts as off
     saturation_tol: float = 1e-2  # gated: |act'(xW)| < tol counts as a saturated gate
+
+    def __post_init__(self) -> None:
+        """Raises :class:`ConfigError` for a non-positive interval or probe size, or a negative tolerance."""
+        for key, value in (("every_n_steps", self.every_n_steps), ("probe_batch_size", self.probe_batch_size)):
+            if value <= 0:
+                raise ConfigError(f"diagnostics.{key}={value} must be a positive integer")
+        for key, value in (("eps", self.eps), ("saturation_tol", self.saturation_tol)):
+            if not value >= 0:
+                raise ConfigError(f"diagnostics.{key}={value} must be >= 0")
 
 
 @dataclass

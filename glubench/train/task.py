@@ -23,8 +23,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from glubench.core.errors import ConfigError, Diverged, WriteFailed
 from glubench.core.ranks import is_global_zero
+from glubench.train.config_rules import check_splits, validate_config
 from glubench.train.results import RunResult, machine_load
-from glubench.train.validate import check_splits, validate_config
 
 log = logging.getLogger(__name__)
 
@@ -345,7 +345,8 @@ def run(cfg: DictConfig, model_cfg=None) -> RunResult:
 
     Args:
         cfg: the composed run config.
-        model_cfg: what :func:`~glubench.train.validate.validate_config` returned for it (validated here if ``None``).
+        model_cfg: what :func:`~glubench.train.config_rules.validate_config` returned for it (validated
+            here if ``None``).
     """
     from glubench.core.secrets import redact, redact_files, redacted_argv
     from glubench.train import faults

@@ -34,7 +34,7 @@ def test_imports_flow_one_way():
 
 def test_command_line_path_loads_neither_torch_nor_lightning():
     """What `glubench --help` and a one-line config error import: so they stay fast."""
-    code = ("import sys, glubench.cli.main, glubench.cli.export, glubench.cli.sample, glubench.train.validate, "
+    code = ("import sys, glubench.cli.main, glubench.cli.export, glubench.cli.sample, glubench.train.config_rules, "
             "glubench.sweep.report; "
             "print(sorted(m for m in ('torch', 'lightning', 'wandb', 'datasets') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

@@ -8,8 +8,8 @@ import torch
 from glubench.core.clock import Stopwatch
 from glubench.train.budget import TIME_MODE_MAX_STEPS, plan_budget
 from glubench.train.callbacks import BudgetCallback
+from glubench.train.config_rules import ConfigError
 from glubench.train.devices import devices_per_node, world_size
-from glubench.train.validate import ConfigError
 
 
 def test_plan_tokens_and_flops_by_hand():
@@ -42,7 +42,7 @@ def test_plan_rejects_bad_budgets(mode, value, match):
 
 
 def test_bad_budget_is_rejected_before_training(compose_cfg):
-    from glubench.train.validate import validate_config
+    from glubench.train.config_rules import validate_config
 
     with pytest.raises(ConfigError, match="budget.value=null"):
         validate_config(compose_cfg(["experiment=ci", "budget=time"]))
@@ -50,7 +50,7 @@ def test_bad_budget_is_rejected_before_training(compose_cfg):
 
 @pytest.mark.parametrize("off", ["callbacks.budget=null", "callbacks=none"])
 def test_time_budget_without_its_callback_is_rejected_before_training(compose_cfg, off):
-    from glubench.train.validate import validate_config
+    from glubench.train.config_rules import validate_config
 
     with pytest.raises(ConfigError) as e:
         validate_config(compose_cfg(["experiment=ci", "budget=time", "budget.value=1", off]))

@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 
 from glubench.cli.main import main
 from glubench.sweep.cluster import check_launcher, check_multirun_strategy
-from glubench.train.validate import ConfigError
+from glubench.train.config_rules import ConfigError
 
 pytest.importorskip("hydra_plugins.hydra_submitit_launcher",
                     reason='needs the [cluster] extra: pip install -e ".[cluster]"')

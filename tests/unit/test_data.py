@@ -102,7 +102,7 @@ def test_text_file_test_split_leaves_validation_unchanged(shared_data, tmp_path,
 
 
 def test_test_split_keys_are_checked_in_one_line(compose_cfg, tmp_path):
-    from glubench.train.validate import validate_config
+    from glubench.train.config_rules import validate_config
 
     for overrides, match in ((["data.test_percent=95"], r"^data.test_percent=95.0 must be in \[0, 95\)"),
                              (["data.test_percent=-1"], r"^data.test_percent=-1.0 must be in \[0, 95\)"),
@@ -512,13 +512,13 @@ def test_glubench_data_prepare_prints_counts(shared_data, tmp_path, capsys):
     (["data.name=wikitext2"], r"^data.name='wikitext2' has no source: set data.files, data.local_dir or data.hub_id"),
 ])
 def test_bad_data_keys_are_one_clear_line(overrides, match, compose_cfg):
-    from glubench.train.validate import ConfigError, validate_config
+    from glubench.train.config_rules import ConfigError, validate_config
 
     with pytest.raises(ConfigError, match=match):
         validate_config(compose_cfg(overrides))
 
 
 def test_gpt2_vocab_reaches_the_model_config(compose_cfg):
-    from glubench.train.validate import validate_config
+    from glubench.train.config_rules import validate_config
 
     assert validate_config(compose_cfg(["data.tokenizer=gpt2"])).vocab_size == 50257

@@ -281,7 +281,7 @@ def test_llama_block_counts_by_hand(ffn):
 
 
 def test_llama_tiny_preset_matches_tiny_sizes_and_ffn(compose_cfg):
-    from glubench.train.validate import model_config
+    from glubench.train.config_rules import model_config
 
     for ffn in ("relu", "swiglu", "geglu"):
         tiny = model_config(compose_cfg(["model=tiny", f"model.ffn={ffn}"]))

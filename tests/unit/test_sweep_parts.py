@@ -76,7 +76,7 @@ def test_multirun_start_validates_each_job_once_and_logs_the_estimate(monkeypatc
     import logging
 
     import glubench.sweep.hydra_callbacks as sweep
-    import glubench.train.validate as validate
+    import glubench.train.config_rules as validate
 
     monkeypatch.setattr(sweep, "_measure_cpu_flops", lambda cfg, mc: (1e9, 2e9))
     monkeypatch.setattr(sweep, "_val_tokens", lambda cfg: 1000)
@@ -103,7 +103,7 @@ def test_cpu_estimate_counts_tokens_and_validations(monkeypatch, compose_cfg):
     """The estimate is Σ tokens·fpt/rate + n_val·val_tokens·fpt/3/rate + overhead; with the rates
     fixed, check it against the formula by hand."""
     import glubench.sweep.hydra_callbacks as sweep
-    import glubench.train.validate as validate
+    import glubench.train.config_rules as validate
     from glubench.nn.flops import flops_per_token
 
     monkeypatch.setattr(sweep, "_measure_cpu_flops", lambda cfg, mc: (1e9, 2e9))

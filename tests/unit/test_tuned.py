@@ -57,7 +57,7 @@ def test_without_tuned_the_lr_splits_the_groups(tuned_sweep):
 
 
 def test_tune_variants_are_validated_before_any_work(compose_cfg):
-    from glubench.train.validate import ConfigError, validate_config
+    from glubench.train.config_rules import ConfigError, validate_config
 
     with pytest.raises(ConfigError, match="tune.variants: 'swigloo'"):
         validate_config(compose_cfg(["experiment=tuned_variants_cpu", "tune.variants=[relu,swigloo]"]))

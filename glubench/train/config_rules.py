@@ -1,14 +1,15 @@
-"""Every rule a config must satisfy, checked once per run before any heavy work.
+"""The config's rules (not Lightning's validation loop), checked once per run before any heavy work.
 
 Types and key names are checked by Hydra against :mod:`glubench.train.schema` while the config
-is composed (a misspelt key or ``model.n_layers=four`` never reaches this module).
-:func:`validate_config` checks everything else that can be known before data preparation, model
-build or W&B init: keys added with ``+`` that nothing reads, value ranges, cross-field rules,
-devices and the data files.  Each broken rule raises :class:`~glubench.core.errors.ConfigError`
-with one line naming the key, the bad value and what is allowed.  The rule that needs the
-tokenized data (``model.seq_len`` against the validation split) is :func:`check_splits`, still before the
-model is built.  Nothing here imports torch until devices are counted, so a typo costs well under
-two seconds.
+is composed (a misspelt key or ``model.n_layers=four`` never reaches this module), and a section
+whose rules involve only its own fields (``budget``, ``faults``, ``diagnostics``) checks them in its
+dataclass's ``__post_init__``, which :func:`validate_config` runs.  It checks everything else that
+can be known before data preparation, model build or W&B init: keys added with ``+`` that nothing
+reads, value ranges, cross-field rules, devices and the data files.  Each broken rule raises
+:class:`~glubench.core.errors.ConfigError` with one line naming the key, the bad value and what is
+allowed.  The rule that needs the tokenized data (``model.seq_len`` against the validation split) is
+:func:`check_splits`, still before the model is built.  Nothing here imports torch until devices
+are counted, so a typo costs well under two seconds.
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ from glubench.data.files import FORMATS, check_data_file, expand_files, infer_fo
 from glubench.data.sources import check_source
 from glubench.data.tokenizers import TOKENIZERS
 from glubench.nn.config import FFN_VARIANTS, ModelConfig
-from glubench.train.budget import check_budget
 from glubench.train.devices import available_devices, parse_devices
 from glubench.train.schema import unknown_keys
 
@@ -35,7 +35,6 @@ PRECISIONS = ("32-true", "32", "bf16-mixed", "bf16-true", "16-mixed", "16-true",
 GPT2_VOCAB = 50257
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
 WANDB_MODES = ("online", "offline", "disabled")
-NONFINITE_ACTIONS = ("stop", "skip")
 BPE_VOCAB = (257, 65535)  # byte-level BPE starts from 256 byte tokens; uint16 token arrays
 
 
@@ -206,8 +205,7 @@ def validate_config(cfg: DictConfig) -> ModelConfig:
     t, d, o = cfg.trainer, cfg.data, cfg.optim
     if not 0 <= cfg.seed < 2**32:
         raise ConfigError(f"seed={cfg.seed} must be in [0, 2**32)")
-    b = cfg.budget
-    check_budget(b.mode, b.value)
+    b = OmegaConf.to_object(cfg.budget)  # BudgetConfig's own rules
     steps_from_max_steps = b.mode == "tokens" and b.value is None
     _check_trainer(t)
     if not (math.isfinite(o.lr) and o.lr > 0):
@@ -226,14 +224,7 @@ def validate_config(cfg: DictConfig) -> ModelConfig:
         _in_range("optim.warmup_fraction", o.warmup_fraction, 0.0, 1.0)
     elif o.warmup_steps < 0 or (steps_from_max_steps and o.warmup_steps >= t.max_steps):
         raise ConfigError(f"optim.warmup_steps={o.warmup_steps} must be in [0, trainer.max_steps={t.max_steps})")
-    g = cfg.diagnostics
-    for key, value in (("diagnostics.every_n_steps", g.every_n_steps),
-                       ("diagnostics.probe_batch_size", g.probe_batch_size)):
-        if value <= 0:
-            raise ConfigError(f"{key}={value} must be a positive integer")
-    for key, value in (("diagnostics.eps", g.eps), ("diagnostics.saturation_tol", g.saturation_tol)):
-        if not value >= 0:
-            raise ConfigError(f"{key}={value} must be >= 0")
+    OmegaConf.to_object(cfg.diagnostics)  # DiagnosticsConfig's own rules
     if not (math.isfinite(o.weight_decay) and o.weight_decay >= 0):
         raise ConfigError(f"optim.weight_decay={o.weight_decay} must be >= 0")
     _in_range("optim.beta1", o.beta1, 0.0, 1.0)
@@ -256,9 +247,7 @@ def validate_config(cfg: DictConfig) -> ModelConfig:
     budget_cb = (cfg.callbacks or {}).get("budget")
     if b.mode == "time" and (budget_cb is None or not budget_cb.get("enabled", True)):
         raise ConfigError("callbacks.budget=null: budget=time needs the budget callback to stop the run")
-    _one_of("faults.on_nonfinite", cfg.faults.on_nonfinite, NONFINITE_ACTIONS)
-    if cfg.faults.max_skips < 0:
-        raise ConfigError(f"faults.max_skips={cfg.faults.max_skips} must be >= 0")
+    OmegaConf.to_object(cfg.faults)  # FaultsConfig's own rules
     if not (math.isfinite(cfg.model.init_std) and cfg.model.init_std > 0):
         raise ConfigError(f"model.init_std={cfg.model.init_std} must be a positive number")
     vocab = {"bytes": 256, "gpt2": GPT2_VOCAB}.get(d.tokenizer, d.vocab_size)
