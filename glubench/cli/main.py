@@ -63,17 +63,18 @@ def main(cfg: DictConfig) -> float | None:
 
         run_tuned_variants(cfg, list(HydraConfig.get().overrides.task))
         return None
+    from glubench.train.faults import Interrupts, describe
+
+    interrupts = Interrupts()  # the signals this run receives
     try:
-        result = run(cfg, model_cfg)
+        result = run(cfg, model_cfg, interrupts)
     except ConfigError as e:  # rules that need the tokenized data (e.g. seq_len vs a split)
         return _config_error(e)
     except (KeyboardInterrupt, SystemExit):  # run() has written status "interrupted" and the checkpoint
-        from glubench.train import faults
-
-        log.error(redact(f"glubench: interrupted by {faults.describe(faults.RECEIVED)} -> "
+        log.error(redact(f"glubench: interrupted by {describe(interrupts.received)} -> "
                          f"{output_dir() / RESULTS_FILE}; {resume_hint()}"))
-        faults.forward_preemption()  # under submitit: requeue the job now that everything is saved
-        sys.exit(faults.exit_status())
+        interrupts.forward_preemption()  # under submitit: requeue the job now that everything is saved
+        sys.exit(interrupts.exit_status())
     except WriteFailed as e:  # disk full, permission lost: one line, the previous files are intact
         log.error(f"glubench: error: {e}")
         sys.exit(1)

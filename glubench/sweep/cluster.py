@@ -88,9 +88,8 @@ def export_submitit_ranks() -> None:
         return
     submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
     os.environ["NODE_RANK"] = str(env.node)
-    from lightning.fabric.utilities.rank_zero import rank_zero_only
-
-    rank_zero_only.rank = env.global_rank  # read from the environment at import, before this ran
+    # Lightning's rank_zero_only.rank is its own to set: the Trainer's strategy sets it from these variables
+    # when the Trainer is built (set_world_ranks), before anything rank-zero-only runs in the job.
 
 
 class LauncherCheck(Callback):

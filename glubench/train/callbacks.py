@@ -34,10 +34,10 @@ from glubench.analysis.dead_units import STAT_KEYS, probe_batch, probe_stats
 from glubench.core.clock import Stopwatch
 from glubench.core.errors import Diverged
 from glubench.nn.flops import mfu
-from glubench.train import faults
 from glubench.train.budget import TIME_MODE_MAX_STEPS
+from glubench.train.faults import Interrupts
 from glubench.train.metrics import ThroughputMeter, peak_flops
-from glubench.train.module import LanguageModel, is_logging_step, log_at_step, lr_lambda, total_grad_norm
+from glubench.train.module import LanguageModel, is_logging_step, log_at_step, total_grad_norm
 from glubench.train.resume import CHECKPOINT_DIR, LAST_CHECKPOINT, collect_rng_states, set_rng_states
 from glubench.train.schema import DiagnosticsConfig, FaultsConfig
 
@@ -198,40 +198,45 @@ class InterruptCheckpoint(pl.Callback):
 class FitSignals(pl.Callback):
     """Stops a fitting run at the first optimizer-step boundary after Ctrl-C or a preemption signal.
 
-    :func:`glubench.train.faults.preemption_as_interrupt` records the signal while fitting; this
-    callback takes SIGTERM back from Lightning when training starts (Lightning would stop at the
+    ``interrupts`` (the run's :class:`~glubench.train.faults.Interrupts`) records the signal while
+    fitting; this callback takes SIGTERM back from Lightning when training starts (Lightning would stop at the
     next *batch*, in the middle of a gradient accumulation) and hands the signal to Lightning's
     handler once an optimizer step has finished and no validation follows it, or once that
     validation (and the periodic checkpoint) is done.  Lightning then raises ``SIGTERMException`` at
     the end of the batch, with every loop counter, the LR schedule and the data position agreeing
     with ``global_step``.  A run at its last step simply finishes.  The task always adds this callback.
+
+    Args:
+        interrupts: the run's signal state; ``None``: one of its own that is never installed (nothing
+            is deferred).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, interrupts: Interrupts | None = None) -> None:
+        self.interrupts = interrupts if interrupts is not None else Interrupts()
         self._lightning_sigterm: Any = None
 
     def setup(self, trainer, pl_module, stage: str) -> None:
-        faults.DEFERRING = stage == "fit"
+        self.interrupts.deferring = stage == "fit"
 
     def on_train_start(self, trainer, pl_module) -> None:
-        self._lightning_sigterm = faults.defer_sigterm()
+        self._lightning_sigterm = self.interrupts.defer_sigterm()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if faults.RECEIVED and getattr(pl_module, "step_finished", True) and not _validation_follows(trainer):
+        if self.interrupts.received and getattr(pl_module, "step_finished", True) and not _validation_follows(trainer):
             self._stop(trainer)
 
     def on_validation_end(self, trainer, pl_module) -> None:
-        if faults.RECEIVED and trainer.state.fn == "fit" and not trainer.sanity_checking:
+        if self.interrupts.received and trainer.state.fn == "fit" and not trainer.sanity_checking:
             self._stop(trainer)
 
     def _stop(self, trainer) -> None:
         if self._lightning_sigterm is None or trainer.should_stop or trainer.global_step >= trainer.max_steps > 0:
             return  # not deferring, or the run ends after this step anyway
-        faults.hand_over(self._lightning_sigterm)
+        self.interrupts.hand_over(self._lightning_sigterm)
         self._lightning_sigterm = None
 
     def teardown(self, trainer, pl_module, stage: str) -> None:
-        faults.DEFERRING = False
+        self.interrupts.deferring = False
 
     on_exception = teardown  # Lightning skips callback teardown when fit raises
 
@@ -446,13 +451,17 @@ class BudgetCallback(pl.Callback):
     With ``seconds_limit`` set (``budget=time``), the clock is read after every optimizer step
     (after ``torch.cuda.synchronize`` on CUDA, so queued kernels count) and training stops at
     the first step that ends at or past the limit: the overshoot is less than one step.  The
-    module's :func:`~glubench.train.module.lr_lambda` schedule is rebound to a horizon re-estimated
-    after every step as ``steps · limit / elapsed`` (:attr:`horizon`), so the cosine reaches its
-    floor as the clock runs out rather than at an arbitrary step count.  Under DDP the stop
-    decision is shared.
+    module's cosine horizon (:attr:`~glubench.train.module.LanguageModel.schedule_horizon`, which its
+    :func:`~glubench.train.module.lr_lambda` schedule reads at every step) is re-estimated after every
+    step as ``steps · limit / elapsed``, so the cosine reaches its floor as the clock runs out rather
+    than at an arbitrary step count.  Under DDP the stop decision is shared.
 
     Args:
         seconds_limit: training seconds, or ``None`` to measure only.
+
+    Raises:
+        TypeError: at the start of training with a limit, when the LightningModule has no
+            ``schedule_horizon`` (its schedule could not follow the clock).
     """
 
     def __init__(self, seconds_limit: float | None = None) -> None:
@@ -461,7 +470,6 @@ class BudgetCallback(pl.Callback):
         self.last_step_seconds = 0.0  # time mode: the last optimizer step's training seconds
         self.stopped_at: float | None = None  # time mode: training seconds when the stop was decided
         self._last_read = 0.0
-        self.horizon = TIME_MODE_MAX_STEPS  # time mode: the schedule's current estimate of the total steps
 
     @property
     def seconds(self) -> float:
@@ -470,17 +478,9 @@ class BudgetCallback(pl.Callback):
 
     def on_train_start(self, trainer, pl_module) -> None:
         self.watch = pl_module.train_clock
-        if self.seconds_limit is not None:
-            self._rebind_schedule(trainer, pl_module)
-
-    def _rebind_schedule(self, trainer, pl_module) -> None:
-        """Point every LambdaLR's multiplier at :attr:`horizon` instead of a fixed step count."""
-        def multiplier(step: int) -> float:
-            return lr_lambda(step, pl_module.warmup_steps, self.horizon, pl_module.min_lr_ratio)
-
-        for config in getattr(trainer, "lr_scheduler_configs", []):
-            if isinstance(config.scheduler, torch.optim.lr_scheduler.LambdaLR):
-                config.scheduler.lr_lambdas = [multiplier] * len(config.scheduler.lr_lambdas)
+        if self.seconds_limit is not None and not hasattr(pl_module, "schedule_horizon"):
+            raise TypeError(f"budget=time: {type(pl_module).__name__} has no schedule_horizon for its LR schedule "
+                            "to follow the clock (glubench.train.module.LanguageModel has)")
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if self.seconds_limit is None or not pl_module.step_finished:
@@ -494,7 +494,7 @@ class BudgetCallback(pl.Callback):
         if stop:
             trainer.should_stop, self.stopped_at = True, now
         elif now > 0:
-            self.horizon = max(steps + 1, math.ceil(steps * self.seconds_limit / now))
+            pl_module.schedule_horizon = max(steps + 1, math.ceil(steps * self.seconds_limit / now))
 
 
 class StepLRMonitor(LearningRateMonitor):

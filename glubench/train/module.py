@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import lightning.pytorch as pl
 import torch
@@ -30,19 +31,22 @@ def lr_lambda(step: int, warmup_steps: int, max_steps: int, min_lr_ratio: float)
     return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def build_optimizer(model: torch.nn.Module, optim: OptimConfig, max_steps: int):
+def build_optimizer(model: torch.nn.Module, optim: OptimConfig, max_steps: int,
+                    horizon: Callable[[], int] | None = None):
     """AdamW (Loshchilov & Hutter 2019) with weight decay on matrices only, and the :func:`lr_lambda` schedule.
 
     Parameters with ``dim() >= 2`` (Linear and embedding weights) decay; biases and norm
     gains do not.  Returns ``(optimizer, scheduler)``; call ``scheduler.step()`` once per
-    optimizer step.
+    optimizer step.  The warmup is ``optim.warmup(max_steps)``; the cosine's horizon is ``max_steps``,
+    or ``horizon()`` read at every step when given (``budget=time`` moves it as the clock runs).
     """
     decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
     groups = [{"params": decay, "weight_decay": optim.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     opt = torch.optim.AdamW(groups, lr=optim.lr, betas=(optim.beta1, optim.beta2), eps=optim.eps)
     warmup = optim.warmup(max_steps)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_lambda(s, warmup, max_steps, optim.min_lr_ratio))
+    steps = horizon or (lambda: max_steps)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_lambda(s, warmup, steps(), optim.min_lr_ratio))
     return opt, sched
 
 
@@ -91,7 +95,7 @@ class LanguageModel(pl.LightningModule):
         model: the model's sizes (:class:`~glubench.nn.transformer.ModelConfig` or its fields).
         optim: AdamW and schedule (:class:`~glubench.train.schema.OptimConfig` or its fields;
             missing keys take its defaults).
-        max_steps: optimizer steps, the horizon of the cosine schedule.
+        max_steps: optimizer steps, the horizon of the cosine schedule (:attr:`schedule_horizon` starts there).
     """
 
     def __init__(self, model: ModelConfig | dict, optim: OptimConfig | dict | None = None, max_steps: int = 300
@@ -114,19 +118,14 @@ class LanguageModel(pl.LightningModule):
         self.train_clock = Stopwatch()
         self._step_at_batch_start: int | None = None
         self._grad_norm: torch.Tensor | None = None  # this batch's pre-clip gradient norm, once computed
+        # The cosine's horizon, read by the LR schedule at every step: max_steps, except that a budget=time run's
+        # BudgetCallback moves it to its estimate of the steps the clock allows.
+        self.schedule_horizon: int = max_steps
 
     @property
     def max_steps(self) -> int:
         """The schedule's horizon in optimizer steps (the budget's, fixed at construction)."""
         return self.hparams.max_steps
-
-    @property
-    def warmup_steps(self) -> int:
-        return self.optim.warmup(self.max_steps)
-
-    @property
-    def min_lr_ratio(self) -> float:
-        return self.optim.min_lr_ratio
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         return self.model(idx)
@@ -258,7 +257,7 @@ class LanguageModel(pl.LightningModule):
     # ---------------------------------------------------------------------------- optimizer and checkpoints
 
     def configure_optimizers(self):
-        opt, sched = build_optimizer(self, self.optim, self.max_steps)
+        opt, sched = build_optimizer(self, self.optim, self.max_steps, horizon=lambda: self.schedule_horizon)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:

@@ -72,7 +72,7 @@ def build_loggers(cfg: DictConfig, out: Path, resume_step: int | None = None, co
     return loggers
 
 
-def build_callbacks(cfg: DictConfig, runtime: dict[str, dict[str, Any]] | None = None) -> list:
+def build_callbacks(cfg: DictConfig, runtime: dict[str, dict[str, Any]] | None = None, interrupts=None) -> list:
     """The callbacks of ``cfg.callbacks`` (``conf/callbacks/``), built with ``hydra.utils.instantiate``.
 
     An entry that is null or has ``enabled: false`` is left out (``enabled`` is not passed on);
@@ -83,6 +83,7 @@ def build_callbacks(cfg: DictConfig, runtime: dict[str, dict[str, Any]] | None =
         cfg: the run config.
         runtime: per callback name, arguments known only once the run is planned (the budget's
             seconds, the FLOPs per token); each is passed unless the config sets that argument.
+        interrupts: the run's :class:`~glubench.train.faults.Interrupts`, for ``FitSignals``.
 
     Raises:
         ConfigError: a callback's arguments are not accepted (one line naming it).
@@ -98,7 +99,7 @@ def build_callbacks(cfg: DictConfig, runtime: dict[str, dict[str, Any]] | None =
             if args.get(key) is None:
                 args[key] = value
         built.append(_instantiate(f"callbacks.{name}", OmegaConf.create(args)))
-    return [*built, FitSignals()]
+    return [*built, FitSignals(interrupts)]
 
 
 def build_trainer(cfg: DictConfig, out: Path, callbacks: list, loggers: list, **override: Any):
@@ -192,9 +193,10 @@ def _runtime_arguments(plan) -> dict[str, dict[str, Any]]:
     return {"throughput": {"flops_per_token": plan.flops_per_token}, "budget": budget}
 
 
-def fit(cfg: DictConfig, result: RunResult, model_cfg) -> RunResult:
+def fit(cfg: DictConfig, result: RunResult, model_cfg, interrupts=None) -> RunResult:
     """Run one training job described by ``cfg`` (already validated into ``model_cfg``), filling ``result``
-    (whose ``config`` is the redacted run config the loggers get).  :func:`run` handles its failures."""
+    (whose ``config`` is the redacted run config the loggers get); ``interrupts`` is the run's signal state
+    (:class:`~glubench.train.faults.Interrupts`).  :func:`run` handles its failures."""
     out, t_start = output_dir(), time.perf_counter()
     import lightning.pytorch as pl
 
@@ -217,7 +219,7 @@ def fit(cfg: DictConfig, result: RunResult, model_cfg) -> RunResult:
     ckpt = find_checkpoint(cfg.ckpt_path, out)
     resume_step = checkpoint_step(ckpt) if ckpt is not None else None
     loggers = build_loggers(cfg, out, resume_step, result.config)
-    callbacks = build_callbacks(cfg, _runtime_arguments(plan))
+    callbacks = build_callbacks(cfg, _runtime_arguments(plan), interrupts)
     trainer = build_trainer(cfg, out, callbacks, loggers, max_steps=plan.max_steps,
                             val_check_interval=val_check_batches(cfg.trainer, plan.max_steps))
     _log_param_counts(trainer, counts, model_cfg)
@@ -336,7 +338,7 @@ def _wandb_summary(trainer, result: RunResult) -> None:
             lg.experiment.summary.update({k: v for k, v in summary.items() if v is not None})
 
 
-def run(cfg: DictConfig, model_cfg=None) -> RunResult:
+def run(cfg: DictConfig, model_cfg=None, interrupts=None) -> RunResult:
     """Train, then always write ``results.json`` and close the W&B run.
 
     A diverged run (:class:`~glubench.core.errors.Diverged`) returns with ``status: "diverged"``,
@@ -347,10 +349,13 @@ def run(cfg: DictConfig, model_cfg=None) -> RunResult:
         cfg: the composed run config.
         model_cfg: what :func:`~glubench.train.config_rules.validate_config` returned for it (validated
             here if ``None``).
+        interrupts: the run's :class:`~glubench.train.faults.Interrupts` (installed here), which the caller
+            reads after an interruption (the signal, the exit status); ``None``: a new one.
     """
     from glubench.core.secrets import redact, redact_files, redacted_argv
-    from glubench.train import faults
+    from glubench.train.faults import Interrupts
 
+    interrupts = interrupts if interrupts is not None else Interrupts()
     model_cfg = model_cfg or validate_config(cfg)
     start = machine_load()  # a busy machine makes the run's throughput incomparable
     result = RunResult(status="failed", ffn=cfg.model.ffn, seed=cfg.seed,
@@ -359,13 +364,13 @@ def run(cfg: DictConfig, model_cfg=None) -> RunResult:
     out = output_dir()
     redact_files([*(out / ".hydra").glob("*.yaml"), out.parent / "multirun.yaml"])
     try:
-        with faults.preemption_as_interrupt(), redacted_argv():
-            result = fit(cfg, result, model_cfg)
+        with interrupts.installed(), redacted_argv():
+            result = fit(cfg, result, model_cfg, interrupts)
     except Diverged as e:
         result.status, result.error = "diverged", str(e)
     except BaseException as e:
         result.status = "interrupted" if isinstance(e, (KeyboardInterrupt, SystemExit)) else "failed"
-        result.error = _stop_reason(e, result.steps)
+        result.error = _stop_reason(e, result.steps, interrupts)
         raise
     finally:
         result.machine["load_end"] = machine_load()["load"]
@@ -376,20 +381,20 @@ def run(cfg: DictConfig, model_cfg=None) -> RunResult:
                 log.error(f"glubench: error: {e}")
                 if sys.exc_info()[0] is None:
                     raise
-        finish_wandb(result.status, preempted=faults.RECEIVED in [s.name for s in faults.PREEMPTION_SIGNALS])
+        finish_wandb(result.status, preempted=interrupts.preempted)
     return result
 
 
-def _stop_reason(e: BaseException, steps: int | None) -> str:
+def _stop_reason(e: BaseException, steps: int | None, interrupts) -> str:
     """``results.json``'s ``error`` for an exception out of :func:`fit`: the signal that interrupted the run
     (``interrupted by SIGINT (Ctrl-C) at step 119``), else the exception."""
-    from glubench.train import faults
+    from glubench.train.faults import describe
 
-    if not (faults.RECEIVED or isinstance(e, KeyboardInterrupt)):
+    if not (interrupts.received or isinstance(e, KeyboardInterrupt)):
         return f"{type(e).__name__}: {e}"
     where = f" at step {steps}" if steps is not None else " before training started"
     forced = "; a second Ctrl-C stopped it mid-step, so it resumes from the last periodic checkpoint"
-    return f"interrupted by {faults.describe(faults.RECEIVED)}{where}" + (forced if faults.FORCED else "")
+    return f"interrupted by {describe(interrupts.received)}{where}" + (forced if interrupts.forced else "")
 
 
 def finish_wandb(status: str, preempted: bool = False) -> None:

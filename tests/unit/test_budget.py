@@ -68,14 +68,17 @@ def test_world_size_counts_as_lightning_does():
 def test_time_callback_stops_at_the_first_step_past_the_limit():
     """Fake clock: 0.3 s per step, 1.0 s limit -> steps end at 0.3, 0.6, 0.9, 1.2: stop after step 4."""
     now = [0.0]
+    from glubench.train.module import build_optimizer
+    from glubench.train.schema import OptimConfig
+
     cb = BudgetCallback(seconds_limit=1.0)
-    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)  # replaced by the callback
-    trainer = SimpleNamespace(global_step=0, world_size=1, should_stop=False,
-                              lr_scheduler_configs=[SimpleNamespace(scheduler=sched)])
-    # The module's training clock, which LanguageModel starts with training and pauses during validation.
-    module = SimpleNamespace(warmup_steps=1, min_lr_ratio=0.1, train_clock=Stopwatch(lambda: now[0]),
-                             step_finished=True)
+    trainer = SimpleNamespace(global_step=0, world_size=1, should_stop=False)
+    # The module's training clock, which LanguageModel starts with training and pauses during validation,
+    # and the horizon its schedule reads (a LanguageModel's starts at the time budget's step cap).
+    module = SimpleNamespace(train_clock=Stopwatch(lambda: now[0]), step_finished=True,
+                             schedule_horizon=TIME_MODE_MAX_STEPS)
+    opt, sched = build_optimizer(torch.nn.Linear(1, 1, bias=False), OptimConfig(lr=1.0, warmup_steps=1),
+                                 TIME_MODE_MAX_STEPS, horizon=lambda: module.schedule_horizon)
     cb.on_train_start(trainer, module)
     module.train_clock.start()
     horizons, lrs = [], []
@@ -86,7 +89,7 @@ def test_time_callback_stops_at_the_first_step_past_the_limit():
         cb.on_train_batch_end(trainer, module, None, None, trainer.global_step - 1)
         opt.step()  # no gradients, so no update; torch warns when the scheduler steps before any optimizer step
         sched.step()
-        horizons.append(cb.horizon)
+        horizons.append(module.schedule_horizon)
         if trainer.global_step == 2:  # validation takes 5 s of wall clock, which is not counted
             module.train_clock.pause()
             now[0] += 5.0
@@ -100,6 +103,13 @@ def test_time_callback_stops_at_the_first_step_past_the_limit():
     # lr_lambda with warmup 1 and horizon 4: step 0 warmup (1.0), then cosine over 3 steps to 0.1.
     cos = [0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * k / 3)) for k in (0, 1, 2)]
     assert lrs == pytest.approx([1.0, *cos])
+
+
+def test_time_callback_refuses_a_module_whose_schedule_cannot_follow_the_clock():
+    module = SimpleNamespace(train_clock=Stopwatch(), step_finished=True)  # no schedule_horizon
+    with pytest.raises(TypeError, match="has no schedule_horizon"):
+        BudgetCallback(seconds_limit=1.0).on_train_start(SimpleNamespace(), module)
+    BudgetCallback().on_train_start(SimpleNamespace(), module)  # measuring only: nothing to follow
 
 
 def test_warmup_fraction_replaces_warmup_steps_and_the_ladder_lr_is_the_rung_lr_times_its_scale(compose_cfg):
