@@ -1,7 +1,7 @@
 """Activation diagnostics from the literature (optional; nothing here runs unless asked for).
 
 Torch and numpy only, no training framework (the callback that runs the dead-unit probe during
-training is :class:`glubench.train.callbacks.DeadUnitsCallback`).
+training is :class:`glubench.train.monitors.DeadUnitsCallback`).
 
 * :mod:`glubench.analysis.dead_units` — dead units, sparsity and gate saturation of the FFN hidden
   layer on a probe batch (Lu et al. 2019 on dying ReLU).

@@ -30,9 +30,9 @@ from glubench.core.io import atomic_write_bytes, atomic_write_json
 from glubench.nn.config import FFN_VARIANTS
 from glubench.nn.flops import flops_per_token
 from glubench.nn.transformer import Transformer, count_params
-from glubench.train.callbacks import GlubenchProgressBar
 from glubench.train.metrics import peak_flops
 from glubench.train.module import COMPILE_OPTIONS, LanguageModel, build_optimizer
+from glubench.train.monitors import GlubenchProgressBar
 from glubench.train.schema import OptimConfig
 from glubench.train.task import device_name, versions
 
@@ -131,11 +131,11 @@ def run_lightning(cfg: BenchConfig, ffn: str, batches: Batches, device: torch.de
     mcfg = cfg.model_config(ffn)
     mcfg.compile = cfg.compile
     module = LanguageModel(mcfg, OptimConfig(warmup_steps=1), max_steps=total)
+    bar = [GlubenchProgressBar(refresh_rate=10)] if cfg.progress_bar else []  # the progress bar as glubench sets it
     trainer = pl.Trainer(accelerator=device.type, devices=1, precision="bf16-mixed" if cfg.bf16 else "32-true",
                          max_steps=total, logger=False, enable_checkpointing=False, enable_model_summary=False,
                          enable_progress_bar=cfg.progress_bar, gradient_clip_val=1.0, log_every_n_steps=10,
-                         num_sanity_val_steps=0, limit_val_batches=0,  # the progress bar as glubench sets it
-                         callbacks=[_StepMarker(marks)] + ([GlubenchProgressBar(refresh_rate=10)] if cfg.progress_bar else []))
+                         num_sanity_val_steps=0, limit_val_batches=0, callbacks=[_StepMarker(marks), *bar])
     loader = torch.utils.data.DataLoader([batches[i % len(batches)] for i in range(total)], batch_size=None)
     with warnings.catch_warnings():  # training alone is timed: the module's validation_step gets no loader, as meant
         warnings.filterwarnings("ignore", message="You defined a `validation_step` but have no `val_dataloader`")

@@ -91,8 +91,9 @@ def quiet_transformers() -> None:
 def log_artifact(cfg: DictConfig, folder: Path, record: dict) -> None:
     """Log ``folder`` as a W&B model artifact ``hf-<ffn>`` (metadata: the export record) in a ``job_type=export``
     run; other loggers of ``cfg.logger`` are ignored (an export has no metrics)."""
+    from glubench.train.build import build_loggers
     from glubench.train.loggers import GlubenchWandbLogger
-    from glubench.train.task import build_loggers, finish_wandb, output_dir
+    from glubench.train.task import finish_wandb, output_dir
 
     if cfg.logger.get("wandb") is not None and cfg.logger.wandb.name is None:
         cfg.logger.wandb.name = f"export-{record['ffn']}"

@@ -2,7 +2,7 @@
 
 A budget turns into a number of optimizer steps in one place, :func:`plan_budget`, before the
 Trainer is built; the LR schedule then uses those steps as its horizon.  ``time`` cannot be
-turned into steps in advance: :class:`glubench.train.callbacks.BudgetCallback` stops training once the training clock
+turned into steps in advance: :class:`glubench.train.monitors.BudgetCallback` stops training once the training clock
 (validation excluded) reaches the limit, and re-estimates the schedule's horizon after every
 step from the time spent so far, so the cosine decay ends when the clock runs out.
 """

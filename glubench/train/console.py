@@ -1,7 +1,7 @@
 """What a training job says: a few lines on the console, every detail in ``train.log``.
 
 A single run prints what it trains, on which data and budget, where its files go, its progress
-(:class:`glubench.train.callbacks.GlubenchProgressBar`) and its final numbers (:func:`summary_line`).  A job
+(:class:`glubench.train.monitors.GlubenchProgressBar`) and its final numbers (:func:`summary_line`).  A job
 of a sweep prints only what it trains and its final line (Hydra's launcher line above it names the
 job's overrides); the other lines go to ``train.log`` only (:data:`glubench.core.logging.FILE_ONLY`).
 ``verbose=true`` shows everything; ``debug=default`` adds glubench's DEBUG lines (config, token

@@ -18,7 +18,8 @@ from omegaconf import DictConfig, OmegaConf
 from glubench.core.errors import ConfigError
 from glubench.core.io import atomic_write_json
 from glubench.core.secrets import redact
-from glubench.train.task import build_loggers, build_trainer, finish_wandb, output_dir
+from glubench.train.build import build_loggers, build_trainer
+from glubench.train.task import finish_wandb, output_dir
 
 log = logging.getLogger(__name__)
 

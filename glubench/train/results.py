@@ -22,7 +22,7 @@ class RunResult:
     message when the run did not complete (the signal, for an interrupted one).  ``val_loss`` is the
     latest validation's, at ``val_step`` (an interrupted run's last one, not its final number).
     ``history`` lists each validation as ``{"step", "tokens_seen", "val_loss"}``.  ``diagnostics`` holds
-    optional analyses keyed by name, e.g. ``dead_units`` (:meth:`glubench.train.callbacks.DeadUnitsCallback.summary`).
+    optional analyses keyed by name, e.g. ``dead_units`` (:meth:`glubench.train.monitors.DeadUnitsCallback.summary`).
     """
 
     status: str

@@ -78,7 +78,7 @@ def test_no_host_sync_between_logging_steps(tmp_path, monkeypatch, compose_cfg):
     AdamW's ``step`` counters are CPU tensors by design (no sync), so calls from torch.optim are
     not counted; everything else (progress bar, logging, callbacks) is.
     """
-    from glubench.train.callbacks import ThroughputCallback
+    from glubench.train.monitors import ThroughputCallback
     from glubench.train.task import run
 
     counts, per_step = {"n": 0}, {}

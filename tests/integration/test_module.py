@@ -64,7 +64,7 @@ def test_val_metrics_are_corpus_level_and_batch_size_free():
 
 def test_throughput_callback_under_lightning_gradient_accumulation():
     """Real Trainer: the callback's step and token counts follow optimizer steps, not micro-batches."""
-    from glubench.train.callbacks import ThroughputCallback
+    from glubench.train.monitors import ThroughputCallback
 
     torch.manual_seed(0)
     module = LanguageModel(ModelConfig(vocab_size=16, d_model=8, n_layers=1, n_heads=2, seq_len=4),

@@ -7,9 +7,9 @@ import torch
 
 from glubench.core.clock import Stopwatch
 from glubench.train.budget import TIME_MODE_MAX_STEPS, plan_budget
-from glubench.train.callbacks import BudgetCallback
 from glubench.train.config_rules import ConfigError
 from glubench.train.devices import devices_per_node, world_size
+from glubench.train.monitors import BudgetCallback
 
 
 def test_plan_tokens_and_flops_by_hand():

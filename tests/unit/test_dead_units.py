@@ -6,7 +6,7 @@ from glubench.analysis.dead_units import activation_stats, outputs_exact_zeros, 
 from glubench.nn.config import FFN_VARIANTS, ModelConfig
 from glubench.nn.ffn import ACTIVATIONS, build_ffn
 from glubench.nn.transformer import Transformer
-from glubench.train.callbacks import DeadUnitsCallback
+from glubench.train.monitors import DeadUnitsCallback
 from glubench.train.results import RunResult
 
 

@@ -116,7 +116,7 @@ def test_throughput_callback_counts_accumulation_and_devices_with_fake_clock():
     """Tokens per optimizer step = every micro-batch of gradient accumulation × every device."""
     from types import SimpleNamespace
 
-    from glubench.train.callbacks import ThroughputCallback
+    from glubench.train.monitors import ThroughputCallback
 
     cb = ThroughputCallback(flops_per_token=6.0, peak_flops=1200.0, warmup_steps=1, log_every_n_steps=100)
     trainer = SimpleNamespace(global_step=0, world_size=4, max_steps=3)

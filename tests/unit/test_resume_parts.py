@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-import glubench.train.callbacks as callbacks
+import glubench.train.monitors as monitors
 import glubench.train.resume as resume
 from glubench.cli.main import main
 from glubench.data.windows import TrainBatches
@@ -84,7 +84,7 @@ def test_progress_bar_counts_optimizer_steps_after_a_resume():
     ``Training: 481/?``."""
     from types import SimpleNamespace
 
-    bar = callbacks.GlubenchProgressBar(refresh_rate=1)
+    bar = monitors.GlubenchProgressBar(refresh_rate=1)
     bar.enable()  # the bar as on a terminal (under pytest stdout is not one, and the bar disables itself)
     trainer = SimpleNamespace(max_steps=300, global_step=120, current_epoch=0, loggers=[], progress_bar_metrics={},
                               training=True, num_training_batches=1200, max_epochs=-1)
