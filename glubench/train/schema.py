@@ -4,8 +4,9 @@ Hydra composes ``conf/config.yaml`` onto :class:`Config` (registered as ``base_c
 :func:`register_configs`, which each command calls before composing), so a misspelt key or a wrong
 type is Hydra's error while composing.  A key added with ``+`` that nothing reads is refused by
 :func:`unknown_keys` before any work.  A section whose rules involve its own fields only checks them in
-its ``__post_init__`` (the budget, the faults, the diagnostics: the callbacks that take those values
-build the section too, so each rule exists once); rules across sections live in
+its ``__post_init__`` (``optim``, ``throughput``, ``budget``, ``tune``, ``faults``, ``diagnostics``; the
+code that takes those values outside a config builds the section too, so each rule exists once);
+rules across sections live in
 :mod:`glubench.train.config_rules`.  No torch here: importing the schema must stay fast (the command
 line is checked before anything heavy loads).
 """
@@ -23,10 +24,23 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 
 from glubench.core.errors import ConfigError
 from glubench.data.config import DataConfig
-from glubench.nn.config import ModelConfig
+from glubench.nn.config import FFN_VARIANTS, ModelConfig
 
 BUDGET_MODES = ("tokens", "flops", "time", "tokens_per_param")
 NONFINITE_ACTIONS = ("stop", "skip")
+
+
+def in_range(key: str, value: float, low: float, high: float, closed_high: bool = False) -> None:
+    """Raise :class:`ConfigError` unless ``low <= value < high`` (``<= high`` with ``closed_high``)."""
+    ok = math.isfinite(value) and low <= value and (value <= high if closed_high else value < high)
+    if not ok:
+        raise ConfigError(f"{key}={value} must be in [{low}, {high}{']' if closed_high else ')'}")
+
+
+def positive_number(key: str, value: float) -> None:
+    """Raise :class:`ConfigError` unless ``value`` is finite and > 0."""
+    if not (math.isfinite(value) and value > 0):
+        raise ConfigError(f"{key}={value} must be a positive number")
 
 
 @dataclass
@@ -45,6 +59,19 @@ class OptimConfig:
     warmup_steps: int = 30
     warmup_fraction: Optional[float] = None  # in [0, 1): warmup = round(fraction * steps); null: warmup_steps
     min_lr_ratio: float = 0.1  # final lr = lr * min_lr_ratio
+
+    def __post_init__(self) -> None:
+        """Raises :class:`ConfigError` for a field out of its range (``warmup_steps`` against the run's steps
+        is :func:`glubench.train.config_rules.validate_config`'s)."""
+        positive_number("optim.lr", self.lr)
+        if self.warmup_fraction is not None:
+            in_range("optim.warmup_fraction", self.warmup_fraction, 0.0, 1.0)
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ConfigError(f"optim.weight_decay={self.weight_decay} must be >= 0")
+        in_range("optim.beta1", self.beta1, 0.0, 1.0)
+        in_range("optim.beta2", self.beta2, 0.0, 1.0)
+        positive_number("optim.eps", self.eps)
+        in_range("optim.min_lr_ratio", self.min_lr_ratio, 0.0, 1.0, closed_high=True)
 
     def warmup(self, max_steps: int) -> int:
         """Warmup optimizer steps of a run of ``max_steps`` steps: ``round(warmup_fraction · max_steps)``
@@ -157,6 +184,13 @@ class ThroughputConfig:
     warmup_steps: int = 10  # optimizer steps excluded from tokens/s
     peak_flops: Optional[float] = None  # dense peak FLOP/s; null: look the device up, else no MFU
 
+    def __post_init__(self) -> None:
+        """Raises :class:`ConfigError` for a negative ``warmup_steps`` or a non-positive ``peak_flops``."""
+        if self.peak_flops is not None and not (math.isfinite(self.peak_flops) and self.peak_flops > 0):
+            raise ConfigError(f"throughput.peak_flops={self.peak_flops} must be a positive number of FLOP/s or null")
+        if self.warmup_steps < 0:
+            raise ConfigError(f"throughput.warmup_steps={self.warmup_steps} must be >= 0")
+
 
 @dataclass
 class BudgetConfig:
@@ -204,6 +238,18 @@ class TuneConfig:
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     shared_lr: bool = True
     dir: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        """Raises :class:`ConfigError` for an unknown variant, no trial or seed to run, or a bad ``lr_range``."""
+        for v in self.variants or []:
+            if v not in FFN_VARIANTS:
+                raise ConfigError(f"tune.variants: {v!r} is not a known FFN; valid: {', '.join(FFN_VARIANTS)}")
+        if self.variants and (self.n_trials < 1 or not self.seeds):
+            raise ConfigError(f"tune.n_trials={self.n_trials} must be >= 1 and tune.seeds={list(self.seeds)} "
+                              "must list at least one seed")
+        lr_range = list(self.lr_range)
+        if len(lr_range) != 2 or not 0 < lr_range[0] < lr_range[1] or not math.isfinite(lr_range[1]):
+            raise ConfigError(f"tune.lr_range={lr_range} must be [low, high] with 0 < low < high")
 
 
 @dataclass
