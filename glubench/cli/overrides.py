@@ -3,7 +3,7 @@
 Hydra composes the config before any glubench code runs, and two mistakes end there in a
 paragraph: a mistyped key (``trainer.max_step=20``: Hydra's 6-line "Key 'max_step' not in
 'TrainerConfig'", without the "did you mean" that ``+trainer.max_step=20`` gets from
-:func:`glubench.train.schema.unknown_keys`), and a key under a node the chosen groups leave null
+:func:`glubench.train.config_rules.unknown_keys`), and a key under a node the chosen groups leave null
 (``logger=csv logger.wandb.tags=[x,y]``: an OmegaConf traceback).  :func:`check_overrides` looks at
 the overrides first: against the typed schema (no composing), and only where the schema cannot
 tell (an optional node, an open ``dict``) by composing the config with the group choices alone.
@@ -122,7 +122,7 @@ def check_overrides(argv: list[str], config_name: str = "config") -> str | None:
     multi-line message (an unknown key, a key under a null node), or ``None``.
 
     Only plain ``key=value`` overrides are checked (``+``, ``++``, ``~`` and ``hydra.*`` ones are Hydra's
-    and :func:`glubench.train.schema.unknown_keys`'s); composing happens only when the typed schema cannot
+    and :func:`glubench.train.config_rules.unknown_keys`'s); composing happens only when the typed schema cannot
     tell, and then once, with the group choices of the command line.
     """
     overrides = _parse(argv)

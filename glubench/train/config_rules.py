@@ -14,6 +14,8 @@ are counted, so a typo costs well under two seconds.
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import json
 import math
 import os
@@ -29,7 +31,6 @@ from glubench.data.sources import check_source
 from glubench.data.tokenizers import TOKENIZERS
 from glubench.nn.config import ModelConfig
 from glubench.train.devices import available_devices, parse_devices
-from glubench.train.schema import unknown_keys
 
 PRECISIONS = ("32-true", "32", "bf16-mixed", "bf16-true", "16-mixed", "16-true", "64-true")
 GPT2_VOCAB = 50257
@@ -62,6 +63,34 @@ def _positive_ints(pairs: Sequence[tuple[str, Any]]) -> None:
 def _one_of(key: str, value: Any, allowed: Sequence[str]) -> None:
     if value not in allowed:
         raise ConfigError(f"{key}={value!r} is not known; valid: {', '.join(allowed)}")
+
+
+def unknown_keys(cfg: DictConfig) -> list[str]:
+    """Dotted keys of ``cfg`` that no schema field declares (added with ``+``, so nothing reads them).
+
+    Nodes typed ``Any`` or ``dict`` (``callbacks``, ``data.files``) are open and not searched.
+    Each entry reads ``key`` or ``key (did you mean other?)``.
+    """
+    found: list[str] = []
+
+    def walk(node: DictConfig, prefix: str) -> None:
+        schema = OmegaConf.get_type(node)
+        if not dataclasses.is_dataclass(schema):
+            return
+        declared = [f.name for f in dataclasses.fields(schema)]
+        for key in node.keys():
+            if key == "hydra" and not prefix:
+                continue
+            if key not in declared:
+                close = difflib.get_close_matches(str(key), declared, n=1)
+                found.append(f"{prefix}{key}" + (f" (did you mean {prefix}{close[0]}?)" if close else ""))
+                continue
+            child = node._get_node(key)
+            if isinstance(child, DictConfig) and not child._is_none() and not child._is_missing():
+                walk(child, f"{prefix}{key}.")
+
+    walk(cfg, "")
+    return found
 
 
 def _check_keys(cfg: DictConfig) -> None:

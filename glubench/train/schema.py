@@ -2,25 +2,23 @@
 
 Hydra composes ``conf/config.yaml`` onto :class:`Config` (registered as ``base_config`` by
 :func:`register_configs`, which each command calls before composing), so a misspelt key or a wrong
-type is Hydra's error while composing.  A key added with ``+`` that nothing reads is refused by
-:func:`unknown_keys` before any work.  A section whose rules involve its own fields only checks them in
-its ``__post_init__`` (``optim``, ``throughput``, ``budget``, ``tune``, ``faults``, ``diagnostics``; the
-code that takes those values outside a config builds the section too, so each rule exists once);
-rules across sections live in
-:mod:`glubench.train.config_rules`.  No torch here: importing the schema must stay fast (the command
-line is checked before anything heavy loads).
+type is Hydra's error while composing; a key added with ``+`` that nothing reads is refused by
+:func:`glubench.train.config_rules.unknown_keys` before any work.  A section whose rules involve its
+own fields only checks them in its ``__post_init__`` (``optim``, ``throughput``, ``budget``, ``tune``,
+``faults``, ``diagnostics``; the code that takes those values outside a config builds the section
+too, so each rule exists once); rules across sections live in :mod:`glubench.train.config_rules`.
+No torch here: importing the schema must stay fast (the command line is checked before anything
+heavy loads).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import difflib
 import math
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import MISSING, OmegaConf
 
 from glubench.core.errors import ConfigError
 from glubench.data.config import DataConfig
@@ -378,34 +376,6 @@ class EvalConfig:
     seed: int = 0
     experiment_name: str = "eval"
     verbose: bool = False
-
-
-def unknown_keys(cfg: DictConfig) -> list[str]:
-    """Dotted keys of ``cfg`` that no schema field declares (added with ``+``, so nothing reads them).
-
-    Nodes typed ``Any`` or ``dict`` (``callbacks``, ``data.files``) are open and not searched.
-    Each entry reads ``key`` or ``key (did you mean other?)``.
-    """
-    found: list[str] = []
-
-    def walk(node: DictConfig, prefix: str) -> None:
-        schema = OmegaConf.get_type(node)
-        if not dataclasses.is_dataclass(schema):
-            return
-        declared = [f.name for f in dataclasses.fields(schema)]
-        for key in node.keys():
-            if key == "hydra" and not prefix:
-                continue
-            if key not in declared:
-                close = difflib.get_close_matches(str(key), declared, n=1)
-                found.append(f"{prefix}{key}" + (f" (did you mean {prefix}{close[0]}?)" if close else ""))
-                continue
-            child = node._get_node(key)
-            if isinstance(child, DictConfig) and not child._is_none() and not child._is_missing():
-                walk(child, f"{prefix}{key}.")
-
-    walk(cfg, "")
-    return found
 
 
 def _mul(*factors: float) -> float:

@@ -8,7 +8,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, ValidationError
 
 from glubench.core.paths import CONF_DIR
-from glubench.train.schema import unknown_keys
+from glubench.train.config_rules import unknown_keys
 
 CONF = Path(str(CONF_DIR))
 GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir() and p.name != "hydra")
