@@ -34,7 +34,7 @@ def prepare(overrides: list[str]) -> dict:
 
     Raises:
         ConfigError: a bad data key or file (before any heavy work); CorpusUnavailable /
-            TokenizerUnavailable: see :mod:`glubench.data.sources` and :mod:`glubench.data.tokenizers`.
+            TokenizerUnavailable: see :mod:`glubench.data.hub` and :mod:`glubench.data.tokenizers`.
     """
     from glubench.data.cache import prepare_splits
     from glubench.train.config_rules import validate_config

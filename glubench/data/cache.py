@@ -1,6 +1,6 @@
 """The token cache: a corpus tokenized once into flat uint16/uint32 arrays on disk, memory-mapped.
 
-Path of the data: :mod:`glubench.data.sources` (documents, split by a stable hash) ->
+Path of the data: :mod:`glubench.data.sources` and :mod:`glubench.data.corpus` (documents, split by a stable hash) ->
 :mod:`glubench.data.tokenizers` -> :func:`prepare_tokens` (this module) ->
 :mod:`glubench.data.windows` (random training windows, every validation token scored once) ->
 :class:`glubench.data.datamodule.LMDataModule`.
@@ -28,7 +28,8 @@ import numpy as np
 from glubench.core.io import atomic_write_json, sha256_text
 from glubench.core.paths import default_cache_dir
 from glubench.data.config import plain_dict
-from glubench.data.sources import Corpus, DataSpec, load_corpus_spec, split_of
+from glubench.data.corpus import Corpus, DataSpec, split_of
+from glubench.data.sources import load_corpus_spec
 from glubench.data.tokenizers import build_tokenizer, token_dtype
 
 log = logging.getLogger(__name__)

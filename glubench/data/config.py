@@ -9,12 +9,12 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, is_dataclass
 from typing import Any, Optional
 
-from glubench.data.sources import DataSpec
+from glubench.data.corpus import DataSpec
 
 
 @dataclass
 class DataConfig(DataSpec):
-    """Corpus (the :class:`~glubench.data.sources.DataSpec` keys), tokenizer and batching (``data.*``)."""
+    """Corpus (the :class:`~glubench.data.corpus.DataSpec` keys), tokenizer and batching (``data.*``)."""
 
     tokenizer: str = "bytes"  # bytes | bpe | gpt2
     vocab_size: int = 4096  # bpe only; bytes is 256, gpt2 50257

@@ -12,7 +12,8 @@ import numpy as np
 
 from glubench.core.errors import TokenizerUnavailable
 from glubench.core.io import atomic_write_bytes, file_sha256, sha256_text
-from glubench.data.sources import Corpus, hf_offline
+from glubench.data.corpus import Corpus
+from glubench.data.hub import hf_offline
 
 
 def token_dtype(vocab_size: int) -> np.dtype:

@@ -9,12 +9,13 @@ import numpy as np
 import pytest
 
 import glubench.data.cache as gd
+import glubench.data.corpus as gc
 import glubench.data.files as gf
-import glubench.data.sources as gs
 import glubench.data.tokenizers as gt
 from glubench.core.errors import ConfigError, TokenizerUnavailable
 from glubench.data.cache import load_tokens, prepare_tokens
-from glubench.data.sources import Corpus, DataSpec, in_val_split, load_corpus_spec
+from glubench.data.corpus import Corpus, DataSpec, in_val_split
+from glubench.data.sources import load_corpus_spec
 from glubench.data.tokenizers import BPETokenizer, ByteTokenizer
 from glubench.data.windows import IGNORE_INDEX, TrainBatches, ValWindows
 
@@ -70,13 +71,13 @@ def test_split_puts_a_document_in_validation_iff_its_hash_bucket_is_below_100_va
 
 def test_test_split_takes_the_buckets_just_above_validation():
     # bucket 587 (doc1) and 743 (doc6): see BUCKETS
-    assert gs.split_of("doc1", 5.0, 1.0) == "test" and gs.split_of("doc6", 5.0, 1.0) == "train"  # [500, 600)
-    assert gs.split_of("doc6", 6.0, 1.5) == "test" and gs.split_of("doc1", 6.0, 1.5) == "val"  # [600, 750)
-    assert gs.split_of("doc2", 5.0, 30.5) == "test" and gs.split_of("doc0", 5.0, 30.5) == "train"  # 3538 < 3550
+    assert gc.split_of("doc1", 5.0, 1.0) == "test" and gc.split_of("doc6", 5.0, 1.0) == "train"  # [500, 600)
+    assert gc.split_of("doc6", 6.0, 1.5) == "test" and gc.split_of("doc1", 6.0, 1.5) == "val"  # [600, 750)
+    assert gc.split_of("doc2", 5.0, 30.5) == "test" and gc.split_of("doc0", 5.0, 30.5) == "train"  # 3538 < 3550
     for doc, _ in BUCKETS.items():  # without a test split, validation is exactly in_val_split's
         for pct in (5.0, 6.0, 60.0):
-            assert (gs.split_of(doc, pct) == "val") == in_val_split(doc, pct)
-            assert gs.split_of(doc, pct, 0.0) != "test"
+            assert (gc.split_of(doc, pct) == "val") == in_val_split(doc, pct)
+            assert gc.split_of(doc, pct, 0.0) != "test"
 
 
 def test_text_file_test_split_leaves_validation_unchanged(shared_data, tmp_path, make_dm):
@@ -146,7 +147,7 @@ def test_token_cache_hit_miss_and_atomicity(tmp_path, monkeypatch):
     assert not (tmp_path / "tokens" / key).exists()
     assert not [p for p in (tmp_path / "tokens").iterdir() if p.name.startswith(".")]  # no debris
     again = load_tokens(prepare_tokens(other, ByteTokenizer(), tmp_path, 5.0))  # rebuilt, complete
-    text = "".join(d + gs.DOC_SEPARATOR for d in corpus.train)
+    text = "".join(d + gc.DOC_SEPARATOR for d in corpus.train)
     assert bytes(np.asarray(again.train, dtype=np.uint8)) == text.encode()
 
 
@@ -155,7 +156,7 @@ def test_bpe_token_bytes_are_exact(tmp_path):
     bpe = BPETokenizer.train_or_load(corpus, 300, tmp_path)
     folder = prepare_tokens(corpus, bpe, tmp_path, 5.0)
     splits = load_tokens(folder)
-    text = "".join(d + gs.DOC_SEPARATOR for d in corpus.val)
+    text = "".join(d + gc.DOC_SEPARATOR for d in corpus.val)
     first = bpe.tok.decode([int(splits.val[0])])
     predicted = len(text.encode()) - len(first.encode())  # every byte but the first token's (context only)
     assert int(splits.token_bytes[splits.val[1:].astype(np.int64)].sum()) == predicted
@@ -340,7 +341,7 @@ from omegaconf import OmegaConf  # noqa: E402
 
 from glubench.core.errors import CorpusUnavailable  # noqa: E402
 from glubench.data.cache import prepare_dataset  # noqa: E402
-from glubench.data.sources import paragraph_ids  # noqa: E402
+from glubench.data.corpus import paragraph_ids  # noqa: E402
 
 
 def test_paragraph_ids_attach_blank_lines_to_the_paragraph_before():
@@ -405,7 +406,7 @@ def test_streamed_corpus_stops_at_the_token_budget(tmp_path, make_dm):
     assert 30000 <= total < 30000 + 1000 * 45  # stops within one batch of 1000 documents
     assert m["train"]["tokens"] == m["train"]["bytes"]  # bytes tokenizer
     seen = m["train"]["documents"] + m["val"]["documents"]
-    want_val = sum(gs.in_val_split(r["id"], 5) for r in rows[:seen])
+    want_val = sum(gc.in_val_split(r["id"], 5) for r in rows[:seen])
     assert m["val"]["documents"] == want_val > 0
 
 
@@ -437,7 +438,7 @@ def test_warm_cache_reads_each_text_file_at_most_once_tokenizes_nothing_and_othe
         raise AssertionError("a warm cache must not tokenize or train a tokenizer")
 
     monkeypatch.setattr(gd, "_tokenize_rows", no_tokenizing)
-    monkeypatch.setattr(gs.Corpus, "load", no_tokenizing)  # rows (and so BPE training) load through here
+    monkeypatch.setattr(gc.Corpus, "load", no_tokenizing)  # rows (and so BPE training) load through here
     opened = _count_opens(monkeypatch, path)
     gf.clear_hash_cache()  # as in a new process: the content hash that keys the cache is taken once
     second = make_dm(ov, tmp_path)
