@@ -192,23 +192,14 @@ def load_run(run_dir: Path):
     return mc, model, result.seed, run_cfg
 
 
-def cmd_regions(args) -> int:
-    """``glubench-analyze regions``: exact linear-region counts of a tiny 2-input ReLU MLP (with a PNG of its
-    partition) and of a trained transformer's FFNs (``--run-dir``, else a briefly trained one), before and
-    after training; writes ``regions.json`` into ``--out`` and returns the exit status.  Raises SystemExit
-    when the run failed or its FFN has no linear regions."""
-    import torch
-
+def small_mlp_regions(seed: int, steps: int, png: Path) -> dict:
+    """Exact linear regions of :func:`tiny_2d_mlp` in [-1, 1]², before and after training, with the bounds for
+    its widths (Serra et al. 2018 upper, Montúfar et al. 2014 lower on the maximum); draws both partitions
+    into ``png``.  Returns regions.json's ``small_mlp`` entry: per state the cumulative cell counts by layer
+    in the square (``plane_cumulative``) and on its diagonal (``diagonal_cumulative``)."""
     from glubench.analysis import regions as R
-    from glubench.analysis.ffn_regions import PATTERN_VARIANTS, region_counts
-    from glubench.core.io import atomic_write_json
-    from glubench.nn.transformer import Transformer
 
-    out = Path(args.out or default_out("regions")).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-
-    # 1) the tiny 2-input MLP: exact partition of [-1, 1]², before and after training
-    before, after, loss = tiny_2d_mlp(args.seed, args.mlp_steps)
+    before, after, loss = tiny_2d_mlp(seed, steps)
     square = np.array([[-1.0, -1.0], [1.0, -1.0], [1.0, 1.0], [-1.0, 1.0]])
     widths, arch = list(SMALL_MLP_WIDTHS), "2-" + "-".join(map(str, SMALL_MLP_WIDTHS))
     mlp = {"widths": widths, "input_dim": 2, "domain": "[-1,1]^2", "rows": [],
@@ -217,15 +208,21 @@ def cmd_regions(args) -> int:
            "montufar_max_lower_bound_2d": R.montufar_lower_bound(2, widths),
            "bound_line": math.prod(n + 1 for n in widths)}
     parts, titles = [], []
-    for label, wb in (("init", before), (f"trained {args.mlp_steps} steps (mse {loss:.3g})", after)):
+    for label, wb in (("init", before), (f"trained {steps} steps (mse {loss:.3g})", after)):
         layers = R.mlp_layers([w for w, _ in wb], [b for _, b in wb])
         parts.append(R.count_in_plane(layers, np.zeros(2), np.eye(2)[0], np.eye(2)[1], square))
         titles.append(f"{arch} ReLU MLP, {label}\n{parts[-1].counts[-1]} regions in [-1,1]² "
                       f"(layer 1: {parts[-1].counts[0]}); upper bound {mlp['serra_upper_bound_2d']}")
         mlp["rows"].append({"state": label.split()[0], "plane_cumulative": parts[-1].counts,
                             "diagonal_cumulative": R.count_on_segment(layers, square[0], square[2])})
-    plot_partitions(parts, titles, out / "partition.png")
-    print(f"Small MLP {arch} (exact cells in [-1,1]², PNG: {out / 'partition.png'})")
+    plot_partitions(parts, titles, png)
+    return mlp
+
+
+def print_small_mlp(mlp: dict, png: Path) -> None:
+    """Print :func:`small_mlp_regions`' counts and bounds as a table."""
+    widths = mlp["widths"]
+    print(f"Small MLP 2-{'-'.join(map(str, widths))} (exact cells in [-1,1]², PNG: {png})")
     print(f"  bounds for input dim 2: one layer of {widths[0]}: {mlp['bound_one_layer_2d']}; whole net: "
           f"Serra et al. 2018 upper {mlp['serra_upper_bound_2d']}, Montúfar et al. 2014 lower bound on the maximum "
           f"{mlp['montufar_max_lower_bound_2d']}; on a line: at most {mlp['bound_line']}")
@@ -233,47 +230,82 @@ def cmd_regions(args) -> int:
         print(f"  {r['state']:8s} plane: after layer 1 {r['plane_cumulative'][0]:4d}, after layer 2 "
               f"{r['plane_cumulative'][1]:5d};  diagonal segment: {r['diagonal_cumulative']}")
 
-    # 2) a trained transformer: load a run, or train a tiny ReLU one briefly
-    run_dir = Path(args.run_dir) if args.run_dir else out / "run"
-    if not args.run_dir:
-        from glubench.train.task import run
 
-        cfg = compose(["experiment=ci", "model.ffn=relu", "logger=none", f"trainer.max_steps={args.steps}",
-                       f"trainer.val_check_interval={args.steps}", *args.overrides])
-        run_dir.mkdir(exist_ok=True)
-        cwd = os.getcwd()
-        os.chdir(run_dir)  # outside a Hydra job, train writes into the current directory
-        try:
-            res = run(cfg)
-        finally:
-            os.chdir(cwd)
-        if res.status != "completed":
-            raise SystemExit(f"glubench-analyze: error: the training run {res.status}: {res.error}")
-    mc, trained, seed, run_cfg = load_run(run_dir)
+def train_relu_run(run_dir: Path, steps: int, overrides: list[str]) -> None:
+    """Train a tiny ReLU transformer (``experiment=ci`` plus ``overrides``) for ``steps`` steps into ``run_dir``.
+    Raises SystemExit when the run does not complete."""
+    from glubench.train.task import run
+
+    cfg = compose(["experiment=ci", "model.ffn=relu", "logger=none", f"trainer.max_steps={steps}",
+                   f"trainer.val_check_interval={steps}", *overrides])
+    run_dir.mkdir(exist_ok=True)
+    cwd = os.getcwd()
+    os.chdir(run_dir)  # outside a Hydra job, train writes into the current directory
+    try:
+        res = run(cfg)
+    finally:
+        os.chdir(cwd)
+    if res.status != "completed":
+        raise SystemExit(f"glubench-analyze: error: the training run {res.status}: {res.error}")
+
+
+def transformer_regions(run_dir: Path, paths: int, batch: int, seed: int) -> dict:
+    """Mean linear-region counts of a run's FFNs on ``paths`` random segments / triangles through its own probe
+    tokens, at its initialization (same seed) and trained (:func:`~glubench.analysis.ffn_regions.region_counts`).
+    Returns regions.json's ``transformer`` entry.  Raises SystemExit when the run's FFN has no linear regions."""
+    import torch
+
+    from glubench.analysis.ffn_regions import PATTERN_VARIANTS, region_counts
+    from glubench.nn.transformer import Transformer
+
+    mc, trained, run_seed, run_cfg = load_run(run_dir)
     if mc.ffn not in PATTERN_VARIANTS:
         raise SystemExit(f"glubench-analyze: error: model.ffn={mc.ffn!r}: linear regions need one of "
                          f"{', '.join(PATTERN_VARIANTS)}")
-    torch.manual_seed(seed)
+    torch.manual_seed(run_seed)
     initial = Transformer(mc)  # training seeds torch once before building the model: same init
-    probe, _ = _probe(run_cfg, args.batch)  # the run's own corpus and tokenizer
-    counts = {"before": region_counts(initial, probe, args.paths, args.seed),
-              "after": region_counts(trained, probe, args.paths, args.seed)}
-    print(f"\nTransformer ffn={mc.ffn} d_model={mc.d_model} n_layers={mc.n_layers} ffn_hidden={mc.ffn_hidden} "
-          f"({run_dir}); mean over {args.paths} random token pairs (segments) / triples (triangles)")
+    probe, _ = _probe(run_cfg, batch)  # the run's own corpus and tokenizer
+    return {"run_dir": str(run_dir), "ffn": mc.ffn, "d_model": mc.d_model, "n_layers": mc.n_layers,
+            "ffn_hidden": mc.ffn_hidden, "before": region_counts(initial, probe, paths, seed),
+            "after": region_counts(trained, probe, paths, seed)}
+
+
+def print_transformer(t: dict, paths: int) -> None:
+    """Print :func:`transformer_regions`' counts per layer, and of the FFN stack, as a table."""
+    from glubench.analysis.regions import max_regions_one_layer
+
+    print(f"\nTransformer ffn={t['ffn']} d_model={t['d_model']} n_layers={t['n_layers']} ffn_hidden={t['ffn_hidden']} "
+          f"({t['run_dir']}); mean over {paths} random token pairs (segments) / triples (triangles)")
     print(f"  {'layer':>5s} {'segment before':>15s} {'segment after':>14s} {'plane before':>13s} {'plane after':>12s}"
-          f"  (max on a segment {mc.ffn_hidden + 1}, in a plane {R.max_regions_one_layer(mc.ffn_hidden, 2)})")
-    for b, a in zip(counts["before"]["per_layer"], counts["after"]["per_layer"]):
+          f"  (max on a segment {t['ffn_hidden'] + 1}, in a plane {max_regions_one_layer(t['ffn_hidden'], 2)})")
+    for b, a in zip(t["before"]["per_layer"], t["after"]["per_layer"]):
         print(f"  {b['layer']:5d} {b['segment_mean']:15.1f} {a['segment_mean']:14.1f} {b['plane_mean']:13.1f}"
               f" {a['plane_mean']:12.1f}")
-    if counts["after"]["stack"]:
-        sb, sa = counts["before"]["stack"], counts["after"]["stack"]
+    if t["after"]["stack"]:
+        sb, sa = t["before"]["stack"], t["after"]["stack"]
         print(f"  FFN stack (surrogate: each norm's scale frozen, attention left out), pieces on a segment: "
               f"before {sb['segment_mean']:.1f} "
               f"(cumulative by layer {[round(c, 1) for c in sb['per_layer_cumulative']]}), "
               f"after {sa['segment_mean']:.1f} ({[round(c, 1) for c in sa['per_layer_cumulative']]})")
-    atomic_write_json(out / "regions.json", {"small_mlp": mlp, "transformer": {
-        "run_dir": str(run_dir), "ffn": mc.ffn, "d_model": mc.d_model, "n_layers": mc.n_layers,
-        "ffn_hidden": mc.ffn_hidden, **counts}})
+
+
+def cmd_regions(args) -> int:
+    """``glubench-analyze regions``: exact linear-region counts of a tiny 2-input ReLU MLP (with a PNG of its
+    partition) and of a trained transformer's FFNs (``--run-dir``, else a briefly trained one), before and
+    after training; writes ``regions.json`` into ``--out`` and returns the exit status.  Raises SystemExit
+    when the run failed or its FFN has no linear regions."""
+    from glubench.core.io import atomic_write_json
+
+    out = Path(args.out or default_out("regions")).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    mlp = small_mlp_regions(args.seed, args.mlp_steps, out / "partition.png")
+    print_small_mlp(mlp, out / "partition.png")
+    run_dir = Path(args.run_dir) if args.run_dir else out / "run"
+    if not args.run_dir:
+        train_relu_run(run_dir, args.steps, args.overrides)
+    transformer = transformer_regions(run_dir, args.paths, args.batch, args.seed)
+    print_transformer(transformer, args.paths)
+    atomic_write_json(out / "regions.json", {"small_mlp": mlp, "transformer": transformer})
     log.info("wrote %s", out / "regions.json")
     return 0
 
