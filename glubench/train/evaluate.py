@@ -12,6 +12,7 @@ import logging
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -49,6 +50,48 @@ def load_checkpoint(path: Path) -> tuple[dict, dict, dict, int]:
     return state, dict(hparams), dict(data), int(state.get("global_step", 0))
 
 
+def check_keys(cfg: DictConfig) -> None:
+    """The checks on ``glubench-eval``'s own keys, before the checkpoint or any data is read.
+
+    Raises:
+        ConfigError: a ``split`` other than val, train or test; a bad ``tasks`` entry
+            (:func:`~glubench.train.downstream.check_downstream`).
+    """
+    if cfg.split not in SPLITS:
+        raise ConfigError(f"split={cfg.split!r} is not known; valid: {', '.join(SPLITS)}")
+    if cfg.tasks:
+        from glubench.train.downstream import check_downstream
+
+        check_downstream(cfg)
+
+
+def split_to_score(cfg: DictConfig, trained_on: dict) -> tuple[dict, Any, Any, dict]:
+    """What ``glubench-eval`` scores: ``(data, tokens, token_bytes, meta)``, the data config (the checkpoint's,
+    or ``cfg.data`` read with the checkpoint's tokenizer keys), ``cfg.split``'s token ids ``(n_tokens,)``, the
+    UTF-8 bytes of each token id ``(vocab_size,)`` or ``None``, and the token cache's sidecar.
+
+    Raises:
+        ConfigError: a bad data key or file, no test split where ``split='test'``, fewer than 2 tokens.
+    """
+    from glubench.data.cache import prepare_splits
+
+    data = dict(trained_on)
+    if cfg.data is not None:  # another corpus, read with the checkpoint's tokenizer
+        data = {**OmegaConf.to_container(cfg.data, resolve=True), **{k: trained_on[k] for k in TOKENIZER_KEYS}}
+    try:
+        splits = prepare_splits(data, tokenizer_data=trained_on)[1]
+        tokens, token_bytes, meta = getattr(splits, cfg.split), splits.token_bytes, splits.meta
+    except (ValueError, FileNotFoundError) as e:
+        raise ConfigError(str(e)) from e
+    if tokens is None:
+        raise ConfigError(f"split='test': data.name={data['name']!r} has no test split; score one with "
+                          "data.test_percent=P (or data.test_files=PATH) as trained, or another split")
+    if tokens.size < 2:
+        raise ConfigError(f"split={cfg.split!r} of data.name={data['name']!r} has {tokens.size} tokens; at least 2 "
+                          "are needed")
+    return data, tokens, token_bytes, meta
+
+
 def evaluate(cfg: DictConfig) -> dict:
     """Score ``cfg.ckpt_path`` on ``cfg.split`` of ``cfg.data`` (default: the checkpoint's corpus).
 
@@ -62,42 +105,23 @@ def evaluate(cfg: DictConfig) -> dict:
             (one line).
     """
     t_start = time.perf_counter()
-    if cfg.split not in SPLITS:
-        raise ConfigError(f"split={cfg.split!r} is not known; valid: {', '.join(SPLITS)}")
+    check_keys(cfg)
     ckpt = Path(os.path.expanduser(str(cfg.ckpt_path)))
     state, hparams, trained_on, step = load_checkpoint(ckpt)
-    if cfg.tasks:
-        from glubench.train.downstream import check_downstream, run_downstream
-
-        check_downstream(cfg)
-    data = dict(trained_on)
-    if cfg.data is not None:  # another corpus, read with the checkpoint's tokenizer
-        data = {**OmegaConf.to_container(cfg.data, resolve=True), **{k: trained_on[k] for k in TOKENIZER_KEYS}}
 
     import torch
 
     from glubench.core.logging import ignore_known_warnings, route_through_root
-    from glubench.data.cache import prepare_splits
     from glubench.data.windows import ValWindows
+    from glubench.train.downstream import run_downstream
     from glubench.train.module import LanguageModel
 
     route_through_root("lightning", "lightning.pytorch", "lightning.fabric")
     ignore_known_warnings()
     module = LanguageModel(**hparams)  # what LanguageModel.load_from_checkpoint does, without a second read
     module.load_state_dict(state["state_dict"])
-    seq_len = module.model_cfg.seq_len
-    try:
-        splits = prepare_splits(data, tokenizer_data=trained_on)[1]
-        tokens, token_bytes, meta = getattr(splits, cfg.split), splits.token_bytes, splits.meta
-    except (ValueError, FileNotFoundError) as e:
-        raise ConfigError(str(e)) from e
-    if tokens is None:
-        raise ConfigError(f"split='test': data.name={data['name']!r} has no test split; score one with "
-                          "data.test_percent=P (or data.test_files=PATH) as trained, or another split")
-    if tokens.size < 2:
-        raise ConfigError(f"split={cfg.split!r} of data.name={data['name']!r} has {tokens.size} tokens; at least 2 "
-                          "are needed")
-    loader = torch.utils.data.DataLoader(ValWindows(tokens, seq_len, token_bytes),
+    data, tokens, token_bytes, meta = split_to_score(cfg, trained_on)
+    loader = torch.utils.data.DataLoader(ValWindows(tokens, module.model_cfg.seq_len, token_bytes),
                                          batch_size=int(data.get("val_batch_size", 32)))
     out = output_dir()
     config = redact({**OmegaConf.to_container(cfg, resolve=True), "data": data})
