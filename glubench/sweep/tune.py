@@ -53,6 +53,28 @@ def ranking(results: dict[str, list[RunResult]]) -> list[str]:
     return sorted(means, key=lambda v: means[v])
 
 
+def study_best_lr(study: Path, variant: str, tune, base: list[str], log_file: Path) -> tuple[float, float]:
+    """``(best optim.lr, its val loss)`` of ``variant``'s Optuna study in ``study``: ``tune.n_trials`` trials,
+    log-uniform over ``tune.lr_range``, every child with the overrides ``base``.  The study runs unless it has
+    finished (its ``optimization_results.yaml`` exists); an interrupted one is set aside and started afresh.
+
+    Raises:
+        RuntimeError: the study's sweep failed (``log_file`` holds its output).
+    """
+    from omegaconf import OmegaConf
+
+    if not (study / "optimization_results.yaml").exists():
+        if study.exists():  # an interrupted study: keep its trials aside, start a fresh one
+            study.rename(study.with_name(f"{variant}.interrupted-{time.strftime('%Y%m%d-%H%M%S')}"))
+        lo, hi = tune.lr_range
+        search = [o for o in base if not o.startswith("optim.lr=")]  # the study owns optim.lr
+        _glubench([*search, "hparams_search=lr_optuna", f"model.ffn={variant}",
+                   f"hydra.sweeper.n_trials={tune.n_trials}", f"optim.lr=tag(log, interval({lo!r}, {hi!r}))",
+                   f"hydra.sweep.dir={study}"], log_file)
+    best = OmegaConf.load(study / "optimization_results.yaml")  # the Optuna sweeper's result
+    return float(best.best_params["optim.lr"]), float(best.best_value)
+
+
 def run_tuned_variants(cfg, overrides: list[str]) -> dict:
     """Search, re-run and report for every variant in ``cfg.tune.variants`` (``optim.lr``: the shared LR);
     every child gets the driver's command-line ``overrides``.  Returns the ``tuned.json`` record.
@@ -60,8 +82,6 @@ def run_tuned_variants(cfg, overrides: list[str]) -> dict:
     Raises:
         RuntimeError: a child sweep failed (its log is named); finished work is kept.
     """
-    from omegaconf import OmegaConf
-
     from glubench.sweep.report import report_sweep
 
     t = cfg.tune
@@ -82,17 +102,7 @@ def run_tuned_variants(cfg, overrides: list[str]) -> dict:
                     "lr_range": list(t.lr_range), "variants": {}}
     tuned, shared = {}, {}
     for v in t.variants:
-        study = root / "search" / v
-        if not (study / "optimization_results.yaml").exists():
-            if study.exists():  # an interrupted study: keep its trials aside, start a fresh one
-                study.rename(study.with_name(f"{v}.interrupted-{time.strftime('%Y%m%d-%H%M%S')}"))
-            lo, hi = t.lr_range
-            search = [o for o in base if not o.startswith("optim.lr=")]  # the study owns optim.lr
-            _glubench([*search, "hparams_search=lr_optuna", f"model.ffn={v}", f"hydra.sweeper.n_trials={t.n_trials}",
-                       f"optim.lr=tag(log, interval({lo!r}, {hi!r}))", f"hydra.sweep.dir={study}"],
-                      root / "logs" / f"search_{v}.log")
-        best = OmegaConf.load(study / "optimization_results.yaml")  # the Optuna sweeper's result
-        lr, search_loss = float(best.best_params["optim.lr"]), float(best.best_value)
+        lr, search_loss = study_best_lr(root / "search" / v, v, t, base, root / "logs" / f"search_{v}.log")
         if edge := at_bound(lr, t.lr_range):
             log.warning(f"glubench tune: warning: the tuned optim.lr={lr:.3g} for {v} is within a factor "
                         f"{EDGE_FACTOR} of the {edge} bound of tune.lr_range={list(t.lr_range)}; the best LR may "
