@@ -13,10 +13,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
 from glubench.core.errors import ConfigError
+from glubench.train.callbacks import FitSignals
 from glubench.train.config_rules import check_splits
+from glubench.train.faults import AtomicCheckpointIO
 
 
 def default_tags(cfg: DictConfig) -> list[str]:
@@ -69,8 +74,6 @@ def build_callbacks(cfg: DictConfig, runtime: dict[str, dict[str, Any]] | None =
     Raises:
         ConfigError: a callback's arguments are not accepted (one line naming it).
     """
-    from glubench.train.callbacks import FitSignals
-
     built = []
     for name, node in (cfg.callbacks or {}).items():
         if node is None or not node.get("enabled", True):
@@ -85,10 +88,6 @@ def build_callbacks(cfg: DictConfig, runtime: dict[str, dict[str, Any]] | None =
 
 def build_trainer(cfg: DictConfig, out: Path, callbacks: list, loggers: list, **override: Any):
     """``lightning.Trainer`` from ``cfg.trainer`` (every key is a Trainer argument) plus what glubench builds."""
-    from lightning.pytorch.callbacks import ModelCheckpoint
-
-    from glubench.train.faults import AtomicCheckpointIO
-
     # callbacks.model_checkpoint is the checkpoint switch: without it Lightning would add its own
     # ModelCheckpoint and write epoch=*.ckpt files the user turned off (callbacks=none, ladders).
     if cfg.trainer.get("enable_checkpointing") is None and not any(isinstance(c, ModelCheckpoint) for c in callbacks):
@@ -100,9 +99,6 @@ def build_trainer(cfg: DictConfig, out: Path, callbacks: list, loggers: list, **
 
 def instantiate_node(key: str, node: DictConfig, **kwargs: Any) -> Any:
     """``hydra.utils.instantiate`` whose argument errors become one :class:`ConfigError` line naming ``key``."""
-    from hydra.errors import InstantiationException
-    from hydra.utils import instantiate
-
     try:
         return instantiate(node, **kwargs)
     except InstantiationException as e:

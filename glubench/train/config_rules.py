@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from glubench.core.errors import ConfigError
@@ -275,6 +276,13 @@ def check_splits(model: ModelConfig, splits: Any, data_name: str) -> None:
             f"data.name={data_name!r} has {tokens}; lower model.seq_len or add text"
             + (" (or change data.val_percent)" if data_name == "text" else "")
         )
+
+
+def output_dir() -> Path:
+    """This job's Hydra output dir (the current dir outside Hydra)."""
+    if HydraConfig.initialized():
+        return Path(HydraConfig.get().runtime.output_dir)
+    return Path.cwd()
 
 
 def check_output_dir(out: Path, overwrite: bool) -> None:

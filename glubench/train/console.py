@@ -14,19 +14,20 @@ import logging
 import math
 from pathlib import Path
 
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from glubench.core.logging import FILE_ONLY
 from glubench.core.ranks import is_global_zero
+from glubench.train.budget import TIME_MODE_MAX_STEPS
+from glubench.train.loggers import GlubenchCSVLogger, GlubenchWandbLogger
 
 log = logging.getLogger(__name__)
 
 
 def in_sweep() -> bool:
     """Whether this job is one of a Hydra multirun."""
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
@@ -34,9 +35,6 @@ def announce(cfg: DictConfig, model_cfg, counts, splits, plan, out: Path, logger
              ckpt: Path | None, resume_step: int | None) -> None:
     """Log what the job trains (console), its data, budget and files (console in a single run, else
     ``train.log``), the budget plan and the resume decision (DEBUG), and a resume (console)."""
-    from glubench.train.budget import TIME_MODE_MAX_STEPS
-    from glubench.train.loggers import GlubenchCSVLogger, GlubenchWandbLogger
-
     detail = FILE_ONLY if in_sweep() else {}
     log.info(f"glubench: ffn={model_cfg.ffn} d_model={model_cfg.d_model} n_layers={model_cfg.n_layers} "
              f"d_ff={model_cfg.d_ff} ffn_hidden={model_cfg.ffn_hidden} "

@@ -15,7 +15,7 @@ from glubench.core.errors import ConfigError
 
 def cuda_count() -> int:
     """Visible CUDA devices (NVML first: ``cudaGetDeviceCount`` would initialise the driver here)."""
-    import torch
+    import torch  # here, not at the top: config validation imports this module (see the module docstring)
 
     count = getattr(torch.cuda, "_device_count_nvml", lambda: -1)() if torch.version.cuda else -1
     return count if count >= 0 else torch.cuda.device_count()
@@ -34,7 +34,7 @@ def available_devices(accelerator: str) -> tuple[str, int | None]:
     if kind == "cuda":
         return "CUDA GPU", cuda_count()
     if kind == "mps":
-        import torch
+        import torch  # as in cuda_count
 
         return "MPS", int(torch.backends.mps.is_available())
     if kind == "tpu":

@@ -9,14 +9,17 @@ summary to ``eval.json``'s ``tasks`` and, when W&B is on, to the run's summary a
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import sys
 from pathlib import Path
 
+import torch
 from omegaconf import DictConfig
 
 from glubench.core.errors import ConfigError
 from glubench.core.io import atomic_write_json
+from glubench.export.harness import check_tasks, evaluate_folder, summarize
 
 log = logging.getLogger(__name__)
 
@@ -30,10 +33,6 @@ def check_downstream(cfg: DictConfig) -> None:
     Raises:
         ConfigError: transformers or lm_eval missing, an unknown task, a bad ``harness.*`` value.
     """
-    import importlib.util
-
-    from glubench.export.harness import check_tasks
-
     if importlib.util.find_spec("transformers") is None:
         raise ConfigError("tasks=[...] needs transformers and lm-evaluation-harness: pip install 'glubench[eval]'")
     if cfg.harness.batch_size < 1:
@@ -43,8 +42,6 @@ def check_downstream(cfg: DictConfig) -> None:
 
 def harness_device(cfg: DictConfig) -> str:
     """``cuda`` when a GPU is there and ``trainer.accelerator`` allows it, else ``cpu``."""
-    import torch
-
     return "cuda" if torch.cuda.is_available() and cfg.trainer.accelerator in ("auto", "gpu", "cuda") else "cpu"
 
 
@@ -55,8 +52,7 @@ def run_downstream(cfg: DictConfig, hparams: dict, data: dict, state: dict, out:
     Raises:
         ConfigError (ExportError): a checkpoint the export cannot represent.
     """
-    from glubench.export.folder import export_folder
-    from glubench.export.harness import evaluate_folder, summarize
+    from glubench.export.folder import export_folder  # needs transformers, an optional extra ([eval])
 
     folder = Path(out) / EXPORT_DIR
     record = export_folder(hparams, data, state["state_dict"], folder, overwrite=True, source=source)
@@ -67,7 +63,7 @@ def run_downstream(cfg: DictConfig, hparams: dict, data: dict, state: dict, out:
     atomic_write_json(Path(out) / HARNESS_FILE, results)
     summary = summarize(results)
     if "wandb" in sys.modules:
-        import wandb
+        import wandb  # only when a logger already loaded it: a run without W&B never imports it
 
         if wandb.run is not None:
             wandb.run.summary.update({f"lm_eval/{task}/{metric}": value for task, metrics in summary.items()

@@ -14,12 +14,18 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 from glubench.core.errors import ConfigError
 from glubench.core.io import atomic_write_json
+from glubench.core.logging import ignore_known_warnings, route_through_root
 from glubench.core.secrets import redact
+from glubench.data.cache import prepare_splits
+from glubench.data.windows import ValWindows
 from glubench.train.build import build_loggers, build_trainer
+from glubench.train.downstream import check_downstream, run_downstream
+from glubench.train.module import LanguageModel
 from glubench.train.task import finish_wandb, output_dir
 
 log = logging.getLogger(__name__)
@@ -36,8 +42,6 @@ def load_checkpoint(path: Path) -> tuple[dict, dict, dict, int]:
     Raises:
         ConfigError: the file is missing or is not a glubench checkpoint.
     """
-    import torch
-
     if not path.is_file():
         raise ConfigError(f"ckpt_path={str(path)!r}: no such checkpoint file")
     try:
@@ -60,8 +64,6 @@ def check_keys(cfg: DictConfig) -> None:
     if cfg.split not in SPLITS:
         raise ConfigError(f"split={cfg.split!r} is not known; valid: {', '.join(SPLITS)}")
     if cfg.tasks:
-        from glubench.train.downstream import check_downstream
-
         check_downstream(cfg)
 
 
@@ -73,8 +75,6 @@ def split_to_score(cfg: DictConfig, trained_on: dict) -> tuple[dict, Any, Any, d
     Raises:
         ConfigError: a bad data key or file, no test split where ``split='test'``, fewer than 2 tokens.
     """
-    from glubench.data.cache import prepare_splits
-
     data = dict(trained_on)
     if cfg.data is not None:  # another corpus, read with the checkpoint's tokenizer
         data = {**OmegaConf.to_container(cfg.data, resolve=True), **{k: trained_on[k] for k in TOKENIZER_KEYS}}
@@ -108,13 +108,6 @@ def evaluate(cfg: DictConfig) -> dict:
     check_keys(cfg)
     ckpt = Path(os.path.expanduser(str(cfg.ckpt_path)))
     state, hparams, trained_on, step = load_checkpoint(ckpt)
-
-    import torch
-
-    from glubench.core.logging import ignore_known_warnings, route_through_root
-    from glubench.data.windows import ValWindows
-    from glubench.train.downstream import run_downstream
-    from glubench.train.module import LanguageModel
 
     route_through_root("lightning", "lightning.pytorch", "lightning.fabric")
     ignore_known_warnings()

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import signal
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -118,8 +119,6 @@ class Interrupts:
     def installed(self) -> Iterator[Interrupts]:
         """Within the block our handler takes the interrupting signals (see the class).  Only the main
         thread can install handlers; elsewhere this is a no-op."""
-        import threading
-
         if threading.current_thread() is not threading.main_thread():
             yield self
             return

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import torch
+from lightning.fabric.utilities.throughput import get_available_flops
 from torchmetrics import Metric
 
 from glubench.core.clock import Stopwatch
@@ -140,8 +141,6 @@ def peak_flops(device, precision: str, device_name: str | None = None) -> float 
     for key, table in DENSE_PEAK_FLOPS.items():  # longest names first
         if key in name:
             return table[column]
-    from lightning.fabric.utilities.throughput import get_available_flops
-
     dtype = (torch.bfloat16 if precision.startswith("bf16") else torch.float16 if precision.startswith("16")
              else torch.float32)
     value = get_available_flops(device, dtype)

@@ -11,7 +11,9 @@ import logging
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.loggers import WandbLogger
 
+from glubench.data.cache import load_tokenizer
 from glubench.nn.sampling import check_sampling, sample
 
 log = logging.getLogger(__name__)
@@ -43,8 +45,6 @@ class SampleText(pl.Callback):
         """The run's tokenizer (:func:`glubench.data.cache.load_tokenizer` of the datamodule's ``data.*``), loaded
         once."""
         if self._tokenizer is None:
-            from glubench.data.cache import load_tokenizer
-
             self._tokenizer = load_tokenizer(trainer.datamodule.data)
         return self._tokenizer
 
@@ -70,8 +70,6 @@ class SampleText(pl.Callback):
             return
         texts = self.texts(trainer, pl_module)
         step = trainer.global_step
-        from lightning.pytorch.loggers import WandbLogger
-
         wandb_loggers = [lg for lg in trainer.loggers if isinstance(lg, WandbLogger)]
         for lg in wandb_loggers:
             lg.log_text(key="samples", columns=["step", "sample", "text"],

@@ -1,9 +1,8 @@
 """One training job: :func:`run` trains (:func:`fit`) and always writes ``results.json``.
 
 The datamodule, the LightningModule, the Trainer, its callbacks and its loggers are built from the
-config with ``hydra.utils.instantiate`` (:mod:`glubench.train.build`).  Lightning, torch and W&B are
-imported inside the functions that need them, so that importing this module (the command line checks a
-config first) stays fast.
+config with ``hydra.utils.instantiate`` (:mod:`glubench.train.build`).  This module loads torch and
+Lightning: the command line (:mod:`glubench.cli.main`) imports it only after the config is validated.
 """
 
 from __future__ import annotations
@@ -13,34 +12,35 @@ import math
 import platform
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
+import lightning
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
 from glubench.core.errors import Diverged, WriteFailed
+from glubench.core.logging import ignore_known_warnings, route_through_root
 from glubench.core.ranks import is_global_zero
+from glubench.core.secrets import redact, redact_files, redacted_argv
+from glubench.nn.transformer import Transformer, count_params
+from glubench.train.budget import TIME_MODE_MAX_STEPS, plan_from_config, realised
 from glubench.train.build import build_callbacks, build_datamodule, build_loggers, build_module, build_trainer
-from glubench.train.config_rules import validate_config
+from glubench.train.config_rules import output_dir, validate_config
+from glubench.train.console import announce
+from glubench.train.devices import world_size
+from glubench.train.faults import Interrupts, describe
+from glubench.train.monitors import BudgetCallback, DeadUnitsCallback, ThroughputCallback
 from glubench.train.results import RunResult, machine_load
+from glubench.train.resume import checkpoint_step, find_checkpoint
 
 log = logging.getLogger(__name__)
-
-
-def output_dir() -> Path:
-    """This job's Hydra output dir (the current dir outside Hydra)."""
-    from hydra.core.hydra_config import HydraConfig
-
-    if HydraConfig.initialized():
-        return Path(HydraConfig.get().runtime.output_dir)
-    return Path.cwd()
 
 
 def device_name(device) -> str:
     """``device`` (a ``torch.device`` or its string, e.g. ``"cuda:0"``) as ``results.json`` names it: the GPU's
     name, or ``cpu (<processor>, <n> threads)`` (any other device type is named as the host CPU)."""
-    import torch
-
     device = torch.device(device)
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
@@ -49,9 +49,6 @@ def device_name(device) -> str:
 
 def versions() -> dict[str, str]:
     """The Python, torch and Lightning versions, for ``results.json``."""
-    import lightning
-    import torch
-
     return {"python": platform.python_version(), "torch": torch.__version__, "lightning": lightning.__version__}
 
 
@@ -64,8 +61,6 @@ def val_check_batches(t: DictConfig, max_steps: int) -> Any:
     validates at its end, as Lightning users expect of a short run.  A fraction of an epoch is
     Lightning's own and passes through; so does ``budget=time``'s step cap (the clock stops first).
     """
-    from glubench.train.budget import TIME_MODE_MAX_STEPS
-
     v = t.val_check_interval
     if isinstance(v, float):
         return v
@@ -87,14 +82,6 @@ def fit(cfg: DictConfig, result: RunResult, model_cfg, interrupts=None) -> RunRe
     (whose ``config`` is the redacted run config the loggers get); ``interrupts`` is the run's signal state
     (:class:`~glubench.train.faults.Interrupts`).  :func:`run` handles its failures."""
     out, t_start = output_dir(), time.perf_counter()
-    import lightning.pytorch as pl
-
-    from glubench.core.logging import ignore_known_warnings, route_through_root
-    from glubench.train.budget import plan_from_config
-    from glubench.train.console import announce
-    from glubench.train.devices import world_size
-    from glubench.train.resume import checkpoint_step, find_checkpoint
-
     route_through_root("lightning", "lightning.pytorch", "lightning.fabric")
     ignore_known_warnings()
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -132,10 +119,6 @@ def fit(cfg: DictConfig, result: RunResult, model_cfg, interrupts=None) -> RunRe
 def param_counts(model_cfg):
     """:func:`~glubench.nn.transformer.count_params` of the model ``model_cfg`` describes, built on the meta
     device: sizes only, nothing allocated and no random numbers drawn."""
-    import torch
-
-    from glubench.nn.transformer import Transformer, count_params
-
     with torch.device("meta"):
         return count_params(Transformer(model_cfg))
 
@@ -172,9 +155,6 @@ def record_progress(result: RunResult, trainer, module, t_start: float) -> None:
 def record_end(result: RunResult, trainer, module, plan) -> None:
     """A finished run's status (``completed``, or ``diverged`` without a finite ``val_loss``), test scores,
     whole-run throughput, the budget spent and the dead-unit diagnostics, into ``result``."""
-    from glubench.train.budget import realised
-    from glubench.train.monitors import BudgetCallback, DeadUnitsCallback, ThroughputCallback
-
     throughput, budget_cb, dead_units = (_callback(trainer, c) for c in
                                          (ThroughputCallback, BudgetCallback, DeadUnitsCallback))
     speed = (throughput.summary() if throughput else None) or {}
@@ -213,8 +193,6 @@ def _last_validation(module, result: RunResult) -> None:
 
 def _wandb_summary(trainer, result: RunResult) -> None:
     """The W&B run's summary holds the whole-run numbers of ``results.json`` (not the last logging window)."""
-    from lightning.pytorch.loggers import WandbLogger
-
     summary = {"train/tokens_per_sec": result.train_tokens_per_sec, "train/step_time_ms": result.step_time_ms,
                "train/mfu": result.mfu, "val/loss": result.val_loss, "val/ppl": result.val_ppl,
                "val/bpb": result.val_bpb, "params/total": result.params_total,
@@ -240,9 +218,6 @@ def run(cfg: DictConfig, model_cfg=None, interrupts=None) -> RunResult:
         interrupts: the run's :class:`~glubench.train.faults.Interrupts` (installed here), which the caller
             reads after an interruption (the signal, the exit status); ``None``: a new one.
     """
-    from glubench.core.secrets import redact, redact_files, redacted_argv
-    from glubench.train.faults import Interrupts
-
     interrupts = interrupts if interrupts is not None else Interrupts()
     model_cfg = model_cfg or validate_config(cfg)
     start = machine_load()  # a busy machine makes the run's throughput incomparable
@@ -276,8 +251,6 @@ def run(cfg: DictConfig, model_cfg=None, interrupts=None) -> RunResult:
 def _stop_reason(e: BaseException, steps: int | None, interrupts) -> str:
     """``results.json``'s ``error`` for an exception out of :func:`fit`: the signal that interrupted the run
     (``interrupted by SIGINT (Ctrl-C) at step 119``), else the exception."""
-    from glubench.train.faults import describe
-
     if not (interrupts.received or isinstance(e, KeyboardInterrupt)):
         return f"{type(e).__name__}: {e}"
     where = f" at step {steps}" if steps is not None else " before training started"
@@ -288,7 +261,7 @@ def _stop_reason(e: BaseException, steps: int | None, interrupts) -> str:
 def finish_wandb(status: str, preempted: bool = False) -> None:
     """Close this process's W&B run; a preempted one is marked so (W&B expects it to resume)."""
     if "wandb" in sys.modules:
-        import wandb
+        import wandb  # only when a logger already loaded it: a run without W&B never imports it
 
         if wandb.run is not None:
             wandb.run.summary.update({"status": status})
