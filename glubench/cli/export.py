@@ -21,9 +21,11 @@ import hydra
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from glubench.core.errors import ConfigError
+from glubench.cli.main import _discard_rejected_run_dir
+from glubench.core.errors import ConfigError, CorpusUnavailable, TokenizerUnavailable
 from glubench.core.paths import CONF_DIR
 from glubench.core.secrets import redact
+from glubench.train.config_rules import output_dir
 from glubench.train.schema import LoggerConfig
 
 log = logging.getLogger("glubench")
@@ -62,9 +64,9 @@ def export(cfg: DictConfig) -> dict:
         ConfigError (ExportError): a bad ``ckpt_path`` or ``out_dir``, a checkpoint the export cannot represent.
     """
     require("transformers", "export", "glubench-export")
+    # The lazy boundary: torch and transformers load here, after the check (--help and bad input stay fast).
     from glubench.export.folder import export_folder
     from glubench.train.evaluate import load_checkpoint
-    from glubench.train.task import output_dir
 
     ckpt = Path(os.path.expanduser(str(cfg.ckpt_path)))
     state, hparams, data, step = load_checkpoint(ckpt)
@@ -83,7 +85,7 @@ def export(cfg: DictConfig) -> dict:
 
 def quiet_transformers() -> None:
     """No per-file progress bars from ``transformers`` (loading and saving a small folder prints several)."""
-    from transformers.utils import logging as hf_logging
+    from transformers.utils import logging as hf_logging  # an optional extra ([export])
 
     hf_logging.disable_progress_bar()
 
@@ -91,9 +93,10 @@ def quiet_transformers() -> None:
 def log_artifact(cfg: DictConfig, folder: Path, record: dict) -> None:
     """Log ``folder`` as a W&B model artifact ``hf-<ffn>`` (metadata: the export record) in a ``job_type=export``
     run; other loggers of ``cfg.logger`` are ignored (an export has no metrics)."""
+    # past export()'s boundary, but this module stays light for --help
     from glubench.train.build import build_loggers
     from glubench.train.loggers import GlubenchWandbLogger
-    from glubench.train.task import finish_wandb, output_dir
+    from glubench.train.task import finish_wandb
 
     if cfg.logger.get("wandb") is not None and cfg.logger.wandb.name is None:
         cfg.logger.wandb.name = f"export-{record['ffn']}"
@@ -103,7 +106,7 @@ def log_artifact(cfg: DictConfig, folder: Path, record: dict) -> None:
     try:
         for lg in loggers:
             if isinstance(lg, GlubenchWandbLogger):
-                import wandb
+                import wandb  # a GlubenchWandbLogger has loaded it already
 
                 artifact = wandb.Artifact(f"hf-{record['ffn']}", type="model", metadata=record)
                 artifact.add_dir(str(folder))
@@ -116,9 +119,6 @@ def log_artifact(cfg: DictConfig, folder: Path, record: dict) -> None:
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="export")
 def main(cfg: DictConfig) -> None:
     """``glubench-export ckpt_path=... [out_dir=...] [logger=wandb]``; exit 2 with one line on bad input."""
-    from glubench.cli.main import _discard_rejected_run_dir
-    from glubench.core.errors import CorpusUnavailable, TokenizerUnavailable
-
     try:
         export(cfg)
     except (ConfigError, TokenizerUnavailable, CorpusUnavailable) as e:

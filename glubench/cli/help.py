@@ -14,12 +14,11 @@ import re
 from omegaconf import OmegaConf
 
 from glubench.core.paths import CONF_DIR
+from glubench.nn.config import FFN_VARIANTS, PAPER_VARIANTS
 
 
 def ffn_variants() -> str:
     """The ``model.ffn`` choices, non-gated then gated, and the paper's eight (Shazeer 2020, Table 1)."""
-    from glubench.nn.config import FFN_VARIANTS, PAPER_VARIANTS
-
     plain = [n for n, v in FFN_VARIANTS.items() if not v.gated]
     gated = [n for n, v in FFN_VARIANTS.items() if v.gated]
     return (f"  non-gated: {' '.join(plain)}   (hidden width d_ff)\n"

@@ -17,17 +17,20 @@ import sys
 from pathlib import Path
 
 import hydra
-from omegaconf import DictConfig
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
 
 from glubench.cli import help as _help
+from glubench.cli.overrides import check_overrides
 from glubench.core.errors import ConfigError, WriteFailed
 from glubench.core.paths import CONF_DIR
-from glubench.core.secrets import redact
+from glubench.core.secrets import redact, redacted_stdout
 from glubench.sweep.cluster import check_job_launch
-from glubench.train.config_rules import check_output_dir, validate_config
-from glubench.train.results import RESULTS_FILE
+from glubench.sweep.hydra_callbacks import collects_job_failures
+from glubench.train.config_rules import check_output_dir, output_dir, validate_config
+from glubench.train.results import RESULTS_FILE, RunResult
 from glubench.train.schema import register_configs
-from glubench.train.task import output_dir, run
 
 log = logging.getLogger("glubench")
 _help.register()  # the resolvers of glubench --help's template
@@ -57,13 +60,15 @@ def main(cfg: DictConfig) -> float | None:
         return _config_error(e)
     _log_config()
     if cfg.tune.variants:  # a driver experiment (e.g. tuned_variants_cpu): studies + seed runs, no job here
-        from hydra.core.hydra_config import HydraConfig
-
-        from glubench.sweep.tune import run_tuned_variants
+        from glubench.sweep.tune import run_tuned_variants  # its report loads scipy: only for a driver
 
         run_tuned_variants(cfg, list(HydraConfig.get().overrides.task))
         return None
+    # The one lazy boundary: torch and Lightning load here, after the config is validated (--help, config errors
+    # and tab completion stay fast).
+    from glubench.train.console import summary_line
     from glubench.train.faults import Interrupts, describe
+    from glubench.train.task import run
 
     interrupts = Interrupts()  # the signals this run receives
     try:
@@ -79,16 +84,12 @@ def main(cfg: DictConfig) -> float | None:
         log.error(f"glubench: error: {e}")
         sys.exit(1)
     except Exception:
-        from glubench.sweep.hydra_callbacks import collects_job_failures
-
         # results.json already says "failed"; the traceback goes to the console and train.log.
         log.error("glubench: job failed", exc_info=True)
         if not collects_job_failures():
             sys.exit(1)
         log.error(f"glubench: job failed (recorded in {output_dir() / RESULTS_FILE}); the sweep goes on")
         return None  # the sweep's report lists it and sets the exit status
-    from glubench.train.console import summary_line
-
     log.info(summary_line(result, output_dir() / RESULTS_FILE))
     if result.status == "diverged":
         log.error(f"glubench: diverged: {result.error}")
@@ -102,7 +103,7 @@ def main(cfg: DictConfig) -> float | None:
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="eval")
 def eval_main(cfg: DictConfig) -> float | None:
     """``glubench-eval ckpt_path=... [split=val|train] [data=...]``: score a checkpoint; exit 2 on bad input."""
-    from glubench.train.evaluate import evaluate
+    from glubench.train.evaluate import evaluate  # the lazy boundary, as in main()
 
     try:
         record = evaluate(cfg)
@@ -115,8 +116,6 @@ def eval_main(cfg: DictConfig) -> float | None:
 
 def _completed(out: Path, overwrite: bool) -> float | None:
     """The ``val_loss`` of a completed run in ``out`` that is kept (``overwrite=false``), else ``None``."""
-    from glubench.train.results import RunResult
-
     path = out / RESULTS_FILE
     if overwrite or not path.is_file():
         return None
@@ -138,8 +137,6 @@ def resume_hint() -> str:
     multirun job resumes with its sweep: the sweep's own overrides (kept in ``<sweep dir>/multirun.yaml``)
     and ``hydra.sweep.dir``; its completed jobs are kept.
     """
-    from hydra.core.hydra_config import HydraConfig
-
     out = output_dir()
     if not HydraConfig.initialized():
         return f"to resume, run it again in {out}"
@@ -150,8 +147,6 @@ def resume_hint() -> str:
         args = [*hc.overrides.task, *hydra_args, f"hydra.run.dir={out}"]
         return "to resume: glubench " + shlex.join(args)
     sweep = next((p for p in out.parents if (p / "multirun.yaml").is_file()), out.parent)
-    from omegaconf import OmegaConf
-
     task = OmegaConf.select(OmegaConf.load(sweep / "multirun.yaml"), "hydra.overrides.task") or []
     args = ["--multirun", *task, *hydra_args, f"hydra.sweep.dir={sweep}"]
     return "to resume the sweep (its completed jobs are kept): glubench " + shlex.join(args)
@@ -173,8 +168,6 @@ def _discard_rejected_run_dir() -> None:
     Only if it holds nothing but Hydra's ``.hydra/`` and the job log: the run never started, and
     an empty folder would read as a failed run in ``glubench-report outputs/``.
     """
-    from hydra.core.hydra_config import HydraConfig
-
     if not HydraConfig.initialized():
         return
     out = output_dir()
@@ -197,8 +190,6 @@ def _discard_rejected_run_dir() -> None:
 
 def _log_config() -> None:
     """DEBUG (``debug=default``): the group choices and overrides the config was composed from, and where it is."""
-    from hydra.core.hydra_config import HydraConfig
-
     if HydraConfig.initialized():
         hc = HydraConfig.get()
         choices = " ".join(f"{k}={v}" for k, v in hc.runtime.choices.items() if v is not None and "/" not in k)
@@ -207,9 +198,6 @@ def _log_config() -> None:
 
 
 def _in_multirun() -> bool:
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
@@ -220,8 +208,6 @@ def _with_redacted_printouts(app) -> None:
     if not prints_config:
         app()
         return
-    from glubench.core.secrets import redacted_stdout
-
     with redacted_stdout():
         app()
 
@@ -229,8 +215,6 @@ def _with_redacted_printouts(app) -> None:
 def _check_overrides(prog: str, config_name: str) -> None:
     """Exit 2 with one line for an override Hydra would refuse with a traceback or a paragraph
     (:func:`glubench.cli.overrides.check_overrides`), before Hydra starts."""
-    from glubench.cli.overrides import check_overrides
-
     error = check_overrides(sys.argv[1:], config_name)
     if error:
         print(redact(f"{prog}: error: {error}"), file=sys.stderr)

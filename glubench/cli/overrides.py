@@ -16,6 +16,11 @@ import dataclasses
 import difflib
 import typing
 
+from hydra import compose, initialize_config_dir
+from hydra._internal.utils import get_args_parser
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import DictConfig, OmegaConf
+
 from glubench.core.paths import CONF_DIR
 from glubench.train.schema import Config, EvalConfig
 
@@ -26,9 +31,6 @@ UNSURE = "unsure"  # the schema alone cannot tell whether the key exists
 def _parse(argv: list[str]) -> list | None:
     """Hydra's own parse of ``argv`` (flags, then overrides); ``None`` when this is not a plain compose
     (shell completion, another config) or when Hydra would reject the command line itself."""
-    from hydra._internal.utils import get_args_parser
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
     try:
         args = get_args_parser().parse_args(argv)
         if args.shell_completion or args.config_name or args.config_path or args.config_dir:
@@ -69,8 +71,6 @@ def _unknown(line: str, parent: str, key: str, names: list[str]) -> str:
 
 
 def _compose(config_name: str, overrides: list[str]):
-    from hydra import compose, initialize_config_dir
-
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return compose(config_name=config_name, overrides=overrides, return_hydra_config=True)
 
@@ -83,8 +83,6 @@ def _first(o) -> str:
 def _null_parent(cfg, line: str, prefix: str, config_name: str, groups: list[str]) -> str:
     """The message for a key under ``prefix``, which the composed ``cfg`` leaves null: the choices of its
     group that have it (one compose per option of that group), or the choices that made it null."""
-    from omegaconf import OmegaConf
-
     group, choices = prefix.split(".")[0], cfg.hydra.runtime.choices
     choice = choices.get(group)
     if (CONF_DIR / group).is_dir():
@@ -101,8 +99,6 @@ def _null_parent(cfg, line: str, prefix: str, config_name: str, groups: list[str
 def _composed_verdict(cfg, line: str, key: str, config_name: str, groups: list[str]) -> str | None:
     """The message for ``key`` in the composed ``cfg``: a null parent (:func:`_null_parent`) or a missing key
     (with the nearest one); ``None`` when the key is there."""
-    from omegaconf import DictConfig, OmegaConf
-
     parts = key.split(".")
     for i in range(1, len(parts)):
         prefix = ".".join(parts[:i])

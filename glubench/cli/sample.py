@@ -22,10 +22,14 @@ import hydra
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig
 
-from glubench.core.errors import ConfigError
+from glubench.cli.export import quiet_transformers, require
+from glubench.cli.main import _discard_rejected_run_dir
+from glubench.core.errors import ConfigError, CorpusUnavailable, TokenizerUnavailable
 from glubench.core.io import atomic_write_json
 from glubench.core.paths import CONF_DIR
 from glubench.core.secrets import redact
+from glubench.nn.config import ModelConfig
+from glubench.train.config_rules import output_dir
 
 log = logging.getLogger("glubench")
 
@@ -69,12 +73,11 @@ def load_sampler(path: Path, device: str, trust_remote_code: bool) -> Sampler:
     Raises:
         ConfigError: a missing path, an unreadable checkpoint, a folder that needs ``trust_remote_code``.
     """
-    import torch
+    import torch  # the lazy boundary of glubench-sample (with generate_samples): --help stays fast
 
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                        "cpu" if device == "auto" else device)
     if path.is_dir():
-        from glubench.cli.export import quiet_transformers, require
         from glubench.export.folder import load_folder
 
         require("transformers", "export", "glubench-sample on an exported folder")
@@ -84,7 +87,6 @@ def load_sampler(path: Path, device: str, trust_remote_code: bool) -> Sampler:
         return Sampler(lambda idx: model(idx).logits, lambda s: tok(s, add_special_tokens=False)["input_ids"],
                        tok.decode, seq_len, dev)
     from glubench.data.cache import load_tokenizer
-    from glubench.nn.config import ModelConfig
     from glubench.nn.transformer import Transformer, load_weights
     from glubench.train.evaluate import load_checkpoint
 
@@ -101,7 +103,7 @@ def load_sampler(path: Path, device: str, trust_remote_code: bool) -> Sampler:
 def check_keys(cfg: DictConfig) -> None:
     """Raises:
         ConfigError: a bad ``num_samples``, ``device``, ``max_new_tokens``, ``temperature`` or ``top_k`` (one line)."""
-    from glubench.nn.sampling import check_sampling
+    from glubench.nn.sampling import check_sampling  # loads torch: not at the top, for --help
 
     if cfg.num_samples < 1:
         raise ConfigError(f"num_samples={cfg.num_samples} must be a positive integer")
@@ -123,8 +125,6 @@ def generate_samples(cfg: DictConfig) -> list[str]:
     import torch
 
     from glubench.nn.sampling import sample
-    from glubench.train.task import output_dir
-
     check_keys(cfg)
     path = Path(os.path.expanduser(str(cfg.ckpt_path)))
     if not path.exists():
@@ -151,9 +151,6 @@ def generate_samples(cfg: DictConfig) -> list[str]:
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="sample")
 def main(cfg: DictConfig) -> None:
     """``glubench-sample ckpt_path=... [prompt=...] [temperature=0]``; exit 2 with one line on bad input."""
-    from glubench.cli.main import _discard_rejected_run_dir
-    from glubench.core.errors import CorpusUnavailable, TokenizerUnavailable
-
     try:
         generate_samples(cfg)
     except (ConfigError, TokenizerUnavailable, CorpusUnavailable) as e:
