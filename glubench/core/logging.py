@@ -17,6 +17,7 @@ import sys
 import warnings
 
 from glubench.core.ranks import global_rank
+from glubench.core.secrets import redact, secret_values
 
 FILE_ONLY = {"console": False}
 """``log.info(..., extra=FILE_ONLY)``: a detail for the per-job log, not the console (:class:`Console`)."""
@@ -46,13 +47,9 @@ class Redact(logging.Filter):
 
     def __init__(self) -> None:
         super().__init__()
-        from glubench.core.secrets import secret_values
-
         self.secrets = secret_values()  # once: the environment and the command line do not change
 
     def filter(self, record: logging.LogRecord) -> bool:
-        from glubench.core.secrets import redact
-
         message = record.getMessage()
         clean = redact(message, self.secrets)
         if clean != message:

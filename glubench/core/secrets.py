@@ -16,12 +16,15 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import netrc
 import os
 import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from glubench.core.io import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +59,6 @@ def secret_values(environ: dict[str, str] | None = None, argv: list[str] | None 
     values = {v for k, v in env.items() if SECRET_NAME.search(k) and len(v) >= MIN_SECRET_LEN}
     values |= _typed_secrets(sys.argv[1:] if argv is None else argv)
     with contextlib.suppress(Exception):
-        import netrc
-
         auth = netrc.netrc().authenticators("api.wandb.ai")
         if auth and auth[2] and len(auth[2]) >= MIN_SECRET_LEN:
             values.add(auth[2])
@@ -94,8 +95,6 @@ def redact_files(paths: list[Path], secrets: list[str] | None = None) -> None:
     For the config copies Hydra saves (``.hydra/*.yaml``, ``multirun.yaml``), which hold the
     command-line overrides verbatim.
     """
-    from glubench.core.io import atomic_write_bytes
-
     secrets = secret_values() if secrets is None else secrets
     for path in paths:
         try:
@@ -158,8 +157,6 @@ def credentials_present() -> bool:
     if os.environ.get("WANDB_API_KEY"):
         return True
     try:
-        import netrc
-
         return netrc.netrc().authenticators("api.wandb.ai") is not None
     except (OSError, netrc.NetrcParseError):
         return False
