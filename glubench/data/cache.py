@@ -24,13 +24,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from filelock import FileLock, Timeout
 
 from glubench.core.io import atomic_write_json, sha256_text
 from glubench.core.paths import default_cache_dir
 from glubench.data.config import plain_dict
 from glubench.data.corpus import Corpus, DataSpec, split_of
 from glubench.data.sources import load_corpus_spec
-from glubench.data.tokenizers import build_tokenizer, token_dtype
+from glubench.data.tokenizers import ByteTokenizer, build_tokenizer, token_dtype
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +72,7 @@ def _encode(batch, tokenizer, separator: str):
     Returns whole Arrow columns (one flat id array plus offsets per batch) because building
     one Python list per row costs more than byte-tokenizing it.
     """
-    import pyarrow as pa
+    import pyarrow as pa  # heavy (datasets ~1 s): only when a corpus is tokenized
 
     texts = [t + separator for t in batch.column("text").to_pylist()]
     values, lengths = tokenizer.encode_flat(texts)
@@ -84,7 +85,7 @@ def _encode(batch, tokenizer, separator: str):
 
 def _tokenize_rows(rows, tokenizer, separator: str, tmp: Path, split: str, num_proc: int | None) -> dict:
     """Tokenize ``rows`` (strings or a ``text`` Dataset) with ``datasets.map`` into ``tmp/<split>.bin``."""
-    import datasets
+    import datasets  # heavy (datasets ~1 s): only when a corpus is tokenized
     import pyarrow.compute as pc
 
     if not isinstance(rows, datasets.Dataset):
@@ -259,8 +260,6 @@ def prepare_dataset(spec: DataSpec, tokenizer: str, vocab_size: int, cache_dir: 
     Raises:
         TimeoutError: another process held the lock for ``timeout_s`` (a preparation that hung).
     """
-    from filelock import FileLock, Timeout
-
     cache_dir = Path(cache_dir)
     key = request_key(spec, tokenizer, vocab_size, tokenizer_file, tokenizer_spec)
     (cache_dir / "locks").mkdir(parents=True, exist_ok=True)
@@ -294,8 +293,6 @@ def load_tokenizer(data: Mapping[str, Any]):
         ConfigError, CorpusUnavailable, TokenizerUnavailable, ValueError: see
             :func:`~glubench.data.sources.load_corpus_spec` and :func:`~glubench.data.tokenizers.build_tokenizer`.
     """
-    from glubench.data.tokenizers import ByteTokenizer
-
     data = plain_dict(data)
     if data["tokenizer"] == "bytes":  # no corpus needed
         return ByteTokenizer()

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, is_dataclass
 from typing import Any, Optional
 
+from omegaconf import OmegaConf
+
 from glubench.data.corpus import DataSpec
 
 
@@ -37,8 +39,6 @@ def plain_dict(cfg: Any) -> dict:
     """
     if is_dataclass(cfg) and not isinstance(cfg, type):
         return asdict(cfg)
-    from omegaconf import OmegaConf
-
     if OmegaConf.is_config(cfg):
         return OmegaConf.to_container(cfg, resolve=True)
     if hasattr(cfg, "items"):

@@ -146,7 +146,7 @@ def paragraph_ids(lines: Sequence[str]) -> np.ndarray:
     A paragraph starts at a non-blank line that follows a blank (whitespace-only) line, or at
     the first line; blank lines belong to the paragraph before them.
     """
-    import pyarrow as pa
+    import pyarrow as pa  # heavy: only when a corpus is split
     import pyarrow.compute as pc
 
     arr = pa.array(lines, type=pa.large_string()) if not isinstance(lines, (pa.Array, pa.ChunkedArray)) else lines

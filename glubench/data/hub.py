@@ -22,7 +22,7 @@ def hf_offline() -> bool:
     if any(os.environ.get(var, "").strip().lower() in ("1", "on", "yes", "true")
            for var in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE")):
         return True
-    import datasets
+    import datasets  # heavy (~1 s): config validation imports this module
 
     return bool(getattr(datasets.config, "HF_HUB_OFFLINE", False))
 
@@ -40,7 +40,7 @@ def _unavailable(spec: DataSpec, err: BaseException) -> CorpusUnavailable:
 
 
 def _hub_dataset(spec: DataSpec, **kwargs):
-    import datasets
+    import datasets  # heavy (~1 s): config validation imports this module
 
     if spec.local_dir:
         path = os.path.expanduser(spec.local_dir)

@@ -32,7 +32,7 @@ def load_files(spec: DataSpec, cache_dir: Path) -> Corpus:
                               "val_files", *hashes[n:n + nv], *test_part)
 
     def loader():
-        import datasets
+        import datasets  # heavy (~1 s): config validation imports this module
 
         data_files = {k: [str(p) for p in g]
                       for k, g in (("train", paths), ("validation", val_paths), ("test", test_paths)) if g}

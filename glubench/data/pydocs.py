@@ -6,10 +6,12 @@ split by a stable hash of the document id and cached as JSON per Python build.
 
 from __future__ import annotations
 
+import ast
 import json
 import sys
 import sysconfig
 from pathlib import Path
+from pydoc_data.topics import topics
 
 from glubench.core.io import atomic_write_json, sha256_text
 from glubench.data.corpus import Corpus, split_of
@@ -20,9 +22,6 @@ _SKIP_DIRS = {"test", "tests", "idlelib", "lib2to3", "site-packages", "dist-pack
 def _pydocs_documents() -> list[tuple[str, str]]:
     """``(doc_id, text)``: the ``pydoc_data.topics`` texts by topic, then the docstrings of every stdlib module,
     class and function (read with :mod:`ast` in sorted path order, never imported; no tests, no IDLE)."""
-    import ast
-    from pydoc_data.topics import topics
-
     docs = [(f"topic:{key}", topics[key].strip()) for key in sorted(topics)]
     stdlib = Path(sysconfig.get_paths()["stdlib"])
     for path in sorted(stdlib.rglob("*.py")):

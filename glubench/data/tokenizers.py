@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from glubench.core.errors import TokenizerUnavailable
 from glubench.core.io import atomic_write_bytes, file_sha256, sha256_text
@@ -78,8 +79,6 @@ class BPETokenizer(_Tokenizer):
     @classmethod
     def train_or_load(cls, corpus: Corpus, vocab_size: int, cache_dir: Path) -> BPETokenizer:
         """Load the cached BPE for this corpus (and split rule) and vocab, training and caching it if absent."""
-        from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
         split = f"{corpus.info.get('split')}:{corpus.info.get('val_percent')}"
         if corpus.has_test:  # a test split takes documents from the text the BPE is trained on
             split += f":test={corpus.info.get('test_percent') or corpus.info.get('test_source')}"
@@ -140,7 +139,7 @@ class GPT2Tokenizer(_Tokenizer):
             TokenizerUnavailable: tiktoken missing, or the BPE files neither local nor downloadable.
         """
         try:
-            import tiktoken
+            import tiktoken  # optional: the [gpt2] extra
             from tiktoken.load import data_gym_to_mergeable_bpe_ranks
         except ImportError:
             raise TokenizerUnavailable(
@@ -154,7 +153,7 @@ class GPT2Tokenizer(_Tokenizer):
             if missing:
                 raise TokenizerUnavailable(f"data.tokenizer_file={tokenizer_file!r}: missing {', '.join(missing)}; "
                                            f"{how}")
-            from tiktoken_ext.openai_public import r50k_pat_str
+            from tiktoken_ext.openai_public import r50k_pat_str  # optional: the [gpt2] extra
 
             ranks = data_gym_to_mergeable_bpe_ranks(vocab_bpe_file=str(files["vocab.bpe"]),
                                                     encoder_json_file=str(files["encoder.json"]))

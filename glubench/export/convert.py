@@ -96,20 +96,20 @@ def hf_config(cfg: ModelConfig, plan: ExportPlan, special: dict[str, int | None]
     ``pad_token_id`` (``None`` when the tokenizer has none)."""
     common = dict(vocab_size=cfg.vocab_size, tie_word_embeddings=True, dtype="float32", **special)
     if plan.arch == "gpt2":
-        from transformers import GPT2Config
+        from transformers import GPT2Config  # optional: the [export] extra (transformers)
 
         return GPT2Config(n_positions=cfg.seq_len, n_embd=cfg.d_model, n_layer=cfg.n_layers, n_head=cfg.n_heads,
                           n_inner=cfg.ffn_hidden, activation_function=plan.activation, resid_pdrop=cfg.dropout,
                           embd_pdrop=cfg.dropout, attn_pdrop=cfg.dropout, layer_norm_epsilon=NORM_EPS, **common)
     if plan.arch == "llama":
-        from transformers import LlamaConfig
+        from transformers import LlamaConfig  # optional: the [export] extra (transformers)
 
         return LlamaConfig(hidden_size=cfg.d_model, intermediate_size=cfg.ffn_hidden, num_hidden_layers=cfg.n_layers,
                            num_attention_heads=cfg.n_heads, num_key_value_heads=cfg.n_heads, head_dim=cfg.head_dim,
                            hidden_act=plan.activation, max_position_embeddings=cfg.seq_len, rms_norm_eps=NORM_EPS,
                            rope_parameters={"rope_type": "default", "rope_theta": ROPE_BASE},
                            attention_bias=cfg.bias, mlp_bias=cfg.bias, attention_dropout=cfg.dropout, **common)
-    from glubench.export.modeling_glubench import GlubenchConfig
+    from glubench.export.modeling_glubench import GlubenchConfig  # optional: the [export] extra (transformers)
 
     return GlubenchConfig(d_model=cfg.d_model, n_layers=cfg.n_layers, n_heads=cfg.n_heads, seq_len=cfg.seq_len,
                           ffn_hidden=cfg.ffn_hidden, gated=cfg.gated, activation=plan.activation, bias=cfg.bias,

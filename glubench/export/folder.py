@@ -9,6 +9,7 @@ own model on a batch; a difference beyond :data:`VERIFY_TOL` refuses the export.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -18,7 +19,9 @@ import torch
 
 from glubench.core.errors import ExportError
 from glubench.core.io import atomic_write_json
+from glubench.data.cache import load_tokenizer
 from glubench.export.convert import ExportPlan, hf_config, hf_weights, model_config, plan_export
+from glubench.export.tokenizer import hf_tokenizer, special_ids
 from glubench.nn.config import ModelConfig
 from glubench.nn.transformer import Transformer, load_weights
 
@@ -50,9 +53,9 @@ def hf_model(model: Transformer, cfg: ModelConfig, plan: ExportPlan, special: di
     """
     config = hf_config(cfg, plan, special)
     if plan.arch == "gpt2":
-        from transformers import GPT2LMHeadModel as cls
+        from transformers import GPT2LMHeadModel as cls  # optional: the [export] extra (transformers)
     elif plan.arch == "llama":
-        from transformers import LlamaForCausalLM as cls
+        from transformers import LlamaForCausalLM as cls  # optional: the [export] extra (transformers)
     else:
         from glubench.export.modeling_glubench import GlubenchForCausalLM as cls
     out = cls(config)
@@ -70,7 +73,7 @@ def hf_model(model: Transformer, cfg: ModelConfig, plan: ExportPlan, special: di
 def max_logit_diff(model: Transformer, folder: Path, remote_code: bool, batch: int = 2) -> tuple[float, float]:
     """``(max |logit difference|, max |logit|)`` between ``model`` and the folder loaded with ``transformers`` on
     ``batch`` windows of ``seq_len`` random token ids (seed 0), in float32."""
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM  # optional: the [export] extra (transformers)
 
     loaded = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=remote_code, dtype=torch.float32).eval()
     gen = torch.Generator().manual_seed(0)
@@ -92,9 +95,6 @@ def export_folder(hparams: dict, data: dict, state_dict: dict[str, torch.Tensor]
             tokenizer whose vocabulary differs from the model's, or a check beyond :data:`VERIFY_TOL`.
         TokenizerUnavailable, CorpusUnavailable: the checkpoint's tokenizer cannot be built here.
     """
-    from glubench.data.cache import load_tokenizer
-    from glubench.export.tokenizer import hf_tokenizer, special_ids
-
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
         raise ExportError(f"out_dir={str(out_dir)!r} is not empty; choose another folder or set overwrite=true")
@@ -127,7 +127,7 @@ def export_folder(hparams: dict, data: dict, state_dict: dict[str, torch.Tensor]
 
 def _save(hf, tok, plan: ExportPlan, folder: Path) -> None:
     if plan.remote_code:  # save_pretrained then copies modeling_glubench.py and writes config.json's auto_map
-        from glubench.export.modeling_glubench import GlubenchConfig, GlubenchForCausalLM
+        from glubench.export.modeling_glubench import GlubenchConfig, GlubenchForCausalLM  # optional
 
         GlubenchConfig.register_for_auto_class()
         GlubenchForCausalLM.register_for_auto_class("AutoModelForCausalLM")
@@ -149,9 +149,7 @@ def load_folder(folder: Path, trust_remote_code: bool = False):
     Raises:
         ExportError: the folder needs its own modeling code and ``trust_remote_code`` is false.
     """
-    import json
-
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer  # optional: the [export] extra (transformers)
 
     config = json.loads((Path(folder) / "config.json").read_text())
     if config.get("auto_map") and not trust_remote_code:

@@ -8,6 +8,7 @@ beyond the harness's own are read from ``include_path``.
 from __future__ import annotations
 
 import functools
+import importlib.util
 import json
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from glubench.core.errors import ConfigError
 def task_manager(include_path: str | None):
     """The harness's ``TaskManager``, with the task YAMLs of ``include_path`` (a folder) added; built once per
     process (it indexes every task YAML the harness ships, several seconds)."""
-    from lm_eval.tasks import TaskManager
+    from lm_eval.tasks import TaskManager  # optional: the [eval] extra (lm-eval)
 
     return TaskManager(include_path=include_path) if include_path else TaskManager()
 
@@ -28,8 +29,6 @@ def check_tasks(tasks: list[str], include_path: str | None) -> None:
         ConfigError: ``lm_eval`` is not installed, ``include_path`` is not a folder, or a task (or group) is
             unknown to the harness (one line naming it).
     """
-    import importlib.util
-
     if importlib.util.find_spec("lm_eval") is None:
         raise ConfigError(f"tasks={list(tasks)} needs lm-evaluation-harness: pip install 'glubench[eval]'")
     if include_path and not Path(include_path).expanduser().is_dir():
@@ -46,7 +45,7 @@ def evaluate_folder(folder: Path, tasks: list[str], *, include_path: str | None 
                     device: str = "cpu", trust_remote_code: bool = False) -> dict:
     """``lm_eval.simple_evaluate`` of the folder on ``tasks``; returns the harness's results as plain JSON values
     (its ``results``, ``versions``, ``n-shot``, ``config``, ...; no per-sample logs)."""
-    import lm_eval
+    import lm_eval  # optional: the [eval] extra (lm-eval)
     from lm_eval.utils import handle_non_serializable
 
     model_args = {"pretrained": str(folder), "dtype": "float32", "trust_remote_code": trust_remote_code}

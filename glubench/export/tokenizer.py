@@ -24,6 +24,8 @@ import json
 import os
 from pathlib import Path
 
+from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+
 from glubench.core.errors import TokenizerUnavailable
 from glubench.data.tokenizers import GPT2_URLS, tiktoken_cache_dir
 
@@ -33,8 +35,6 @@ FREE_BYTE = 0xFF
 
 
 def _byte_level(model):
-    from tokenizers import Tokenizer, decoders, pre_tokenizers
-
     tok = Tokenizer(model)
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     tok.decoder = decoders.ByteLevel()
@@ -42,15 +42,13 @@ def _byte_level(model):
 
 
 def _symbols() -> dict[int, str]:
-    from transformers.convert_slow_tokenizer import bytes_to_unicode
+    from transformers.convert_slow_tokenizer import bytes_to_unicode  # optional: the [export] extra (transformers)
 
     return bytes_to_unicode()  # byte -> the printable character ByteLevel uses for it (GPT-2's table)
 
 
 def bytes_tokenizer():
     """A ``tokenizers.Tokenizer`` mapping text to its UTF-8 bytes (id = byte value) and back; id 255 is :data:`EOT`."""
-    from tokenizers import models
-
     symbols = _symbols()
     vocab = {symbols[b]: b for b in range(256) if b != FREE_BYTE} | {EOT: FREE_BYTE}
     return _with_eot(_byte_level(models.BPE(vocab=vocab, merges=[])))
@@ -59,8 +57,6 @@ def bytes_tokenizer():
 def bpe_tokenizer(trained):
     """The trained byte-level BPE (a ``tokenizers.Tokenizer``) with the id of byte 0xFF's symbol named :data:`EOT`
     when no merge uses that symbol (else unchanged, without an EOT token)."""
-    from tokenizers import Tokenizer
-
     spec = json.loads(trained.to_str())
     vocab, merges, free = spec["model"]["vocab"], spec["model"]["merges"], _symbols()[FREE_BYTE]
     used = any(free in (m.split(" ") if isinstance(m, str) else m) for m in merges)
@@ -71,8 +67,6 @@ def bpe_tokenizer(trained):
 
 
 def _with_eot(tok):
-    from tokenizers import AddedToken
-
     tok.add_special_tokens([AddedToken(EOT, special=True)])
     return tok
 
@@ -96,8 +90,6 @@ def gpt2_files(tokenizer_file: str | None) -> dict[str, Path]:
 
 def gpt2_tokenizer(tokenizer_file: str | None):
     """GPT-2's BPE as a ``tokenizers.Tokenizer`` (GPT-2's pre-tokenization regex is ByteLevel's default)."""
-    from tokenizers import models, pre_tokenizers
-
     files = gpt2_files(tokenizer_file)
     vocab = json.loads(files["encoder.json"].read_text(encoding="utf-8"))
     lines = files["vocab.bpe"].read_text(encoding="utf-8").split("\n")[1:]  # the first line is a version header
@@ -113,7 +105,7 @@ def hf_tokenizer(data: dict, glubench_tok, seq_len: int):
 
     ``clean_up_tokenization_spaces`` is off so that decoding gives back the exact text.
     """
-    from transformers import PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast  # optional: the [export] extra (transformers)
 
     kind = data["tokenizer"]
     if kind == "bytes":
