@@ -197,7 +197,7 @@ def benchmark(cfg: BenchConfig, out: Path | None = None) -> dict:
         torch.set_num_threads(cfg.threads)
     device = torch.device(cfg.device if cfg.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu")
     try:
-        import transformers
+        import transformers  # optional: the [bench] extra
     except ImportError:
         transformers = None
     if "hf" in cfg.contenders and transformers is None:

@@ -78,7 +78,7 @@ def load_sampler(path: Path, device: str, trust_remote_code: bool) -> Sampler:
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                        "cpu" if device == "auto" else device)
     if path.is_dir():
-        from glubench.export.folder import load_folder
+        from glubench.export.folder import load_folder  # heavy: after the keys are checked (--help stays fast)
 
         require("transformers", "export", "glubench-sample on an exported folder")
         quiet_transformers()
@@ -86,7 +86,7 @@ def load_sampler(path: Path, device: str, trust_remote_code: bool) -> Sampler:
         model.to(dev)
         return Sampler(lambda idx: model(idx).logits, lambda s: tok(s, add_special_tokens=False)["input_ids"],
                        tok.decode, seq_len, dev)
-    from glubench.data.cache import load_tokenizer
+    from glubench.data.cache import load_tokenizer  # heavy: after the keys are checked (--help stays fast)
     from glubench.nn.transformer import Transformer, load_weights
     from glubench.train.evaluate import load_checkpoint
 
@@ -122,7 +122,7 @@ def generate_samples(cfg: DictConfig) -> list[str]:
     Raises:
         ConfigError: see :func:`check_keys` and :func:`load_sampler`; a prompt that encodes to no tokens.
     """
-    import torch
+    import torch  # heavy: after the keys are checked (--help stays fast)
 
     from glubench.nn.sampling import sample
     check_keys(cfg)

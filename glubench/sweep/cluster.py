@@ -15,7 +15,9 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
+from hydra.types import RunMode
 
 from glubench.core.errors import ConfigError
 
@@ -81,7 +83,7 @@ def export_submitit_ranks() -> None:
     """
     if "SUBMITIT_LOCAL_JOB_ID" not in os.environ or "SLURM_PROCID" in os.environ:
         return
-    import submitit
+    import submitit  # optional: the [cluster] extra
 
     env = submitit.JobEnvironment()
     if env.num_tasks <= 1:
@@ -106,9 +108,6 @@ class LauncherCheck(Callback):
 def check_job_launch(cfg: Any) -> None:
     """Per-job checks inside Hydra (:func:`check_launcher`, :func:`check_multirun_strategy`: ConfigError),
     then join submitit's ranks."""
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
     if not HydraConfig.initialized():
         return
     hc = HydraConfig.get()

@@ -25,7 +25,7 @@ def save_figures(figs: dict, out_dir: Path) -> list[Path]:
 
 
 def _curves(report: Report, colors: dict):
-    from matplotlib.figure import Figure
+    from matplotlib.figure import Figure  # heavy: only when plots are drawn (--no-plots skips it)
 
     fig = Figure(figsize=(8, 5), layout="constrained")
     ax = fig.add_subplot()
@@ -52,7 +52,7 @@ def mean_interval(xs: list[float], confidence: float = CONFIDENCE) -> tuple[floa
     """Student-t interval of the mean of ``xs`` (``None`` with fewer than 2 values)."""
     if len(xs) < 2:
         return None
-    from scipy import stats
+    from scipy import stats  # heavy: only when plots are drawn (--no-plots skips it)
 
     half = float(stats.t.ppf(0.5 + confidence / 2, len(xs) - 1)) * stdev(xs) / math.sqrt(len(xs))
     return fmean(xs) - half, fmean(xs) + half
@@ -60,7 +60,7 @@ def mean_interval(xs: list[float], confidence: float = CONFIDENCE) -> tuple[floa
 
 def _dots(report: Report, colors: dict):
     """Final val loss: one row per group (best at the top), every seed as a dot, the mean and its interval."""
-    from matplotlib.figure import Figure
+    from matplotlib.figure import Figure  # heavy: only when plots are drawn (--no-plots skips it)
 
     shown = [g for g in report.groups if g.finite("val_loss")]
     fig = Figure(figsize=(7, 1.2 + 0.45 * len(shown)), layout="constrained")
@@ -85,7 +85,7 @@ def _dots(report: Report, colors: dict):
 def _throughput(report: Report, colors: dict):
     """Training tokens/s per group (± std over seeds); groups whose throughput is not comparable are grey
     and hatched, with the reason under their name."""
-    from matplotlib.figure import Figure
+    from matplotlib.figure import Figure  # heavy: only when plots are drawn (--no-plots skips it)
 
     shown = [g for g in report.groups if g.mean("train_tokens_per_sec") is not None]
     if not shown:

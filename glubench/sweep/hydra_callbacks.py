@@ -16,10 +16,20 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
+from hydra import compose
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from glubench.core.errors import ConfigError
+from glubench.data.cache import prepare_splits
+from glubench.nn.flops import flops_per_token
+from glubench.train.budget import plan_from_config
+from glubench.train.config_rules import validate_config
 from glubench.train.devices import resolve_accelerator, world_size
 
 log = logging.getLogger(__name__)
@@ -27,9 +37,6 @@ log = logging.getLogger(__name__)
 
 def collects_job_failures() -> bool:
     """True inside a multirun job whose sweep has a :class:`SweepReport` (which reports failures)."""
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
     if not HydraConfig.initialized() or (hc := HydraConfig.get()).mode != RunMode.MULTIRUN:
         return False
     return any(OmegaConf.select(cb, "_target_") == f"{__name__}.SweepReport" for cb in (hc.callbacks or {}).values())
@@ -44,10 +51,6 @@ def job_overrides(config: DictConfig) -> Optional[list[list[str]]]:
         ConfigError: a sweep that cannot be enumerated (``interval(...)``: only a search sweeper can).
     """
     # BasicSweeper lives in hydra._internal (hydra-core 1.3): the sweeper itself, so that this list is its list
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
     if not str(OmegaConf.select(config, "hydra.sweeper._target_", default="")).endswith(".BasicSweeper"):
         return None
     params = OmegaConf.select(config, "hydra.sweeper.params") or {}
@@ -83,10 +86,6 @@ class SweepReport(Callback):
         self.t_start = time.perf_counter()
         if (jobs := job_overrides(config)) is None:
             return
-        from hydra import compose
-
-        from glubench.train.config_rules import validate_config
-
         cfgs, model_cfgs = [], []
         for i, overrides in enumerate(jobs):
             cfgs.append(compose(config_name=config_name, overrides=overrides))
@@ -113,16 +112,13 @@ class SweepReport(Callback):
         steps of the first job's model on a CPU, or the dense peak (:func:`glubench.train.metrics.peak_flops`)
         times ``gpu_mfu`` on a GPU.  ValueError when no GPU peak is known or the two lists differ in length.
         """
-        import torch
+        import torch  # heavy: Hydra loads this callback at every start, before validation
 
-        from glubench.nn.flops import flops_per_token
         from glubench.nn.transformer import Transformer, count_params
-        from glubench.train.budget import plan_from_config
-
         first = cfgs[0]
         val_tokens = _val_tokens(first)
         if resolve_accelerator(str(first.trainer.accelerator)) == "cuda":
-            from glubench.train.metrics import peak_flops
+            from glubench.train.metrics import peak_flops  # heavy
 
             peak = first.throughput.peak_flops or peak_flops(torch.device("cuda"), str(first.trainer.precision))
             if not peak:
@@ -149,7 +145,7 @@ class SweepReport(Callback):
         return total, how
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        from glubench.sweep.report import JOB_ERRORS, report_sweep, terminal_text
+        from glubench.sweep.report import JOB_ERRORS, report_sweep, terminal_text  # heavy
 
         sweep_dir = Path(str(config.hydra.sweep.dir))
         wall = time.perf_counter() - self.t_start if self.t_start is not None else math.nan
@@ -179,17 +175,14 @@ def _duration(seconds: float) -> str:
 
 def _val_tokens(cfg: DictConfig) -> int:
     """Size of the validation split (prepares the token cache, which the first job needs anyway)."""
-    from glubench.data.cache import prepare_splits
-
     return int(prepare_splits(cfg.data)[1].val.size)
 
 
 def _measure_cpu_flops(cfg: DictConfig, mc: Any, steps: int = 3) -> tuple[float, float]:
     """(training, validation) FLOP/s of model config ``mc`` on this CPU, timed on random tokens."""
-    import torch
+    import torch  # heavy: Hydra loads this callback at every start, before validation
     import torch.nn.functional as F
 
-    from glubench.nn.flops import flops_per_token
     from glubench.nn.transformer import Transformer, count_params
 
     torch.manual_seed(0)

@@ -7,6 +7,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.ticker import FormatStrFormatter, NullFormatter
 
 from glubench.sweep.figures import FONT, save_figures
 from glubench.sweep.ladder import BASELINE, SeriesResult
@@ -32,8 +35,6 @@ def _x(p, key: str):
 
 def _plain_log_ticks(axis, lo: float, hi: float) -> None:
     """Plain-number ticks on a log axis of ratios near 1 (×2 and ÷2 look alike; 10^0.1 does not read)."""
-    from matplotlib.ticker import FormatStrFormatter, NullFormatter
-
     axis.set_ticks([t for t in (TICKS if hi / lo <= 3 else COARSE_TICKS) if lo <= t <= hi])
     axis.set_major_formatter(FormatStrFormatter("%.2g"))
     axis.set_minor_formatter(NullFormatter())
@@ -41,8 +42,6 @@ def _plain_log_ticks(axis, lo: float, hi: float) -> None:
 
 def _plain_loss_ticks(axis, lo: float, hi: float) -> None:
     """4–10 plain-number ticks (steps of 0.1 … 1 nats) on a log loss axis that spans less than a decade."""
-    from matplotlib.ticker import FormatStrFormatter, NullFormatter
-
     step = next((s for s in (0.05, 0.1, 0.2, 0.25, 0.5, 1.0, 2.0) if (hi - lo) / s <= 10), 5.0)
     axis.set_ticks(np.arange(np.ceil(lo / step) * step, hi, step))
     axis.set_major_formatter(FormatStrFormatter("%.2f" if step < 0.1 else "%.1f" if step < 1 else "%.0f"))
@@ -50,8 +49,6 @@ def _plain_loss_ticks(axis, lo: float, hi: float) -> None:
 
 
 def _loss_panel(ax, experiment: str, result: SeriesResult, key: str, xlabel: str, colors: dict) -> None:
-    from matplotlib.lines import Line2D
-
     fits = {r["variant"]: r["fit"] for r in result.rows}
     handles = []
     for v in sorted({p.variant for p in result.points}):
@@ -145,8 +142,6 @@ def _curve_panel(ax, experiment: str, result: SeriesResult, colors: dict) -> Non
 def write_plots(experiment: str, results: list[SeriesResult], out_dir: Path) -> list[Path]:
     """The figures of :data:`PLOTS` that have data (no parameters or seconds from a table of runs), one
     panel per series; returns the PNG paths."""
-    from matplotlib.figure import Figure  # no pyplot: no global state, no display needed
-
     series = by_label(results)
     mains = [c.get("flops") or next(iter(c.values())) for c in series.values()]
     variants = sorted({p.variant for r in results for p in r.points})

@@ -44,7 +44,7 @@ from typing import Optional
 
 import numpy as np
 
-from glubench.core.errors import Undefined
+from glubench.core.errors import FitError, Undefined
 from glubench.sweep.fits import (
     LOG_LINEAR,
     MIN_SIZES,
@@ -246,7 +246,7 @@ def compare(base: RungFit, var: RungFit, n_draws: int = N_DRAWS, seed: int = 0, 
         return out
     if not paired:
         out.notes.append("the baseline and the variant have different rungs: intervals unpaired")
-    from scipy import stats
+    from scipy import stats  # scipy.stats takes ~0.3 s: not for glubench-report --help
 
     S = _covariance(base, var, var_idx, df)
     hb, hv = base.H[2], (var.H[2][var_idx] if paired else var.H[2])
@@ -358,8 +358,6 @@ def ladder_table(runs_by_variant: dict[str, Sequence[LadderRun]], baseline: str,
     Raises:
         FitError: the baseline has no runs.
     """
-    from glubench.core.errors import FitError
-
     if baseline not in runs_by_variant:
         raise FitError(f"baseline = {baseline!r} has no runs; variants with runs: {sorted(runs_by_variant)}")
     fits, messages = _fits(runs_by_variant)

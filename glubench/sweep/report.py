@@ -22,9 +22,11 @@ from pathlib import Path
 from typing import Optional
 
 from glubench.core.io import atomic_write_text
+from glubench.core.logging import configure
 from glubench.sweep import ladder, ladder_tables, tables
 from glubench.sweep.figures import save_figures, write_plots
 from glubench.sweep.fits import BASELINE
+from glubench.sweep.ladder_csv import read_table
 from glubench.sweep.ladder_stats import N_DRAWS
 from glubench.sweep.runs import JOB_ERRORS, NOT_STARTED, Group, Report, Run, build_report, flatten, load_runs
 from glubench.sweep.stats import CONFIDENCE, Welch, welch
@@ -105,8 +107,6 @@ def report_table(table: Path, out_dir: Optional[Path] = None, plots: bool = True
         FileNotFoundError: the CSV does not exist.
         ValueError: a bad CSV (one line naming the column or line), or no series with ``baseline`` runs.
     """
-    from glubench.sweep.ladder_csv import read_table
-
     points = read_table(table)
     if not any(p.variant == baseline for p in points):
         variants = sorted({p.variant for p in points})
@@ -148,8 +148,6 @@ def main(argv: Optional[list[str]] = None) -> int:
     ``glubench-report --table runs.csv [--baseline NAME] [--out DIR] [--no-plots]``; returns the exit status:
     1 when any run failed, was interrupted or left no results.json (a job that never started is listed, not
     a failure), 2 on bad arguments or a bad table, else 0."""
-    from glubench.core.logging import configure
-
     configure()
     args = _parser().parse_args(argv)
     try:

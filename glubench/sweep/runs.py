@@ -127,7 +127,7 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def _missing_run(job_dir: Path) -> Run:
     """A Hydra job folder without results.json: ``missing`` (killed) if the job began (its log has content)."""
-    from omegaconf import OmegaConf
+    from omegaconf import OmegaConf  # the report stays free of the config stack: only for a run without results.json
 
     try:
         cfg = OmegaConf.to_container(OmegaConf.load(job_dir / ".hydra" / "config.yaml"), resolve=False)

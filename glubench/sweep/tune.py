@@ -16,7 +16,10 @@ import sys
 import time
 from pathlib import Path
 
+from omegaconf import OmegaConf
+
 from glubench.core.io import atomic_write_json
+from glubench.sweep.report import markdown_table, report_sweep
 from glubench.train.results import RESULTS_FILE, RunResult
 
 SUMMARY_FILE = "tuned.json"
@@ -61,8 +64,6 @@ def study_best_lr(study: Path, variant: str, tune, base: list[str], log_file: Pa
     Raises:
         RuntimeError: the study's sweep failed (``log_file`` holds its output).
     """
-    from omegaconf import OmegaConf
-
     if not (study / "optimization_results.yaml").exists():
         if study.exists():  # an interrupted study: keep its trials aside, start a fresh one
             study.rename(study.with_name(f"{variant}.interrupted-{time.strftime('%Y%m%d-%H%M%S')}"))
@@ -82,8 +83,6 @@ def run_tuned_variants(cfg, overrides: list[str]) -> dict:
     Raises:
         RuntimeError: a child sweep failed (its log is named); finished work is kept.
     """
-    from glubench.sweep.report import report_sweep
-
     t = cfg.tune
     root = Path(t.dir or f"multirun/{cfg.experiment_name}/{time.strftime('%Y-%m-%d/%H-%M-%S')}").resolve()
     root.mkdir(parents=True, exist_ok=True)
@@ -129,8 +128,6 @@ def run_tuned_variants(cfg, overrides: list[str]) -> dict:
 
 def summary_text(record: dict) -> str:
     """The closing lines: tuned LR and mean val loss per variant, and the two rankings."""
-    from glubench.sweep.report import markdown_table
-
     def mean(xs):
         xs = [x for x in xs if x is not None and math.isfinite(x)]
         return f"{sum(xs) / len(xs):.4f}" if xs else "—"

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from glubench.core.io import sha256_text
+from glubench.core.secrets import redact, redacted_argv, wandb_mode
 from glubench.sweep.ladder_stats import ROW_KEYS
 from glubench.sweep.runs import Report
 from glubench.sweep.tables import comparison_rows, problem_rows, summary_rows
@@ -31,9 +32,7 @@ def log_wandb(report: Report, out_dir: Path, plots: list[Path]) -> Optional[Path
     comparison, problem and ladder tables as ``wandb.Table`` plus the plots as images.  Project, entity,
     group and mode come from the runs' ``logger.wandb.*``; the mode otherwise from ``$WANDB_MODE``, else
     online iff credentials exist.  The run id is :func:`summary_run_id`.  Returns the run's local folder."""
-    import wandb
-
-    from glubench.core.secrets import redact, redacted_argv, wandb_mode
+    import wandb  # heavy: only with --wandb on
 
     flat = report.runs[0].flat if report.runs else {}
     mode = wandb_mode(flat.get("logger.wandb.mode"))
