@@ -21,7 +21,6 @@ import hydra
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from glubench.cli.main import _discard_rejected_run_dir
 from glubench.core.errors import ConfigError, CorpusUnavailable, TokenizerUnavailable
 from glubench.core.paths import CONF_DIR
 from glubench.core.secrets import redact
@@ -119,6 +118,9 @@ def log_artifact(cfg: DictConfig, folder: Path, record: dict) -> None:
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="export")
 def main(cfg: DictConfig) -> None:
     """``glubench-export ckpt_path=... [out_dir=...] [logger=wandb]``; exit 2 with one line on bad input."""
+    # not at the top: cli.main registers the training configs on import, which this command's --help would list
+    from glubench.cli.main import _discard_rejected_run_dir
+
     try:
         export(cfg)
     except (ConfigError, TokenizerUnavailable, CorpusUnavailable) as e:

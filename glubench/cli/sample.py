@@ -22,14 +22,11 @@ import hydra
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig
 
-from glubench.cli.export import quiet_transformers, require
-from glubench.cli.main import _discard_rejected_run_dir
 from glubench.core.errors import ConfigError, CorpusUnavailable, TokenizerUnavailable
 from glubench.core.io import atomic_write_json
 from glubench.core.paths import CONF_DIR
 from glubench.core.secrets import redact
 from glubench.nn.config import ModelConfig
-from glubench.train.config_rules import output_dir
 
 log = logging.getLogger("glubench")
 
@@ -78,6 +75,7 @@ def load_sampler(path: Path, device: str, trust_remote_code: bool) -> Sampler:
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                        "cpu" if device == "auto" else device)
     if path.is_dir():
+        from glubench.cli.export import quiet_transformers, require  # it loads the training schema
         from glubench.export.folder import load_folder  # heavy: after the keys are checked (--help stays fast)
 
         require("transformers", "export", "glubench-sample on an exported folder")
@@ -125,6 +123,7 @@ def generate_samples(cfg: DictConfig) -> list[str]:
     import torch  # heavy: after the keys are checked (--help stays fast)
 
     from glubench.nn.sampling import sample
+    from glubench.train.config_rules import output_dir  # loads the data sources (numpy)
     check_keys(cfg)
     path = Path(os.path.expanduser(str(cfg.ckpt_path)))
     if not path.exists():
@@ -151,6 +150,9 @@ def generate_samples(cfg: DictConfig) -> list[str]:
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="sample")
 def main(cfg: DictConfig) -> None:
     """``glubench-sample ckpt_path=... [prompt=...] [temperature=0]``; exit 2 with one line on bad input."""
+    # not at the top: cli.main registers the training configs on import, which this command's --help would list
+    from glubench.cli.main import _discard_rejected_run_dir
+
     try:
         generate_samples(cfg)
     except (ConfigError, TokenizerUnavailable, CorpusUnavailable) as e:

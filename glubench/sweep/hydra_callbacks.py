@@ -26,7 +26,6 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from glubench.core.errors import ConfigError
-from glubench.data.cache import prepare_splits
 from glubench.nn.flops import flops_per_token
 from glubench.train.budget import plan_from_config
 from glubench.train.config_rules import validate_config
@@ -175,6 +174,8 @@ def _duration(seconds: float) -> str:
 
 def _val_tokens(cfg: DictConfig) -> int:
     """Size of the validation split (prepares the token cache, which the first job needs anyway)."""
+    from glubench.data.cache import prepare_splits  # this module loads at every Hydra start
+
     return int(prepare_splits(cfg.data)[1].val.size)
 
 
