@@ -87,7 +87,7 @@ def test_multirun_start_validates_each_job_once_and_logs_the_estimate(monkeypatc
         seen.append((cfg.model.ffn, cfg.seed))
         return real(cfg)
 
-    monkeypatch.setattr(validate, "validate_config", counting)
+    monkeypatch.setattr(sweep, "validate_config", counting)  # where the callback looks it up
     caplog.set_level(logging.INFO, logger="glubench")
     cfg = compose_cfg(["experiment=ci_variants", "trainer.accelerator=cpu", "hydra.sweep.dir=/nowhere/sweep"],
                       hydra=True)
@@ -114,7 +114,7 @@ def test_cpu_estimate_counts_tokens_and_validations(monkeypatch, compose_cfg):
     def no_second_validation(cfg):
         raise AssertionError("estimate_seconds validated a config again")
 
-    monkeypatch.setattr(validate, "validate_config", no_second_validation)
+    monkeypatch.setattr(sweep, "validate_config", no_second_validation)
     seconds, how = SweepReport(job_overhead_s=2.0).estimate_seconds(cfgs, model_cfgs)
     # nano: d=32, L=2, T=32, vocab 256, d_ff 128 (swiglu: hidden 85, 3 matrices).
     attn, head = 4 * 32 * 32, 256 * 32
