@@ -12,7 +12,6 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -21,7 +20,8 @@ import hydra
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from glubench.core.errors import ConfigError, CorpusUnavailable, TokenizerUnavailable
+from glubench.cli.rejected import run_or_reject
+from glubench.core.errors import ConfigError
 from glubench.core.paths import CONF_DIR
 from glubench.core.secrets import redact
 from glubench.train.config_rules import output_dir
@@ -118,15 +118,7 @@ def log_artifact(cfg: DictConfig, folder: Path, record: dict) -> None:
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="export")
 def main(cfg: DictConfig) -> None:
     """``glubench-export ckpt_path=... [out_dir=...] [logger=wandb]``; exit 2 with one line on bad input."""
-    # not at the top: cli.main registers the training configs on import, which this command's --help would list
-    from glubench.cli.main import _discard_rejected_run_dir
-
-    try:
-        export(cfg)
-    except (ConfigError, TokenizerUnavailable, CorpusUnavailable) as e:
-        print(redact(f"glubench-export: error: {e}"), file=sys.stderr)
-        _discard_rejected_run_dir()
-        sys.exit(2)
+    run_or_reject("glubench-export", export, cfg)
 
 
 def cli() -> None:

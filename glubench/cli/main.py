@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import math
 import shlex
-import shutil
 import sys
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from glubench.cli import help as _help
 from glubench.cli.overrides import check_overrides
+from glubench.cli.rejected import reject
 from glubench.core.errors import ConfigError, WriteFailed
 from glubench.core.paths import CONF_DIR
 from glubench.core.secrets import redact, redacted_stdout
@@ -108,9 +108,7 @@ def eval_main(cfg: DictConfig) -> float | None:
     try:
         record = evaluate(cfg)
     except ConfigError as e:
-        print(redact(f"glubench-eval: error: {e}"), file=sys.stderr)
-        _discard_rejected_run_dir()
-        sys.exit(2)
+        reject("glubench-eval", e)
     return record["loss"]
 
 
@@ -157,35 +155,7 @@ def _config_error(e: ConfigError) -> None:
     if _in_multirun():
         log.error(f"glubench: error: {e}")
         return None  # a failed job, not SystemExit: the sweep goes on to its other jobs
-    print(redact(f"glubench: error: {e}"), file=sys.stderr)  # the bad value may be a mistyped key
-    _discard_rejected_run_dir()
-    sys.exit(2)
-
-
-def _discard_rejected_run_dir() -> None:
-    """Remove the run folder Hydra created for a single run whose config was rejected.
-
-    Only if it holds nothing but Hydra's ``.hydra/`` and the job log: the run never started, and
-    an empty folder would read as a failed run in ``glubench-report outputs/``.
-    """
-    if not HydraConfig.initialized():
-        return
-    out = output_dir()
-    if not out.is_dir() or any(p.name != ".hydra" and p.suffix != ".log" for p in out.iterdir()):
-        return
-    for handler in logging.getLogger().handlers[:]:  # the job log Hydra opened in it
-        if isinstance(handler, logging.FileHandler) and handler.baseFilename.startswith(str(out)):
-            logging.getLogger().removeHandler(handler)
-            handler.close()
-    shutil.rmtree(out, ignore_errors=True)
-    cwd = Path.cwd().resolve()
-    for parent in out.resolve().parents:  # outputs/<experiment>/<date>/ left empty, up to the launch folder
-        if parent == cwd or cwd not in parent.parents:
-            break
-        try:
-            parent.rmdir()
-        except OSError:
-            break
+    reject("glubench", e)  # redacted: the bad value may be a mistyped key
 
 
 def _log_config() -> None:

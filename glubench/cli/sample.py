@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,10 +21,10 @@ import hydra
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig
 
-from glubench.core.errors import ConfigError, CorpusUnavailable, TokenizerUnavailable
+from glubench.cli.rejected import run_or_reject
+from glubench.core.errors import ConfigError
 from glubench.core.io import atomic_write_json
 from glubench.core.paths import CONF_DIR
-from glubench.core.secrets import redact
 from glubench.nn.config import ModelConfig
 
 log = logging.getLogger("glubench")
@@ -150,15 +149,7 @@ def generate_samples(cfg: DictConfig) -> list[str]:
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="sample")
 def main(cfg: DictConfig) -> None:
     """``glubench-sample ckpt_path=... [prompt=...] [temperature=0]``; exit 2 with one line on bad input."""
-    # not at the top: cli.main registers the training configs on import, which this command's --help would list
-    from glubench.cli.main import _discard_rejected_run_dir
-
-    try:
-        generate_samples(cfg)
-    except (ConfigError, TokenizerUnavailable, CorpusUnavailable) as e:
-        print(redact(f"glubench-sample: error: {e}"), file=sys.stderr)
-        _discard_rejected_run_dir()
-        sys.exit(2)
+    run_or_reject("glubench-sample", generate_samples, cfg)
 
 
 def cli() -> None:
