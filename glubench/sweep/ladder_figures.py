@@ -13,13 +13,14 @@ from matplotlib.ticker import FormatStrFormatter, NullFormatter
 
 from glubench.sweep.figures import FONT, save_figures
 from glubench.sweep.ladder import BASELINE, SeriesResult
-from glubench.sweep.ladder_tables import by_label
+from glubench.sweep.ladder_tables import MULTIPLIER_SHOWN, by_label
 
 PLOTS = ("val_loss_vs_flops", "val_loss_vs_params", "val_loss_vs_seconds", "compute_multiplier", "multiplier_vs_loss")
 AXES = {"val_loss_vs_flops": ("training compute (FLOPs, glubench's count incl. the tied head)", "flops"),
         "val_loss_vs_params": ("non-embedding parameters", "params"),
         "val_loss_vs_seconds": ("training wall-clock time (s, validation excluded)", "seconds")}
 TICKS = (0.25, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.1, 1.2, 1.3, 1.4, 1.5, 1.6, 1.8, 2.0, 2.5, 3.0, 4.0, 5.0, 7.0, 10.0)
+MEDIUM_TICKS = (0.1, 0.2, 0.3, 0.5, 0.7, 1.0, 1.5, 2.0, 3.0, 5.0, 7.0, 10.0)
 COARSE_TICKS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0)  # wider than ×3
 
 
@@ -33,10 +34,26 @@ def _x(p, key: str):
     return p.compute.get("flops") if key == "flops" else getattr(p, key)
 
 
+def shown_range(lo: float, hi: float) -> tuple[float, float]:
+    """Axis limits for multipliers: (lo, hi) cut to just beyond [1/100, 100] (ratios, no units).
+
+    An unbounded interval (a three-parameter fit on 5 rungs) would otherwise stretch the axis over tens of
+    decades and squeeze every tick into its middle; the tables print such bounds as <0.01 / >100, and the
+    figure lets those bars run off its edges.
+    """
+    return max(lo, 0.8 / MULTIPLIER_SHOWN), min(hi, 1.25 * MULTIPLIER_SHOWN)
+
+
 def _plain_log_ticks(axis, lo: float, hi: float) -> None:
-    """Plain-number ticks on a log axis of ratios near 1 (×2 and ÷2 look alike; 10^0.1 does not read)."""
-    axis.set_ticks([t for t in (TICKS if hi / lo <= 3 else COARSE_TICKS) if lo <= t <= hi])
-    axis.set_major_formatter(FormatStrFormatter("%.2g"))
+    """Plain-number ticks on a log axis of ratios (×2 and ÷2 look alike; 10^0.1 does not read): the finest
+    tick set that puts 3–10 ticks inside [lo, hi]; failing that, the fullest set with at most 10, or the
+    coarsest set when every set has more."""
+    sets = [[t for t in ticks if lo <= t <= hi] for ticks in (TICKS, MEDIUM_TICKS, COARSE_TICKS)]
+    shown = next((s for s in sets if 3 <= len(s) <= 10), None)
+    if shown is None:
+        shown = max((s for s in sets if len(s) <= 10), key=len, default=sets[-1])
+    axis.set_ticks(shown)
+    axis.set_major_formatter(FormatStrFormatter("%g"))  # 100, not 1e+02
     axis.set_minor_formatter(NullFormatter())
 
 
@@ -104,7 +121,7 @@ def _multiplier_panel(ax, experiment: str, convs: dict[str, SeriesResult], color
     ax.set_yticks(range(len(variants)), list(reversed(variants)), fontsize=FONT)
     ax.set_ylim(-0.6, len(variants) - 0.4)
     ax.set_xscale("log")
-    lo, hi = ax.get_xlim()
+    lo, hi = shown_range(*ax.get_xlim())
     _plain_log_ticks(ax.xaxis, lo, hi)
     ax.set_xlim(lo, hi)
     ax.set_xlabel(f"compute multiplier vs {BASELINE} (×; > 1: needs less compute)", fontsize=FONT)
@@ -125,7 +142,7 @@ def _curve_panel(ax, experiment: str, result: SeriesResult, colors: dict) -> Non
         ax.fill_between(c["loss"], c["lo"], c["hi"], color=colors.get(r["variant"], "k"), alpha=0.15, linewidth=0)
     ax.axhline(1.0, color="k", linewidth=0.8, linestyle="--")
     ax.set_yscale("log")
-    lo, hi = ax.get_ylim()
+    lo, hi = shown_range(*ax.get_ylim())
     _plain_log_ticks(ax.yaxis, lo, hi)
     ax.set_ylim(lo, hi)
     ax.invert_xaxis()

@@ -7,6 +7,7 @@ import math
 
 import numpy as np
 import pytest
+from matplotlib.figure import Figure
 
 from glubench.sweep import ladder, ladder_figures
 from glubench.sweep.ladder import Point, analyse, select_lr, series_label
@@ -169,6 +170,27 @@ def test_ladder_figures_are_log_log_name_the_rungs_and_show_points_and_lines(mon
     assert all(t.get_rotation() == 0 for t in mult.get_yticklabels())
     assert [t.get_text() for t in mult.get_yticklabels()] == ["swiglu"]
     assert math.isclose(mult.get_xlim()[0] < 1.3 < mult.get_xlim()[1], True)
+
+
+def test_multiplier_axis_stops_just_beyond_a_factor_100_either_way():
+    assert ladder_figures.shown_range(1e-12, 1e9) == pytest.approx((0.008, 125.0))  # an unbounded interval
+    assert ladder_figures.shown_range(0.62, 1.4) == (0.62, 1.4)  # a bounded one keeps its own limits
+
+
+@pytest.mark.parametrize("lo, hi, ticks", [
+    (0.6, 1.48, [0.6, 0.7, 0.8, 0.9, 1.0, 1.1, 1.2, 1.3, 1.4]),  # near 1: steps of 0.1
+    (0.55, 1.9, [0.7, 1.0, 1.5]),  # 0.1-steps would give 12 ticks
+    (0.008, 125.0, [0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0]),  # the widest axis
+    (0.97, 1.16, [1.0, 1.1]),  # too narrow for 3: the fullest set
+])
+def test_multiplier_axis_ticks_are_plain_numbers_3_to_10_where_possible(lo, hi, ticks):
+    fig = Figure()
+    ax = fig.add_subplot()
+    ax.set_xscale("log")
+    ax.set_xlim(lo, hi)
+    ladder_figures._plain_log_ticks(ax.xaxis, lo, hi)
+    assert list(ax.get_xticks()) == pytest.approx(ticks)
+    assert [t.get_text() for t in ax.get_xticklabels()] == [f"{t:g}" for t in ticks]
 
 
 def test_multiplier_interval_beyond_a_factor_100_reads_as_unbounded():
