@@ -21,7 +21,7 @@ AXES = {"val_loss_vs_flops": ("training compute (FLOPs, glubench's count incl. t
         "val_loss_vs_seconds": ("training wall-clock time (s, validation excluded)", "seconds")}
 TICKS = (0.25, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.1, 1.2, 1.3, 1.4, 1.5, 1.6, 1.8, 2.0, 2.5, 3.0, 4.0, 5.0, 7.0, 10.0)
 MEDIUM_TICKS = (0.1, 0.2, 0.3, 0.5, 0.7, 1.0, 1.5, 2.0, 3.0, 5.0, 7.0, 10.0)
-COARSE_TICKS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0)  # wider than ×3
+COARSE_TICKS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0)  # up to shown_range's limits
 
 
 def _title(experiment: str, result: SeriesResult) -> str:
